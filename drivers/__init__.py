@@ -1,0 +1,1 @@
+"""Detector drivers: sim, ..."""

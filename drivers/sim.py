@@ -1,0 +1,326 @@
+"""ADSimDetector-compatible simulated detector.
+
+The images follow ADSimDetector's simDetector.cpp (driver 2.11): a raw image of MaxSizeX x
+MaxSizeY is computed in the selected data type, then the MinX/SizeX/BinX/ReverseX region is cut
+out of it, binned by summing as NDArrayPool::convert does. LinearRamp starts at
+`inc * (GainX*x + GainY*y)` with `inc = (type)(Gain * AcquireTime * 1000)` and adds `inc` every
+frame until a simulation parameter changes (ResetImage). Integer types wrap like C casts.
+ndflow addition: Offset and Noise (a uniform [0, Noise) background) are added in every mode,
+and SimMode Offset&Noise is that background alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ndflow import __version__
+from ndflow.adcore import AD_BASE, DATA_TYPES, NDARRAY_BASE, NUMPY_DTYPES
+from ndflow.driver import Driver, FrameContext
+from ndflow.graph import PortGraph
+from ndflow.ndarray import MissingCause, NDArray, NDDimension, region_transform
+from ndflow.params import RW, enum_param, float_param, int_param
+
+SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
+SIM_TO_ND_COLOR = (0, 2, 3, 4)  # index of the sim's ColorMode choice -> ADCore NDColorMode
+LINEAR_RAMP, PEAKS, SINE, OFFSET_NOISE = range(4)
+
+SIM_PARAMS = (
+    enum_param("ColorMode", SIM_COLOR_MODES, 0, RW, group="Readout"),
+    float_param("GainX", 1.0, precision=2, group="Simulation"),
+    float_param("GainY", 1.0, precision=2, group="Simulation"),
+    float_param("GainRed", 1.0, precision=2, group="Simulation"),
+    float_param("GainGreen", 1.0, precision=2, group="Simulation"),
+    float_param("GainBlue", 1.0, precision=2, group="Simulation"),
+    int_param("Reset", 1, group="Simulation", doc="1 = recompute the base image at the next frame"),
+    float_param("Offset", 0.0, precision=1, group="Simulation"),
+    float_param("Noise", 0.0, precision=1, low=0.0, group="Simulation"),
+    enum_param("SimMode", ("LinearRamp", "Peaks", "Sine", "Offset&Noise"), 0, group="Simulation"),
+    int_param("PeakStartX", 1, group="Peaks"),
+    int_param("PeakStartY", 1, group="Peaks"),
+    int_param("PeakNumX", 1, low=0, group="Peaks"),
+    int_param("PeakNumY", 1, low=0, group="Peaks"),
+    int_param("PeakStepX", 1, group="Peaks"),
+    int_param("PeakStepY", 1, group="Peaks"),
+    int_param("PeakWidthX", 10, low=1, group="Peaks"),
+    int_param("PeakWidthY", 20, low=1, group="Peaks"),
+    float_param("PeakVariation", 3.0, precision=1, low=0.0, units="%", group="Peaks"),
+    *(p for axis in "XY" for p in (
+        enum_param(f"{axis}SineOperation", ("Add", "Multiply"), 0, group="Sine"),
+        float_param(f"{axis}Sine1Amplitude", 1.0, precision=2, group="Sine"),
+        float_param(f"{axis}Sine1Frequency", 1.0, precision=2, group="Sine"),
+        float_param(f"{axis}Sine1Phase", 0.0, precision=2, group="Sine"),
+        float_param(f"{axis}Sine2Amplitude", 1.0, precision=2, group="Sine"),
+        float_param(f"{axis}Sine2Frequency", 2.0, precision=2, group="Sine"),
+        float_param(f"{axis}Sine2Phase", 90.0, precision=2, group="Sine"),
+    )),
+)
+# Writing any of these recomputes the base image (simDetector::writeInt32/writeFloat64).
+_RESETTING = {p.name for p in SIM_PARAMS} | {"DataType", "ColorMode"}
+
+
+class SimOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_size_x: int = Field(1024, ge=1, le=65536)
+    max_size_y: int = Field(1024, ge=1, le=65536)
+    data_type: str = Field("UInt8", description="initial DataType: " + ", ".join(DATA_TYPES))
+
+
+def wrap_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert float results to `dtype` as a C cast does on x86: truncate, then wrap."""
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    return np.trunc(values).astype(np.int64).astype(dtype)
+
+
+def scalar_cast(value: float, dtype: np.dtype) -> Any:
+    return wrap_cast(np.asarray([value], dtype=np.float64), dtype)[0]
+
+
+class SimDetector(Driver):
+    PARAMS = (NDARRAY_BASE, AD_BASE, SIM_PARAMS)
+    kind = "sim"
+    Options = SimOptions
+    manufacturer = "Simulated detector"
+    model = "Basic simulator"
+    driver_version = __version__
+
+    def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
+                 options: SimOptions | None = None, **kw: Any) -> None:
+        super().__init__(port, prefix, graph, pool_bytes, **kw)
+        opts = options or SimOptions()
+        if opts.data_type not in DATA_TYPES:
+            raise ValueError(f"data_type {opts.data_type!r} is not one of {', '.join(DATA_TYPES)}")
+        self.values.update({
+            "MaxSizeX_RBV": opts.max_size_x, "MaxSizeY_RBV": opts.max_size_y,
+            "SizeX": opts.max_size_x, "SizeY": opts.max_size_y,
+            "ArraySizeX_RBV": opts.max_size_x, "ArraySizeY_RBV": opts.max_size_y,
+            "DataType": DATA_TYPES.index(opts.data_type), "ImageMode": 2,
+            "AcquireTime": 0.001, "AcquirePeriod": 0.005, "NumImages": 100,
+            "SDKVersion_RBV": __version__, "SerialNumber_RBV": "No serial number",
+            "FirmwareVersion_RBV": "No firmware",
+        })
+        self.params.override("MinX", high=opts.max_size_x - 1)
+        self.params.override("MinY", high=opts.max_size_y - 1)
+        self._raw: np.ndarray | None = None
+        self._background: np.ndarray | None = None
+        self._sine_counter = np.zeros(2, dtype=np.int64)
+        self._rng = np.random.default_rng()
+
+    def color_mode_of(self, params: Mapping[str, Any]) -> int:
+        return SIM_TO_ND_COLOR[int(params["ColorMode"])]
+
+    # --- parameter writes ---------------------------------------------------------------------------
+    def handle_put(self, param, raw):  # type: ignore[override]
+        if param.name in _RESETTING and param.name != "Reset":
+            self.values["Reset"] = 1
+            self.set("Reset", 1)
+        return super().handle_put(param, raw)
+
+    # --- acquisition --------------------------------------------------------------------------------
+    def prepare(self, params: dict[str, Any]) -> None:
+        """Clamp the region as simDetector::computeImage does, publishing the corrected values."""
+        p = params
+        max_x, max_y = p["MaxSizeX_RBV"], p["MaxSizeY_RBV"]
+        fixes = {}
+        for axis, maximum in (("X", max_x), ("Y", max_y)):
+            lo = min(max(p[f"Min{axis}"], 0), maximum - 1)
+            size = min(p[f"Size{axis}"], maximum - lo)
+            fixes[f"Min{axis}"], fixes[f"Size{axis}"] = lo, size
+            fixes[f"Bin{axis}"] = max(1, p[f"Bin{axis}"])
+        for name, value in fixes.items():
+            if value != params[name]:
+                self.set(name, value)
+        params.update(fixes)
+
+    def produce_frame(self, ctx: FrameContext) -> NDArray | None:
+        p = ctx.params
+        if not ctx.wait(float(p["AcquireTime"])):
+            return None
+        dtype = NUMPY_DTYPES[int(p["DataType"])]
+        self._compute_raw(p, dtype)
+        return self._extract_region(p, dtype)
+
+    def _compute_raw(self, p: Mapping[str, Any], dtype: np.dtype) -> None:
+        color = int(p["ColorMode"])
+        shape = _raw_shape(p["MaxSizeX_RBV"], p["MaxSizeY_RBV"], color)
+        reset = bool(self.values["Reset"]) or self._raw is None or \
+            self._raw.shape != shape or self._raw.dtype != dtype
+        if reset:
+            self._raw = np.zeros(shape, dtype=dtype)
+            self._background = self._make_background(p, shape, dtype)
+            self._sine_counter[:] = 0
+            self.values["Reset"] = 0
+            self.set("Reset", 0)
+        mode = int(p["SimMode"])
+        if mode == LINEAR_RAMP:
+            self._linear_ramp(p, dtype, color, reset)
+        elif mode == PEAKS:
+            self._peaks(p, dtype, color)
+        elif mode == SINE:
+            self._sine(p, dtype, color)
+        else:
+            self._raw[...] = 0
+        if self._background is not None and (mode != LINEAR_RAMP or reset):
+            # A ramp accumulates, so it gets the background once, on its reset frame.
+            start = int(self._rng.integers(0, self._background.size))
+            self._raw += np.roll(self._background.reshape(-1), -start).reshape(shape)
+
+    def _make_background(self, p: Mapping[str, Any], shape: tuple[int, ...],
+                         dtype: np.dtype) -> np.ndarray | None:
+        noise, offset = float(p["Noise"]), float(p["Offset"])
+        if noise == 0 and scalar_cast(offset, dtype) == 0:
+            return None
+        values = offset + noise * self._rng.random(shape)
+        return wrap_cast(values, dtype)
+
+    def _linear_ramp(self, p: Mapping[str, Any], dtype: np.dtype, color: int,
+                     reset: bool) -> None:
+        inc = scalar_cast(float(p["Gain"]) * float(p["AcquireTime"]) * 1000.0, dtype)
+        if color == 0:
+            if reset:
+                ny, nx = self._raw.shape
+                ramp = _ramp(nx, ny, p)
+                self._raw[...] = wrap_cast(float(inc) * ramp, dtype)
+            else:
+                self._raw += inc
+            return
+        incs = [_color_increment(float(p[g]), inc, dtype) for g in ("GainRed", "GainGreen", "GainBlue")]
+        planes = _color_planes(self._raw, color)
+        if reset:
+            ramp = _ramp(planes[0].shape[1], planes[0].shape[0], p)
+            for plane, c_inc in zip(planes, incs):
+                plane[...] = wrap_cast(float(c_inc) * ramp, dtype)
+        else:
+            for plane, c_inc in zip(planes, incs):
+                plane += c_inc
+
+    def _peaks(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
+        self._raw[...] = 0
+        planes = [self._raw] if color == 0 else _color_planes(self._raw, color)
+        ny, nx = planes[0].shape
+        gain, gx, gy = float(p["Gain"]), float(p["GainX"]), float(p["GainY"])
+        wx, wy = max(1, int(p["PeakWidthX"])), max(1, int(p["PeakWidthY"]))
+        variation = int(p["PeakVariation"])
+        color_gains = [1.0] if color == 0 else [float(p[g]) for g in
+                                                 ("GainRed", "GainGreen", "GainBlue")]
+        for i in range(int(p["PeakNumY"])):
+            for j in range(int(p["PeakNumX"])):
+                g_var = 1.0 + (int(self._rng.integers(0, variation)) + 1) / 100.0 \
+                    if variation else 1.0
+                cy = i * int(p["PeakStepY"]) + int(p["PeakStartY"])
+                cx = j * int(p["PeakStepX"]) + int(p["PeakStartX"])
+                y0, y1 = max(cy - 4 * wy, 0), min(cy + 4 * wy, ny)
+                x0, x1 = max(cx - 4 * wx, 0), min(cx + 4 * wx, nx)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                gauss_y = gy * np.exp(-(((np.arange(y0, y1) - cy) / wy) ** 2) / 2.0)
+                gauss_x = gx * np.exp(-(((np.arange(x0, x1) - cx) / wx) ** 2) / 2.0)
+                peak = g_var * gain * np.outer(gauss_y, gauss_x)
+                for plane, cg in zip(planes, color_gains):
+                    plane[y0:y1, x0:x1] += wrap_cast(cg * peak, dtype)
+
+    def _sine(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
+        ny, nx = (_color_planes(self._raw, color)[0] if color else self._raw).shape
+        waves = {}
+        for k, (axis, n, gain_axis) in enumerate((("X", nx, "GainX"), ("Y", ny, "GainY"))):
+            t = (self._sine_counter[k] + np.arange(n)) * float(p[gain_axis]) / n
+            self._sine_counter[k] += n
+            for s in ("1", "2"):
+                amp, freq, phase = (float(p[f"{axis}Sine{s}{f}"]) for f in
+                                    ("Amplitude", "Frequency", "Phase"))
+                waves[axis + s] = amp * np.sin((t * freq + phase / 360.0) * 2.0 * np.pi)
+        gain = float(p["Gain"])
+        if color == 0:
+            x = waves["X1"] + waves["X2"] if p["XSineOperation"] == 0 else waves["X1"] * waves["X2"]
+            y = waves["Y1"] + waves["Y2"] if p["YSineOperation"] == 0 else waves["Y1"] * waves["Y2"]
+            self._raw[...] = wrap_cast(gain * (y[:, None] + x[None, :]), dtype)
+            return
+        red, green, blue = _color_planes(self._raw, color)
+        red[...] = wrap_cast(np.broadcast_to(gain * float(p["GainRed"]) * waves["X1"],
+                                             (ny, nx)), dtype)
+        green[...] = wrap_cast(np.broadcast_to((gain * float(p["GainGreen"]) * waves["Y1"])
+                                               [:, None], (ny, nx)), dtype)
+        blue[...] = wrap_cast(gain * float(p["GainBlue"]) *
+                              (waves["X2"][None, :] + waves["Y2"][:, None]) / 2.0, dtype)
+
+    def _extract_region(self, p: Mapping[str, Any], dtype: np.dtype) -> NDArray:
+        color = int(p["ColorMode"])
+        bx, by = int(p["BinX"]), int(p["BinY"])
+        x0, y0 = int(p["MinX"]), int(p["MinY"])
+        nx, ny = int(p["SizeX"]) // bx, int(p["SizeY"]) // by
+        rx, ry = bool(p["ReverseX"]), bool(p["ReverseY"])
+        x_axis, y_axis, shape = _axes(color, nx, ny)
+        out = self.pool.alloc(shape, dtype)
+        if out is None:
+            return NDArray.missing(MissingCause.NO_MEMORY,
+                                   f"pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
+        index = [slice(None)] * self._raw.ndim
+        index[x_axis] = slice(x0, x0 + nx * bx)
+        index[y_axis] = slice(y0, y0 + ny * by)
+        region = self._raw[tuple(index)]
+        if bx > 1 or by > 1:
+            region = _bin(region, x_axis, y_axis, bx, by, dtype)
+        flips = [slice(None)] * region.ndim
+        if rx:
+            flips[x_axis] = slice(None, None, -1)
+        if ry:
+            flips[y_axis] = slice(None, None, -1)
+        np.copyto(out, region[tuple(flips)], casting="unsafe")
+        array = NDArray.from_numpy(out, color_mode=SIM_TO_ND_COLOR[color])
+        nd_x, nd_y = out.ndim - 1 - x_axis, out.ndim - 1 - y_axis
+        array.dims[nd_x] = NDDimension(nx, x0, bx, rx)
+        array.dims[nd_y] = NDDimension(ny, y0, by, ry)
+        array.transform = region_transform(x0, y0, bx, by, nx, ny, rx, ry)
+        return array
+
+
+def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:
+    """`(epicsType) gainRed * incMono`: the gain is cast to the pixel type before multiplying."""
+    if dtype.kind == "f":
+        return dtype.type(color_gain * float(inc))
+    return scalar_cast(float(int(scalar_cast(color_gain, dtype)) * int(inc)), dtype)
+
+
+def _raw_shape(max_x: int, max_y: int, color: int) -> tuple[int, ...]:
+    return _axes(color, max_x, max_y)[2]
+
+
+def _axes(color: int, nx: int, ny: int) -> tuple[int, int, tuple[int, ...]]:
+    """(numpy x axis, numpy y axis, numpy shape) for a sim colour-mode index."""
+    if color == 0:  # Mono: dims [x, y]
+        return 1, 0, (ny, nx)
+    if color == 1:  # RGB1: dims [3, x, y]
+        return 1, 0, (ny, nx, 3)
+    if color == 2:  # RGB2: dims [x, 3, y]
+        return 2, 0, (ny, 3, nx)
+    return 2, 1, (3, ny, nx)  # RGB3: dims [x, y, 3]
+
+
+def _color_planes(raw: np.ndarray, color: int) -> list[np.ndarray]:
+    if color == 1:
+        return [raw[:, :, c] for c in range(3)]
+    if color == 2:
+        return [raw[:, c, :] for c in range(3)]
+    return [raw[c] for c in range(3)]
+
+
+def _ramp(nx: int, ny: int, p: Mapping[str, Any]) -> np.ndarray:
+    return float(p["GainX"]) * np.arange(nx)[None, :] + float(p["GainY"]) * np.arange(ny)[:, None]
+
+
+def _bin(region: np.ndarray, x_axis: int, y_axis: int, bx: int, by: int,
+         dtype: np.dtype) -> np.ndarray:
+    """Sum bx x by blocks, accumulating in 64 bits and wrapping into `dtype` like the C code."""
+    shape = list(region.shape)
+    new_shape: list[int] = []
+    sum_axes = []
+    for axis, n in enumerate(shape):
+        factor = bx if axis == x_axis else by if axis == y_axis else 1
+        new_shape += [n // factor, factor]
+        sum_axes.append(2 * axis + 1)
+    acc = np.float64 if dtype.kind == "f" else np.int64
+    summed = region.astype(acc).reshape(new_shape).sum(axis=tuple(sum_axes))
+    return summed.astype(dtype)

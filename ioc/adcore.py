@@ -1,0 +1,158 @@
+"""ADCore's base parameter sets (NDArrayBase, ADBase, NDPluginBase) declared once.
+
+Names, record kinds, enum strings, defaults and _RBV pairing follow ADCore's templates
+(`shared/reference/adcore-records.md`). Only records that exist to implement EPICS-database
+plumbing (subArray links, calcout helpers, the asyn record) are left out; where ophyd declares them
+they are served as plain values so a client that reads one still connects.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .params import (R, RW, W, Param, bool_param, enum_param, float_param, int_param, string_param,
+                     text_param, array_param)
+
+ADCORE_VERSION = "3.14.0"  # the ADCore interface these PVs follow
+
+DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float32",
+              "Float64")
+NUMPY_DTYPES = tuple(np.dtype(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"))
+COLOR_MODES = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444", "YUV422", "YUV421")
+DETECTOR_STATES = ("Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting", "Error", "Waiting",
+                   "Initializing", "Disconnected", "Aborted")
+
+
+def data_type_index(dtype: np.dtype) -> int:
+    return NUMPY_DTYPES.index(np.dtype(dtype).newbyteorder("="))
+
+
+NDARRAY_BASE: tuple[Param, ...] = (
+    string_param("ADCoreVersion_RBV", ADCORE_VERSION, R, group="Info"),
+    string_param("DriverVersion_RBV", "Unknown", R, group="Info"),
+    string_param("PortName_RBV", "Unknown", R, group="Info"),
+    string_param("Manufacturer_RBV", "Unknown", R, group="Info"),
+    string_param("Model_RBV", "Unknown", R, group="Info"),
+    string_param("SerialNumber_RBV", "Unknown", R, group="Info"),
+    string_param("SDKVersion_RBV", "Unknown", R, group="Info"),
+    string_param("FirmwareVersion_RBV", "Unknown", R, group="Info"),
+    enum_param("Acquire", ("Done", "Acquire"), 0, RW, rbv_choices=("Done", "Acquiring"),
+               coalesce=False, also_setpoint=True, group="Collect",
+               doc="Start (1) or stop (0); a put-callback of 1 completes when the acquisition ends"),
+    bool_param("WaitForPlugins", access=W, group="Collect",
+               doc="Acquire completes only after the plugins have processed every frame"),
+    int_param("NDimensions", 0, RW, also_setpoint=True, group="Array"),
+    array_param("Dimensions", "i4", 10, RW, also_setpoint=True, group="Array"),
+    *(int_param(f"ArraySize{i}_RBV", 0, R, aliases=(f"ArraySize{i}", f"Dim{i}SA", f"Dim{i}SA_RBV"),
+                group="Array") for i in range(10)),
+    enum_param("BayerPattern_RBV", ("RGGB", "GBRG", "GRBG", "BGGR"), 0, R, group="Array"),
+    int_param("ArraySizeX_RBV", 0, R, group="Array"),
+    int_param("ArraySizeY_RBV", 0, R, group="Array"),
+    int_param("ArraySizeZ_RBV", 0, R, group="Array"),
+    int_param("ArraySize_RBV", 0, R, units="bytes", group="Array"),
+    string_param("Codec_RBV", "", R, group="Array"),
+    int_param("CompressedSize_RBV", 0, R, group="Array"),
+    enum_param("DataType", DATA_TYPES, 1, RW, group="Readout"),
+    enum_param("ColorMode", COLOR_MODES, 0, RW, group="Readout"),
+    int_param("UniqueId_RBV", 0, R, group="Array"),
+    float_param("TimeStamp_RBV", 0.0, R, precision=3, group="Array"),
+    int_param("EpicsTSSec_RBV", 0, R, group="Array"),
+    int_param("EpicsTSNsec_RBV", 0, R, group="Array"),
+    int_param("ArrayCounter", 0, RW, also_setpoint=True, group="Collect"),
+    float_param("ArrayRate_RBV", 0.0, R, precision=2, units="Hz", group="Collect"),
+    bool_param("ArrayCallbacks", "Disable", "Enable", 1, RW, group="Collect"),
+    text_param("NDAttributesMacros", 256, "", W, group="Attributes"),
+    text_param("NDAttributesFile", 256, "", W, group="Attributes"),
+    enum_param("NDAttributesStatus", ("Attributes file OK", "File not found", "XML syntax error",
+                                      "Macro substitution error"), 0, R, group="Attributes"),
+    float_param("PoolMaxMem", 0.0, R, precision=1, units="MB", group="Buffers"),
+    bool_param("PoolPollStats", "0", "1", 1, W, group="Buffers"),
+    float_param("PoolUsedMem", 0.0, R, precision=1, units="MB", group="Buffers"),
+    int_param("PoolAllocBuffers", 0, R, group="Buffers"),
+    int_param("PoolFreeBuffers", 0, R, group="Buffers"),
+    int_param("PoolUsedBuffers", 0, R, group="Buffers"),
+    bool_param("EmptyFreeList", "0", "1", 0, W, group="Buffers",
+               doc="Release every buffer on the free list"),
+    bool_param("PreAllocBuffers", "Done", "Allocate", 0, W, group="Buffers"),
+    int_param("NumPreAllocBuffers", 100, RW, low=0, group="Buffers"),
+    int_param("NumQueuedArrays", 0, R, group="Buffers"),
+)
+
+AD_BASE: tuple[Param, ...] = (
+    int_param("MaxSizeX_RBV", 0, R, group="Setup"),
+    int_param("MaxSizeY_RBV", 0, R, group="Setup"),
+    int_param("BinX", 1, RW, low=1, group="Readout"),
+    int_param("BinY", 1, RW, low=1, group="Readout"),
+    int_param("MinX", 0, RW, low=0, group="Readout"),
+    int_param("MinY", 0, RW, low=0, group="Readout"),
+    int_param("SizeX", 1, RW, low=1, group="Readout"),
+    int_param("SizeY", 1, RW, low=1, group="Readout"),
+    bool_param("ReverseX", group="Readout"),
+    bool_param("ReverseY", group="Readout"),
+    float_param("AcquireTime", 1.0, RW, low=0.0, units="s", group="Collect"),
+    float_param("AcquirePeriod", 0.0, RW, low=0.0, units="s", group="Collect"),
+    float_param("TimeRemaining_RBV", 0.0, R, units="s", group="Collect"),
+    float_param("Gain", 1.0, RW, group="Readout"),
+    enum_param("FrameType", ("Normal", "Background", "FlatField", "DblCorrelation"), 0, RW,
+               group="Collect"),
+    enum_param("ImageMode", ("Single", "Multiple", "Continuous"), 2, RW, group="Collect"),
+    enum_param("TriggerMode", ("Internal", "External"), 0, RW, group="Collect"),
+    int_param("NumExposures", 1, RW, low=1, group="Collect"),
+    int_param("NumExposuresCounter_RBV", 0, R, group="Collect"),
+    int_param("NumImages", 1, RW, low=1, group="Collect"),
+    int_param("NumImagesCounter_RBV", 0, R, group="Collect"),
+    enum_param("DetectorState_RBV", DETECTOR_STATES, 0, R, group="Status"),
+    text_param("StatusMessage_RBV", 256, "", R, group="Status"),
+    text_param("StringToServer_RBV", 256, "", R, group="Status"),
+    text_param("StringFromServer_RBV", 256, "", R, group="Status"),
+    bool_param("ReadStatus", "0", "1", 1, W, group="Status"),
+    enum_param("ShutterMode", ("None", "EPICS PV", "Detector output"), 0, RW,
+               rbv_choices=("None", "EPICS PV", "Camera output"), group="Shutter"),
+    bool_param("ShutterControl", "Close", "Open", 0, RW, group="Shutter"),
+    bool_param("ShutterStatus_RBV", "Closed", "Open", 0, R, group="Shutter"),
+    float_param("ShutterOpenDelay", 0.0, RW, units="s", group="Shutter"),
+    float_param("ShutterCloseDelay", 0.0, RW, units="s", group="Shutter"),
+    bool_param("ShutterControlEPICS", "Closed", "Open", 0, R, group="Shutter"),
+    float_param("ShutterOpenEPICS", 1.0, W, group="Shutter"),
+    float_param("ShutterCloseEPICS", 0.0, W, group="Shutter"),
+    int_param("ShutterFanout", 0, W, group="Shutter"),
+    enum_param("ShutterStatusEPICS_RBV", ("Closed", "Open"), 0, R, group="Shutter"),
+    float_param("Temperature", 25.0, RW, precision=1, units="C", group="Setup"),
+    float_param("TemperatureActual", 25.0, R, precision=1, units="C", group="Setup"),
+    # ndflow: the parameter set frozen for the running (or last) acquisition, as JSON.
+    int_param("AcquisitionId_RBV", 0, R, group="Collect",
+              doc="Increments at each acquisition start; every NDArray carries it"),
+    text_param("EffectiveParams_RBV", 8192, "{}", R, group="Collect",
+               doc="JSON of the parameters the running acquisition uses (writes change the next one)"),
+)
+
+PLUGIN_BASE: tuple[Param, ...] = (
+    string_param("PluginType_RBV", "Unknown", R, group="Plugin"),
+    string_param("NDArrayPort", "", RW, group="Plugin", doc="Upstream port; writing it rewires"),
+    int_param("NDArrayAddress", 0, RW, low=0, group="Plugin"),
+    bool_param("EnableCallbacks", "Disable", "Enable", 0, RW, group="Plugin"),
+    float_param("MinCallbackTime", 0.0, RW, low=0.0, units="s", group="Plugin"),
+    float_param("MaxArrayRate", 0.0, RW, low=0.0, units="Hz", group="Plugin"),
+    float_param("MaxByteRate", 0.0, RW, low=0.0, group="Plugin"),
+    float_param("ExecutionTime_RBV", 0.0, R, units="ms", group="Plugin"),
+    bool_param("ProcessPlugin", "0", "1", 0, W, group="Plugin",
+               doc="Process the last array again"),
+    bool_param("BlockingCallbacks", "No", "Yes", 0, RW, group="Plugin"),
+    int_param("DroppedArrays", 0, RW, also_setpoint=True, group="Plugin"),
+    int_param("QueueSize", 20, RW, low=1, group="Plugin"),
+    int_param("QueueFree", 20, R, group="Plugin"),
+    int_param("QueueUse", 0, R, group="Plugin"),
+    float_param("QueueFreeLow", 5.0, R, group="Plugin"),
+    float_param("QueueUseHIGH", 15.0, R, group="Plugin"),
+    float_param("QueueUseHIHI", 20.0, R, group="Plugin"),
+    int_param("NumThreads", 1, RW, low=1, group="Plugin"),
+    int_param("MaxThreads_RBV", 1, R, group="Plugin"),
+    enum_param("SortMode", ("Unsorted", "Sorted"), 0, RW, group="Plugin"),
+    float_param("SortTime", 0.1, RW, low=0.0, units="s", group="Plugin"),
+    int_param("SortSize", 20, RW, low=1, group="Plugin"),
+    int_param("SortFree", 20, R, group="Plugin"),
+    int_param("DroppedOutputArrays", 0, RW, also_setpoint=True, group="Plugin"),
+    int_param("DisorderedArrays", 0, RW, also_setpoint=True, group="Plugin"),
+    # ndflow: where a refused rewiring or a processing error is explained.
+    text_param("StatusMessage_RBV", 256, "", R, group="Status"),
+)

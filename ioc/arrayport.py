@@ -1,0 +1,92 @@
+"""ArrayPort: what drivers and plugins share as NDArray producers (ADCore's asynNDArrayDriver).
+
+It owns the port's ArrayPool, publishes the NDArrayBase description of arrays, computes
+ArrayRate_RBV and the Pool* figures once a second, and hands arrays to the plugins listening on
+its port.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .adcore import NDARRAY_BASE
+from .component import Component
+from .graph import PortGraph
+from .ndarray import NDArray
+from .pool import ArrayPool, Block, heap_block
+
+MB = 1024 * 1024
+
+
+class ArrayPort(Component):
+    PARAMS = (NDARRAY_BASE,)
+
+    def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
+                 new_block: Callable[[int], Block] = heap_block) -> None:
+        super().__init__(port, prefix)
+        self.graph = graph
+        self.pool = ArrayPool(pool_bytes, new_block, name=port)
+        self.values["PoolMaxMem"] = pool_bytes / MB
+        self._rate_counter = 0
+
+    # --- array description ------------------------------------------------------------------------
+    def describe(self, array: NDArray, with_type: bool) -> None:
+        """Publish what ADCore's NDArrayBase records show about `array`."""
+        if array.data is None:
+            return
+        sizes = [d.size for d in array.dims]
+        dims = np.zeros(10, dtype=np.int32)
+        dims[: len(sizes)] = sizes
+        x, y, z = array.xyz_sizes()
+        values: dict[str, Any] = {
+            "NDimensions": array.ndims, "Dimensions": dims,
+            "ArraySizeX_RBV": x, "ArraySizeY_RBV": y, "ArraySizeZ_RBV": z,
+            "ArraySize_RBV": array.nbytes, "UniqueId_RBV": array.unique_id,
+            "TimeStamp_RBV": array.timestamp, "EpicsTSSec_RBV": array.epics_ts[0],
+            "EpicsTSNsec_RBV": array.epics_ts[1], "Codec_RBV": array.codec.name,
+            "CompressedSize_RBV": array.nbytes,
+        }
+        for i in range(10):
+            values[f"ArraySize{i}_RBV"] = sizes[i] if i < len(sizes) else 0
+        if with_type:
+            values["DataType"] = array.data_type
+            values["ColorMode"] = array.color_mode
+        for name, value in values.items():
+            if self._changed(name, value):
+                self.set(name, value)
+
+    def _changed(self, name: str, value: Any) -> bool:
+        old = self.values.get(name)
+        if isinstance(value, np.ndarray):
+            return not isinstance(old, np.ndarray) or not np.array_equal(old, value)
+        return old != value
+
+    # --- distribution -----------------------------------------------------------------------------
+    def emit(self, array: NDArray) -> None:
+        for plugin in self.graph.subscribers(self.port, 0):
+            plugin.receive(array)
+
+    # --- housekeeping -----------------------------------------------------------------------------
+    def periodic(self, elapsed: float) -> None:
+        counter = self.values["ArrayCounter"]
+        rate = max(0, counter - self._rate_counter) / elapsed if elapsed > 0 else 0.0
+        self._rate_counter = counter
+        if self._changed("ArrayRate_RBV", rate):
+            self.set("ArrayRate_RBV", rate)
+        stats = self.pool.stats()
+        self.set_many({
+            "PoolMaxMem": stats.max_bytes / MB, "PoolUsedMem": stats.used_bytes / MB,
+            "PoolAllocBuffers": stats.alloc_buffers, "PoolFreeBuffers": stats.free_buffers,
+            "PoolUsedBuffers": stats.alloc_buffers - stats.free_buffers,
+        })
+
+    def put_EmptyFreeList(self, value: int) -> int:
+        if value:
+            self.pool.empty_free_list()
+        return 0
+
+    def put_ArrayCounter(self, value: int) -> int:
+        self._rate_counter = value
+        return value

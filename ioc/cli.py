@@ -1,0 +1,90 @@
+"""The `ndflow` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from . import __version__
+from .config import ConfigError, load_config
+
+
+class OneLineErrors(logging.Filter):
+    """caproto logs a rejected CA put with a full traceback; a bad put is the client's mistake,
+    so it becomes one line naming the cause."""
+
+    _beacon_warned = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("caproto") and "beacon" in str(record.msg):
+            # Nobody listening on the beacon port (no caRepeater) is normal on a closed host.
+            if OneLineErrors._beacon_warned:
+                return False
+            OneLineErrors._beacon_warned = True
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "cannot send CA beacons (no CA repeater listening?); not repeated"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            return True
+        if record.name.startswith("caproto") and record.exc_info:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(OneLineErrors())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("caproto").setLevel(max(logging.WARNING, root.level))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ndflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"ndflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve an IOC (the simulated detector if no config)")
+    run.add_argument("config", nargs="?", help="YAML config file")
+    run.add_argument("--prefix", help="override the config's PV prefix (P macro)")
+    run.add_argument("--list-pvs", action="store_true", help="print every PV name and exit")
+    run.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config, lines = load_config(args.config)
+        if args.prefix is not None:
+            config.prefix = args.prefix
+        from .server import IOC
+        ioc = IOC(config, lines)
+    except ConfigError as exc:
+        print(f"ndflow: {exc}", file=sys.stderr)
+        return 2
+    if args.list_pvs:
+        print("\n".join(ioc.pv_names()))
+        return 0
+    return asyncio.run(_serve(ioc))
+
+
+async def _serve(ioc) -> int:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await ioc.run()
+    except asyncio.CancelledError:
+        logging.getLogger("ndflow").info("shut down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

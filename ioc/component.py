@@ -1,0 +1,150 @@
+"""Component: a driver or plugin instance, i.e. a named port whose declared parameters are PVs.
+
+Values live in `self.values` (the *user* parameter set: what was last written or measured). The
+data path changes them with `set()`, which never blocks on Channel Access; CA writes arrive through
+`handle_put()`, which validates the value against its declaration and then calls an optional
+`put_<Name>` method so a subclass can act on it, change it or refuse it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, ClassVar, Iterable, Mapping
+
+from .channels import HANDLED, ParamChannel, make_channel
+from .params import Access, Kind, Param, ParamTable
+from .publisher import Publisher
+
+
+class PutRefused(Exception):
+    """Raised by a put hook: the client gets a CA error carrying this message."""
+
+
+class Component:
+    #: declaration groups, merged in order; later names override earlier ones
+    PARAMS: ClassVar[tuple[Iterable[Param], ...]] = ()
+    #: what `ndflow` calls this kind of component in configs ("sim", "stdarrays", ...)
+    kind: ClassVar[str] = ""
+
+    def __init__(self, port: str, prefix: str) -> None:
+        self.port = port
+        self.prefix = prefix  # the R macro, e.g. "cam1:"
+        self.params = self.declare()
+        self.values: dict[str, Any] = {p.name: p.default for p in self.params}
+        self.publisher: Publisher | None = None
+        self._targets: dict[str, list[ParamChannel]] = {}
+        self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
+        self.log = logging.getLogger(f"ndflow.{port}")
+        if "PortName_RBV" in self.params:
+            self.values["PortName_RBV"] = port
+
+    def declare(self) -> ParamTable:
+        return ParamTable.of(*self.PARAMS)
+
+    # --- values -----------------------------------------------------------------------------------
+    def get(self, name: str) -> Any:
+        return self.values[name]
+
+    def set(self, name: str, value: Any) -> None:
+        """Change a value from the data path (any thread) and publish it."""
+        self.values[name] = value
+        if self.publisher is None:
+            return
+        param = self.params[name]
+        for channel in self._targets.get(name, ()):
+            if param.kind is Kind.ARRAY and param.length > 64:
+                self.publisher.post_array(channel, value)
+            else:
+                self.publisher.post(channel, channel.to_channel(value), param.coalesce)
+
+    def set_many(self, values: Mapping[str, Any]) -> None:
+        for name, value in values.items():
+            self.set(name, value)
+
+    def message(self, text: str, level: int = logging.INFO) -> None:
+        """Show a one-line status to operators (StatusMessage_RBV) and in the log."""
+        if "StatusMessage_RBV" in self.params:
+            self.set("StatusMessage_RBV", text[: self.params["StatusMessage_RBV"].length - 1])
+        self.log.log(level, "%s", text)
+
+    # --- Channel Access ---------------------------------------------------------------------------
+    def build_channels(self, publisher: Publisher) -> dict[str, ParamChannel]:
+        """Create the caproto channels for every declared parameter (suffix -> channel)."""
+        self.publisher = publisher
+        channels: dict[str, ParamChannel] = {}
+        for p in self.params:
+            value = self.values[p.name]
+            targets: list[ParamChannel] = []
+            if p.setpoint_name:
+                sp = make_channel(p, False, value, self._put_handler(p))
+                channels[p.setpoint_name] = sp
+                if p.also_setpoint or p.access is Access.W:
+                    targets.append(sp)
+            if p.readback_name:
+                rb = make_channel(p, True, value, None)
+                channels[p.readback_name] = rb
+                targets.append(rb)
+            for alias in p.aliases:
+                channels[alias] = make_channel(p, True, value, None)
+                targets.append(channels[alias])
+            self._targets[p.name] = targets
+        self.channels = channels
+        return channels
+
+    def _put_handler(self, param: Param):
+        async def on_put(value: Any) -> Any:
+            return await self.handle_put(param, value)
+        return on_put
+
+    async def handle_put(self, param: Param, raw: Any) -> Any:
+        pv = f"{self.prefix}{param.name}"
+        try:
+            value, note = param.coerce(raw)
+        except (TypeError, ValueError) as exc:
+            self.log.warning("%s: put of %r refused: %s", pv, _short(raw), exc)
+            raise PutRefused(f"{pv}: {exc}") from None
+        if note:
+            self.log.warning("%s: %s", pv, note)
+        hook = getattr(self, f"put_{param.name}", None)
+        if hook is not None:
+            result = hook(value)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is HANDLED:
+                return HANDLED
+            if result is not None:
+                value = result
+        self.values[param.name] = value
+        self._publish_readbacks(param, value)
+        return self._setpoint_channel_value(param, value)
+
+    def _publish_readbacks(self, param: Param, value: Any) -> None:
+        if self.publisher is None:
+            return
+        for channel in self._targets.get(param.name, ()):
+            if not channel.readback:
+                continue
+            if param.kind is Kind.ARRAY:
+                self.publisher.post_array(channel, value)
+            else:
+                self.publisher.post(channel, channel.to_channel(value), param.coalesce)
+
+    def _setpoint_channel_value(self, param: Param, value: Any) -> Any:
+        channel = self.channels.get(param.setpoint_name or "")
+        return channel.to_channel(value) if channel is not None else value
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Called once the server is up (threads start here, not in __init__)."""
+
+    def shutdown(self) -> None:
+        """Stop threads; called on IOC exit."""
+
+    def periodic(self, elapsed: float) -> None:
+        """Called about once a second from the event loop (rates, pool figures)."""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,143 @@
+"""IOC configuration: YAML validated by pydantic, with errors that name the key and its line.
+
+A user mistake gives one line such as
+    my-ioc.yml line 7: plugins[0].input: no port named 'SIM2' (known: Image1, SIM1)
+and nothing else.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """A config mistake, already formatted as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DriverConfig(_Strict):
+    type: str = Field(description="driver name, e.g. 'sim'")
+    port: str = Field(min_length=1, description="asyn-style port name, e.g. SIM1")
+    prefix: str = Field("cam1:", description="the R macro: PVs are $(P)$(R)<name>")
+    pool_mb: float = Field(0.0, ge=0, description="array pool limit in MB, 0 = unlimited")
+    options: dict[str, Any] = Field(default_factory=dict, description="driver-specific")
+
+
+class PluginConfig(_Strict):
+    type: str = Field(description="plugin name, e.g. 'stdarrays'")
+    port: str = Field(min_length=1)
+    prefix: str
+    input: str = Field("", description="upstream port (NDArrayPort)")
+    address: int = Field(0, ge=0, description="upstream address (NDArrayAddress)")
+    enabled: bool = Field(True, description="EnableCallbacks at start")
+    blocking: bool = Field(False, description="BlockingCallbacks at start")
+    queue_size: int = Field(20, ge=1)
+    max_threads: int = Field(1, ge=1, le=64)
+    pool_mb: float = Field(0.0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PublishConfig(_Strict):
+    interval_s: float = Field(0.02, gt=0, le=1.0,
+                              description="shortest time between two updates of one PV")
+    array_mb_per_s: float = Field(400.0, gt=0,
+                                  description="byte budget for posting large waveforms")
+
+
+class IOCConfig(_Strict):
+    prefix: str = Field("13SIM1:", description="the P macro")
+    drivers: list[DriverConfig] = Field(min_length=1)
+    plugins: list[PluginConfig] = Field(default_factory=list)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+
+
+def default_config_text() -> str:
+    return resources.files("ndflow").joinpath("configs/default.yml").read_text()
+
+
+def load_config(path: str | Path | None) -> tuple[IOCConfig, "LineMap"]:
+    if path is None:
+        text, name = default_config_text(), "default.yml"
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+        name = str(p)
+    return parse_config(text, name)
+
+
+def parse_config(text: str, name: str = "<config>") -> tuple[IOCConfig, "LineMap"]:
+    try:
+        data = yaml.safe_load(text)
+        lines = LineMap(name, yaml.compose(text))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{name}{where}: not valid YAML: "
+                          f"{getattr(exc, 'problem', None) or exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{name}: expected a mapping with 'drivers' and 'plugins'")
+    try:
+        return IOCConfig.model_validate(data), lines
+    except ValidationError as exc:
+        raise lines.error_from(exc) from None
+
+
+class LineMap:
+    """Remembers the line of every key in a YAML document so errors can point at it."""
+
+    def __init__(self, name: str, root: yaml.Node | None) -> None:
+        self.name = name
+        self._lines: dict[tuple, int] = {}
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple) -> None:
+        self._lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                self._lines[path + (key.value,)] = key.start_mark.line + 1
+                self._walk(value, path + (key.value,))
+                self._lines[path + (key.value,)] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk(item, path + (i,))
+
+    def line(self, path: tuple) -> int | None:
+        while path:
+            if path in self._lines:
+                return self._lines[path]
+            path = path[:-1]
+        return self._lines.get(())
+
+    def error(self, path: tuple, message: str) -> ConfigError:
+        line = self.line(tuple(path))
+        where = f" line {line}" if line else ""
+        return ConfigError(f"{self.name}{where}: {dotted(path)}: {message}")
+
+    def error_from(self, exc: ValidationError, base: tuple = ()) -> ConfigError:
+        first = exc.errors()[0]
+        path = base + tuple(first["loc"])
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        return self.error(path, message + suffix)
+
+
+def dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"

@@ -1,0 +1,210 @@
+"""Parameter declarations: the one place a PV's name, type, choices, limits and pairing are stated.
+
+Everything else (caproto channels, `--list-pvs`, screens, docs) is generated from these objects,
+so a parameter is never described twice. The naming follows ADCore: a read/write parameter `X`
+is served as the setpoint `X` plus the readback `X_RBV`; a status value exists only as its
+readback name; a few setpoints (WaitForPlugins, ...) have no readback.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Sequence
+
+
+class Kind(enum.Enum):
+    INT = "int"  # longout/longin -> DBR_LONG
+    FLOAT = "float"  # ao/ai -> DBR_DOUBLE
+    ENUM = "enum"  # bo/bi (2 choices) or mbbo/mbbi -> DBR_ENUM
+    STRING = "string"  # stringout/stringin -> DBR_STRING (40 chars)
+    TEXT = "text"  # char waveform "long string" -> DBR_CHAR[length]
+    ARRAY = "array"  # numeric waveform -> DBR_<dtype>[length]
+
+
+class Access(enum.Enum):
+    RW = "rw"  # setpoint X and readback X_RBV
+    W = "w"  # setpoint only; reading it gives the current value (ADCore: WaitForPlugins, FileNumber...)
+    R = "r"  # read-only status value, served under its own (usually *_RBV) name
+
+
+STRING_MAX = 40
+
+
+@dataclass(frozen=True)
+class Param:
+    """One declared parameter. Values are stored as Python ints (enum: the choice index),
+    floats, strs or numpy arrays."""
+
+    name: str
+    kind: Kind
+    access: Access = Access.RW
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    rbv_choices: tuple[str, ...] | None = None  # ADCore sometimes names the readback states differently
+    rbv_name: str | None = None  # ADCore: SigmaValue -> Sigma_RBV
+    low: float | None = None
+    high: float | None = None
+    units: str = ""
+    precision: int = 0
+    length: int = 1  # characters for TEXT, elements for ARRAY
+    dtype: str = ""  # numpy dtype string for ARRAY
+    doc: str = ""
+    group: str = ""  # screen section, e.g. "Setup", "Readout", "Collect", "Plugin", "Status"
+    coalesce: bool = True  # False: every change is published in order (Acquire_RBV 0->1->0)
+    also_setpoint: bool = False  # the data path updates the setpoint too (asyn:READBACK records)
+    aliases: tuple[str, ...] = ()  # further read-only names for the same value (ArraySize0 = ArraySize0_RBV)
+
+    # --- naming -------------------------------------------------------------------------------
+    @property
+    def setpoint_name(self) -> str | None:
+        return None if self.access is Access.R else self.name
+
+    @property
+    def readback_name(self) -> str | None:
+        if self.access is Access.R:
+            return self.name
+        if self.access is Access.RW:
+            return self.rbv_name or f"{self.name}_RBV"
+        return None
+
+    @property
+    def pv_suffixes(self) -> list[str]:
+        return [n for n in (self.setpoint_name, self.readback_name) if n] + list(self.aliases)
+
+    @property
+    def writable(self) -> bool:
+        return self.access is not Access.R
+
+    @property
+    def record_type(self) -> tuple[str | None, str | None]:
+        """(setpoint record, readback record) as ADCore's templates would declare them."""
+        out, inp = {
+            Kind.INT: ("longout", "longin"),
+            Kind.FLOAT: ("ao", "ai"),
+            Kind.ENUM: ("bo", "bi") if len(self.choices) == 2 else ("mbbo", "mbbi"),
+            Kind.STRING: ("stringout", "stringin"),
+            Kind.TEXT: ("waveform", "waveform"),
+            Kind.ARRAY: ("waveform", "waveform"),
+        }[self.kind]
+        return (out if self.setpoint_name else None, inp if self.readback_name else None)
+
+    # --- validation -----------------------------------------------------------------------------
+    def coerce(self, value: Any) -> tuple[Any, str | None]:
+        """Turn a client's value into the stored form. Returns (value, note) where note says what
+        was changed (clamped, truncated) so the caller can log it; raises ValueError when the
+        value cannot be used at all."""
+        if self.kind is Kind.INT:
+            if isinstance(value, str):
+                value = float(value.strip())
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{value} is not a number")
+            return self._clamp(int(value))
+        if self.kind is Kind.FLOAT:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{value} is not a finite number")
+            return self._clamp(value)
+        if self.kind is Kind.ENUM:
+            if isinstance(value, str):
+                if value in self.choices:
+                    return self.choices.index(value), None
+                value = int(value) if value.strip().lstrip("-").isdigit() else value
+                if isinstance(value, str):
+                    raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+            index = int(value)
+            if not 0 <= index < len(self.choices):
+                raise ValueError(f"index {index} outside 0..{len(self.choices) - 1}")
+            return index, None
+        if self.kind in (Kind.STRING, Kind.TEXT):
+            if isinstance(value, (bytes, bytearray)):
+                value = bytes(value).split(b"\0", 1)[0].decode("latin-1")
+            value = str(value)
+            limit = STRING_MAX - 1 if self.kind is Kind.STRING else self.length - 1
+            if len(value) > limit:
+                return value[:limit], f"{len(value)} characters truncated to {limit}"
+            return value, None
+        return value, None
+
+    def _clamp(self, value: float | int) -> tuple[Any, str | None]:
+        if self.low is not None and value < self.low:
+            return type(value)(self.low), f"{value} below minimum, clamped to {self.low:g}"
+        if self.high is not None and value > self.high:
+            return type(value)(self.high), f"{value} above maximum, clamped to {self.high:g}"
+        return value, None
+
+    def choice(self, index: int, readback: bool = False) -> str:
+        names = self.rbv_choices if (readback and self.rbv_choices) else self.choices
+        return names[index]
+
+
+# --- terse constructors used by every declaration table -------------------------------------------
+
+
+def int_param(name: str, default: int = 0, access: Access = Access.RW, **kw: Any) -> Param:
+    return Param(name, Kind.INT, access, default, **kw)
+
+
+def float_param(name: str, default: float = 0.0, access: Access = Access.RW, precision: int = 3,
+                **kw: Any) -> Param:
+    return Param(name, Kind.FLOAT, access, float(default), precision=precision, **kw)
+
+
+def enum_param(name: str, choices: Sequence[str], default: int = 0, access: Access = Access.RW,
+               **kw: Any) -> Param:
+    if "rbv_choices" in kw and kw["rbv_choices"] is not None:
+        kw["rbv_choices"] = tuple(kw["rbv_choices"])
+    return Param(name, Kind.ENUM, access, default, choices=tuple(choices), **kw)
+
+
+def bool_param(name: str, zero: str = "No", one: str = "Yes", default: int = 0,
+               access: Access = Access.RW, **kw: Any) -> Param:
+    return enum_param(name, (zero, one), default, access, **kw)
+
+
+def string_param(name: str, default: str = "", access: Access = Access.RW, **kw: Any) -> Param:
+    return Param(name, Kind.STRING, access, default, **kw)
+
+
+def text_param(name: str, length: int = 256, default: str = "", access: Access = Access.RW,
+               **kw: Any) -> Param:
+    return Param(name, Kind.TEXT, access, default, length=length, **kw)
+
+
+def array_param(name: str, dtype: str, length: int, access: Access = Access.R, **kw: Any) -> Param:
+    return Param(name, Kind.ARRAY, access, None, dtype=dtype, length=length, **kw)
+
+
+R, RW, W = Access.R, Access.RW, Access.W
+
+
+@dataclass
+class ParamTable:
+    """An ordered, name-indexed set of declarations. Later entries override earlier ones with the
+    same name, which is how a driver redefines a base parameter (ADSimDetector's ColorMode)."""
+
+    params: dict[str, Param] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, *groups: Iterable[Param]) -> "ParamTable":
+        table = cls()
+        for group in groups:
+            for p in group:
+                table.params[p.name] = p
+        return table
+
+    def __iter__(self):
+        return iter(self.params.values())
+
+    def __getitem__(self, name: str) -> Param:
+        return self.params[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.params
+
+    def override(self, name: str, **changes: Any) -> None:
+        self.params[name] = replace(self.params[name], **changes)
+
+    def pv_suffixes(self) -> list[str]:
+        return [s for p in self for s in p.pv_suffixes]

@@ -1,0 +1,28 @@
+"""Finds driver and plugin classes by the name a config uses for them.
+
+The core knows no concrete driver or plugin: they register under the entry-point groups
+`ndflow.drivers` and `ndflow.plugins` (ours in pyproject.toml), so a third-party package adds
+one without touching ndflow.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+GROUPS = {"drivers": "ndflow.drivers", "plugins": "ndflow.plugins"}
+
+
+class UnknownComponent(LookupError):
+    pass
+
+
+def available(group: str) -> list[str]:
+    return sorted(ep.name for ep in entry_points(group=GROUPS[group]))
+
+
+def load(group: str, name: str) -> type:
+    for ep in entry_points(group=GROUPS[group]):
+        if ep.name == name:
+            return ep.load()
+    raise UnknownComponent(f"unknown {group[:-1]} type {name!r} (available: "
+                           f"{', '.join(available(group)) or 'none'})")

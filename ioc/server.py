@@ -1,0 +1,142 @@
+"""The IOC: builds components from a config, wires the port graph and serves every PV.
+
+One asyncio loop runs caproto, the publisher and a once-a-second housekeeping task. Drivers and
+non-blocking plugins run in their own threads and reach Channel Access only through the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from caproto.asyncio.server import Context
+from pydantic import ValidationError
+
+from . import registry
+from .component import Component
+from .config import ConfigError, IOCConfig, LineMap
+from .driver import Driver
+from .graph import GraphError, PortGraph
+from .plugin import Plugin
+from .publisher import Publisher
+
+log = logging.getLogger("ndflow.ioc")
+MB = 1024 * 1024
+
+
+class IOC:
+    def __init__(self, config: IOCConfig, lines: LineMap | None = None) -> None:
+        self.config = config
+        self.prefix = config.prefix
+        self.graph = PortGraph()
+        self.publisher = Publisher(config.publish.interval_s,
+                                   config.publish.array_mb_per_s * 1e6)
+        self.components: list[Component] = []
+        self.pvdb: dict[str, Any] = {}
+        lines = lines or LineMap("<config>", None)
+        for i, cfg in enumerate(config.drivers):
+            self._add(self._make(lines, ("drivers", i), "drivers", cfg.type, cfg.options,
+                                 port=cfg.port, prefix=cfg.prefix, graph=self.graph,
+                                 pool_bytes=int(cfg.pool_mb * MB)), lines, ("drivers", i))
+        for i, cfg in enumerate(config.plugins):
+            self._add(self._make(lines, ("plugins", i), "plugins", cfg.type, cfg.options,
+                                 port=cfg.port, prefix=cfg.prefix, graph=self.graph,
+                                 input_port=cfg.input, input_address=cfg.address,
+                                 enabled=cfg.enabled, blocking=cfg.blocking,
+                                 queue_size=cfg.queue_size, max_threads=cfg.max_threads,
+                                 pool_bytes=int(cfg.pool_mb * MB)), lines, ("plugins", i))
+        for i, cfg in enumerate(config.plugins):
+            if cfg.input and cfg.input not in self.graph.ports:
+                known = ", ".join(sorted(self.graph.ports))
+                raise lines.error(("plugins", i, "input"),
+                                  f"no port named {cfg.input!r} (known: {known})")
+
+    def _make(self, lines: LineMap, path: tuple, group: str, kind: str, options: dict,
+              **kw: Any) -> Component:
+        try:
+            cls = registry.load(group, kind)
+        except registry.UnknownComponent as exc:
+            raise lines.error(path + ("type",), str(exc)) from None
+        except Exception as exc:
+            raise lines.error(path + ("type",), f"cannot load {kind!r}: {exc}") from None
+        opts_model = getattr(cls, "Options", None)
+        if opts_model is not None:
+            try:
+                kw["options"] = opts_model.model_validate(options)
+            except ValidationError as exc:
+                raise lines.error_from(exc, path + ("options",)) from None
+        elif options:
+            raise lines.error(path + ("options",), f"{kind} takes no options")
+        try:
+            return cls(**kw)
+        except (ValueError, TypeError) as exc:
+            raise lines.error(path + ("options",), str(exc)) from None
+
+    def _add(self, component: Component, lines: LineMap, path: tuple) -> None:
+        try:
+            self.graph.add(component)
+        except GraphError as exc:
+            raise lines.error(path + ("port",), str(exc)) from None
+        full = f"{self.prefix}{component.prefix}"
+        for suffix, channel in component.build_channels(self.publisher).items():
+            name = full + suffix
+            if name in self.pvdb:
+                raise lines.error(path + ("prefix",), f"PV {name} defined twice")
+            self.pvdb[name] = channel
+        self.components.append(component)
+
+    # --- queries ----------------------------------------------------------------------------------
+    def pv_names(self) -> list[str]:
+        return list(self.pvdb)
+
+    @property
+    def drivers(self) -> list[Driver]:
+        return [c for c in self.components if isinstance(c, Driver)]
+
+    @property
+    def plugins(self) -> list[Plugin]:
+        return [c for c in self.components if isinstance(c, Plugin)]
+
+    def component(self, port: str) -> Component:
+        return self.graph.ports[port]
+
+    # --- running ----------------------------------------------------------------------------------
+    async def run(self, started: asyncio.Event | None = None) -> None:
+        """Serve until cancelled; shut every component down on the way out."""
+        tasks = [asyncio.create_task(self.publisher.run(), name="publisher")]
+        try:
+            for component in self.components:
+                component.start()
+            tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+            context = Context(self.pvdb)
+            tasks.append(asyncio.create_task(context.run(log_pv_names=False), name="caproto"))
+            log.info("serving %d PVs with prefix %s", len(self.pvdb), self.prefix)
+            if started is not None:
+                started.set()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        for component in reversed(self.components):
+            try:
+                component.shutdown()
+            except Exception as exc:
+                log.error("%s: shutdown failed: %s", component.port, exc)
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for component in self.components:
+                try:
+                    component.periodic(now - last)
+                except Exception as exc:
+                    log.error("%s: periodic update failed: %s", component.port, exc)
+            last = now

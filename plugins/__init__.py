@@ -1,0 +1,1 @@
+"""NDArray plugins: stdarrays, ..."""

@@ -1,0 +1,70 @@
+"""NDPluginStdArrays (`image1:`): the latest frame as the `ArrayData` waveform.
+
+As in ADCore the waveform has a configured element type and length (ADSimDetector: Int8 /
+UCHAR, 12,000,000 elements) and the frame is converted to that type with C-cast semantics and
+truncated to the length. When the element size matches, the waveform is a read-only view of the
+frame itself, so nothing is copied before caproto serialises it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ndflow.adcore import DATA_TYPES, NUMPY_DTYPES
+from ndflow.channels import WIRE_DTYPES
+from ndflow.ndarray import NDArray
+from ndflow.params import ParamTable, array_param
+from ndflow.plugin import Plugin
+
+
+class StdArraysOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data_type: str = Field("Int8", description="waveform element type (ADCore TYPE macro)")
+    nelm: int = Field(12_000_000, ge=1, description="waveform length (NELEMENTS)")
+
+
+class StdArrays(Plugin):
+    kind = "stdarrays"
+    plugin_type = "NDPluginStdArrays"
+    Options = StdArraysOptions
+
+    def __init__(self, *args: Any, options: StdArraysOptions | None = None, **kw: Any) -> None:
+        self.options = options or StdArraysOptions()
+        if self.options.data_type not in DATA_TYPES:
+            raise ValueError(f"data_type {self.options.data_type!r} is not one of "
+                             f"{', '.join(DATA_TYPES)}")
+        dtype = NUMPY_DTYPES[DATA_TYPES.index(self.options.data_type)]
+        self._element = dtype
+        self._wire = WIRE_DTYPES[dtype.str[1:]]
+        super().__init__(*args, **kw)
+
+    def declare(self) -> ParamTable:
+        table = super().declare()
+        table.params["ArrayData"] = array_param(
+            "ArrayData", self._element.str[1:], self.options.nelm, group="Image",
+            doc="the last frame, flattened; reshape with ArraySize0/1/2_RBV")
+        return table
+
+    def process(self, array: NDArray) -> None:
+        flat = array.data.reshape(-1)[: self.options.nelm]
+        if flat.dtype.itemsize == self._wire.itemsize and flat.dtype.kind in "iu" \
+                and self._wire.kind in "iu":
+            wire = flat.view(self._wire)  # same bits a C cast between equal-size ints gives
+        elif flat.dtype == self._wire:
+            wire = flat.view()
+        else:
+            wire = _c_cast(flat, self._element).view(self._wire) \
+                if self._element.itemsize == self._wire.itemsize else \
+                _c_cast(flat, self._element).astype(self._wire)
+        wire.flags.writeable = False
+        self.set("ArrayData", wire)
+        return None
+
+
+def _c_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind in "iu" and values.dtype.kind == "f":
+        return np.trunc(values).astype(np.int64).astype(dtype)
+    return values.astype(dtype)

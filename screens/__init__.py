@@ -1,0 +1,1 @@
+"""Phoebus .bob screens generated from parameter declarations (issue 4)."""
