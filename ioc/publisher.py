@@ -22,6 +22,11 @@ from .channels import ParamChannel
 
 log = logging.getLogger("ndflow.publisher")
 
+try:  # how long caproto's circuit may batch monitor updates before sending them
+    from caproto.server.common import HIGH_LOAD_TIMEOUT as SEND_SETTLE_S
+except ImportError:  # pragma: no cover
+    SEND_SETTLE_S = 0.01
+
 
 class Publisher:
     def __init__(self, interval: float = 0.02, array_bytes_per_s: float = 400e6) -> None:
@@ -38,6 +43,7 @@ class Publisher:
         self._wake_requested = False
         self._flush_lock: asyncio.Lock | None = None
         self.posted = 0  # values handed to caproto, for tests and benchmarks
+        self.context: Any = None  # the caproto server Context, to know when updates are sent
 
     # --- data-path side (any thread) ------------------------------------------------------------
     def post(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
@@ -82,9 +88,29 @@ class Publisher:
             await asyncio.sleep(self.interval)
 
     async def drain(self) -> None:
-        """Publish everything pending now, arrays included (used before completing a put)."""
-        if self._flush_lock is not None:
-            await self._flush(force=True)
+        """Publish everything pending now, arrays included, and wait until caproto has handed
+        the resulting monitor updates to the clients' connections. Used before a put-callback
+        completes, so a client that monitors ArrayCounter_RBV sees the final count no later than
+        the completion (caproto sends put responses directly but monitors through queues)."""
+        if self._flush_lock is None:
+            return
+        await self._flush(force=True)
+        await self._wait_sent()
+
+    async def _wait_sent(self, timeout: float = 2.0) -> None:
+        ctx = self.context
+        if ctx is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            busy = not ctx.subscription_queue.empty() or any(
+                not circuit.subscription_queue.empty() for circuit in list(ctx.circuits))
+            if not busy:
+                break
+            await asyncio.sleep(0.001)
+        # A circuit's sender may still hold a batch for up to its latency limit.
+        await asyncio.sleep(SEND_SETTLE_S)
 
     async def _flush(self, force: bool) -> float | None:
         async with self._flush_lock:

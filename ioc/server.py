@@ -110,6 +110,7 @@ class IOC:
                 component.start()
             tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             context = Context(self.pvdb)
+            self.publisher.context = context
             tasks.append(asyncio.create_task(context.run(log_pv_names=False), name="caproto"))
             log.info("serving %d PVs with prefix %s", len(self.pvdb), self.prefix)
             if started is not None:

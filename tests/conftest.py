@@ -1,0 +1,148 @@
+"""Test harness: real ndflow IOC processes on loopback, a private CA port per test session.
+
+The CA environment is set before any client library loads libca, so pyepics, ophyd and
+ophyd-async all talk to our IOC on 127.0.0.1 and a port no other run uses.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _free_port_pair() -> int:
+    """A port free for both TCP and UDP, with port+1 free too (repeater/beacons)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port > 65000:
+            continue
+        try:
+            for p in (port, port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", p))
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                    t.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+# Several IOCs may run at once (a module's shared IOC and a test's own), each on its own port;
+# the client searches all of them.
+CA_PORTS = []
+while len(CA_PORTS) < 4:
+    port = _free_port_pair()
+    if all(abs(port - other) > 1 for other in CA_PORTS):
+        CA_PORTS.append(port)
+CA_PORT = CA_PORTS[0]
+CA_ENV = {
+    "EPICS_CA_AUTO_ADDR_LIST": "NO",
+    "EPICS_CA_ADDR_LIST": " ".join(f"127.0.0.1:{p}" for p in CA_PORTS),
+    "EPICS_CA_SERVER_PORT": str(CA_PORT),
+    "EPICS_CAS_SERVER_PORT": str(CA_PORT),
+    "EPICS_CA_REPEATER_PORT": str(CA_PORT + 1),
+    "EPICS_CAS_BEACON_PORT": str(CA_PORT + 1),
+    "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+    "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+    "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+    "EPICS_CA_MAX_ARRAY_BYTES": "200000000",
+    "EPICS_CA_CONN_TMO": "5",
+}
+os.environ.update(CA_ENV)
+
+REPO = Path(__file__).resolve().parent.parent
+NDFLOW = [sys.executable, "-m", "ndflow.cli"]
+
+
+_ports_in_use: set[int] = set()
+
+
+class IOCProcess:
+    """`ndflow run` in a child process, as a user starts it."""
+
+    def __init__(self, config: str | None, tmp_path: Path, prefix: str = "13SIM1:",
+                 extra: list[str] | None = None) -> None:
+        self.prefix = prefix
+        self.port = next(p for p in CA_PORTS if p not in _ports_in_use)
+        _ports_in_use.add(self.port)
+        env = {**os.environ, **CA_ENV, "EPICS_CA_SERVER_PORT": str(self.port),
+               "EPICS_CAS_SERVER_PORT": str(self.port)}
+        args = list(NDFLOW) + ["run"]
+        if config is not None:
+            path = tmp_path / "ioc.yml"
+            path.write_text(config)
+            args.append(str(path))
+        args += ["--prefix", prefix] + (extra or [])
+        self.log_path = tmp_path / "ioc.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 30) -> None:
+        import epics
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.log()}")
+            if epics.caget(self.prefix + pv_suffix, timeout=0.5) is not None:
+                return
+        raise RuntimeError(f"IOC not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        _ports_in_use.discard(self.port)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_ioc(tmp_path):
+    """Start an IOC from YAML text (None = the default IOC); stopped after the test."""
+    started: list[IOCProcess] = []
+
+    def start(config: str | None = None, prefix: str = "13SIM1:", ready: str = "cam1:Acquire_RBV",
+              extra: list[str] | None = None) -> IOCProcess:
+        ioc = IOCProcess(config, tmp_path, prefix, extra)
+        started.append(ioc)
+        ioc.wait_ready(ready)
+        return ioc
+
+    yield start
+    for ioc in started:
+        ioc.stop()
+
+
+_prefix_counter = iter(range(1, 10_000))
+
+
+@pytest.fixture(scope="module")
+def default_ioc(tmp_path_factory):
+    """The default IOC (`ndflow run`), shared by a module's tests, with its own PV prefix so
+    channels cached by the client from an earlier module cannot alias it."""
+    prefix = f"T{os.getpid() % 1000}M{next(_prefix_counter)}:"
+    ioc = IOCProcess(None, tmp_path_factory.mktemp("ioc"), prefix)
+    ioc.wait_ready()
+    yield ioc
+    ioc.stop()
+
+
+def unique_prefix() -> str:
+    return f"T{os.getpid() % 1000}U{next(_prefix_counter)}:"
