@@ -117,10 +117,14 @@ class Publisher:
             with self._lock:
                 pending, self._pending = self._pending, []
                 self._position.clear()
+                ordered = self._barrier >= 0
                 self._barrier = -1
+            # Arrays first: when Acquire_RBV goes to Done, the last image must already be out,
+            # since ophyd's SingleTrigger reads the image as soon as it sees Done.
+            delay = await self._flush_arrays(force or ordered)
             for channel, value in pending:
                 await self._write(channel, value)
-            return await self._flush_arrays(force)
+            return delay
 
     async def _flush_arrays(self, force: bool) -> float | None:
         now = time.monotonic()

@@ -87,12 +87,17 @@ class IOCProcess:
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 30) -> None:
-        import epics
+        # Low-level libca calls: they leave nothing in pyepics' PV cache, which ophyd's
+        # shim would otherwise pick up as a plain epics.PV.
+        from epics import ca
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.log()}")
-            if epics.caget(self.prefix + pv_suffix, timeout=0.5) is not None:
+            chid = ca.create_channel(self.prefix + pv_suffix, connect=False, auto_cb=False)
+            connected = ca.connect_channel(chid, timeout=0.5)
+            ca.clear_channel(chid)
+            if connected:
                 return
         raise RuntimeError(f"IOC not ready after {timeout} s:\n{self.log()}")
 
