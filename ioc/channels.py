@@ -47,6 +47,21 @@ class ParamChannel:
         self.readback = readback
         self._on_put = on_put
         self._fields: dict[str, ChannelData] = {}
+        self.pvname = param.name  # replaced by the full name when the IOC serves the channel
+
+    async def write_from_dbr(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().write_from_dbr(*args, **kwargs)
+        except SkipWrite:
+            raise
+        except Exception as exc:
+            # caproto answers the client with a CA error; we say in one line what was refused.
+            if not getattr(exc, "ndflow_logged", False):
+                reason = str(exc) or f"value not convertible to {self.data_type.name}"
+                if self.param.kind is Kind.ENUM and not str(exc):
+                    reason += f" (choices 0..{len(self.param.choices) - 1})"
+                log.warning("%s: put refused: %s", self.pvname, reason)
+            raise
 
     def check_access(self, hostname: str, username: str) -> AccessRights:
         if self._on_put is None:

@@ -28,6 +28,8 @@ class OneLineErrors(logging.Filter):
             record.msg = "cannot send CA beacons (no CA repeater listening?); not repeated"
             record.args, record.exc_info, record.exc_text = (), None, None
             return True
+        if record.name.startswith("caproto") and "Invalid write request" in str(record.msg):
+            return False  # our channel has already logged the refusal with the PV name
         if record.name.startswith("caproto") and record.exc_info:
             exc = record.exc_info[1]
             record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"

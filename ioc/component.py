@@ -20,6 +20,8 @@ from .publisher import Publisher
 class PutRefused(Exception):
     """Raised by a put hook: the client gets a CA error carrying this message."""
 
+    ndflow_logged = True  # handle_put has logged it already
+
 
 class Component:
     #: declaration groups, merged in order; later names override earlier ones

@@ -103,14 +103,14 @@ class Publisher:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while loop.time() < deadline:
+        quiet = 0
+        # An update may sit between caproto's context queue and a circuit queue, or in a circuit's
+        # batch for up to its latency limit: require the queues to stay empty across that limit.
+        while quiet < 2 and loop.time() < deadline:
             busy = not ctx.subscription_queue.empty() or any(
                 not circuit.subscription_queue.empty() for circuit in list(ctx.circuits))
-            if not busy:
-                break
-            await asyncio.sleep(0.001)
-        # A circuit's sender may still hold a batch for up to its latency limit.
-        await asyncio.sleep(SEND_SETTLE_S)
+            quiet = 0 if busy else quiet + 1
+            await asyncio.sleep(SEND_SETTLE_S if not busy else 0.001)
 
     async def _flush(self, force: bool) -> float | None:
         async with self._flush_lock:

@@ -83,6 +83,7 @@ class IOC:
             name = full + suffix
             if name in self.pvdb:
                 raise lines.error(path + ("prefix",), f"PV {name} defined twice")
+            channel.pvname = name
             self.pvdb[name] = channel
         self.components.append(component)
 
