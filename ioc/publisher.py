@@ -40,7 +40,9 @@ class Publisher:
         self._array_due: dict[ParamChannel, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._array_wake: asyncio.Event | None = None
         self._wake_requested = False
+        self._array_wake_requested = False
         self._flush_lock: asyncio.Lock | None = None
         self.posted = 0  # values handed to caproto, for tests and benchmarks
         self.context: Any = None  # the caproto server Context, to know when updates are sent
@@ -62,7 +64,9 @@ class Publisher:
         """Latest array wins; posted no faster than the byte budget allows."""
         with self._lock:
             self._arrays[channel] = array
-            self._request_wake()
+            if not self._array_wake_requested and self._loop is not None:
+                self._array_wake_requested = True
+                self._loop.call_soon_threadsafe(self._array_wake.set)
 
     def _request_wake(self) -> None:
         if not self._wake_requested and self._loop is not None:
@@ -73,19 +77,33 @@ class Publisher:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._array_wake = asyncio.Event()
         self._flush_lock = asyncio.Lock()
-        with self._lock:
-            if self._pending or self._arrays:
-                self._wake.set()
+        self._wake.set()
+        self._array_wake.set()
+        arrays = asyncio.create_task(self._run_arrays(), name="publisher-arrays")
+        try:
+            while True:  # scalars: at most one flush per interval, latest value wins
+                await self._wake.wait()
+                self._wake.clear()
+                with self._lock:
+                    self._wake_requested = False
+                await self._flush(force=False)
+                await asyncio.sleep(self.interval)
+        finally:
+            arrays.cancel()
+
+    async def _run_arrays(self) -> None:
+        """Arrays are paced by the byte budget alone, not by the scalar interval."""
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._array_wake.wait()
+            self._array_wake.clear()
             with self._lock:
-                self._wake_requested = False
-            delay = await self._flush(force=False)
+                self._array_wake_requested = False
+            async with self._flush_lock:
+                delay = await self._flush_arrays(force=False)
             if delay is not None:
-                self._loop.call_later(delay, self._wake.set)
-            await asyncio.sleep(self.interval)
+                self._loop.call_later(delay, self._array_wake.set)
 
     async def drain(self) -> None:
         """Publish everything pending now, arrays included, and wait until caproto has handed
@@ -112,7 +130,7 @@ class Publisher:
             quiet = 0 if busy else quiet + 1
             await asyncio.sleep(SEND_SETTLE_S if not busy else 0.001)
 
-    async def _flush(self, force: bool) -> float | None:
+    async def _flush(self, force: bool) -> None:
         async with self._flush_lock:
             with self._lock:
                 pending, self._pending = self._pending, []
@@ -121,10 +139,10 @@ class Publisher:
                 self._barrier = -1
             # Arrays first: when Acquire_RBV goes to Done, the last image must already be out,
             # since ophyd's SingleTrigger reads the image as soon as it sees Done.
-            delay = await self._flush_arrays(force or ordered)
+            if force or ordered:
+                await self._flush_arrays(True)
             for channel, value in pending:
                 await self._write(channel, value)
-            return delay
 
     async def _flush_arrays(self, force: bool) -> float | None:
         now = time.monotonic()
