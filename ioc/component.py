@@ -118,19 +118,17 @@ class Component:
             if result is not None:
                 value = result
         self.values[param.name] = value
-        self._publish_readbacks(param, value)
+        await self._publish_readbacks(param, value)
         return self._setpoint_channel_value(param, value)
 
-    def _publish_readbacks(self, param: Param, value: Any) -> None:
-        if self.publisher is None:
-            return
-        for channel in self._targets.get(param.name, ()):
-            if not channel.readback:
-                continue
-            if param.kind is Kind.ARRAY:
-                self.publisher.post_array(channel, value)
-            else:
-                self.publisher.post(channel, channel.to_channel(value), param.coalesce)
+    async def _publish_readbacks(self, param: Param, value: Any) -> None:
+        """Update the _RBV before the put completes, as an asyn readback record does, so a
+        client that reads it right after caput(wait=True) sees the new value."""
+        readbacks = [c for c in self._targets.get(param.name, ()) if c.readback]
+        for channel in readbacks:
+            await channel.publish_value(channel.to_channel(value))
+        if readbacks and self.publisher is not None:
+            await self.publisher.settle()
 
     def _setpoint_channel_value(self, param: Param, value: Any) -> Any:
         channel = self.channels.get(param.setpoint_name or "")

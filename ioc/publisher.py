@@ -113,9 +113,10 @@ class Publisher:
         if self._flush_lock is None:
             return
         await self._flush(force=True)
-        await self._wait_sent()
+        await self.settle()
 
-    async def _wait_sent(self, timeout: float = 2.0) -> None:
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Wait until caproto has handed queued monitor updates to the clients' connections."""
         ctx = self.context
         if ctx is None:
             return
