@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from . import registry
 from .component import Component
-from .config import ConfigError, IOCConfig, LineMap
+from .config import IOCConfig, LineMap
 from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
