@@ -13,7 +13,7 @@ import logging
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-from caproto import (AccessRights, ChannelByte, ChannelChar, ChannelData, ChannelDouble,
+from caproto import (AccessRights, AlarmSeverity, AlarmStatus, ChannelByte, ChannelChar, ChannelData, ChannelDouble,
                      ChannelEnum, ChannelFloat, ChannelInteger, ChannelShort, ChannelString,
                      SkipWrite)
 
@@ -78,7 +78,13 @@ class ParamChannel:
 
     async def publish_value(self, value: Any) -> None:
         """Update from the IOC side: no put hook, subscribers notified."""
-        await self.write(value, verify_value=False)
+        alarm = self.param.alarm
+        if alarm is not None and self.readback:
+            status, severity = alarm.check(float(value))
+            await self.write(value, verify_value=False, status=AlarmStatus[status],
+                             severity=AlarmSeverity(severity))
+        else:
+            await self.write(value, verify_value=False)
 
     def to_channel(self, value: Any) -> Any:
         """Stored parameter value -> what this channel holds."""
@@ -111,6 +117,17 @@ class ParamChannel:
         numbers = {"HOPR": p.high, "LOPR": p.low, "DRVH": p.high, "DRVL": p.low}
         if field in numbers:
             return ChannelDouble(value=float(numbers[field] or 0.0))
+        alarm = p.alarm
+        limits = {"LOLO": alarm.lolo, "LOW": alarm.low, "HIGH": alarm.high,
+                  "HIHI": alarm.hihi} if alarm else {}
+        if field in limits:
+            return ChannelDouble(value=float(limits[field] if limits[field] is not None else 0))
+        severities = {"LLSV": alarm.lolo, "LSV": alarm.low, "HSV": alarm.high,
+                      "HHSV": alarm.hihi} if alarm else {}
+        if field in severities:
+            major = field in ("LLSV", "HHSV")
+            level = ("MAJOR" if major else "MINOR") if severities[field] is not None else "NO_ALARM"
+            return ChannelEnum(value=level, enum_strings=["NO_ALARM", "MINOR", "MAJOR", "INVALID"])
         if field == "PREC":
             return ChannelInteger(value=p.precision)
         if field in ("DISA", "DISV", "STAT", "SEVR", "PROC", "UDF", "PACT", "TPRO", "CNCT"):
@@ -158,6 +175,8 @@ def make_channel(param: Param, readback: bool, value: Any,
         kw.update(max_length=param.length)
         if base is not ChannelByte:
             kw.update(units=param.units)
+    if param.alarm is not None and param.kind in (Kind.INT, Kind.FLOAT):
+        kw.update(_alarm_limits(param))
     chan = cls.__new__(cls)
     ParamChannel._ndflow_init(chan, param, readback, on_put)
     initial = chan.to_channel(value) if value is not None else _empty(param)
@@ -173,6 +192,16 @@ def _limits(param: Param) -> dict[str, float]:
     # caproto refuses writes outside ctrl limits itself; we clamp in Param.coerce instead, so only
     # the display limits are declared.
     return {"lower_disp_limit": lo, "upper_disp_limit": hi}
+
+
+def _alarm_limits(param: Param) -> dict[str, float]:
+    """Alarm limits in the channel's control metadata, so clients (and screens) see them; an
+    unset limit is 0, as in a record."""
+    a = param.alarm
+    cast = int if param.kind is Kind.INT else float
+    return {name: cast(v) if v is not None else 0 for name, v in (
+        ("lower_alarm_limit", a.lolo), ("lower_warning_limit", a.low),
+        ("upper_warning_limit", a.high), ("upper_alarm_limit", a.hihi))}
 
 
 def _empty(param: Param) -> Any:

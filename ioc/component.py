@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any, ClassVar, Iterable, Mapping
+from typing import Any, ClassVar, Iterable, Mapping, Protocol
 
 from .channels import HANDLED, ParamChannel, make_channel
 from .params import Access, Kind, Param, ParamTable
@@ -21,6 +21,13 @@ class PutRefused(Exception):
     """Raised by a put hook: the client gets a CA error carrying this message."""
 
     ndflow_logged = True  # handle_put has logged it already
+
+
+class PVRegistry(Protocol):
+    """Where a running component's PVs live (the IOC's pvdb)."""
+
+    def add_pvs(self, component: "Component", channels: Mapping[str, ParamChannel]) -> None: ...
+    def withdraw_pvs(self, component: "Component", suffixes: Iterable[str]) -> None: ...
 
 
 class Component:
@@ -37,6 +44,7 @@ class Component:
         self.publisher: Publisher | None = None
         self._targets: dict[str, list[ParamChannel]] = {}
         self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
+        self.pv_registry: PVRegistry | None = None
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
             self.values["PortName_RBV"] = port
@@ -74,25 +82,57 @@ class Component:
     def build_channels(self, publisher: Publisher) -> dict[str, ParamChannel]:
         """Create the caproto channels for every declared parameter (suffix -> channel)."""
         self.publisher = publisher
-        channels: dict[str, ParamChannel] = {}
+        self.channels = {}
         for p in self.params:
-            value = self.values[p.name]
-            targets: list[ParamChannel] = []
-            if p.setpoint_name:
-                sp = make_channel(p, False, value, self._put_handler(p))
-                channels[p.setpoint_name] = sp
-                if p.also_setpoint or p.access is Access.W:
-                    targets.append(sp)
-            if p.readback_name:
-                rb = make_channel(p, True, value, None)
-                channels[p.readback_name] = rb
-                targets.append(rb)
-            for alias in p.aliases:
-                channels[alias] = make_channel(p, True, value, None)
-                targets.append(channels[alias])
-            self._targets[p.name] = targets
-        self.channels = channels
+            self.channels.update(self._channels_for(p))
+        return self.channels
+
+    def _channels_for(self, p: Param) -> dict[str, ParamChannel]:
+        value = self.values[p.name]
+        channels: dict[str, ParamChannel] = {}
+        targets: list[ParamChannel] = []
+        if p.setpoint_name:
+            sp = make_channel(p, False, value, self._put_handler(p))
+            channels[p.setpoint_name] = sp
+            if p.also_setpoint or p.access is Access.W:
+                targets.append(sp)
+        if p.readback_name:
+            rb = make_channel(p, True, value, None)
+            channels[p.readback_name] = rb
+            targets.append(rb)
+        for alias in p.aliases:
+            channels[alias] = make_channel(p, True, value, None)
+            targets.append(channels[alias])
+        self._targets[p.name] = targets
         return channels
+
+    # --- parameters that come and go while the IOC runs (algorithm declarations) ------------------
+    def add_params(self, params: Iterable[Param], values: Mapping[str, Any]) -> None:
+        """Declare more parameters; once serving, their PVs appear at once."""
+        added: dict[str, ParamChannel] = {}
+        for p in params:
+            self.params.params[p.name] = p
+            self.values[p.name] = values.get(p.name, p.default)
+            if self.publisher is not None:
+                added.update(self._channels_for(p))
+        self.channels.update(added)
+        if added and self.pv_registry is not None:
+            self.pv_registry.add_pvs(self, added)
+
+    def remove_params(self, names: Iterable[str]) -> None:
+        """Withdraw parameters; once serving, their PVs stop answering searches."""
+        gone: list[str] = []
+        for name in names:
+            p = self.params.params.pop(name, None)
+            if p is None:
+                continue
+            self.values.pop(name, None)
+            self._targets.pop(name, None)
+            for suffix in p.pv_suffixes:
+                if self.channels.pop(suffix, None) is not None:
+                    gone.append(suffix)
+        if gone and self.pv_registry is not None:
+            self.pv_registry.withdraw_pvs(self, gone)
 
     def _put_handler(self, param: Param):
         async def on_put(value: Any) -> Any:
@@ -118,8 +158,13 @@ class Component:
             if result is not None:
                 value = result
         self.values[param.name] = value
+        self.after_put(param, value)
         await self._publish_readbacks(param, value)
         return self._setpoint_channel_value(param, value)
+
+    def after_put(self, param: Param, value: Any) -> None:
+        """Called after any accepted CA write (for components whose parameters are not known
+        when the class is written, so they cannot have put_<Name> hooks)."""
 
     async def _publish_readbacks(self, param: Param, value: Any) -> None:
         """Update the _RBV before the put completes, as an asyn readback record does, so a

@@ -7,6 +7,7 @@ and nothing else.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,48 @@ class PublishConfig(_Strict):
 
 class IOCConfig(_Strict):
     prefix: str = Field("13SIM1:", description="the P macro")
+    algorithm_folders: list[str] = Field(
+        default_factory=list, description="the only folders Python algorithm files load from "
+        "(relative to this file)")
+    screens_dir: str = Field("", description="where `ndflow run` writes the .bob screens "
+                             "(relative to this file; empty: none)")
     drivers: list[DriverConfig] = Field(min_length=1)
     plugins: list[PluginConfig] = Field(default_factory=list)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where this IOC's files are, resolved against the config file's folder."""
+
+    base_dir: Path
+    algorithm_folders: tuple[Path, ...] = ()
+    screens_dir: Path | None = None
+
+    @classmethod
+    def of(cls, config: IOCConfig, base_dir: Path) -> "Site":
+        folders = tuple((base_dir / f).resolve() for f in config.algorithm_folders)
+        screens = (base_dir / config.screens_dir).resolve() if config.screens_dir else None
+        return cls(base_dir, folders, screens)
+
+    def algorithm_file(self, name: str) -> Path:
+        """The file `name` names, if it lies inside a configured algorithm folder (symlinks
+        resolved); anything else is refused, so no config or PV can load code from elsewhere."""
+        if not self.algorithm_folders:
+            raise ValueError("no algorithm_folders configured; algorithm files load only "
+                             "from those")
+        for folder in self.algorithm_folders:
+            path = (folder / name).resolve()
+            if path.is_relative_to(folder) and path.is_file():
+                return path
+        for folder in self.algorithm_folders:
+            if (folder / name).resolve().is_relative_to(folder):
+                break
+        else:
+            raise ValueError(f"{name!r} is outside the algorithm folders "
+                             f"({', '.join(map(str, self.algorithm_folders))})")
+        raise ValueError(f"no file {name!r} in the algorithm folders "
+                         f"({', '.join(map(str, self.algorithm_folders))})")
 
 
 def default_config_text() -> str:
@@ -98,6 +138,9 @@ class LineMap:
 
     def __init__(self, name: str, root: yaml.Node | None) -> None:
         self.name = name
+        path = Path(name)
+        #: relative paths in the config are relative to its folder
+        self.base_dir = path.resolve().parent if path.is_file() else Path.cwd()
         self._lines: dict[tuple, int] = {}
         if root is not None:
             self._walk(root, ())

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from . import shm
 from .adcore import AD_BASE, NDARRAY_BASE
 from .arrayport import ArrayPort
 from .channels import HANDLED
@@ -68,6 +69,8 @@ class Driver(ArrayPort):
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
                  **pool_kw: Any) -> None:
+        # Frames live in shared memory so a Python algorithm reads them with zero copies.
+        pool_kw.setdefault("new_block", shm.block)
         super().__init__(port, prefix, graph, pool_bytes, **pool_kw)
         self.values.update({"Manufacturer_RBV": self.manufacturer, "Model_RBV": self.model,
                             "DriverVersion_RBV": self.driver_version})
@@ -227,6 +230,8 @@ class Driver(ArrayPort):
         self.set("NumImagesCounter_RBV", number)
         frame.stamp(counter, started_wall)
         frame.acquisition = acquisition
+        if acquisition.first_id is None:
+            acquisition.first_id = counter
         if frame.valid:
             frame.attributes.setdefault("ColorMode", NDAttribute(
                 "ColorMode", frame.color_mode, "Color mode", AttrSource.DRIVER))

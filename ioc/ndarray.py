@@ -116,6 +116,7 @@ class Acquisition:
     id: int
     params: dict[str, Any]
     in_flight: InFlight = field(default_factory=InFlight)
+    first_id: int | None = None  # unique id of its first frame, so plugins can sort from it
 
     @classmethod
     def start(cls, params: Mapping[str, Any]) -> "Acquisition":

@@ -33,6 +33,28 @@ STRING_MAX = 40
 
 
 @dataclass(frozen=True)
+class AlarmLimits:
+    """An ai record's LOLO/LOW/HIGH/HIHI: LOLO and HIHI are major alarms, LOW and HIGH minor."""
+
+    lolo: float | None = None
+    low: float | None = None
+    high: float | None = None
+    hihi: float | None = None
+
+    def check(self, value: float) -> tuple[str, int]:
+        """(alarm status name, severity 0/1/2) for `value`, as the record's alarm check does."""
+        if self.hihi is not None and value >= self.hihi:
+            return "HIHI", 2
+        if self.lolo is not None and value <= self.lolo:
+            return "LOLO", 2
+        if self.high is not None and value >= self.high:
+            return "HIGH", 1
+        if self.low is not None and value <= self.low:
+            return "LOW", 1
+        return "NO_ALARM", 0
+
+
+@dataclass(frozen=True)
 class Param:
     """One declared parameter. Values are stored as Python ints (enum: the choice index),
     floats, strs or numpy arrays."""
@@ -55,6 +77,7 @@ class Param:
     coalesce: bool = True  # False: every change is published in order (Acquire_RBV 0->1->0)
     also_setpoint: bool = False  # the data path updates the setpoint too (asyn:READBACK records)
     aliases: tuple[str, ...] = ()  # further read-only names for the same value (ArraySize0 = ArraySize0_RBV)
+    alarm: "AlarmLimits | None" = None  # readback alarm limits (algorithm outputs)
 
     # --- naming -------------------------------------------------------------------------------
     @property

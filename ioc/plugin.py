@@ -20,9 +20,11 @@ from typing import Any, ClassVar, Iterable
 from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
-from .ndarray import FrameStatus, MissingCause, NDArray
+from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
 
 _STOP = object()
+#: process() returns this when the result comes later, through complete() (child processes)
+DEFERRED = object()
 
 Outputs = NDArray | Iterable[NDArray] | None
 
@@ -131,7 +133,7 @@ class Plugin(ArrayPort):
             with self._count_lock:
                 self.set("DroppedArrays", self.values["DroppedArrays"] + 1)
             try:
-                self._sorter.push(array.unique_id, [array.derive(
+                self._sorter.push(array, [array.derive(
                     None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
             finally:
                 self._leave(array)
@@ -154,7 +156,7 @@ class Plugin(ArrayPort):
         now = time.monotonic()
         min_time = self.values["MinCallbackTime"]
         if min_time > 0 and now - self._last_callback < min_time:
-            self._sorter.push(array.unique_id, [])
+            self._sorter.push(array, [])
             return
         self._last_callback = now
         self._last_input = array
@@ -164,7 +166,11 @@ class Plugin(ArrayPort):
         start = time.perf_counter()
         if array.valid:
             try:
-                outputs = _as_list(self.process(array))
+                result = self.process(array)
+                if result is DEFERRED:
+                    self._enter(array)  # left again in complete()
+                    return
+                outputs = _as_list(result)
             except Exception as exc:  # a bug in one plugin must not stop the pipeline
                 self.log.error("%s: processing array %d failed: %s: %s", self.prefix,
                                array.unique_id, type(exc).__name__, exc)
@@ -175,7 +181,16 @@ class Plugin(ArrayPort):
         else:
             outputs = _as_list(self.process_missing(array))
         self.set("ExecutionTime_RBV", (time.perf_counter() - start) * 1e3)
-        self._sorter.push(array.unique_id, outputs)
+        self._sorter.push(array, outputs)
+
+    def complete(self, array: NDArray, outputs: Outputs, seconds: float | None = None) -> None:
+        """Finish a frame whose process() returned DEFERRED (any thread)."""
+        try:
+            if seconds is not None:
+                self.set("ExecutionTime_RBV", seconds * 1e3)
+            self._sorter.push(array, _as_list(outputs))
+        finally:
+            self._leave(array)
 
     def _deliver(self, outputs: list[NDArray]) -> None:
         for out in outputs:
@@ -230,48 +245,62 @@ class Sorter:
         self._heap: list[tuple[int, int, float, list[NDArray]]] = []
         self._tie = itertools.count()
         self._last_id: int | None = None
+        self._acquisition: Acquisition | None = None
 
     def _sorting(self) -> bool:
         v = self.plugin.values
         return bool(v["SortMode"]) and (v["NumThreads"] > 1 or self._heap)
 
-    def push(self, unique_id: int, outputs: list[NDArray]) -> None:
+    def push(self, array: NDArray, outputs: list[NDArray]) -> None:
+        """`outputs` of input `array` are ready to go downstream."""
         if not self._sorting():
-            self._last_id = unique_id
+            self._last_id = array.unique_id
+            self._acquisition = array.acquisition
             self.plugin._deliver(outputs)
             return
         with self._lock:
-            heapq.heappush(self._heap, (unique_id, next(self._tie), time.monotonic(), outputs))
+            heapq.heappush(self._heap, (array.unique_id, next(self._tie), time.monotonic(),
+                                        array.acquisition, outputs))
             ready = self._pop_ready(force_stale=False)
-        for _, outs in ready:
+        for outs in ready:
             self.plugin._deliver(outs)
 
     def flush_stale(self) -> None:
         with self._lock:
             ready = self._pop_ready(force_stale=True)
-        for _, outs in ready:
+        for outs in ready:
             self.plugin._deliver(outs)
 
-    def _pop_ready(self, force_stale: bool) -> list[tuple[int, list[NDArray]]]:
+    def _expected(self, acquisition: Acquisition | None) -> int | None:
+        """The id that may go out at once: the next one, or a new acquisition's first."""
+        if acquisition is not None and acquisition is not self._acquisition:
+            return acquisition.first_id
+        return None if self._last_id is None else self._last_id + 1
+
+    def _pop_ready(self, force_stale: bool) -> list[list[NDArray]]:
         v = self.plugin.values
         ready = []
         now = time.monotonic()
         while self._heap:
-            uid, _, arrived, outs = self._heap[0]
-            in_order = self._last_id is None or uid <= self._last_id + 1
+            uid, _, arrived, acquisition, outs = self._heap[0]
+            # Only the expected id goes out at once; any other waits, for at most SortTime
+            # and while fewer than SortSize are held, for the gap before it to fill.
+            in_order = uid == self._expected(acquisition)
             too_many = len(self._heap) > v["SortSize"]
             stale = now - arrived >= v["SortTime"]
-            if not (in_order or too_many or (force_stale and stale) or stale):
+            if not (in_order or too_many or stale):
                 break
             heapq.heappop(self._heap)
-            self._note_order(uid)
-            ready.append((uid, outs))
+            self._note_order(uid, acquisition)
+            self._acquisition = acquisition
+            ready.append(outs)
         self.plugin.set("SortFree", max(0, v["SortSize"] - len(self._heap)))
         return ready
 
-    def _note_order(self, unique_id: int) -> None:
-        if self._last_id is not None and unique_id < self._last_id:
+    def _note_order(self, unique_id: int, acquisition: Acquisition | None) -> None:
+        new_run = acquisition is not None and acquisition is not self._acquisition
+        if not new_run and self._last_id is not None and unique_id < self._last_id:
             p = self.plugin
             p.set("DisorderedArrays", p.values["DisorderedArrays"] + 1)
-        if self._last_id is None or unique_id > self._last_id:
+        if new_run or self._last_id is None or unique_id > self._last_id:
             self._last_id = unique_id

@@ -7,15 +7,16 @@ non-blocking plugins run in their own threads and reach Channel Access only thro
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 from caproto.asyncio.server import Context
 from pydantic import ValidationError
 
 from . import registry
 from .component import Component
-from .config import IOCConfig, LineMap
+from .config import IOCConfig, LineMap, Site
 from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
@@ -34,7 +35,9 @@ class IOC:
                                    config.publish.array_mb_per_s * 1e6)
         self.components: list[Component] = []
         self.pvdb: dict[str, Any] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         lines = lines or LineMap("<config>", None)
+        self.site = Site.of(config, lines.base_dir)
         for i, cfg in enumerate(config.drivers):
             self._add(self._make(lines, ("drivers", i), "drivers", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,
@@ -68,6 +71,8 @@ class IOC:
                 raise lines.error_from(exc, path + ("options",)) from None
         elif options:
             raise lines.error(path + ("options",), f"{kind} takes no options")
+        if "site" in inspect.signature(cls).parameters:
+            kw["site"] = self.site
         try:
             return cls(**kw)
         except (ValueError, TypeError) as exc:
@@ -85,7 +90,38 @@ class IOC:
                 raise lines.error(path + ("prefix",), f"PV {name} defined twice")
             channel.pvname = name
             self.pvdb[name] = channel
+        component.pv_registry = self
         self.components.append(component)
+
+    # --- PVs added and withdrawn at run time (PVRegistry) -----------------------------------------
+    def add_pvs(self, component: Component, channels: Mapping[str, Any]) -> None:
+        full = f"{self.prefix}{component.prefix}"
+
+        def add() -> None:
+            for suffix, channel in channels.items():
+                channel.pvname = full + suffix
+                self.pvdb[full + suffix] = channel
+            log.info("%s: added %d PVs", component.port, len(channels))
+        self._on_loop(add)
+
+    def withdraw_pvs(self, component: Component, suffixes: Iterable[str]) -> None:
+        full = f"{self.prefix}{component.prefix}"
+        names = {full + s for s in suffixes}
+
+        def withdraw() -> None:
+            # caproto caches record-field channels ("X.DESC") in the pvdb too
+            for key in [k for k in self.pvdb if k.split(".", 1)[0] in names]:
+                del self.pvdb[key]
+            log.info("%s: withdrew %d PVs", component.port, len(names))
+        self._on_loop(withdraw)
+
+    def _on_loop(self, action: Callable[[], None]) -> None:
+        """Change the pvdb in the event loop's thread, never under caproto's feet."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            action()
+        else:
+            loop.call_soon_threadsafe(action)
 
     # --- queries ----------------------------------------------------------------------------------
     def pv_names(self) -> list[str]:
@@ -105,6 +141,7 @@ class IOC:
     # --- running ----------------------------------------------------------------------------------
     async def run(self, started: asyncio.Event | None = None) -> None:
         """Serve until cancelled; shut every component down on the way out."""
+        self._loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.publisher.run(), name="publisher")]
         try:
             for component in self.components:

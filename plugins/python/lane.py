@@ -1,0 +1,438 @@
+"""Lane: one algorithm child process, the frames in flight to it, and its supervision.
+
+A worker thread hands a frame to `submit()`, which places it in shared memory (no copy when it
+already lives in a segment, else one copy into one of the lane's slots), sends a FRAME message and
+returns at once; up to `depth` frames are in flight, so copying the next frame overlaps the
+child's work on this one. The lane's own thread reads the replies, enforces the per-frame
+timeout, and restarts the child with back-off when it dies, hangs or crashes.
+
+Children are started from one long-lived spawner thread because PR_SET_PDEATHSIG fires when the
+*thread* that forked the child exits, not only the process.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import enum
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+import ndflow
+import ndflow.plugins
+from ndflow import shm
+from ndflow.ndarray import MissingCause, NDArray
+
+from . import wire
+
+CHILD_SCRIPT = Path(__file__).with_name("child.py")
+
+
+class LaneState(enum.IntEnum):
+    STOPPED = 0
+    STARTING = 1
+    RUNNING = 2  # a child with a loaded algorithm
+    RESTARTING = 3  # waiting out the back-off after a death
+    FAILED = 4  # a child is up but has no algorithm (the file did not load)
+
+
+LANE_STATES = ("Stopped", "Starting", "Running", "Restarting", "Failed")
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    name: str  # for logs: the plugin port
+    python: str
+    file: Path
+    class_name: str
+    memory_mb: float
+    frame_timeout: float
+    start_timeout: float
+
+
+class LaneOwner(Protocol):
+    """What a lane reports to (the plugin). Called from the lane's thread."""
+
+    def lane_declared(self, lane: "Lane", reply: dict[str, Any]) -> None: ...
+    def lane_load_error(self, lane: "Lane", reply: dict[str, Any]) -> None: ...
+    def lane_result(self, lane: "Lane", array: NDArray, reply: dict[str, Any],
+                    image: np.ndarray | None) -> None: ...
+    def lane_lost(self, lane: "Lane", array: NDArray, cause: MissingCause, message: str,
+                  timed_out: bool) -> None: ...
+    def lane_died(self, lane: "Lane", message: str, output: str) -> None: ...
+    def lane_state(self, lane: "Lane") -> None: ...
+    def input_values(self) -> tuple[int, dict[str, Any]]: ...
+
+
+@dataclass
+class _InFlight:
+    array: NDArray
+    sent: float
+    slot: shm.Segment | None = None
+
+
+@dataclass
+class _Child:
+    proc: subprocess.Popen
+    channel: wire.Channel
+    known: set[int] = field(default_factory=set)  # segment ids the child has mapped
+    params_version: int = -1
+    retired_cursor: int = 0
+
+
+class Lane:
+    def __init__(self, spec: ChildSpec, index: int, owner: LaneOwner, depth: int = 2) -> None:
+        self.spec = spec
+        self.index = index
+        self.owner = owner
+        self.depth = depth
+        self.state = LaneState.STOPPED
+        self.log = logging.getLogger(f"ndflow.{spec.name}")
+        self.restarts = 0
+        self.pid = 0
+        self._child: _Child | None = None
+        self._cond = threading.Condition()
+        self._pending: collections.deque[_InFlight] = collections.deque()
+        self._slots: list[shm.Segment | None] = [None] * depth
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._output: collections.deque[str] = collections.deque(maxlen=60)
+        self._first = threading.Event()
+        self._failures = 0  # deaths since the last good frame, for the back-off
+        self._out: shm.Segment | None = None  # the child's output-image segment
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def start(self, wait: bool) -> None:
+        self._thread = threading.Thread(target=self._supervise, daemon=True,
+                                        name=f"{self.spec.name}-lane{self.index}")
+        self._thread.start()
+        if wait:
+            self._first.wait(self.spec.start_timeout + 5)
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Graceful (SHUTDOWN, then wait), then SIGTERM, then SIGKILL."""
+        self._closing.set()
+        child = self._child
+        if child is not None:
+            try:
+                child.channel.send(wire.SHUTDOWN)
+            except wire.ChannelClosed:
+                pass
+            _stop_process(child.proc, timeout)
+        if self._thread is not None:
+            self._thread.join(timeout + 2)
+        self._set_state(LaneState.STOPPED)
+
+    def reload(self) -> None:
+        child = self._child
+        if child is not None:
+            try:
+                child.channel.send(wire.RELOAD)
+            except wire.ChannelClosed:
+                pass
+
+    # --- the frame path (worker threads) -----------------------------------------------------------
+    def submit(self, array: NDArray) -> str | None:
+        """Send `array` to the child. None when sent; otherwise why it could not be."""
+        with self._cond:
+            while len(self._pending) >= self.depth and self.state is LaneState.RUNNING:
+                self._cond.wait(0.5)
+            child = self._child
+            if self.state is not LaneState.RUNNING or child is None:
+                return f"algorithm {LANE_STATES[self.state].lower()}"
+            header, fds, slot = self._place(child, array)
+            self._pending.append(_InFlight(array, time.monotonic(), slot))
+        try:
+            self._send_params(child)
+            self._send_forgets(child)
+            child.channel.send(wire.FRAME, header, fds)
+        except wire.ChannelClosed:
+            pass  # the lane thread sees the death and fails the pending frame
+        return None
+
+    def _place(self, child: _Child, array: NDArray
+               ) -> tuple[dict[str, Any], list[int], shm.Segment | None]:
+        data = array.data
+        found = shm.find(data) if min(data.strides, default=0) >= 0 else None
+        slot = None
+        if found is None:  # one copy, into a free slot of this lane
+            slot = self._free_slot(data.nbytes)
+            view = slot.array(data.shape, data.dtype, writable=True)
+            np.copyto(view, data)
+            seg, offset, strides = slot, 0, view.strides
+        else:
+            seg, offset = found
+            strides = data.strides
+        fds: list[int] = []
+        new: list[int] = []
+        if seg.id not in child.known:
+            child.known.add(seg.id)
+            new.append(seg.id)
+            fds.append(seg.fd)
+        header = {
+            "id": array.unique_id, "ts": array.timestamp, "ets": list(array.epics_ts),
+            "seg": seg.id, "off": offset, "shape": list(data.shape), "strides": list(strides),
+            "dtype": data.dtype.str, "color": _color_name(array.color_mode),
+            "dims": [[d.size, d.offset, d.binning, d.reverse] for d in array.dims],
+            "tf": array.transform.ravel().tolist(),
+            "attrs": {name: _jsonable(a.value) for name, a in array.attributes.items()},
+            "new": new,
+        }
+        return header, fds, slot
+
+    def _free_slot(self, nbytes: int) -> shm.Segment:
+        busy = {id(p.slot) for p in self._pending if p.slot is not None}
+        for i, seg in enumerate(self._slots):
+            if seg is not None and id(seg) not in busy and len(seg) >= nbytes:
+                return seg
+        for i, seg in enumerate(self._slots):
+            if seg is None or id(seg) not in busy:  # grow (or create) this one
+                self._slots[i] = shm.Segment.create(nbytes, f"ndflow-{self.spec.name}")
+                return self._slots[i]
+        raise RuntimeError("no free slot")  # cannot happen: at most depth frames in flight
+
+    def _send_params(self, child: _Child) -> None:
+        version, values = self.owner.input_values()
+        if version != child.params_version:
+            initial = child.params_version < 0
+            child.params_version = version
+            child.channel.send(wire.PARAMS, {"values": values, "initial": initial})
+
+    def _send_forgets(self, child: _Child) -> None:
+        if child.retired_cursor == len(shm.retired):
+            return
+        ids = [i for i in shm.retired[child.retired_cursor:] if i in child.known]
+        child.retired_cursor = len(shm.retired)
+        if ids:
+            child.known.difference_update(ids)
+            child.channel.send(wire.FORGET, {"ids": ids})
+
+    # --- supervision (the lane's thread) ------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._closing.is_set():
+            self._set_state(LaneState.STARTING)
+            started = self._spawn()
+            if started:
+                reason, message = self._serve()
+            else:
+                reason, message = "start", "child did not start"
+            self._bury(reason, message)
+            self._first.set()
+            if self._closing.is_set():
+                break
+            self._failures += 1
+            self.restarts += 1
+            delay = min(0.25 * 2 ** (self._failures - 1), 30.0)
+            self._set_state(LaneState.RESTARTING)
+            self._closing.wait(delay)
+
+    def _spawn(self) -> bool:
+        spec = self.spec
+        parent_sock, child_sock = wire.socket_pair()
+        settings = {
+            "file": str(spec.file), "class": spec.class_name, "memory_mb": spec.memory_mb,
+            "parent_pid": os.getpid(), "name": spec.name,
+            "ndflow_dir": ndflow.__path__[0], "plugins_dir": ndflow.plugins.__path__[0],
+        }
+        argv = [spec.python, "-u", str(CHILD_SCRIPT), str(child_sock.fileno()), json.dumps(settings)]
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        try:
+            proc = _spawner().submit(
+                subprocess.Popen, argv, pass_fds=[child_sock.fileno()], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env).result()
+        except OSError as exc:
+            self.owner.lane_died(self, f"cannot start {spec.python}: {exc.strerror or exc}", "")
+            parent_sock.close()
+            child_sock.close()
+            return False
+        finally:
+            child_sock.close()
+        self.pid = proc.pid
+        self._output.clear()
+        threading.Thread(target=self._read_output, args=(proc,), daemon=True,
+                         name=f"{spec.name}-out{self.index}").start()
+        self._child = _Child(proc, wire.Channel(parent_sock))
+        return True
+
+    def _serve(self) -> tuple[str, str]:
+        """Read replies until the child dies or hangs: (reason, message)."""
+        child = self._child
+        assert child is not None
+        poller = select.poll()
+        poller.register(child.channel.fileno(), select.POLLIN)
+        started = time.monotonic()
+        while not self._closing.is_set():
+            with self._cond:
+                head = self._pending[0] if self._pending else None
+            now = time.monotonic()
+            if head is not None:
+                deadline = head.sent + self.spec.frame_timeout
+            elif self.state is LaneState.STARTING:
+                deadline = started + self.spec.start_timeout
+            else:
+                deadline = now + 0.5
+            if now >= deadline and (head is not None or self.state is LaneState.STARTING):
+                _kill(child.proc)
+                if head is not None:
+                    return "timeout", (f"process() of frame {head.array.unique_id} took longer "
+                                       f"than {self.spec.frame_timeout:g} s; child killed")
+                return "start", f"no declarations within {self.spec.start_timeout:g} s"
+            if not poller.poll(max(0.0, min(deadline - now, 0.5)) * 1000):
+                continue
+            try:
+                kind, reply, fds = child.channel.recv()
+            except wire.ChannelClosed:
+                return "died", ""
+            if kind == wire.DONE:
+                self._done(child, reply, fds)
+            elif kind == wire.DECLARE:
+                child.params_version = -1
+                self.owner.lane_declared(self, reply)
+                self._set_state(LaneState.RUNNING)
+                self._first.set()
+            elif kind == wire.LOAD_ERROR:
+                self.owner.lane_load_error(self, reply)
+                if not reply.get("running"):
+                    self._set_state(LaneState.FAILED)
+                self._first.set()
+        return "closing", ""
+
+    def _done(self, child: _Child, reply: dict[str, Any], fds: list[int]) -> None:
+        with self._cond:
+            entry = self._pending.popleft() if self._pending else None
+            self._cond.notify_all()
+        if fds:
+            self._out = shm.Segment.attach(fds[0], reply.get("out_segment", 0))
+        if entry is None:
+            return
+        image = None
+        info = reply.get("image")
+        if info and self._out is not None:
+            image = self._out.array(tuple(info["shape"]), info["dtype"])
+        if reply.get("status") in ("ok", "warning"):
+            self._failures = 0
+        self.owner.lane_result(self, entry.array, reply, image)
+
+    def _bury(self, reason: str, message: str) -> None:
+        """The child is gone (or going): reap it and fail every frame it held."""
+        child, self._child = self._child, None
+        returncode = None
+        if child is not None:
+            child.channel.close()
+            returncode = _stop_process(child.proc, 0.5 if reason != "closing" else 1.0)
+        with self._cond:
+            pending, self._pending = list(self._pending), collections.deque()
+            self._cond.notify_all()
+        self._slots = [None] * self.depth
+        self._out = None
+        if reason == "closing":
+            for entry in pending:
+                self.owner.lane_lost(self, entry.array, MissingCause.PROCESSING_ERROR,
+                                     "plugin shut down", False)
+            return
+        time.sleep(0.05)  # let the output reader catch the last lines (faulthandler's stack)
+        if not message:
+            message = f"child {self.pid} {_describe_exit(returncode)}"
+            if pending:
+                message += f" while processing frame {pending[0].array.unique_id}"
+        output = "\n".join(self._output)
+        self.owner.lane_died(self, message, output)
+        for i, entry in enumerate(pending):
+            timed_out = reason == "timeout" and i == 0
+            cause = MissingCause.TIMEOUT if timed_out else MissingCause.PROCESSING_ERROR
+            text = message if i == 0 else f"lost when the child was restarted ({message})"
+            self.owner.lane_lost(self, entry.array, cause, text, timed_out)
+
+    def _read_output(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self._output.append(line)
+            self.log.info("[%s pid %d] %s", self.spec.file.name, proc.pid, line)
+
+    def _set_state(self, state: LaneState) -> None:
+        with self._cond:
+            self.state = state
+            self._cond.notify_all()
+        self.owner.lane_state(self)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    _kill(proc)
+    return proc.wait()
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        proc.kill()
+    except OSError:
+        pass
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"died with {signal.Signals(-code).name}"
+        except ValueError:
+            return f"died with signal {-code}"
+    return f"exited with code {code}"
+
+
+def _color_name(index: int) -> str:
+    from ndflow.adcore import COLOR_MODES
+    return COLOR_MODES[index] if 0 <= index < len(COLOR_MODES) else "Mono"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, np.ndarray):
+        return value
+    return str(value)
+
+
+_SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
+_SPAWNER_LOCK = threading.Lock()
+
+
+def _spawner() -> concurrent.futures.ThreadPoolExecutor:
+    """One thread that lives as long as the IOC and forks every child (see module doc)."""
+    global _SPAWNER
+    with _SPAWNER_LOCK:
+        if _SPAWNER is None:
+            _SPAWNER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ndflow-spawn")
+        return _SPAWNER
+
+
+def default_python() -> str:
+    return sys.executable

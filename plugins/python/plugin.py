@@ -1,0 +1,377 @@
+"""PythonPlugin: runs a user's algorithm file in child processes and serves its parameters as PVs.
+
+The IOC process never imports the user's file. A child loads it and reports the declared inputs
+and outputs; this plugin turns them into parameters (hence PVs and screens), sends input changes
+to the children before their next frame, and turns replies back into output PVs and NDArrays. The
+file is watched: a changed file is reloaded in the children, and a changed parameter list adds and
+withdraws PVs while the IOC runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ndflow import shm
+from ndflow.config import Site
+from ndflow.graph import PortGraph
+from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDimension
+from ndflow.params import (AlarmLimits, Access, Kind, Param, R, W, enum_param, float_param,
+                           int_param, string_param, text_param)
+from ndflow.plugin import DEFERRED, Outputs, Plugin
+
+from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
+
+MB = 1024 * 1024
+_PV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,59}$")
+
+PYTHON_STATUS = (
+    text_param("AlgorithmFile_RBV", 256, access=R, doc="algorithm file", group="Algorithm"),
+    string_param("AlgorithmClass_RBV", access=R, doc="algorithm class", group="Algorithm"),
+    text_param("Python_RBV", 256, access=R, doc="interpreter of the child", group="Algorithm"),
+    enum_param("ChildState_RBV", LANE_STATES, access=R, doc="child process state",
+               group="Algorithm"),
+    int_param("Restarts_RBV", access=R, doc="child restarts", group="Algorithm"),
+    int_param("Loads_RBV", access=R, doc="successful loads of the file", group="Algorithm"),
+    text_param("LastError_RBV", 256, access=R, doc="last error", group="Algorithm"),
+    text_param("Traceback_RBV", 4096, access=R, doc="last traceback", group="Algorithm"),
+    int_param("FramesOK_RBV", access=R, doc="frames processed", group="Algorithm"),
+    int_param("FramesFailed_RBV", access=R, doc="frames failed", group="Algorithm"),
+    int_param("FramesTimedOut_RBV", access=R, doc="frames timed out", group="Algorithm"),
+    float_param("FrameTime_RBV", access=R, units="ms", doc="time in process()",
+                group="Algorithm"),
+    float_param("Latency_RBV", access=R, units="ms", doc="hand-over to result",
+                group="Algorithm"),
+    int_param("Reload", access=W, doc="reload the algorithm file", group="Algorithm"),
+)
+
+
+class PythonOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    file: str = Field(description="algorithm file, inside one of the IOC's algorithm_folders")
+    class_name: str = Field("", alias="class",
+                            description="Algorithm class; may be left out if the file has one")
+    python: str = Field("", description="interpreter for the child (default: the IOC's own)")
+    workers: int = Field(1, ge=1, le=16, description="child processes working in parallel")
+    timeout_s: float = Field(5.0, gt=0, description="longest process() call before the "
+                             "child is killed and restarted")
+    memory_mb: float = Field(2048.0, ge=0, description="memory a child may allocate beyond "
+                             "its start-up footprint (0: no limit)")
+    on_failure: Literal["missing", "drop"] = Field(
+        "missing", description="a failed frame goes on marked missing, or is dropped")
+    pipeline_depth: int = Field(2, ge=1, le=8, description="frames in flight per child")
+    start_timeout_s: float = Field(30.0, gt=0)
+    watch: bool = Field(True, description="reload when the file changes")
+
+    @field_validator("python")
+    @classmethod
+    def _executable(cls, value: str) -> str:
+        if value and not os.access(value, os.X_OK):
+            raise ValueError(f"{value} is not an executable interpreter")
+        return value
+
+
+class PythonPlugin(Plugin):
+    PARAMS = Plugin.PARAMS + (PYTHON_STATUS,)
+    plugin_type = "NDPluginPython"
+    Options = PythonOptions
+
+    def __init__(self, port: str, prefix: str, graph: PortGraph, *,
+                 options: PythonOptions, site: Site, max_threads: int = 1, **kw: Any) -> None:
+        workers = options.workers
+        super().__init__(port, prefix, graph, max_threads=max(max_threads, workers), **kw)
+        # Output images go to a shared-memory pool, so a Python plugin downstream gets them
+        # with zero copies.
+        self.pool._new_block = shm.block
+        self.options = options
+        self.file = site.algorithm_file(options.file)
+        self.values.update({"NumThreads": workers, "SortMode": 1,
+                            "AlgorithmFile_RBV": str(self.file),
+                            "Python_RBV": options.python or default_python()})
+        self._decls: dict[str, dict[str, Any]] = {}  # parameter name -> child's declaration
+        self._attr_of: dict[str, str] = {}  # input parameter name -> attribute name
+        self._out_param: dict[str, str] = {}  # output attribute name -> parameter name
+        self._decl_lock = threading.RLock()
+        self._inputs_version = 0
+        self._count_lock = threading.Lock()
+        self._local = threading.local()
+        self._lane_counter = itertools.count()
+        self._file_stamp = _stamp(self.file)
+        spec = ChildSpec(port, options.python or default_python(), self.file,
+                         options.class_name, options.memory_mb, options.timeout_s,
+                         options.start_timeout_s)
+        self.lanes = [Lane(spec, i, self, options.pipeline_depth) for i in range(workers)]
+        # The first child's declarations become PVs before the IOC serves: wait for it.
+        self.lanes[0].start(wait=True)
+        for lane in self.lanes[1:]:
+            lane.start(wait=False)
+
+    # --- the frame path -------------------------------------------------------------------------
+    def process(self, array: NDArray) -> Outputs:
+        lane = getattr(self._local, "lane", None)
+        if lane is None:
+            lane = self.lanes[next(self._lane_counter) % len(self.lanes)]
+            self._local.lane = lane
+        array._sent_at = time.perf_counter()  # type: ignore[attr-defined]
+        refused = lane.submit(array)
+        if refused is None:
+            return DEFERRED
+        with self._count_lock:
+            self.set("FramesFailed_RBV", self.values["FramesFailed_RBV"] + 1)
+        return self._failed(array, MissingCause.PROCESSING_ERROR, refused)
+
+    def _failed(self, array: NDArray, cause: MissingCause, message: str) -> Outputs:
+        if self.options.on_failure == "drop":
+            return None
+        return array.derive(None, status=FrameStatus(cause, message))
+
+    # --- what lanes report (lane threads) --------------------------------------------------------
+    def lane_result(self, lane: Lane, array: NDArray, reply: dict[str, Any],
+                    image: np.ndarray | None) -> None:
+        seconds = time.perf_counter() - getattr(array, "_sent_at", time.perf_counter())
+        status = reply.get("status")
+        outputs: Outputs
+        if status in ("ok", "warning"):
+            with self._count_lock:
+                self.set("FramesOK_RBV", self.values["FramesOK_RBV"] + 1)
+            self._publish_outputs(reply.get("outputs") or {})
+            if status == "warning" and reply.get("message"):
+                self.message(f"frame {array.unique_id}: {reply['message']}", logging.WARNING)
+            outputs = self._output_array(array, reply, image)
+        else:
+            message = reply.get("message") or "process() reported an error"
+            with self._count_lock:
+                self.set("FramesFailed_RBV", self.values["FramesFailed_RBV"] + 1)
+            self._error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
+            outputs = self._failed(array, MissingCause.PROCESSING_ERROR, message)
+        self.set("FrameTime_RBV", float(reply.get("t", 0.0)) * 1e3)
+        self.set("Latency_RBV", seconds * 1e3)
+        self.complete(array, outputs, seconds)
+
+    def lane_lost(self, lane: Lane, array: NDArray, cause: MissingCause, message: str,
+                  timed_out: bool) -> None:
+        with self._count_lock:
+            name = "FramesTimedOut_RBV" if timed_out else "FramesFailed_RBV"
+            self.set(name, self.values[name] + 1)
+        self.complete(array, self._failed(array, cause, message))
+
+    def lane_died(self, lane: Lane, message: str, output: str) -> None:
+        with self._count_lock:
+            self.set("Restarts_RBV", self.values["Restarts_RBV"] + 1)
+        tail = [line for line in output.splitlines() if line.strip()][-40:]
+        self._error(f"worker {lane.index}: {message}; restarting", "\n".join(tail))
+
+    def lane_load_error(self, lane: Lane, reply: dict[str, Any]) -> None:
+        kept = " (previous version still running)" if reply.get("running") else ""
+        self._error(f"{self.file.name}: {reply.get('message', 'load failed')}{kept}",
+                    reply.get("traceback", ""))
+
+    def lane_declared(self, lane: Lane, reply: dict[str, Any]) -> None:
+        with self._decl_lock:
+            try:
+                self._apply_declarations(reply.get("declarations", []))
+            except ValueError as exc:
+                self._error(f"{self.file.name}: {exc}", "")
+                return
+            self.set("AlgorithmClass_RBV", str(reply.get("class", ""))[:39])
+            self.set("Loads_RBV", max(self.values["Loads_RBV"], int(reply.get("loads", 0))))
+        if lane.index == 0:
+            self.message(f"loaded {reply.get('class')} from {self.file.name} "
+                         f"(pid {reply.get('pid')})")
+
+    def lane_state(self, lane: Lane) -> None:
+        states = [ln.state for ln in getattr(self, "lanes", [lane])]
+        worst = next((s for s in states if s is not LaneState.RUNNING), LaneState.RUNNING)
+        self.set("ChildState_RBV", int(worst))
+
+    def input_values(self) -> tuple[int, dict[str, Any]]:
+        with self._decl_lock:
+            values = {attr: self._to_child(name) for name, attr in self._attr_of.items()}
+            return self._inputs_version, values
+
+    # --- declarations -> parameters -------------------------------------------------------------
+    def _apply_declarations(self, declarations: list[dict[str, Any]]) -> None:
+        """Make the parameters match the child's declarations; PVs follow while serving."""
+        wanted: dict[str, tuple[Param, dict[str, Any]]] = {}
+        taken = {s for p in self.params if p.name not in self._decls for s in p.pv_suffixes}
+        for d in declarations:
+            param = declaration_param(d)
+            clash = [s for s in param.pv_suffixes if s in taken]
+            if clash:
+                raise ValueError(f"parameter {d['attr']!r} would be PV {clash[0]}, which the "
+                                 f"plugin already has; choose another name (name=...)")
+            wanted[param.name] = (param, d)
+        stale = [n for n, d in self._decls.items()
+                 if n not in wanted or wanted[n][1] != d]
+        fresh = [(p, d) for n, (p, d) in wanted.items()
+                 if n not in self._decls or self._decls[n] != d]
+        if stale:
+            self.remove_params(stale)
+            for name in stale:
+                self._decls.pop(name)
+        if fresh:
+            self.add_params([p for p, _ in fresh], {p.name: p.default for p, _ in fresh})
+            for p, d in fresh:
+                self._decls[p.name] = d
+        self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
+        self._out_param = {d["attr"]: n for n, d in self._decls.items()
+                           if d["direction"] == "out"}
+        self._inputs_version += 1
+        if stale or fresh:
+            self.log.info("%s: parameters now %s", self.port, ", ".join(self._decls) or "none")
+
+    def after_put(self, param: Param, value: Any) -> None:
+        if param.name in self._attr_of:
+            self._inputs_version += 1  # every child gets the new values before its next frame
+
+    def put_Reload(self, value: int) -> int:
+        if value:
+            self.reload()
+        return 0
+
+    def reload(self) -> None:
+        self.message(f"reloading {self.file.name}")
+        for lane in self.lanes:
+            lane.reload()
+
+    def _to_child(self, name: str) -> Any:
+        """An input's value as the algorithm sees it: enums by their string, bools as bool."""
+        param, value = self.params[name], self.values[name]
+        if self._decls[name]["kind"] == "bool":
+            return bool(value)
+        if param.kind is Kind.ENUM:
+            return param.choices[int(value)]
+        return value
+
+    def _publish_outputs(self, outputs: dict[str, Any]) -> None:
+        with self._decl_lock:
+            for attr, value in outputs.items():
+                name = self._out_param.get(attr)
+                if name is None:
+                    continue
+                try:
+                    self.set(name, output_value(self.params[name], value))
+                except (TypeError, ValueError) as exc:
+                    self._error(f"output {attr}: {exc}", "")
+
+    def _output_array(self, array: NDArray, reply: dict[str, Any],
+                      image: np.ndarray | None) -> Outputs:
+        attributes = dict(array.attributes)
+        for name in reply.get("remove") or ():
+            attributes.pop(name, None)
+        for name, value in (reply.get("attrs") or {}).items():
+            old = attributes.get(name)
+            attributes[name] = NDAttribute(name, value, old.description if old else "",
+                                           source=f"{self.port}")
+        if image is None:
+            return array.derive(array.data, attributes=attributes)
+        data = self.pool.alloc(image.shape, image.dtype)
+        if data is None:
+            return array.derive(None, attributes=attributes, status=FrameStatus(
+                MissingCause.NO_MEMORY, f"{self.port} pool limit reached"))
+        np.copyto(data, image)
+        out = array.derive(data, attributes=attributes)
+        if list(reversed(image.shape)) != [d.size for d in array.dims]:
+            out.dims = [NDDimension(n) for n in reversed(image.shape)]
+            if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] != 3):
+                out.color_mode = 0
+        return out
+
+    def _error(self, text: str, traceback: str) -> None:
+        self.set("LastError_RBV", text[:255])
+        if traceback:
+            self.set("Traceback_RBV", traceback[-4095:])
+        self.message(text[:255], logging.WARNING)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    def periodic(self, elapsed: float) -> None:
+        super().periodic(elapsed)
+        if not self.options.watch:
+            return
+        stamp = _stamp(self.file)
+        if stamp != self._file_stamp:
+            self._file_stamp = stamp
+            self.reload()
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        for lane in self.lanes:
+            lane.close()
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+        return st.st_mtime_ns, st.st_size
+    except OSError:
+        return None
+
+
+BOOL_CHOICES = ("No", "Yes")
+
+
+def declaration_param(d: dict[str, Any]) -> Param:
+    """The parameter for one declaration the child reported."""
+    name = str(d.get("name", ""))
+    if not _PV_NAME.match(name):
+        raise ValueError(f"parameter name {name!r} is not a valid PV name")
+    out = d.get("direction") == "out"
+    access = Access.R if out else Access.RW
+    pv = f"{name}_RBV" if out else name
+    kind = d.get("kind")
+    common: dict[str, Any] = {"units": str(d.get("units") or "")[:15],
+                              "doc": str(d.get("doc") or ""),
+                              "group": "Outputs" if out else "Inputs"}
+    if d.get("alarm") and out:
+        common["alarm"] = AlarmLimits(*d["alarm"])
+    default = d.get("default")
+    low, high = d.get("low"), d.get("high")
+    if kind == "float":
+        return Param(pv, Kind.FLOAT, access, float(default or 0.0), low=low, high=high,
+                     precision=int(d.get("precision") or 3), **common)
+    if kind == "int":
+        return Param(pv, Kind.INT, access, int(default or 0), low=low, high=high, **common)
+    if kind in ("bool", "enum"):
+        choices = BOOL_CHOICES if kind == "bool" else tuple(d.get("choices") or ())
+        if not choices or len(choices) > 16:
+            raise ValueError(f"{name}: an enum needs 1 to 16 choices")
+        index = int(bool(default)) if kind == "bool" else choices.index(default)
+        return Param(pv, Kind.ENUM, access, index, choices=choices, **common)
+    if kind == "str":
+        length = int(d.get("length") or 40)
+        if length <= 40:
+            return Param(pv, Kind.STRING, access, str(default or ""), **common)
+        return Param(pv, Kind.TEXT, access, str(default or ""), length=length + 1, **common)
+    if kind == "array":
+        dtype = "float64" if d.get("dtype") != "int32" else "int32"
+        values = np.asarray(default if default is not None else [], dtype=dtype)
+        return Param(pv, Kind.ARRAY, access, values, dtype=dtype,
+                     length=max(int(d.get("length") or 1), 1), **common)
+    raise ValueError(f"{name}: unknown parameter kind {kind!r}")
+
+
+def output_value(param: Param, value: Any) -> Any:
+    """A value the child returned, in the stored form of `param`."""
+    if param.kind is Kind.FLOAT:
+        return float(value)
+    if param.kind is Kind.INT:
+        return int(value)
+    if param.kind is Kind.ENUM:
+        if isinstance(value, str):
+            return param.choices.index(value)
+        return int(bool(value)) if isinstance(value, bool) else int(value)
+    if param.kind in (Kind.STRING, Kind.TEXT):
+        limit = 39 if param.kind is Kind.STRING else param.length - 1
+        return str(value)[:limit]
+    array = np.asarray(value, dtype=param.dtype).ravel()
+    return array[: param.length]
