@@ -30,22 +30,30 @@ class ArrayPort(Component):
         self.pool = ArrayPool(pool_bytes, new_block, name=port)
         self.values["PoolMaxMem"] = pool_bytes / MB
         self._rate_counter = 0
+        self._described: tuple | None = None  # the layout describe() last published
 
     # --- array description ------------------------------------------------------------------------
     def describe(self, array: NDArray, with_type: bool) -> None:
-        """Publish what ADCore's NDArrayBase records show about `array`."""
+        """Publish what ADCore's NDArrayBase records show about `array`. The layout values are
+        only recomputed when the layout changes: this runs for every frame in every plugin."""
         if array.data is None:
             return
-        sizes = [d.size for d in array.dims]
+        self._set_if_changed({
+            "UniqueId_RBV": array.unique_id, "TimeStamp_RBV": array.timestamp,
+            "EpicsTSSec_RBV": array.epics_ts[0], "EpicsTSNsec_RBV": array.epics_ts[1]})
+        key = (tuple(d.size for d in array.dims), array.data.dtype, array.color_mode,
+               array.codec.name, with_type)
+        if key == self._described:
+            return
+        self._described = key
+        sizes = key[0]
         dims = np.zeros(10, dtype=np.int32)
         dims[: len(sizes)] = sizes
         x, y, z = array.xyz_sizes()
         values: dict[str, Any] = {
             "NDimensions": array.ndims, "Dimensions": dims,
             "ArraySizeX_RBV": x, "ArraySizeY_RBV": y, "ArraySizeZ_RBV": z,
-            "ArraySize_RBV": array.nbytes, "UniqueId_RBV": array.unique_id,
-            "TimeStamp_RBV": array.timestamp, "EpicsTSSec_RBV": array.epics_ts[0],
-            "EpicsTSNsec_RBV": array.epics_ts[1], "Codec_RBV": array.codec.name,
+            "ArraySize_RBV": array.nbytes, "Codec_RBV": array.codec.name,
             "CompressedSize_RBV": array.nbytes,
         }
         for i in range(10):
@@ -53,6 +61,9 @@ class ArrayPort(Component):
         if with_type:
             values["DataType"] = array.data_type
             values["ColorMode"] = array.color_mode
+        self._set_if_changed(values)
+
+    def _set_if_changed(self, values: dict[str, Any]) -> None:
         for name, value in values.items():
             if self._changed(name, value):
                 self.set(name, value)

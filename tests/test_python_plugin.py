@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import epics
@@ -66,6 +67,7 @@ def ioc(tmp_path_factory, live_folder):
     """One IOC with an instance of every example and test algorithm."""
     config = (
         f"algorithm_folders: ['{EXAMPLES}', '{TEST_ALGORITHMS}', '{live_folder}']\n"
+        f"screens_dir: '{live_folder / 'screens'}'\n"
         "drivers:\n"
         f"  - {{type: sim, port: SIM1, prefix: 'cam1:', options: {{max_size_x: {NX}, "
         f"max_size_y: {NY}, data_type: UInt16}}}}\n"
@@ -249,8 +251,12 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     assert get(p + "Scaled_RBV") == pytest.approx(2 * mean)
     assert not ca_exists(p + "Offset")
 
+    screen = live_folder / "screens" / "LIVE.bob"
+    assert "$(P)$(R)Gain_RBV" in screen.read_text()
+    assert "$(P)$(R)Offset" not in screen.read_text()
     (live_folder / "live.py").write_text(LIVE_V2)
     assert wait_for(lambda: ca_exists(p + "Offset"), timeout=5)
+    assert wait_for(lambda: "$(P)$(R)Offset" in screen.read_text(), timeout=5)
     put(p + "Offset", 7.5)
     acquire(ioc.prefix)
     mean = frame(ioc.prefix).mean()
@@ -259,6 +265,7 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     (live_folder / "live.py").write_text(LIVE_V1)
     assert wait_for(lambda: not ca_exists(p + "Offset"), timeout=5)
     assert not ca_exists(p + "Offset_RBV")
+    assert wait_for(lambda: "$(P)$(R)Offset" not in screen.read_text(), timeout=5)
 
     loads = get(p + "Loads_RBV")
     ok = get(p + "FramesOK_RBV")
@@ -272,6 +279,19 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     assert get(p + "Scaled_RBV") == pytest.approx(2 * mean)
     assert get(p + "Loads_RBV") == loads
     assert get(p + "ChildState_RBV", as_string=True) == "Running"
+
+
+def test_generated_screens_name_only_served_pvs(ioc, live_folder):
+    screens = sorted((live_folder / "screens").glob("*.bob"))
+    assert {s.stem for s in screens} >= {"PY1", "PY2", "PY3", "PY4", "FAULT", "LIVE"}
+    for path in screens:
+        root = ET.parse(path).getroot()
+        assert root.tag == "display" and root.get("version") == "2.0.0"
+        r = root.findtext("macros/R")
+        pvs = {w.findtext("pv_name") for w in root.iter("widget") if w.findtext("pv_name")}
+        for pv in pvs:
+            name = pv.replace("$(P)", ioc.prefix).replace("$(R)", r)
+            assert epics.caget(name, timeout=3, as_string=True) is not None, (path.name, name)
 
 
 def test_two_workers_keep_unique_id_order(ioc):

@@ -77,6 +77,8 @@ class Runtime:
         self.segments: dict[int, Any] = {}
         self.out_segment: Any = None
         self.loads = 0
+        self._dims_cache: tuple[str, Any] = ("", ())
+        self._tf_cache: tuple[list[float] | None, Any] = (None, None)
 
     # --- loading ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -147,11 +149,10 @@ class Runtime:
             del old
         image = self.segments[h["seg"]].array(tuple(h["shape"]), h["dtype"], h["off"],
                                               tuple(h["strides"]))
-        api = self.api
-        info = api.FrameInfo(
+        info = self.api.FrameInfo(
             unique_id=h["id"], timestamp=h["ts"], epics_ts=tuple(h["ets"]),
-            dims=tuple(api.Dimension(*d) for d in h["dims"]), dtype=image.dtype,
-            color_mode=h["color"], transform=_matrix(h["tf"]))
+            dims=self._dims(h["dims"]), dtype=image.dtype, color_mode=h["color"],
+            transform=self._transform(h["tf"]))
         reply: dict[str, Any] = {"id": h["id"]}
         out_fds: list[int] = []
         start = time.perf_counter()
@@ -171,6 +172,20 @@ class Runtime:
                          message=_one_line(exc), traceback=_user_traceback(exc, str(self.path)))
         del image
         self.channel.send(self.wire.DONE, reply, out_fds)
+
+    def _dims(self, dims: list[list[Any]]) -> tuple[Any, ...]:
+        """Frames of a run share their layout: build its objects once (per-frame cost)."""
+        key = str(dims)
+        if self._dims_cache[0] != key:
+            self._dims_cache = (key, tuple(self.api.Dimension(*d) for d in dims))
+        return self._dims_cache[1]
+
+    def _transform(self, values: list[float]) -> Any:
+        if self._tf_cache[0] != values:
+            matrix = _matrix(values)
+            matrix.flags.writeable = False
+            self._tf_cache = (values, matrix)
+        return self._tf_cache[1]
 
     def _result(self, result: Any, reply: dict[str, Any]) -> list[int]:
         api = self.api

@@ -33,6 +33,7 @@ import numpy as np
 import ndflow
 import ndflow.plugins
 from ndflow import shm
+from ndflow.adcore import COLOR_MODES
 from ndflow.ndarray import MissingCause, NDArray
 
 from . import wire
@@ -104,6 +105,7 @@ class Lane:
         self.pid = 0
         self._child: _Child | None = None
         self._cond = threading.Condition()
+        self._submit_lock = threading.Lock()
         self._pending: collections.deque[_InFlight] = collections.deque()
         self._slots: list[shm.Segment | None] = [None] * depth
         self._closing = threading.Event()
@@ -145,36 +147,39 @@ class Lane:
 
     # --- the frame path (worker threads) -----------------------------------------------------------
     def submit(self, array: NDArray) -> str | None:
-        """Send `array` to the child. None when sent; otherwise why it could not be."""
-        with self._cond:
-            while len(self._pending) >= self.depth and self.state is LaneState.RUNNING:
-                self._cond.wait(0.5)
-            child = self._child
-            if self.state is not LaneState.RUNNING or child is None:
-                return f"algorithm {LANE_STATES[self.state].lower()}"
-            header, fds, slot = self._place(child, array)
-            self._pending.append(_InFlight(array, time.monotonic(), slot))
-        try:
-            self._send_params(child)
-            self._send_forgets(child)
-            child.channel.send(wire.FRAME, header, fds)
-        except wire.ChannelClosed:
-            pass  # the lane thread sees the death and fails the pending frame
-        return None
-
-    def _place(self, child: _Child, array: NDArray
-               ) -> tuple[dict[str, Any], list[int], shm.Segment | None]:
+        """Send `array` to the child. None when sent; otherwise why it could not be.
+        Safe from several threads: frames enter the child in the order they are queued here."""
         data = array.data
         found = shm.find(data) if min(data.strides, default=0) >= 0 else None
-        slot = None
-        if found is None:  # one copy, into a free slot of this lane
-            slot = self._free_slot(data.nbytes)
-            view = slot.array(data.shape, data.dtype, writable=True)
-            np.copyto(view, data)
-            seg, offset, strides = slot, 0, view.strides
-        else:
-            seg, offset = found
-            strides = data.strides
+        with self._submit_lock:
+            with self._cond:
+                while len(self._pending) >= self.depth and self.state is LaneState.RUNNING:
+                    self._cond.wait(0.5)
+                child = self._child
+                if self.state is not LaneState.RUNNING or child is None:
+                    return f"algorithm {LANE_STATES[self.state].lower()}"
+                slot = self._free_slot(data.nbytes) if found is None else None
+                self._pending.append(_InFlight(array, time.monotonic(), slot))
+            if slot is not None:  # one copy, into a slot reserved for this frame
+                view = slot.array(data.shape, data.dtype, writable=True)
+                np.copyto(view, data)
+                found = (slot, 0)
+                strides = view.strides
+            else:
+                strides = data.strides
+            header, fds = self._header(child, array, found[0], found[1], strides)
+            try:
+                self._send_params(child)
+                self._send_forgets(child)
+                child.channel.send(wire.FRAME, header, fds)
+            except wire.ChannelClosed:
+                pass  # the lane thread sees the death and fails the pending frame
+        return None
+
+    def _header(self, child: _Child, array: NDArray, seg: shm.Segment, offset: int,
+                strides: tuple[int, ...]) -> tuple[dict[str, Any], list[int]]:
+        """The FRAME message, with the segment's fd the first time this child sees it."""
+        data = array.data
         fds: list[int] = []
         new: list[int] = []
         if seg.id not in child.known:
@@ -190,7 +195,7 @@ class Lane:
             "attrs": {name: _jsonable(a.value) for name, a in array.attributes.items()},
             "new": new,
         }
-        return header, fds, slot
+        return header, fds
 
     def _free_slot(self, nbytes: int) -> shm.Segment:
         busy = {id(p.slot) for p in self._pending if p.slot is not None}
@@ -330,6 +335,8 @@ class Lane:
         """The child is gone (or going): reap it and fail every frame it held."""
         child, self._child = self._child, None
         returncode = None
+        if self._closing.is_set():
+            reason = "closing"  # an exit we asked for is not a death
         if child is not None:
             child.channel.close()
             returncode = _stop_process(child.proc, 0.5 if reason != "closing" else 1.0)
@@ -407,7 +414,6 @@ def _describe_exit(code: int | None) -> str:
 
 
 def _color_name(index: int) -> str:
-    from ndflow.adcore import COLOR_MODES
     return COLOR_MODES[index] if 0 <= index < len(COLOR_MODES) else "Mono"
 
 

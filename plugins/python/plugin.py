@@ -28,6 +28,7 @@ from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDi
 from ndflow.params import (AlarmLimits, Access, Kind, Param, R, W, enum_param, float_param,
                            int_param, string_param, text_param)
 from ndflow.plugin import DEFERRED, Outputs, Plugin
+from ndflow.screens.bob import component_screen, write_screen
 
 from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
 
@@ -69,7 +70,8 @@ class PythonOptions(BaseModel):
                              "its start-up footprint (0: no limit)")
     on_failure: Literal["missing", "drop"] = Field(
         "missing", description="a failed frame goes on marked missing, or is dropped")
-    pipeline_depth: int = Field(2, ge=1, le=8, description="frames in flight per child")
+    pipeline_depth: int = Field(4, ge=1, le=16, description="frames in flight per child "
+                                "(overlaps hand-over with processing)")
     start_timeout_s: float = Field(30.0, gt=0)
     watch: bool = Field(True, description="reload when the file changes")
 
@@ -94,8 +96,11 @@ class PythonPlugin(Plugin):
         # with zero copies.
         self.pool._new_block = shm.block
         self.options = options
+        self.site = site
         self.file = site.algorithm_file(options.file)
-        self.values.update({"NumThreads": workers, "SortMode": 1,
+        # Sorted by default, waiting up to the frame timeout: every input id produces an
+        # output (failed ones as placeholders), so the wait ends when the slowest worker replies.
+        self.values.update({"NumThreads": workers, "SortMode": 1, "SortTime": options.timeout_s,
                             "AlgorithmFile_RBV": str(self.file),
                             "Python_RBV": options.python or default_python()})
         self._decls: dict[str, dict[str, Any]] = {}  # parameter name -> child's declaration
@@ -104,7 +109,6 @@ class PythonPlugin(Plugin):
         self._decl_lock = threading.RLock()
         self._inputs_version = 0
         self._count_lock = threading.Lock()
-        self._local = threading.local()
         self._lane_counter = itertools.count()
         self._file_stamp = _stamp(self.file)
         spec = ChildSpec(port, options.python or default_python(), self.file,
@@ -118,10 +122,11 @@ class PythonPlugin(Plugin):
 
     # --- the frame path -------------------------------------------------------------------------
     def process(self, array: NDArray) -> Outputs:
-        lane = getattr(self._local, "lane", None)
-        if lane is None:
-            lane = self.lanes[next(self._lane_counter) % len(self.lanes)]
-            self._local.lane = lane
+        # The least busy running child; frames alternate between equally busy ones.
+        turn = next(self._lane_counter)
+        count = len(self.lanes)
+        lane = min((self.lanes[(turn + i) % count] for i in range(count)),
+                   key=lambda ln: (ln.state is not LaneState.RUNNING, ln.in_flight))
         array._sent_at = time.perf_counter()  # type: ignore[attr-defined]
         refused = lane.submit(array)
         if refused is None:
@@ -229,6 +234,8 @@ class PythonPlugin(Plugin):
         self._inputs_version += 1
         if stale or fresh:
             self.log.info("%s: parameters now %s", self.port, ", ".join(self._decls) or "none")
+            if self._running:
+                self.write_screen()
 
     def after_put(self, param: Param, value: Any) -> None:
         if param.name in self._attr_of:
@@ -293,7 +300,30 @@ class PythonPlugin(Plugin):
             self.set("Traceback_RBV", traceback[-4095:])
         self.message(text[:255], logging.WARNING)
 
+    # --- screen ------------------------------------------------------------------------------------
+    SCREEN_GROUPS = ("Inputs", "Outputs", "Algorithm", "Plugin")
+
+    def write_screen(self) -> Path | None:
+        """(Re)write this instance's Phoebus screen, `<port>.bob`, in the screens folder."""
+        folder = self.site.screens_dir
+        if folder is None:
+            return None
+        path = folder / f"{self.port}.bob"
+        try:
+            with self._decl_lock:
+                text = component_screen(f"{self.port}: {self.file.name}", list(self.params),
+                                        self.SCREEN_GROUPS, {"R": self.prefix})
+            write_screen(path, text)
+        except OSError as exc:
+            self.log.warning("%s: cannot write screen %s: %s", self.port, path, exc.strerror)
+            return None
+        return path
+
     # --- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        super().start()
+        self.write_screen()
+
     def periodic(self, elapsed: float) -> None:
         super().periodic(elapsed)
         if not self.options.watch:
