@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.list_pvs:
         print("\n".join(ioc.pv_names()))
+        ioc.shutdown()  # algorithm children were started to learn their PVs
         return 0
     return asyncio.run(_serve(ioc))
 

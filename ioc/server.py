@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from . import registry
 from .component import Component
-from .config import IOCConfig, LineMap, Site
+from .config import ConfigError, IOCConfig, LineMap, Site
 from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
@@ -38,6 +38,13 @@ class IOC:
         self._loop: asyncio.AbstractEventLoop | None = None
         lines = lines or LineMap("<config>", None)
         self.site = Site.of(config, lines.base_dir)
+        try:
+            self._build(config, lines)
+        except ConfigError:
+            self.shutdown()  # components built so far may have started child processes
+            raise
+
+    def _build(self, config: IOCConfig, lines: LineMap) -> None:
         for i, cfg in enumerate(config.drivers):
             self._add(self._make(lines, ("drivers", i), "drivers", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,

@@ -360,3 +360,23 @@ def test_algorithm_in_another_virtual_environment(start_ioc, tmp_path):
     data = np.asarray(get(p + "image1:ArrayData", count=64 * 32), dtype=np.uint8)
     assert get(p + "Py1:Mean_RBV") == pytest.approx(data.mean())
     assert get(p + "Py1:Python_RBV", as_string=True) == str(python)
+
+
+@pytest.mark.parametrize("file, folders, expected", [
+    ("../../../etc/hosts", f"['{EXAMPLES}']", "outside the algorithm folders"),
+    ("/etc/hosts", f"['{EXAMPLES}']", "outside the algorithm folders"),
+    ("centroid.py", "[]", "no algorithm_folders configured"),
+    ("nonexistent.py", f"['{EXAMPLES}']", "no file 'nonexistent.py'"),
+])
+def test_algorithm_files_load_only_from_the_configured_folders(tmp_path, file, folders,
+                                                                expected):
+    config = tmp_path / "bad.yml"
+    config.write_text(f"algorithm_folders: {folders}\n"
+                      "drivers:\n  - {type: sim, port: SIM1}\n"
+                      "plugins:\n" + python_plugin("PY1", "Py1:", file))
+    result = subprocess.run([sys.executable, "-m", "ndflow.cli", "run", str(config),
+                             "--list-pvs"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "plugins[0].options" in lines[0] and expected in lines[0]
