@@ -15,12 +15,13 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .pool import Block, heap_block
 
 _STOP = object()
 #: process() returns this when the result comes later, through complete() (child processes)
@@ -35,8 +36,9 @@ class Plugin(ArrayPort):
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, input_port: str = "",
                  input_address: int = 0, enabled: bool = False, queue_size: int = 20,
-                 max_threads: int = 1, blocking: bool = False, pool_bytes: int = 0) -> None:
-        super().__init__(port, prefix, graph, pool_bytes)
+                 max_threads: int = 1, blocking: bool = False, pool_bytes: int = 0,
+                 new_block: Callable[[int], Block] = heap_block) -> None:
+        super().__init__(port, prefix, graph, pool_bytes, new_block)
         self.values.update({
             "PluginType_RBV": self.plugin_type, "NDArrayPort": input_port,
             "NDArrayAddress": input_address, "EnableCallbacks": int(enabled),

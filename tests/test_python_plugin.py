@@ -4,7 +4,6 @@ SIGKILL clean-up, another virtual environment and worker ordering (issue 3 accep
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 from caproto.sync import client as ca_sync
 
 from conftest import REPO, IOCProcess, unique_prefix
-from test_acquisition import get, put, ramp, wait_for, wrap
+from test_acquisition import get, put, wait_for
 
 EXAMPLES = REPO / "examples" / "algorithms"
 TEST_ALGORITHMS = REPO / "tests" / "algorithms"

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class LaneOwner(Protocol):
     def lane_declared(self, lane: "Lane", reply: dict[str, Any]) -> None: ...
     def lane_load_error(self, lane: "Lane", reply: dict[str, Any]) -> None: ...
     def lane_result(self, lane: "Lane", array: NDArray, reply: dict[str, Any],
-                    image: np.ndarray | None) -> None: ...
+                    image: np.ndarray | None, seconds: float) -> None: ...
     def lane_lost(self, lane: "Lane", array: NDArray, cause: MissingCause, message: str,
                   timed_out: bool) -> None: ...
     def lane_died(self, lane: "Lane", message: str, output: str) -> None: ...
@@ -329,7 +329,7 @@ class Lane:
             image = self._out.array(tuple(info["shape"]), info["dtype"])
         if reply.get("status") in ("ok", "warning"):
             self._failures = 0
-        self.owner.lane_result(self, entry.array, reply, image)
+        self.owner.lane_result(self, entry.array, reply, image, time.monotonic() - entry.sent)
 
     def _bury(self, reason: str, message: str) -> None:
         """The child is gone (or going): reap it and fail every frame it held."""

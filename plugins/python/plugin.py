@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import threading
-import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +31,6 @@ from ndflow.screens.bob import component_screen, write_screen
 
 from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
 
-MB = 1024 * 1024
 _PV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,59}$")
 
 PYTHON_STATUS = (
@@ -91,10 +89,10 @@ class PythonPlugin(Plugin):
     def __init__(self, port: str, prefix: str, graph: PortGraph, *,
                  options: PythonOptions, site: Site, max_threads: int = 1, **kw: Any) -> None:
         workers = options.workers
-        super().__init__(port, prefix, graph, max_threads=max(max_threads, workers), **kw)
         # Output images go to a shared-memory pool, so a Python plugin downstream gets them
         # with zero copies.
-        self.pool._new_block = shm.block
+        super().__init__(port, prefix, graph, max_threads=max(max_threads, workers),
+                         new_block=shm.block, **kw)
         self.options = options
         self.site = site
         self.file = site.algorithm_file(options.file)
@@ -127,7 +125,6 @@ class PythonPlugin(Plugin):
         count = len(self.lanes)
         lane = min((self.lanes[(turn + i) % count] for i in range(count)),
                    key=lambda ln: (ln.state is not LaneState.RUNNING, ln.in_flight))
-        array._sent_at = time.perf_counter()  # type: ignore[attr-defined]
         refused = lane.submit(array)
         if refused is None:
             return DEFERRED
@@ -142,8 +139,7 @@ class PythonPlugin(Plugin):
 
     # --- what lanes report (lane threads) --------------------------------------------------------
     def lane_result(self, lane: Lane, array: NDArray, reply: dict[str, Any],
-                    image: np.ndarray | None) -> None:
-        seconds = time.perf_counter() - getattr(array, "_sent_at", time.perf_counter())
+                    image: np.ndarray | None, seconds: float) -> None:
         status = reply.get("status")
         outputs: Outputs
         if status in ("ok", "warning"):
