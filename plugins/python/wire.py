@@ -28,7 +28,6 @@ SHUTDOWN = b"Q"  # stop() and exit
 DECLARE = b"D"  # the algorithm's declarations (start-up and every successful reload)
 LOAD_ERROR = b"L"  # the file could not be loaded; the previous version (if any) still runs
 DONE = b"d"  # a frame's result
-LOG = b"g"  # a line for the IOC log
 
 PACKET = 64 * 1024
 _MORE, _LAST = b"\x01", b"\x00"
