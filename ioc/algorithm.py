@@ -11,7 +11,8 @@
             return {"cx": x}
 
 This module runs inside the algorithm's child process, possibly under another interpreter or
-virtual environment than the IOC's, so it imports the standard library and numpy only.
+virtual environment than the IOC's, so it imports the standard library, numpy and
+`ndflow.params` (itself standard-library only) and nothing else.
 
 An attribute `threshold` becomes the PVs `$(P)$(R)Threshold` and `Threshold_RBV` (CamelCase, as
 areaDetector names things); an output `cx` becomes `Cx_RBV`. `name=` chooses another PV name.
@@ -25,6 +26,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+# EPICS alarm limits for an output: LOLO/HIHI raise a major alarm, LOW/HIGH a minor one. The
+# same class the IOC's declarations use (ndflow.params is standard-library only).
+from .params import AlarmLimits as Alarm
+
 __all__ = ["Algorithm", "Input", "Output", "Alarm", "Result", "Status", "Params", "FrameInfo",
            "Dimension"]
 
@@ -33,16 +38,6 @@ class Status(enum.Enum):
     OK = "ok"
     WARNING = "warning"  # the frame goes on; the message is shown
     ERROR = "error"  # the frame is marked failed (missing, cause "processing error")
-
-
-@dataclass(frozen=True)
-class Alarm:
-    """EPICS alarm limits for an output: LOLO/HIHI raise a major alarm, LOW/HIGH a minor one."""
-
-    lolo: float | None = None
-    low: float | None = None
-    high: float | None = None
-    hihi: float | None = None
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 from typing import Any, ClassVar, Iterable, Mapping, Protocol
 
 from .channels import HANDLED, ParamChannel, make_channel
@@ -45,6 +46,7 @@ class Component:
         self._targets: dict[str, list[ParamChannel]] = {}
         self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
         self.pv_registry: PVRegistry | None = None
+        self._count_lock = threading.Lock()
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
             self.values["PortName_RBV"] = port
@@ -67,6 +69,13 @@ class Component:
                 self.publisher.post_array(channel, value)
             else:
                 self.publisher.post(channel, channel.to_channel(value), param.coalesce)
+
+    def increment(self, name: str, by: int = 1) -> int:
+        """Add to a counter from any thread without losing a count; returns the new value."""
+        with self._count_lock:
+            value = self.values[name] + by
+            self.set(name, value)
+        return value
 
     def set_many(self, values: Mapping[str, Any]) -> None:
         for name, value in values.items():

@@ -78,7 +78,6 @@ class Driver(ArrayPort):
         self._starts: queue.Queue[Acquisition | None] = queue.Queue()
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
-        self._count_lock = threading.Lock()
         self.acquiring = False
         self.acquisition: Acquisition | None = None
         self._done: asyncio.Future | None = None
@@ -224,9 +223,7 @@ class Driver(ArrayPort):
             frame = NDArray.missing(MissingCause.DETECTOR_FAULT, "driver returned no frame")
         elif isinstance(frame, np.ndarray):
             frame = NDArray.from_numpy(frame, color_mode=self.color_mode_of(params))
-        with self._count_lock:
-            counter = self.values["ArrayCounter"] + 1
-            self.set("ArrayCounter", counter)
+        counter = self.increment("ArrayCounter")
         self.set("NumImagesCounter_RBV", number)
         frame.stamp(counter, started_wall)
         frame.acquisition = acquisition

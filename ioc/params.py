@@ -4,6 +4,8 @@ Everything else (caproto channels, `--list-pvs`, screens, docs) is generated fro
 so a parameter is never described twice. The naming follows ADCore: a read/write parameter `X`
 is served as the setpoint `X` plus the readback `X_RBV`; a status value exists only as its
 readback name; a few setpoints (WaitForPlugins, ...) have no readback.
+
+Standard library only: the algorithm child process imports it (for `Alarm`).
 """
 
 from __future__ import annotations

@@ -49,7 +49,6 @@ class Plugin(ArrayPort):
         self._queue: queue.Queue = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._blocking_lock = threading.Lock()
-        self._count_lock = threading.Lock()
         self._last_callback = 0.0
         self._last_input: NDArray | None = None
         self._sorter = Sorter(self)
@@ -108,7 +107,7 @@ class Plugin(ArrayPort):
             try:
                 item = self._queue.get(timeout=self.values["SortTime"] or 0.1)
             except queue.Empty:
-                self._sorter.flush_stale()
+                self._sorter.flush_ready()
                 continue
             if item is _STOP:
                 return
@@ -132,8 +131,7 @@ class Plugin(ArrayPort):
                 self._leave(array)
             return
         if self._queue.qsize() >= self.values["QueueSize"]:
-            with self._count_lock:
-                self.set("DroppedArrays", self.values["DroppedArrays"] + 1)
+            self.increment("DroppedArrays")
             try:
                 self._sorter.push(array, [array.derive(
                     None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
@@ -162,8 +160,7 @@ class Plugin(ArrayPort):
             return
         self._last_callback = now
         self._last_input = array
-        with self._count_lock:
-            self.set("ArrayCounter", self.values["ArrayCounter"] + 1)
+        self.increment("ArrayCounter")
         self.describe(array, with_type=True)
         start = time.perf_counter()
         if array.valid:
@@ -244,6 +241,7 @@ class Sorter:
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
         self._lock = threading.Lock()
+        self._deliver_lock = threading.Lock()
         self._heap: list[tuple[int, int, float, list[NDArray]]] = []
         self._tie = itertools.count()
         self._last_id: int | None = None
@@ -263,15 +261,17 @@ class Sorter:
         with self._lock:
             heapq.heappush(self._heap, (array.unique_id, next(self._tie), time.monotonic(),
                                         array.acquisition, outputs))
-            ready = self._pop_ready(force_stale=False)
-        for outs in ready:
-            self.plugin._deliver(outs)
+        self.flush_ready()
 
-    def flush_stale(self) -> None:
-        with self._lock:
-            ready = self._pop_ready(force_stale=True)
-        for outs in ready:
-            self.plugin._deliver(outs)
+    def flush_ready(self) -> None:
+        """Send on what may go: called per output and, when idle, by the worker threads.
+        Popping and delivering happen under one lock, so two threads releasing 5 and 6 cannot
+        deliver 6 first."""
+        with self._deliver_lock:
+            with self._lock:
+                ready = self._pop_ready()
+            for outs in ready:
+                self.plugin._deliver(outs)
 
     def _expected(self, acquisition: Acquisition | None) -> int | None:
         """The id that may go out at once: the next one, or a new acquisition's first."""
@@ -279,7 +279,7 @@ class Sorter:
             return acquisition.first_id
         return None if self._last_id is None else self._last_id + 1
 
-    def _pop_ready(self, force_stale: bool) -> list[list[NDArray]]:
+    def _pop_ready(self) -> list[list[NDArray]]:
         v = self.plugin.values
         ready = []
         now = time.monotonic()
@@ -302,7 +302,6 @@ class Sorter:
     def _note_order(self, unique_id: int, acquisition: Acquisition | None) -> None:
         new_run = acquisition is not None and acquisition is not self._acquisition
         if not new_run and self._last_id is not None and unique_id < self._last_id:
-            p = self.plugin
-            p.set("DisorderedArrays", p.values["DisorderedArrays"] + 1)
+            self.plugin.increment("DisorderedArrays")
         if new_run or self._last_id is None or unique_id > self._last_id:
             self._last_id = unique_id

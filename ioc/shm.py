@@ -67,6 +67,14 @@ class Segment(mmap.mmap):
     def _setup(self, fd: int, seg_id: int, register: bool = True) -> None:
         self.fd = fd
         self.id = seg_id
+        # Shared memory comes in 4 kB pages unless the host allows transparent huge pages for
+        # shmem (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise): reading a 32 MB
+        # frame then costs ~30% more than from the heap (measured: 9.7 ms vs 7.5 ms for mean()).
+        if hasattr(mmap, "MADV_HUGEPAGE") and len(self) >= 2 * 1024 * 1024:
+            try:
+                self.madvise(mmap.MADV_HUGEPAGE)
+            except OSError:
+                pass
         view = np.frombuffer(self, dtype=np.uint8)
         self.address = view.ctypes.data
         del view

@@ -23,6 +23,8 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -86,9 +88,7 @@ class Runtime:
         the IOC why. Source is compiled directly so a stale .pyc can never be used."""
         try:
             instance, declarations = self._load()
-        except BaseException as exc:  # SyntaxError, ImportError, anything in module code
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not self.instance:
-                raise
+        except (Exception, SystemExit) as exc:  # SyntaxError, ImportError, sys.exit() in module code
             self.channel.send(self.wire.LOAD_ERROR, {
                 "message": _one_line(exc), "traceback": _user_traceback(exc, str(self.path)),
                 "running": self.instance is not None})
@@ -144,9 +144,7 @@ class Runtime:
     # --- frames -------------------------------------------------------------------------------
     def on_frame(self, h: dict[str, Any], fds: list[int]) -> None:
         for seg_id, fd in zip(h.get("new", ()), fds):
-            old = self.segments.pop(seg_id, None)
             self.segments[seg_id] = self.shm.Segment.attach(fd, seg_id)
-            del old
         image = self.segments[h["seg"]].array(tuple(h["shape"]), h["dtype"], h["off"],
                                               tuple(h["strides"]))
         info = self.api.FrameInfo(
@@ -206,7 +204,6 @@ class Runtime:
                      remove=list(result.remove_attributes))
         if result.image is None:
             return []
-        import numpy as np
         image = np.ascontiguousarray(result.image)
         fds: list[int] = []
         if self.out_segment is None or len(self.out_segment) < image.nbytes:
@@ -250,16 +247,12 @@ class Runtime:
 
 
 def _matrix(values: list[float]) -> Any:
-    import numpy as np
     return np.asarray(values, dtype=float).reshape(3, 3)
 
 
 def _differs(a: Any, b: Any) -> bool:
-    try:
-        return bool(a != b) if not hasattr(a, "shape") else not (a.shape == b.shape
-                                                                and (a == b).all())
-    except Exception:
-        return True
+    """Scalars, strings and arrays alike."""
+    return not np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
 
 
 def _one_line(exc: BaseException) -> str:

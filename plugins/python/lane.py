@@ -74,6 +74,8 @@ class LaneOwner(Protocol):
                   timed_out: bool) -> None: ...
     def lane_died(self, lane: "Lane", message: str, output: str) -> None: ...
     def lane_state(self, lane: "Lane") -> None: ...
+    inputs_version: int
+
     def input_values(self) -> tuple[int, dict[str, Any]]: ...
 
 
@@ -101,7 +103,6 @@ class Lane:
         self.depth = depth
         self.state = LaneState.STOPPED
         self.log = logging.getLogger(f"ndflow.{spec.name}")
-        self.restarts = 0
         self.pid = 0
         self._child: _Child | None = None
         self._cond = threading.Condition()
@@ -126,24 +127,25 @@ class Lane:
     def close(self, timeout: float = 1.0) -> None:
         """Graceful (SHUTDOWN, then wait), then SIGTERM, then SIGKILL."""
         self._closing.set()
-        child = self._child
+        child = self._tell(wire.SHUTDOWN)
         if child is not None:
-            try:
-                child.channel.send(wire.SHUTDOWN)
-            except wire.ChannelClosed:
-                pass
             _stop_process(child.proc, timeout)
         if self._thread is not None:
             self._thread.join(timeout + 2)
         self._set_state(LaneState.STOPPED)
 
     def reload(self) -> None:
+        self._tell(wire.RELOAD)
+
+    def _tell(self, kind: bytes) -> "_Child | None":
+        """Send a control message if a child is up; a child that just died gets nothing."""
         child = self._child
         if child is not None:
             try:
-                child.channel.send(wire.RELOAD)
+                child.channel.send(kind)
             except wire.ChannelClosed:
                 pass
+        return child
 
     # --- the frame path (worker threads) -----------------------------------------------------------
     def submit(self, array: NDArray) -> str | None:
@@ -199,7 +201,7 @@ class Lane:
 
     def _free_slot(self, nbytes: int) -> shm.Segment:
         busy = {id(p.slot) for p in self._pending if p.slot is not None}
-        for i, seg in enumerate(self._slots):
+        for seg in self._slots:
             if seg is not None and id(seg) not in busy and len(seg) >= nbytes:
                 return seg
         for i, seg in enumerate(self._slots):
@@ -209,11 +211,13 @@ class Lane:
         raise RuntimeError("no free slot")  # cannot happen: at most depth frames in flight
 
     def _send_params(self, child: _Child) -> None:
+        """Input values, before the next frame, whenever they changed since the last send."""
+        if self.owner.inputs_version == child.params_version:
+            return
         version, values = self.owner.input_values()
-        if version != child.params_version:
-            initial = child.params_version < 0
-            child.params_version = version
-            child.channel.send(wire.PARAMS, {"values": values, "initial": initial})
+        initial = child.params_version < 0
+        child.params_version = version
+        child.channel.send(wire.PARAMS, {"values": values, "initial": initial})
 
     def _send_forgets(self, child: _Child) -> None:
         if child.retired_cursor == len(shm.retired):
@@ -238,7 +242,6 @@ class Lane:
             if self._closing.is_set():
                 break
             self._failures += 1
-            self.restarts += 1
             delay = min(0.25 * 2 ** (self._failures - 1), 30.0)
             self._set_state(LaneState.RESTARTING)
             self._closing.wait(delay)
@@ -261,7 +264,6 @@ class Lane:
         except OSError as exc:
             self.owner.lane_died(self, f"cannot start {spec.python}: {exc.strerror or exc}", "")
             parent_sock.close()
-            child_sock.close()
             return False
         finally:
             child_sock.close()

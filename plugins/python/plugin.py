@@ -105,8 +105,7 @@ class PythonPlugin(Plugin):
         self._attr_of: dict[str, str] = {}  # input parameter name -> attribute name
         self._out_param: dict[str, str] = {}  # output attribute name -> parameter name
         self._decl_lock = threading.RLock()
-        self._inputs_version = 0
-        self._count_lock = threading.Lock()
+        self.inputs_version = 0  # bumped on every input change; lanes resend when it moves
         self._lane_counter = itertools.count()
         self._file_stamp = _stamp(self.file)
         spec = ChildSpec(port, options.python or default_python(), self.file,
@@ -128,8 +127,7 @@ class PythonPlugin(Plugin):
         refused = lane.submit(array)
         if refused is None:
             return DEFERRED
-        with self._count_lock:
-            self.set("FramesFailed_RBV", self.values["FramesFailed_RBV"] + 1)
+        self.increment("FramesFailed_RBV")
         return self._failed(array, MissingCause.PROCESSING_ERROR, refused)
 
     def _failed(self, array: NDArray, cause: MissingCause, message: str) -> Outputs:
@@ -143,16 +141,14 @@ class PythonPlugin(Plugin):
         status = reply.get("status")
         outputs: Outputs
         if status in ("ok", "warning"):
-            with self._count_lock:
-                self.set("FramesOK_RBV", self.values["FramesOK_RBV"] + 1)
+            self.increment("FramesOK_RBV")
             self._publish_outputs(reply.get("outputs") or {})
             if status == "warning" and reply.get("message"):
                 self.message(f"frame {array.unique_id}: {reply['message']}", logging.WARNING)
             outputs = self._output_array(array, reply, image)
         else:
             message = reply.get("message") or "process() reported an error"
-            with self._count_lock:
-                self.set("FramesFailed_RBV", self.values["FramesFailed_RBV"] + 1)
+            self.increment("FramesFailed_RBV")
             self._error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
             outputs = self._failed(array, MissingCause.PROCESSING_ERROR, message)
         self.set("FrameTime_RBV", float(reply.get("t", 0.0)) * 1e3)
@@ -161,14 +157,11 @@ class PythonPlugin(Plugin):
 
     def lane_lost(self, lane: Lane, array: NDArray, cause: MissingCause, message: str,
                   timed_out: bool) -> None:
-        with self._count_lock:
-            name = "FramesTimedOut_RBV" if timed_out else "FramesFailed_RBV"
-            self.set(name, self.values[name] + 1)
+        self.increment("FramesTimedOut_RBV" if timed_out else "FramesFailed_RBV")
         self.complete(array, self._failed(array, cause, message))
 
     def lane_died(self, lane: Lane, message: str, output: str) -> None:
-        with self._count_lock:
-            self.set("Restarts_RBV", self.values["Restarts_RBV"] + 1)
+        self.increment("Restarts_RBV")
         tail = [line for line in output.splitlines() if line.strip()][-40:]
         self._error(f"worker {lane.index}: {message}; restarting", "\n".join(tail))
 
@@ -191,14 +184,14 @@ class PythonPlugin(Plugin):
                          f"(pid {reply.get('pid')})")
 
     def lane_state(self, lane: Lane) -> None:
-        states = [ln.state for ln in getattr(self, "lanes", [lane])]
+        states = [ln.state for ln in self.lanes]
         worst = next((s for s in states if s is not LaneState.RUNNING), LaneState.RUNNING)
         self.set("ChildState_RBV", int(worst))
 
     def input_values(self) -> tuple[int, dict[str, Any]]:
         with self._decl_lock:
             values = {attr: self._to_child(name) for name, attr in self._attr_of.items()}
-            return self._inputs_version, values
+            return self.inputs_version, values
 
     # --- declarations -> parameters -------------------------------------------------------------
     def _apply_declarations(self, declarations: list[dict[str, Any]]) -> None:
@@ -227,7 +220,7 @@ class PythonPlugin(Plugin):
         self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
         self._out_param = {d["attr"]: n for n, d in self._decls.items()
                            if d["direction"] == "out"}
-        self._inputs_version += 1
+        self.inputs_version += 1
         if stale or fresh:
             self.log.info("%s: parameters now %s", self.port, ", ".join(self._decls) or "none")
             if self._running:
@@ -235,7 +228,7 @@ class PythonPlugin(Plugin):
 
     def after_put(self, param: Param, value: Any) -> None:
         if param.name in self._attr_of:
-            self._inputs_version += 1  # every child gets the new values before its next frame
+            self.inputs_version += 1  # every child gets the new values before its next frame
 
     def put_Reload(self, value: int) -> int:
         if value:
@@ -269,6 +262,8 @@ class PythonPlugin(Plugin):
 
     def _output_array(self, array: NDArray, reply: dict[str, Any],
                       image: np.ndarray | None) -> Outputs:
+        if image is None and not reply.get("remove") and not reply.get("attrs"):
+            return array  # unchanged: plugins never modify an array they received
         attributes = dict(array.attributes)
         for name in reply.get("remove") or ():
             attributes.pop(name, None)
