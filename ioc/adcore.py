@@ -62,7 +62,9 @@ NDARRAY_BASE: tuple[Param, ...] = (
     float_param("ArrayRate_RBV", 0.0, R, precision=2, units="Hz", group="Collect"),
     bool_param("ArrayCallbacks", "Disable", "Enable", 1, RW, group="Collect"),
     text_param("NDAttributesMacros", 256, "", W, group="Attributes"),
-    text_param("NDAttributesFile", 256, "", W, group="Attributes"),
+    # NELM is ADCore's $(XMLSIZE=256); ours is as if XMLSIZE=4096, so an XML string fits.
+    text_param("NDAttributesFile", 4096, "", W, group="Attributes",
+               doc="attribute XML, or a file under the config folder or a data root"),
     enum_param("NDAttributesStatus", ("Attributes file OK", "File not found", "XML syntax error",
                                       "Macro substitution error"), 0, R, group="Attributes"),
     float_param("PoolMaxMem", 0.0, R, precision=1, units="MB", group="Buffers"),

@@ -7,10 +7,12 @@ its port.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import numpy as np
 
+from . import attributes
 from .adcore import NDARRAY_BASE
 from .component import Component
 from .graph import PortGraph
@@ -31,6 +33,7 @@ class ArrayPort(Component):
         self.values["PoolMaxMem"] = pool_bytes / MB
         self._rate_counter = 0
         self._described: tuple | None = None  # the layout describe() last published
+        self.attribute_specs: list[attributes.AttributeSpec] = []  # from NDAttributesFile
 
     # --- array description ------------------------------------------------------------------------
     def describe(self, array: NDArray, with_type: bool) -> None:
@@ -41,8 +44,8 @@ class ArrayPort(Component):
         self._set_if_changed({
             "UniqueId_RBV": array.unique_id, "TimeStamp_RBV": array.timestamp,
             "EpicsTSSec_RBV": array.epics_ts[0], "EpicsTSNsec_RBV": array.epics_ts[1]})
-        key = (tuple(d.size for d in array.dims), array.data.dtype, array.color_mode,
-               array.codec.name, with_type)
+        key = (tuple(d.size for d in array.dims), array.dtype, array.color_mode,
+               array.codec.name, array.compressed_size, with_type)
         if key == self._described:
             return
         self._described = key
@@ -54,7 +57,7 @@ class ArrayPort(Component):
             "NDimensions": array.ndims, "Dimensions": dims,
             "ArraySizeX_RBV": x, "ArraySizeY_RBV": y, "ArraySizeZ_RBV": z,
             "ArraySize_RBV": array.nbytes, "Codec_RBV": array.codec.name,
-            "CompressedSize_RBV": array.nbytes,
+            "CompressedSize_RBV": array.compressed_size,
         }
         for i in range(10):
             values[f"ArraySize{i}_RBV"] = sizes[i] if i < len(sizes) else 0
@@ -73,6 +76,40 @@ class ArrayPort(Component):
         if isinstance(value, np.ndarray):
             return not isinstance(old, np.ndarray) or not np.array_equal(old, value)
         return old != value
+
+    # --- NDAttributesFile ---------------------------------------------------------------------------
+    def put_NDAttributesFile(self, value: str) -> str:
+        self._load_attributes(value, self.values["NDAttributesMacros"])
+        return value
+
+    def put_NDAttributesMacros(self, value: str) -> str:
+        if self.values["NDAttributesFile"]:
+            self._load_attributes(self.values["NDAttributesFile"], value)
+        return value
+
+    def _load_attributes(self, source: str, macros: str) -> None:
+        if not source.strip():
+            self.attribute_specs = []
+            self.set("NDAttributesStatus", attributes.OK)
+            return
+        site = self.site
+        allowed = ([site.base_dir, *site.data_roots]) if site is not None else []
+        try:
+            text = attributes.read_source(source, allowed, site.base_dir if site else None)
+            specs = attributes.parse(attributes.expand_macros(text, macros),
+                                     lambda name: name in self.params)
+        except attributes.AttributesError as exc:
+            self.set("NDAttributesStatus", exc.status)
+            self.message(f"NDAttributesFile: {exc}", logging.WARNING)
+            return  # the previous list stays in force
+        self.attribute_specs = specs
+        self.set("NDAttributesStatus", attributes.OK)
+        self.message(f"NDAttributesFile: {len(specs)} attributes")
+
+    def attach_attributes(self, array: NDArray) -> None:
+        """Add this port's NDAttributesFile attributes to an array it produced."""
+        if self.attribute_specs:
+            attributes.attach(self.attribute_specs, self.values, array.attributes)
 
     # --- distribution -----------------------------------------------------------------------------
     def emit(self, array: NDArray) -> None:

@@ -14,6 +14,7 @@ import threading
 from typing import Any, ClassVar, Iterable, Mapping, Protocol
 
 from .channels import HANDLED, ParamChannel, make_channel
+from .config import Site
 from .params import Access, Kind, Param, ParamTable
 from .publisher import Publisher
 
@@ -46,6 +47,7 @@ class Component:
         self._targets: dict[str, list[ParamChannel]] = {}
         self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
         self.pv_registry: PVRegistry | None = None
+        self.site: "Site | None" = getattr(self, "site", None)  # set by the IOC (folders, roots)
         self._count_lock = threading.Lock()
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:

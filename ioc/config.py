@@ -60,6 +60,9 @@ class IOCConfig(_Strict):
         "(relative to this file)")
     screens_dir: str = Field("", description="where `ndflow run` writes the .bob screens "
                              "(relative to this file; empty: none)")
+    data_roots: list[str] = Field(
+        default_factory=list, description="the only folders file writers (HDF5, TIFF) write "
+        "under; FilePath outside them is refused (relative to this file, ~ expanded)")
     drivers: list[DriverConfig] = Field(min_length=1)
     plugins: list[PluginConfig] = Field(default_factory=list)
     publish: PublishConfig = Field(default_factory=PublishConfig)
@@ -72,12 +75,28 @@ class Site:
     base_dir: Path
     algorithm_folders: tuple[Path, ...] = ()
     screens_dir: Path | None = None
+    data_roots: tuple[Path, ...] = ()
 
     @classmethod
     def of(cls, config: IOCConfig, base_dir: Path) -> "Site":
         folders = tuple((base_dir / f).resolve() for f in config.algorithm_folders)
         screens = (base_dir / config.screens_dir).resolve() if config.screens_dir else None
-        return cls(base_dir, folders, screens)
+        roots = tuple((base_dir / Path(r).expanduser()).resolve() for r in config.data_roots)
+        return cls(base_dir, folders, screens, roots)
+
+    def data_path(self, path: str | Path) -> Path:
+        """`path` (absolute, symlinks resolved) if it lies under a data root; otherwise
+        ValueError, so no PV write can make a file writer write elsewhere."""
+        resolved = Path(path).expanduser()
+        if not resolved.is_absolute():
+            raise ValueError(f"{path}: give an absolute path")
+        resolved = resolved.resolve()
+        if not self.data_roots:
+            raise ValueError("no data_roots configured; file writers write only under those")
+        if not any(resolved.is_relative_to(root) for root in self.data_roots):
+            raise ValueError(f"{path} is outside the data roots "
+                             f"({', '.join(map(str, self.data_roots))})")
+        return resolved
 
     def algorithm_file(self, name: str) -> Path:
         """The file `name` names, if it lies inside a configured algorithm folder (symlinks

@@ -232,6 +232,7 @@ class Driver(ArrayPort):
         if frame.valid:
             frame.attributes.setdefault("ColorMode", NDAttribute(
                 "ColorMode", frame.color_mode, "Color mode", AttrSource.DRIVER))
+            self.attach_attributes(frame)
             self.describe(frame, with_type=False)
         else:
             self.message(f"frame {counter} missing: {frame.status.missing.value} "

@@ -50,10 +50,19 @@ class NDDimension:
 
 @dataclass(frozen=True)
 class Codec:
+    """How `NDArray.data` is compressed. A compressed array's data is the compressed bytes
+    (1-D uint8) while `dims` keep the uncompressed layout and `dtype` the element type, as
+    ADCore's NDCodec_t plus dataType do."""
+
     name: str = ""  # "", "jpeg", "zlib", "blosc", "lz4", "lz4hdf5", "bslz4"
     level: int = 0
     shuffle: int = 0
     compressor: int = 0
+    dtype: str = ""  # numpy dtype string of the uncompressed elements
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.name)
 
 
 class MissingCause(enum.Enum):
@@ -179,11 +188,27 @@ class NDArray:
         return len(self.dims)
 
     @property
+    def dtype(self) -> np.dtype | None:
+        """The element type, also of a compressed array."""
+        if self.codec.compressed:
+            return np.dtype(self.codec.dtype)
+        return self.data.dtype if self.data is not None else None
+
+    @property
     def data_type(self) -> int:
-        return data_type_index(self.data.dtype) if self.data is not None else 0
+        dtype = self.dtype
+        return data_type_index(dtype) if dtype is not None else 0
 
     @property
     def nbytes(self) -> int:
+        """Uncompressed size in bytes (ArraySize_RBV)."""
+        if self.codec.compressed:
+            return int(np.prod([d.size for d in self.dims])) * np.dtype(self.codec.dtype).itemsize
+        return int(self.data.nbytes) if self.data is not None else 0
+
+    @property
+    def compressed_size(self) -> int:
+        """Bytes actually held (CompressedSize_RBV)."""
         return int(self.data.nbytes) if self.data is not None else 0
 
     def xyz_sizes(self) -> tuple[int, int, int]:

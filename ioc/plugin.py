@@ -33,6 +33,9 @@ Outputs = NDArray | Iterable[NDArray] | None
 class Plugin(ArrayPort):
     PARAMS = (NDARRAY_BASE, PLUGIN_BASE)
     plugin_type: ClassVar[str] = "Unknown"
+    #: False: compressed arrays are refused, as NDPluginDriver does for plugins that are not
+    #: compression-aware (only Codec, the file writers and StdArrays-like sinks accept them)
+    compression_aware: ClassVar[bool] = False
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, input_port: str = "",
                  input_address: int = 0, enabled: bool = False, queue_size: int = 20,
@@ -163,7 +166,13 @@ class Plugin(ArrayPort):
         self.increment("ArrayCounter")
         self.describe(array, with_type=True)
         start = time.perf_counter()
-        if array.valid:
+        if array.valid and array.codec.compressed and not self.compression_aware:
+            self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
+                         f"{self.plugin_type} needs uncompressed arrays (add a Codec "
+                         f"plugin in Decompress mode upstream)", logging.WARNING)
+            outputs = [array.derive(None, status=FrameStatus(
+                MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
+        elif array.valid:
             try:
                 result = self.process(array)
                 if result is DEFERRED:

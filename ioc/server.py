@@ -98,6 +98,8 @@ class IOC:
             channel.pvname = name
             self.pvdb[name] = channel
         component.pv_registry = self
+        if component.site is None:
+            component.site = self.site
         self.components.append(component)
 
     # --- PVs added and withdrawn at run time (PVRegistry) -----------------------------------------

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ndflow.adcore import DATA_TYPES, NUMPY_DTYPES
 from ndflow.channels import WIRE_DTYPES
+from ndflow.dtypes import c_cast
 from ndflow.ndarray import NDArray
 from ndflow.params import ParamTable, array_param
 from ndflow.plugin import Plugin
@@ -56,15 +57,10 @@ class StdArrays(Plugin):
         elif flat.dtype == self._wire:
             wire = flat.view()
         else:
-            wire = _c_cast(flat, self._element).view(self._wire) \
+            wire = c_cast(flat, self._element).view(self._wire) \
                 if self._element.itemsize == self._wire.itemsize else \
-                _c_cast(flat, self._element).astype(self._wire)
+                c_cast(flat, self._element).astype(self._wire)
         wire.flags.writeable = False
         self.set("ArrayData", wire)
         return None
 
-
-def _c_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind in "iu" and values.dtype.kind == "f":
-        return np.trunc(values).astype(np.int64).astype(dtype)
-    return values.astype(dtype)

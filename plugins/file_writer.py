@@ -1,0 +1,454 @@
+"""NDPluginFile: what every file-writing plugin shares (NDFile.template's PVs and modes).
+
+Modes, as ADCore's NDPluginFile:
+- Single: with AutoSave=Yes every array is written to its own file; WriteFile=1 writes the last
+  array received.
+- Capture: Capture=1 keeps arrays in memory until NumCapture are held, then (AutoSave=Yes, or at
+  WriteFile=1) writes them all to one file.
+- Stream: Capture=1 opens a file (at the first array with LazyOpen=Yes) and writes each array as
+  it arrives, until NumCapture arrays (0 = no limit) or Capture=0.
+Capture and WriteFile are busy records: a put-callback of 1 completes when the capture or the write
+is over. The file name is C `sprintf(FileTemplate, FilePath, FileName, FileNumber)`; FileNumber
+increments after each file when AutoIncrement=Yes.
+
+What ndflow adds: a file is only ever written under the configured data roots (`data_roots`),
+whatever FilePath, FileName or FileTemplate say, because anyone on the network can write those
+PVs. A refused path, a template that does not take (string, string, integer) in that order, or an
+I/O error (permission, disk full) sets WriteStatus/WriteMessage, closes what was open so the
+frames already written stay readable, and leaves the IOC serving. Missing frames (placeholders for
+lost arrays) reach the writer too; `write_missing` records them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ndflow.channels import HANDLED
+from ndflow.ndarray import NDArray
+from ndflow.params import R, RW, W, Param, bool_param, enum_param, int_param, string_param, \
+    text_param
+from ndflow.plugin import Plugin
+
+SINGLE, CAPTURE, STREAM = 0, 1, 2
+
+NDFILE: tuple[Param, ...] = (
+    text_param("FilePath", 256, "", RW, group="File", doc="folder; stored with a trailing '/'"),
+    bool_param("FilePathExists_RBV", "No", "Yes", 0, R, group="File"),
+    int_param("CreateDirectory", 0, RW, group="File",
+              doc="0: never; N>0: the first N path parts must exist; N<0: create up to |N| "
+                  "levels above the file"),
+    text_param("FileName", 256, "", RW, group="File"),
+    int_param("FileNumber", 1, RW, also_setpoint=True, group="File"),
+    bool_param("AutoIncrement", "No", "Yes", 1, RW, group="File"),
+    text_param("FileTemplate", 256, "%s%s_%3.3d.dat", RW, group="File",
+               doc="C printf format taking FilePath, FileName, FileNumber in that order"),
+    text_param("FullFileName_RBV", 512, "", R, group="File"),
+    bool_param("AutoSave", "No", "Yes", 0, RW, group="File"),
+    bool_param("WriteFile", "Done", "Write", 0, RW, coalesce=False, also_setpoint=True,
+               group="File"),
+    bool_param("ReadFile", "Done", "Read", 0, RW, group="File"),
+    enum_param("FileFormat", ("Undefined", "Invalid"), 0, RW, rbv_choices=("netCDF", "Undefined"),
+               group="File"),
+    enum_param("FileWriteMode", ("Single", "Capture", "Stream"), 0, RW, group="File"),
+    bool_param("Capture", "Done", "Capture", 0, RW, coalesce=False, also_setpoint=True,
+               group="File"),
+    int_param("NumCapture", 1, RW, low=0, group="File"),
+    int_param("NumCaptured_RBV", 0, R, coalesce=False, group="File"),
+    bool_param("FreeCapture", "Done", "Free", 0, W, group="File"),
+    bool_param("DeleteDriverFile", "No", "Yes", 0, RW, group="File"),
+    enum_param("WriteStatus", ("Write OK", "Write error"), 0, R, group="File"),
+    text_param("WriteMessage", 256, "", R, group="File"),
+    bool_param("LazyOpen", "No", "Yes", 0, RW, group="File"),
+    string_param("TempSuffix", "", RW, group="File"),
+)
+
+_CONVERSION = re.compile(r"%([-+ #0]*)(\d+|\*)?(?:\.(\d+|\*))?([hlL]*)([a-zA-Z%])")
+_TEMPLATE_ARGS = ("s", "s", "d")
+
+
+class WriteError(Exception):
+    """A file could not be written; the message is what WriteMessage shows."""
+
+
+def format_file_name(template: str, path: str, name: str, number: int) -> str:
+    """sprintf(template, path, name, number), refusing what C would make undefined."""
+    kinds = []
+    for match in _CONVERSION.finditer(template):
+        conv = match.group(5)
+        if conv == "%":
+            continue
+        if "*" in (match.group(2) or "", match.group(3) or ""):
+            raise WriteError(f"FileTemplate {template!r}: '*' widths are not supported")
+        if conv in "sdiuxXo":
+            kinds.append("s" if conv == "s" else "d")
+        else:
+            raise WriteError(f"FileTemplate {template!r}: %{conv} is not allowed "
+                             "(use %s for the path and name, %d for the number)")
+    if kinds != list(_TEMPLATE_ARGS[: len(kinds)]) or len(kinds) > len(_TEMPLATE_ARGS):
+        raise WriteError(f"FileTemplate {template!r} must take at most FilePath (%s), FileName "
+                         f"(%s) and FileNumber (%d), in that order")
+    # Python's % takes C's flags, widths, precisions and h/l/L modifiers with the same meaning.
+    return template % (path, name, number)[: len(kinds)]
+
+
+class FileWriter(Plugin):
+    """Base of HDF5 and TIFF: the NDFile PVs, the three modes and the safety rules above."""
+
+    PARAMS = (*Plugin.PARAMS, NDFILE)
+    #: the extension the default FileTemplate uses
+    extension: ClassVar[str] = ".dat"
+    #: False: one array per file (TIFF); Capture and Stream then write one file per array
+    multiple_arrays: ClassVar[bool] = True
+    compression_aware = True
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.values["FileTemplate"] = f"%s%s_%3.3d{self.extension}"
+        self._lock = threading.RLock()  # the open file and the capture buffer
+        self._buffer: list[NDArray] = []
+        self._early_missing: list[NDArray] = []  # lost before the Stream file could open
+        self._open = False
+        self._capture_done: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opened_at = 0.0
+        self._bytes = 0
+
+    # --- what a format provides -------------------------------------------------------------------
+    def open_file(self, path: Path, first: NDArray) -> None:
+        """Create the file for arrays shaped like `first`."""
+        raise NotImplementedError
+
+    def write_array(self, array: NDArray) -> None:
+        raise NotImplementedError
+
+    def write_missing(self, array: NDArray) -> None:
+        """Record a lost frame (a placeholder: no data). By default nothing is written."""
+
+    def close_file(self) -> None:
+        raise NotImplementedError
+
+    def flush_file(self) -> None:
+        """Make what was written visible to readers (FlushNow)."""
+
+    def abandon_file(self) -> None:
+        """Give up on a file whose write failed, without the usual close (see HDF5)."""
+        self.close_file()
+
+    # --- FilePath and names -------------------------------------------------------------------------
+    def put_FilePath(self, value: str) -> str:
+        path = value if value.endswith("/") or not value else value + "/"
+        self._check_path(path, create=True)
+        return path
+
+    def put_CreateDirectory(self, value: int) -> int:
+        self.values["CreateDirectory"] = value
+        if self.values["FilePath"]:
+            self._check_path(self.values["FilePath"], create=True)
+        return value
+
+    def _check_path(self, path: str, create: bool) -> bool:
+        """Set FilePathExists_RBV (and WriteMessage when refused); create it if asked."""
+        ok = False
+        try:
+            folder = self._allowed(path)
+            depth = self.values["CreateDirectory"]
+            if create and depth and not folder.is_dir():
+                self._create(folder, depth)
+            ok = folder.is_dir()
+            if not ok:
+                self._error(f"FilePath {path} does not exist" + (
+                    "" if depth else " (set CreateDirectory to create it)"))
+        except WriteError as exc:
+            self._error(str(exc))
+        self.set("FilePathExists_RBV", int(ok))
+        if ok and self.values["WriteStatus"]:
+            self.set_many({"WriteStatus": 0, "WriteMessage": ""})
+        return ok
+
+    def _allowed(self, path: str | Path) -> Path:
+        site = self.site
+        try:
+            if site is None:
+                raise ValueError("no data_roots configured; file writers write only under those")
+            return site.data_path(path)
+        except ValueError as exc:
+            raise WriteError(str(exc)) from None
+
+    @staticmethod
+    def _create(folder: Path, depth: int) -> None:
+        parts = folder.parts
+        must_exist = Path(*parts[: depth + 1]) if depth > 0 else \
+            Path(*parts[: max(1, len(parts) + depth)])
+        if not must_exist.is_dir():
+            raise WriteError(f"cannot create {folder}: {must_exist} does not exist "
+                             f"(CreateDirectory={depth})")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot create {folder}: {exc.strerror}") from None
+
+    def _next_file(self) -> Path:
+        v = self.values
+        if not v["FilePath"]:
+            raise WriteError("FilePath is empty")
+        name = format_file_name(v["FileTemplate"], v["FilePath"], v["FileName"], v["FileNumber"])
+        path = self._allowed(name)
+        self.set("FullFileName_RBV", str(path)[:511])
+        return path
+
+    def _file_finished(self) -> None:
+        if self.values["AutoIncrement"]:
+            self.set("FileNumber", self.values["FileNumber"] + 1)
+
+    def _error(self, message: str) -> None:
+        self.set_many({"WriteStatus": 1, "WriteMessage": message[:255]})
+        self.message(message, logging.ERROR)
+
+    # --- writing --------------------------------------------------------------------------------------
+    def _write_files(self, arrays: list[NDArray]) -> bool:
+        """Write `arrays` to one file (or one file each), reporting failure on the PVs."""
+        if not arrays:
+            return True
+        valid = [a for a in arrays if a.valid]
+        if not valid:
+            self._error(f"none of the {len(arrays)} captured arrays is valid: no file written")
+            return False
+        groups = [arrays] if self.multiple_arrays else [[a] for a in valid]
+        try:
+            for group in groups:
+                self._open_for(next(a for a in group if a.valid))
+                for array in group:
+                    self._write_one(array)
+                self._close()
+        except WriteError as exc:
+            self._error(str(exc))
+            self._close()
+            return False
+        return True
+
+    def _open_for(self, first: NDArray) -> None:
+        path = self._next_file()
+        try:
+            self.open_file(path, first)
+        except WriteError:
+            raise
+        except OSError as exc:
+            raise WriteError(f"cannot open {path}: {_os_reason(exc)}") from None
+        except Exception as exc:  # h5py raises its own error types for OS problems
+            raise WriteError(f"cannot open {path}: {exc}") from None
+        self._open = True
+        self._opened_at = time.monotonic()
+        self._bytes = 0
+        self.set_many({"WriteStatus": 0, "WriteMessage": ""})
+
+    def _write_one(self, array: NDArray) -> None:
+        try:
+            if array.valid:
+                self.write_array(array)
+                self._bytes += array.compressed_size
+            else:
+                self.write_missing(array)
+        except WriteError:
+            raise
+        except Exception as exc:
+            self._open = False
+            self.abandon_file()
+            self.on_closed(time.monotonic() - self._opened_at, self._bytes)
+            self._file_finished()
+            raise WriteError(f"writing array {array.unique_id} to "
+                             f"{self.values['FullFileName_RBV']}: {_os_reason(exc)}") from None
+
+    def _close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self.close_file()
+        except Exception as exc:
+            self._error(f"closing {self.values['FullFileName_RBV']}: {_os_reason(exc)}")
+        self.on_closed(time.monotonic() - self._opened_at, self._bytes)
+        self._file_finished()
+
+    def on_closed(self, seconds: float, nbytes: int) -> None:
+        """A file was closed after `seconds` holding `nbytes` of array data."""
+
+    # --- the data path (worker thread) -----------------------------------------------------------
+    def process(self, array: NDArray) -> None:
+        self._handle_array(array)
+        return None
+
+    def process_missing(self, array: NDArray) -> None:
+        self._handle_array(array)
+        return None
+
+    def _handle_array(self, array: NDArray) -> None:
+        mode = self.values["FileWriteMode"]
+        with self._lock:
+            if mode == SINGLE:
+                if self.values["AutoSave"] and array.valid:
+                    self._write_files([array])
+                return
+            if not self.values["Capture"]:
+                return
+            if mode == CAPTURE:
+                self._buffer.append(array)
+                self.set("NumCaptured_RBV", len(self._buffer))
+                if self.values["NumCapture"] and len(self._buffer) >= self.values["NumCapture"]:
+                    if self.values["AutoSave"]:
+                        self._write_buffer()
+                    self._end_capture()
+                return
+            self._stream(array)
+
+    def _stream(self, array: NDArray) -> None:
+        if not array.valid and not self._open:
+            # No file to take the row yet (its shape and type come from a real array).
+            if self.multiple_arrays:
+                self._early_missing.append(array)
+            else:
+                self.message(f"array {array.unique_id} lost ({array.status.missing.value}): "
+                             "no file for it", logging.WARNING)
+            return
+        rows = [array]
+        try:
+            if not self._open or not self.multiple_arrays:
+                self._close()
+                self._open_for(array)
+                rows = self._early_missing + rows
+                self._early_missing = []
+            for row in rows:
+                self._write_one(row)
+                self.increment("NumCaptured_RBV")
+        except WriteError as exc:
+            self._error(str(exc))
+            self._close()
+            self._end_capture()
+            return
+        if self.values["NumCapture"] and \
+                self.values["NumCaptured_RBV"] >= self.values["NumCapture"]:
+            self._close()
+            self._end_capture()
+
+    def _write_buffer(self) -> None:
+        arrays, self._buffer = self._buffer, []
+        self._write_files(arrays)
+
+    def _end_capture(self) -> None:
+        self.set("Capture", 0)
+        done, loop = self._capture_done, self._loop
+        self._capture_done = None
+        if done is not None and loop is not None:
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+    # --- busy records (event-loop thread) ---------------------------------------------------------
+    async def put_Capture(self, value: int) -> Any:
+        loop = asyncio.get_running_loop()
+        if not value:
+            await loop.run_in_executor(None, self._stop_capture)
+            return HANDLED
+        if self.values["FileWriteMode"] == SINGLE:
+            self._error("Capture needs FileWriteMode Capture or Stream")
+            return HANDLED
+        started = await loop.run_in_executor(None, self._start_capture)
+        if not started:
+            return HANDLED
+        self._loop = loop
+        self._capture_done = done = loop.create_future()
+        self.set("Capture", 1)
+        await done
+        if self.publisher is not None:
+            await self.publisher.drain()
+        return HANDLED
+
+    def _start_capture(self) -> bool:
+        with self._lock:
+            self._close()
+            self._buffer = []
+            self._early_missing = []
+            self.set("NumCaptured_RBV", 0)
+            mode = self.values["FileWriteMode"]
+            if mode == STREAM and not self._check_path(self.values["FilePath"], create=True):
+                return False
+            if mode == STREAM and not self.values["LazyOpen"] and self._last_input is not None \
+                    and self._last_input.valid and self.multiple_arrays:
+                try:
+                    self._open_for(self._last_input)
+                except WriteError as exc:
+                    self._error(str(exc))
+                    return False
+            return True
+
+    def _stop_capture(self) -> None:
+        with self._lock:
+            if self.values["FileWriteMode"] == CAPTURE and self.values["AutoSave"]:
+                self._write_buffer()
+            self._close()
+            self._end_capture()
+
+    async def put_WriteFile(self, value: int) -> Any:
+        if not value:
+            return 0
+        self.set("WriteFile", 1)
+        await asyncio.get_running_loop().run_in_executor(None, self._write_now)
+        self.set("WriteFile", 0)
+        return HANDLED
+
+    def _write_now(self) -> None:
+        with self._lock:
+            mode = self.values["FileWriteMode"]
+            if mode == CAPTURE:
+                self._write_buffer()
+            elif mode == SINGLE:
+                if self._last_input is None or not self._last_input.valid:
+                    self._error("WriteFile: no array received yet")
+                    return
+                self._write_files([self._last_input])
+            else:
+                self._error("WriteFile does nothing in Stream mode (use Capture)")
+
+    def put_FreeCapture(self, value: int) -> int:
+        if value:
+            with self._lock:
+                self._buffer = []
+                self.set("NumCaptured_RBV", 0)
+        return 0
+
+    def put_ReadFile(self, value: int) -> int:
+        if value:
+            self._error(f"{self.plugin_type}: reading files back is not supported")
+        return 0
+
+    def put_FileFormat(self, value: int) -> int:
+        if value:
+            self._error("FileFormat: only the first choice is supported")
+        return 0
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        with self._lock:
+            self._close()
+
+
+def _os_reason(exc: BaseException) -> str:
+    """A short cause for an I/O failure, naming disk-full plainly."""
+    err = getattr(exc, "errno", None)
+    if err is None:  # HDF5 puts the errno inside its message
+        found = re.search(r"errno = (\d+)", str(exc))
+        err = int(found.group(1)) if found else None
+        if err is not None and err not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            return os.strerror(err)
+    if err in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"disk full or file too large ({errno.errorcode[err]})"
+    text = getattr(exc, "strerror", None) or str(exc)
+    for cause in (exc.__cause__, exc.__context__):
+        if cause is not None and getattr(cause, "errno", None) in (errno.ENOSPC, errno.EFBIG):
+            return f"disk full or file too large ({errno.errorcode[cause.errno]})"
+    return text

@@ -1,0 +1,400 @@
+"""NDFileHDF5 (`HDF1:`): arrays to HDF5 with h5py, in ADCore's default layout.
+
+Layout: the frames in `/entry/data/data` (one row per array, the first axis growing), each
+NDAttribute in `/entry/instrument/NDAttributes/<name>` (one value per row), plus ADCore's
+NDArrayUniqueId, NDArrayTimeStamp, NDArrayEpicsTSSec and NDArrayEpicsTSnSec there. This is what
+ophyd-async and ophyd's file handlers read.
+
+What ndflow adds: a lost frame still takes its row. The row holds FillValue,
+`NDAttributes/NDArrayStatus` is non-zero (the code of the cause), and `/entry/ndflow/missing`
+lists the unique id, cause and message of each lost frame. Readers know what is missing and why
+instead of seeing a gap.
+
+Compression: None, zlib (deflate), Blosc, BSLZ4 and LZ4 through hdf5plugin's filters. N-bit,
+szip and JPEG are not offered and say so. Arrays that a Codec plugin compressed upstream are
+written as they are, one frame per chunk, with `write_direct_chunk`. The dataset then gets the
+filter that matches the codec, whatever Compression says (as ADCore does).
+
+SWMR: with SWMRMode=On the file is created with the latest format and switched to SWMR after its
+datasets exist. Readers may open it while it grows; they see frames up to the last flush
+(NumFramesFlush, FlushNow, and the close). Attributes that first appear after the file was opened
+are not stored (SWMR cannot add datasets), and a warning names them.
+
+A full disk: HDF5 cannot recover from a failed write (the library may crash when the file is
+closed afterwards). So before each row the writer checks the room left: free space on the file
+system and the process's file-size limit. It stops with "disk full" while there is still room
+to close the file cleanly, and every frame written so far stays readable. If a write fails
+anyway, the file object is abandoned, never closed, so the IOC keeps running.
+
+Not supported: the XML layout files (XMLFileName), extra dimensions (NumExtraDims > 0) and
+position mode. Their PVs exist so clients connect; a non-default value is reported on
+WriteMessage and the default layout is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from ndflow.ndarray import MissingCause, NDArray
+from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
+    string_param, text_param
+from ndflow.plugins.file_writer import FileWriter, WriteError
+
+DATA_PATH = "/entry/data/data"
+ATTR_GROUP = "/entry/instrument/NDAttributes"
+MISSING_PATH = "/entry/ndflow/missing"
+COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
+BLOSC_COMPRESSORS = ("BloscLZ", "LZ4", "LZ4HC", "SNAPPY", "ZLIB", "ZSTD")
+_BLOSC_CNAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
+_MISSING_CODES = {cause: i + 1 for i, cause in enumerate(MissingCause)}
+_EXTRA = ("N", "X", "Y", *map(str, range(3, 10)))
+#: room kept free for HDF5's metadata and the final flush when checking for a full disk
+_CLOSE_MARGIN = 64 * 1024
+#: files whose writes failed inside HDF5: kept open forever, because closing them can crash
+_ABANDONED: list[Any] = []
+
+HDF5_PARAMS = (
+    enum_param("FileFormat", ("HDF5", "Invalid"), 0, RW, rbv_choices=("HDF5", "Undefined"),
+               group="File"),
+    bool_param("FlushNow", "Done", "Flush", 0, W, group="HDF5"),
+    bool_param("ChunkSizeAuto", "No", "Yes", 1, RW, group="Chunking"),
+    int_param("NumRowChunks", 0, RW, low=0, group="Chunking"),
+    int_param("NumColChunks", 0, RW, low=0, group="Chunking"),
+    *(int_param(f"ChunkSize{i}", 0, RW, low=0, group="Chunking") for i in range(2, 10)),
+    int_param("NumFramesChunks", 0, RW, low=0, group="Chunking"),
+    int_param("NDAttributeChunk", 0, RW, low=0, group="Chunking"),
+    int_param("BoundaryAlign", 0, RW, low=0, units="bytes", group="Chunking"),
+    int_param("BoundaryThreshold", 1, RW, low=0, units="bytes", group="Chunking"),
+    int_param("NumFramesFlush", 0, RW, low=0, group="Chunking",
+              doc="flush every N frames (0: only at FlushNow and close)"),
+    int_param("NumExtraDims", 0, RW, low=0, high=9, group="Extra dims"),
+    *(p for d in _EXTRA for p in (
+        int_param(f"ExtraDimSize{d}", 1, RW, low=1, group="Extra dims"),
+        string_param(f"ExtraDimName{d}_RBV", "", R, group="Extra dims"))),
+    *(int_param(f"ExtraDimChunk{d}", 0, RW, low=0, group="Extra dims") for d in _EXTRA[1:]),
+    bool_param("StoreAttr", "No", "Yes", 1, RW, group="HDF5"),
+    bool_param("StorePerform", "No", "Yes", 0, RW, group="HDF5"),
+    float_param("RunTime", 0.0, R, units="s", group="HDF5"),
+    float_param("IOSpeed", 0.0, R, precision=1, units="Mbit/s", group="HDF5"),
+    enum_param("Compression", COMPRESSIONS, 0, RW, group="Compression"),
+    int_param("NumDataBits", 0, RW, units="bit", group="Compression"),
+    int_param("DataBitsOffset", 0, RW, units="bit", group="Compression"),
+    int_param("SZipNumPixels", 16, RW, units="bit", group="Compression"),
+    int_param("ZLevel", 6, RW, low=0, high=9, group="Compression"),
+    enum_param("BloscShuffle", ("None", "Byte", "Bit"), 0, RW, group="Compression"),
+    enum_param("BloscCompressor", BLOSC_COMPRESSORS, 0, RW, group="Compression"),
+    int_param("BloscLevel", 5, RW, low=0, high=9, group="Compression"),
+    int_param("JPEGQuality", 90, RW, low=1, high=100, group="Compression"),
+    bool_param("DimAttDatasets", "No", "Yes", 0, RW, group="HDF5"),
+    float_param("FillValue", 0.0, RW, precision=1, group="HDF5"),
+    text_param("XMLFileName", 2048, "", RW, group="Layout"),
+    bool_param("XMLValid_RBV", "No", "Yes", 1, R, group="Layout"),
+    text_param("XMLErrorMsg_RBV", 256, "", R, group="Layout"),
+    bool_param("SWMRSupported_RBV", "Not Supported", "Supported", 1, R, group="SWMR"),
+    bool_param("SWMRMode", "Off", "On", 0, RW, group="SWMR"),
+    bool_param("SWMRActive_RBV", "Off", "Active", 0, R, group="SWMR"),
+    int_param("SWMRCbCounter_RBV", 0, R, group="SWMR"),
+    bool_param("PositionMode", "Off", "On", 0, RW, group="Positions"),
+    *(string_param(f"Pos{kind}Dim{d}", "", RW, group="Positions")
+      for kind in ("Name", "Index") for d in _EXTRA),
+)
+
+
+class HDF5(FileWriter):
+    kind = "hdf5"
+    PARAMS = (*FileWriter.PARAMS, HDF5_PARAMS)
+    extension = ".h5"
+
+    plugin_type = f"NDFileHDF5 ver{h5py.version.hdf5_version}"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._file: h5py.File | None = None
+        self._path = Path()
+        self._data: h5py.Dataset | None = None
+        self._attrs: dict[str, h5py.Dataset] = {}
+        self._missing: h5py.Dataset | None = None
+        self._perform: h5py.Dataset | None = None
+        self._rows = 0
+        self._direct = False
+        self._ignored: set[str] = set()
+        self._since_flush = 0
+        self._last_write = 0.0
+
+    # --- unsupported options are said, not silently ignored ------------------------------------------
+    def put_Compression(self, value: int) -> int:
+        if COMPRESSIONS[value] in ("N-bit", "szip", "JPEG"):
+            self.message(f"Compression {COMPRESSIONS[value]} is not supported; choose None, "
+                         "zlib, Blosc, BSLZ4 or LZ4", logging.WARNING)
+        return value
+
+    def put_XMLFileName(self, value: str) -> str:
+        valid = not value.strip()
+        self.set_many({"XMLValid_RBV": int(valid), "XMLErrorMsg_RBV": "" if valid else
+                       "XML layout files are not supported; the default layout is used"})
+        return value
+
+    def put_NumExtraDims(self, value: int) -> int:
+        if value:
+            self.message("NumExtraDims > 0 is not supported; frames are stored along one "
+                         "axis", logging.WARNING)
+        return value
+
+    async def put_FlushNow(self, value: int) -> int:
+        if value:
+            await asyncio.get_running_loop().run_in_executor(None, self._flush_locked)
+        return 0
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            if self._open:
+                try:
+                    self.flush_file()
+                except Exception as exc:
+                    self._error(f"flushing {self.values['FullFileName_RBV']}: {exc}")
+
+    # --- the format -----------------------------------------------------------------------------------
+    def open_file(self, path: Path, first: NDArray) -> None:
+        v = self.values
+        swmr = bool(v["SWMRMode"])
+        self._file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
+        self._path = path
+        self._rows = 0
+        self._since_flush = 0
+        self._ignored = set()
+        self._last_write = 0.0
+        f = self._file
+        f.attrs["creator"] = f"ndflow {self.plugin_type}"
+        entry = f.require_group("entry")
+        entry.attrs["NX_class"] = "NXentry"
+        data_group = entry.require_group("data")
+        data_group.attrs["NX_class"] = "NXdata"
+        self._data = self._create_data(data_group, first)
+        group = f.require_group(ATTR_GROUP)
+        self._attrs = {}
+        standard = {"NDArrayUniqueId": np.int32, "NDArrayTimeStamp": np.float64,
+                    "NDArrayEpicsTSSec": np.uint32, "NDArrayEpicsTSnSec": np.uint32,
+                    "NDArrayStatus": np.int8}
+        for name, dtype in standard.items():
+            self._attrs[name] = self._series(group, name, np.dtype(dtype))
+        self._attrs["NDArrayStatus"].attrs["meaning"] = "0 valid; " + "; ".join(
+            f"{code} {cause.value}" for cause, code in _MISSING_CODES.items())
+        if v["StoreAttr"]:
+            for attr in first.attributes.values():
+                if attr.name not in self._attrs:
+                    dataset = self._series(group, attr.name, _attr_dtype(attr.value))
+                    dataset.attrs["description"] = attr.description
+                    dataset.attrs["source"] = attr.source
+                    dataset.attrs["source_type"] = attr.source_type.name
+                    self._attrs[attr.name] = dataset
+        self._missing = entry.require_group("ndflow").create_dataset(
+            "missing", shape=(0,), maxshape=(None,), chunks=(64,), dtype=np.dtype(
+                [("unique_id", "i4"), ("cause", "S24"), ("message", "S120")]))
+        self._perform = None
+        if v["StorePerform"]:
+            self._perform = f.require_group("/entry/instrument/performance").create_dataset(
+                "timestamp", shape=(0, 2), maxshape=(None, 2), chunks=(64, 2), dtype="f8")
+            self._perform.attrs["columns"] = "seconds since open, seconds writing this frame"
+        if swmr:
+            f.swmr_mode = True
+        self.set_many({"SWMRActive_RBV": int(swmr), "SWMRCbCounter_RBV": 0})
+
+    def _create_data(self, group: h5py.Group, first: NDArray) -> h5py.Dataset:
+        shape = tuple(d.size for d in reversed(first.dims))
+        dtype = first.dtype if first.dtype is not None else np.dtype("u1")
+        self._direct = first.codec.compressed
+        if self._direct:
+            chunks = (1, *shape)
+            filters = _codec_filter(first)
+        else:
+            chunks = self._chunks(shape)
+            filters = self._filter()
+        dataset = group.create_dataset(
+            "data", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks,
+            fillvalue=np.asarray(self.values["FillValue"]).astype(dtype), **filters)
+        dataset.attrs["signal"] = 1
+        return dataset
+
+    def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        v = self.values
+        frames = max(1, v["NumFramesChunks"])
+        if v["ChunkSizeAuto"] or len(shape) < 2:
+            return (frames, *shape)
+        rows = min(v["NumRowChunks"] or shape[-2], shape[-2])
+        cols = min(v["NumColChunks"] or shape[-1], shape[-1])
+        return (frames, *shape[:-2], rows, cols)
+
+    def _filter(self) -> dict[str, Any]:
+        v = self.values
+        name = COMPRESSIONS[v["Compression"]]
+        if name == "None":
+            return {}
+        if name == "zlib":
+            return {"compression": "gzip", "compression_opts": v["ZLevel"]}
+        if name == "Blosc":
+            return dict(hdf5plugin.Blosc(cname=_BLOSC_CNAMES[v["BloscCompressor"]],
+                                         clevel=v["BloscLevel"], shuffle=v["BloscShuffle"]))
+        if name == "LZ4":
+            return dict(hdf5plugin.LZ4())
+        if name == "BSLZ4":
+            return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+        raise WriteError(f"Compression {name} is not supported; choose None, zlib, Blosc, "
+                         "BSLZ4 or LZ4")
+
+    def _series(self, group: h5py.Group, name: str, dtype: np.dtype) -> h5py.Dataset:
+        chunk = max(1, self.values["NDAttributeChunk"] or 16)
+        return group.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(chunk,),
+                                    dtype=dtype)
+
+    def _check_room(self, nbytes: int) -> None:
+        """Refuse a row that might not fit (see the module docstring: full disk)."""
+        need = 2 * nbytes + _CLOSE_MARGIN
+        try:
+            stat = os.statvfs(self._path.parent)
+            free = stat.f_bavail * stat.f_frsize
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if limit != resource.RLIM_INFINITY:
+                free = min(free, limit - self._path.stat().st_size)
+        except OSError:
+            return
+        if free < need:
+            raise WriteError(f"disk full: {max(free, 0) / 1e6:.1f} MB left for "
+                             f"{self._path.name}; stopped after {self._rows} frames")
+
+    def write_array(self, array: NDArray) -> None:
+        started = time.monotonic()
+        self._check_room(array.compressed_size)
+        row = self._grow()
+        data = self._data
+        if self._direct:
+            if not array.codec.compressed:
+                raise WriteError(f"array {array.unique_id} is not compressed but the file "
+                                 "holds pre-compressed frames; start a new file")
+            data.id.write_direct_chunk((row, *([0] * (data.ndim - 1))),
+                                       array.data.tobytes())
+        else:
+            if array.codec.compressed:
+                raise WriteError(f"array {array.unique_id} is compressed ({array.codec.name}) "
+                                 "but the file was opened for uncompressed frames")
+            frame = array.data
+            if frame.shape != data.shape[1:]:
+                raise WriteError(f"array {array.unique_id} has shape {frame.shape}, the file "
+                                 f"{data.shape[1:]}; start a new file")
+            data[row] = frame
+        self._write_attributes(array, row, 0)
+        if self._perform is not None:
+            self._perform.resize((row + 1, 2))
+            self._perform[row] = (started - self._opened_at, time.monotonic() - started)
+        self._after_row()
+
+    def write_missing(self, array: NDArray) -> None:
+        if self._data is None:
+            return
+        self._check_room(1024)
+        row = self._grow()  # the row keeps the fill value
+        cause = array.status.missing
+        self._write_attributes(array, row, _MISSING_CODES.get(cause, 127) if cause else 127)
+        missing = self._missing
+        n = missing.shape[0]
+        missing.resize((n + 1,))
+        missing[n] = (array.unique_id, (cause.value if cause else "unknown").encode()[:24],
+                      array.status.message.encode("utf-8", "replace")[:120])
+        self._after_row()
+
+    def _grow(self) -> int:
+        row = self._rows
+        self._data.resize((row + 1, *self._data.shape[1:]))
+        for dataset in self._attrs.values():
+            dataset.resize((row + 1,))
+        self._rows = row + 1
+        return row
+
+    def _write_attributes(self, array: NDArray, row: int, status: int) -> None:
+        standard = {"NDArrayUniqueId": array.unique_id, "NDArrayTimeStamp": array.timestamp,
+                    "NDArrayEpicsTSSec": array.epics_ts[0],
+                    "NDArrayEpicsTSnSec": array.epics_ts[1], "NDArrayStatus": status}
+        for name, value in standard.items():
+            self._attrs[name][row] = value
+        if not self.values["StoreAttr"]:
+            return
+        for attr in array.attributes.values():
+            dataset = self._attrs.get(attr.name)
+            if dataset is None:
+                if attr.name not in self._ignored:
+                    self._ignored.add(attr.name)
+                    self.message(f"attribute {attr.name} first seen after the file was "
+                                 "opened: not stored in this file", logging.WARNING)
+                continue
+            try:
+                dataset[row] = attr.value
+            except (TypeError, ValueError):
+                pass  # a value of another type than the first frame's: keep the fill value
+
+    def _after_row(self) -> None:
+        self._since_flush += 1
+        every = self.values["NumFramesFlush"]
+        if every and self._since_flush >= every:
+            self.flush_file()
+
+    def flush_file(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            self._since_flush = 0
+            if self.values["SWMRActive_RBV"]:
+                self.increment("SWMRCbCounter_RBV")
+
+    def abandon_file(self) -> None:
+        _ABANDONED.append((self._file, self._data, self._attrs, self._missing, self._perform))
+        self._file = None
+        self.close_file()
+
+    def close_file(self) -> None:
+        f, self._file = self._file, None
+        self._data = None
+        self._attrs = {}
+        self._missing = None
+        self._perform = None
+        self.set("SWMRActive_RBV", 0)
+        if f is not None:
+            f.close()
+
+    def on_closed(self, seconds: float, nbytes: int) -> None:
+        self.set_many({"RunTime": seconds,
+                       "IOSpeed": nbytes * 8 / 1e6 / seconds if seconds > 0 else 0.0})
+
+
+def _attr_dtype(value: Any) -> np.dtype:
+    if isinstance(value, str):
+        return h5py.string_dtype()
+    if isinstance(value, (bool, np.bool_)):
+        return np.dtype("u1")
+    if isinstance(value, (int, np.integer)):
+        return np.dtype("i8") if not isinstance(value, np.integer) else np.dtype(type(value))
+    if isinstance(value, (float, np.floating)):
+        return np.dtype("f8")
+    return h5py.string_dtype()
+
+
+def _codec_filter(array: NDArray) -> dict[str, Any]:
+    """The HDF5 filter that reads chunks compressed by the Codec plugin."""
+    codec = array.codec
+    if codec.name == "zlib":
+        return {"compression": "gzip"}
+    if codec.name == "blosc":
+        return dict(hdf5plugin.Blosc())
+    if codec.name == "lz4hdf5":
+        return dict(hdf5plugin.LZ4())
+    if codec.name == "bslz4":
+        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
+    raise WriteError(f"arrays compressed with {codec.name!r} cannot be written to HDF5 "
+                     "as they are; decompress them first")
