@@ -60,6 +60,8 @@ _MISSING_CODES = {cause: i + 1 for i, cause in enumerate(MissingCause)}
 _EXTRA = ("N", "X", "Y", *map(str, range(3, 10)))
 #: room kept free for HDF5's metadata and the final flush when checking for a full disk
 _CLOSE_MARGIN = 64 * 1024
+#: attribute rows are written in blocks of this many (and at every flush and close)
+_ATTRIBUTE_BLOCK = 64
 #: files whose writes failed inside HDF5: kept open forever, because closing them can crash
 _ABANDONED: list[Any] = []
 
@@ -126,6 +128,8 @@ class HDF5(FileWriter):
         self._missing: h5py.Dataset | None = None
         self._perform: h5py.Dataset | None = None
         self._rows = 0
+        self._attr_rows = 0  # rows already in the attribute datasets
+        self._pending: list[dict[str, Any]] = []  # attribute rows not yet written
         self._direct = False
         self._ignored: set[str] = set()
         self._since_flush = 0
@@ -170,6 +174,8 @@ class HDF5(FileWriter):
         self._file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
         self._path = path
         self._rows = 0
+        self._attr_rows = 0
+        self._pending = []
         self._since_flush = 0
         self._ignored = set()
         self._last_write = 0.0
@@ -314,31 +320,45 @@ class HDF5(FileWriter):
     def _grow(self) -> int:
         row = self._rows
         self._data.resize((row + 1, *self._data.shape[1:]))
-        for dataset in self._attrs.values():
-            dataset.resize((row + 1,))
         self._rows = row + 1
         return row
 
     def _write_attributes(self, array: NDArray, row: int, status: int) -> None:
-        standard = {"NDArrayUniqueId": array.unique_id, "NDArrayTimeStamp": array.timestamp,
-                    "NDArrayEpicsTSSec": array.epics_ts[0],
-                    "NDArrayEpicsTSnSec": array.epics_ts[1], "NDArrayStatus": status}
-        for name, value in standard.items():
-            self._attrs[name][row] = value
-        if not self.values["StoreAttr"]:
-            return
-        for attr in array.attributes.values():
-            dataset = self._attrs.get(attr.name)
-            if dataset is None:
-                if attr.name not in self._ignored:
+        """Queue this row's attribute values; they are written in blocks (_write_pending),
+        because resizing a dozen small datasets per frame costs more than the frame."""
+        values = {"NDArrayUniqueId": array.unique_id, "NDArrayTimeStamp": array.timestamp,
+                  "NDArrayEpicsTSSec": array.epics_ts[0],
+                  "NDArrayEpicsTSnSec": array.epics_ts[1], "NDArrayStatus": status}
+        if self.values["StoreAttr"]:
+            for attr in array.attributes.values():
+                if attr.name in self._attrs:
+                    values.setdefault(attr.name, attr.value)
+                elif attr.name not in self._ignored:
                     self._ignored.add(attr.name)
                     self.message(f"attribute {attr.name} first seen after the file was "
                                  "opened: not stored in this file", logging.WARNING)
-                continue
+        self._pending.append(values)
+        if len(self._pending) >= _ATTRIBUTE_BLOCK:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        first = self._attr_rows
+        end = first + len(rows)
+        for name, dataset in self._attrs.items():
+            dataset.resize((end,))
+            column = [row.get(name) for row in rows]
             try:
-                dataset[row] = attr.value
-            except (TypeError, ValueError):
-                pass  # a value of another type than the first frame's: keep the fill value
+                dataset[first:end] = np.asarray(column, dtype=dataset.dtype)
+            except (TypeError, ValueError):  # a missing value, or one of another type
+                for i, value in enumerate(column):
+                    try:
+                        dataset[first + i] = value
+                    except (TypeError, ValueError):
+                        pass  # the row keeps the fill value
+        self._attr_rows = end
 
     def _after_row(self) -> None:
         self._since_flush += 1
@@ -348,6 +368,7 @@ class HDF5(FileWriter):
 
     def flush_file(self) -> None:
         if self._file is not None:
+            self._write_pending()
             self._file.flush()
             self._since_flush = 0
             if self.values["SWMRActive_RBV"]:
@@ -356,9 +377,12 @@ class HDF5(FileWriter):
     def abandon_file(self) -> None:
         _ABANDONED.append((self._file, self._data, self._attrs, self._missing, self._perform))
         self._file = None
+        self._pending = []
         self.close_file()
 
     def close_file(self) -> None:
+        if self._file is not None:
+            self._write_pending()
         f, self._file = self._file, None
         self._data = None
         self._attrs = {}

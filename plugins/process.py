@@ -1,0 +1,341 @@
+"""NDPluginProcess (`Proc1:`): background, flat field, offset/scale, clipping, recursive filter.
+
+Follows ADCore's NDPluginProcess.cpp and NDProcess.template:
+
+- If any step is enabled the array is converted to float64 and the steps run in ADCore's order:
+  subtract the background; multiply by ScaleFlatField/flat where the flat is non-zero (a zero
+  flat pixel is left as it is, so no inf/NaN); (value + Offset) * Scale; high clip, then low
+  clip; the recursive filter. The result is C-cast (truncate, then wrap) to DataTypeOut
+  (Automatic = the input's type). With nothing enabled the input is only converted.
+- SaveBackground / SaveFlatField store the plugin's most recent *output* array (ADCore's
+  pArrays[0]) as float64, so save it with the correction disabled, as ADCore's docs say.
+  ValidBackground_RBV / ValidFlatField_RBV are re-evaluated for every array: a stored array
+  of a different element count is not applied.
+- The filter keeps one float64 array F and NumFiltered N (incremented up to NumFilter):
+  on reset F = ROffset + RC1*F + RC2*I (F starts as a copy of the first input);
+  O = OOffset + OScale*((OC1 + OC2/N)*F + (OC3 + OC4/N)*I);
+  F = FOffset + FScale*((FC1 + FC2/N)*F + (FC3 + FC4/N)*I). A zero coefficient skips its term.
+  ResetFilter is consumed by the next array, as in ADCore even when the filter is off.
+  AutoResetFilter resets once N reached NumFilter; FilterCallbacks "Array N only" outputs an
+  array only when N == NumFilter.
+- FilterType writes the coefficient presets of the template's seq records; NumFilter rewrites
+  the current type's preset (NumFilterRecip's FLNK). As in a booted ADCore IOC, where
+  NumFilter's PINI runs that chain, the RecursiveAve preset is in force at start, so RC1 is 0
+  although its record's VAL is 1.
+- AutoOffsetScale (busy): the next array's min/max (of the input, before processing) set
+  Offset = -min, Scale = (2**(8*bytes of output element) - 1)/(max - min), LowClipThresh 0,
+  HighClipThresh the same maximum and enable offset/scale and both clips, for the arrays that
+  follow; it then returns to Done, which completes a put-callback. As in ADCore the maximum
+  assumes an unsigned type (a signed output wraps) and only the _RBVs show the new values.
+
+Deliberate differences: a write of 0 to SaveBackground/SaveFlatField does nothing (ADCore saves
+on any write); NumFilter < 1 is refused with a message and set to 1 (ADCore keeps the value and
+uses 1, while NumFilterRecip becomes inf). ReadBackgroundTIFFSeq, ReadFlatFieldTIFFSeq and
+PortBackup (database sequences that route a TIFF reader's array into SaveBackground) are not
+served: wire a TIFF reader's port to this plugin and write SaveBackground instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from ndflow.channels import HANDLED
+from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
+from ndflow.ndarray import NDArray
+from ndflow.params import R, W, Param, bool_param, enum_param, float_param, int_param
+from ndflow.plugin import Plugin
+
+FILTER_TYPES = ("RecursiveAve", "Average", "Sum", "Difference", "RecursiveAveDiff", "CopyToFilter")
+PRESET_COEFFICIENTS = ("OC1", "OC2", "OC3", "OC4", "FC1", "FC2", "FC3", "FC4", "RC1", "RC2")
+RECIP = "1/N"  # a preset entry that takes NumFilterRecip
+# NDProcess.template's <FilterType>Seq records: what each writes to PRESET_COEFFICIENTS.
+FILTER_PRESETS: dict[str, tuple[float | str, ...]] = {
+    "RecursiveAve": (1, -1, 0, 1, 1, -1, 0, 1, 0, 1),
+    "Average": (1, 0, RECIP, 0, 1, 0, RECIP, 0, 0, 0),
+    "Sum": (1, 0, 1, 0, 1, 0, 1, 0, 0, 0),
+    "Difference": (-1, 0, 1, 0, 0, 0, 1, 0, 0, 1),
+    "RecursiveAveDiff": (-1, 0, 1, 0, 1, -1, 0, 1, 0, 1),
+    "CopyToFilter": (0, 0, 1, 0, 0, 0, 1, 0, 0, 1),
+}
+DEFAULT_COEFFICIENTS = {"OOffset": 0.0, "OScale": 1.0, "OC1": 1.0, "OC2": -1.0, "OC3": 0.0,
+                        "OC4": 1.0, "FOffset": 0.0, "FScale": 1.0, "FC1": 1.0, "FC2": -1.0,
+                        "FC3": 0.0, "FC4": 1.0, "ROffset": 0.0, "RC1": 1.0, "RC2": 1.0}
+
+
+def filter_preset(filter_type: int, num_filter: int) -> dict[str, float]:
+    """The coefficients FilterType `filter_type` writes when NumFilter is `num_filter`."""
+    preset = FILTER_PRESETS[FILTER_TYPES[filter_type]]
+    return {name: 1.0 / num_filter if v == RECIP else float(v)
+            for name, v in zip(PRESET_COEFFICIENTS, preset)}
+
+
+PROCESS_PARAMS: tuple[Param, ...] = (
+    enum_param("DataTypeOut", DATA_TYPES_OUT, AUTOMATIC, group="Output",
+               doc="Element type of the output; Automatic keeps the input's"),
+    bool_param("SaveBackground", default=1, group="Background",
+               doc="Store the last output array as the background"),
+    bool_param("EnableBackground", "Disable", "Enable", group="Background"),
+    bool_param("ValidBackground_RBV", "Invalid", "Valid", access=R, group="Background"),
+    bool_param("SaveFlatField", default=1, group="Flat field",
+               doc="Store the last output array as the flat field"),
+    bool_param("EnableFlatField", "Disable", "Enable", group="Flat field"),
+    bool_param("ValidFlatField_RBV", "Invalid", "Valid", access=R, group="Flat field"),
+    float_param("ScaleFlatField", 255.0, precision=0, group="Flat field",
+                doc="Multiplies array/flat"),
+    bool_param("EnableOffsetScale", "Disable", "Enable", group="Offset and scale"),
+    bool_param("AutoOffsetScale", "Done", "Calculating", access=W, coalesce=False,
+               group="Offset and scale",
+               doc="Set Offset/Scale from the next array so the output fills its type"),
+    float_param("Offset", 0.0, precision=2, group="Offset and scale"),
+    float_param("Scale", 1.0, precision=2, group="Offset and scale"),
+    bool_param("EnableLowClip", "Disable", "Enable", group="Clipping"),
+    float_param("LowClipThresh", 0.0, precision=0, group="Clipping"),
+    float_param("LowClipValue", 0.0, precision=0, group="Clipping"),
+    bool_param("EnableHighClip", "Disable", "Enable", group="Clipping"),
+    float_param("HighClipThresh", 100.0, precision=0, group="Clipping"),
+    float_param("HighClipValue", 100.0, precision=0, group="Clipping"),
+    bool_param("EnableFilter", "Disable", "Enable", group="Filter"),
+    bool_param("ResetFilter", default=1, group="Filter"),
+    bool_param("AutoResetFilter", group="Filter"),
+    bool_param("FilterCallbacks", "Every array", "Array N only", group="Filter"),
+    int_param("NumFilter", 1, group="Filter"),
+    float_param("NumFilterRecip", 1.0, R, precision=3, group="Filter", doc="1/NumFilter"),
+    int_param("NumFiltered_RBV", 0, R, group="Filter"),
+    enum_param("FilterType", FILTER_TYPES, 0, W, group="Filter",
+               doc="Writes the coefficient preset of this filter type"),
+    # The preset writes the setpoint records too (seq links), hence also_setpoint.
+    *(float_param(name, value, precision=2, group="Filter",
+                  also_setpoint=name in PRESET_COEFFICIENTS)
+      for name, value in DEFAULT_COEFFICIENTS.items()),
+)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """The recursive filter's coefficients, read once per array."""
+
+    o_offset: float
+    o_scale: float
+    oc: tuple[float, float, float, float]
+    f_offset: float
+    f_scale: float
+    fc: tuple[float, float, float, float]
+    r_offset: float
+    rc: tuple[float, float]
+
+    @classmethod
+    def of(cls, v: Mapping[str, Any]) -> "Coefficients":
+        return cls(v["OOffset"], v["OScale"], tuple(v[f"OC{i}"] for i in range(1, 5)),
+                   v["FOffset"], v["FScale"], tuple(v[f"FC{i}"] for i in range(1, 5)),
+                   v["ROffset"], (v["RC1"], v["RC2"]))
+
+
+def _combine(offset: float, a: float, x: np.ndarray, b: float, y: np.ndarray) -> np.ndarray:
+    """offset + a*x + b*y, leaving out a term whose coefficient is 0 (as ADCore does, so an
+    inf or NaN there does not leak through a zero weight)."""
+    out = np.full(y.shape, offset, dtype=np.float64)
+    if a:
+        out += a * x
+    if b:
+        out += b * y
+    return out
+
+
+class RecursiveFilter:
+    """The filter array F and the count N of arrays filtered since the last reset."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+        self.num_filtered = 0
+
+    def step(self, data: np.ndarray, c: Coefficients, num_filter: int, reset: bool,
+             auto_reset: bool) -> np.ndarray:
+        """Filter one float64 array; returns the output O and updates F and N."""
+        if self.array is None or self.array.size != data.size:
+            self.array = data.copy()
+            reset = True
+        f = self.array.reshape(data.shape)
+        if auto_reset and self.num_filtered >= num_filter:
+            reset = True
+        if reset:
+            f = _combine(c.r_offset, c.rc[0], f, c.rc[1], data)
+            self.num_filtered = 0
+        if self.num_filtered < num_filter:
+            self.num_filtered += 1
+        n = self.num_filtered
+        o1, o2 = c.o_scale * (c.oc[0] + c.oc[1] / n), c.o_scale * (c.oc[2] + c.oc[3] / n)
+        f1, f2 = c.f_scale * (c.fc[0] + c.fc[1] / n), c.f_scale * (c.fc[2] + c.fc[3] / n)
+        out = _combine(c.o_offset, o1, f, o2, data)
+        self.array = _combine(c.f_offset, f1, f, f2, data)
+        return out
+
+
+def correct(data: np.ndarray, v: Mapping[str, Any], background: np.ndarray | None,
+            flat: np.ndarray | None) -> np.ndarray:
+    """Background, flat field, offset/scale and clipping on a float64 array, in place."""
+    if background is not None:
+        data -= background.reshape(data.shape)
+    if flat is not None:
+        flat = flat.reshape(data.shape)
+        nonzero = flat != 0
+        factor = np.divide(v["ScaleFlatField"], flat, out=np.ones_like(flat), where=nonzero)
+        data *= factor
+    if v["EnableOffsetScale"]:
+        data += v["Offset"]
+        data *= v["Scale"]
+    if v["EnableHighClip"]:
+        np.putmask(data, data > v["HighClipThresh"], v["HighClipValue"])
+    if v["EnableLowClip"]:
+        np.putmask(data, data < v["LowClipThresh"], v["LowClipValue"])
+    return data
+
+
+class Process(Plugin):
+    PARAMS = Plugin.PARAMS + (PROCESS_PARAMS,)
+    kind = "process"
+    plugin_type = "NDPluginProcess"
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        # ADCore never sets these driver parameters at start, so their readbacks read 0; the
+        # records' VAL=1 is only what a bare .PROC writes.
+        self.values.update(SaveBackground=0, SaveFlatField=0, ResetFilter=0)
+        self.values.update(filter_preset(self.values["FilterType"], self.values["NumFilter"]))
+        self._background: np.ndarray | None = None
+        self._flat: np.ndarray | None = None
+        self._last_output: np.ndarray | None = None  # ADCore's pArrays[0]
+        self._filter = RecursiveFilter()
+        self._filter_lock = threading.Lock()
+        self._auto_waiters: list[asyncio.Future] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- processing ---------------------------------------------------------------------------------
+    def process(self, array: NDArray) -> NDArray | None:
+        v = dict(self.values)  # one consistent snapshot while puts may arrive
+        if v["ResetFilter"]:
+            self.set("ResetFilter", 0)
+        data_in = array.data
+        background = self._reference(self._background, data_in.size, "ValidBackground_RBV",
+                                     v["EnableBackground"])
+        flat = self._reference(self._flat, data_in.size, "ValidFlatField_RBV",
+                               v["EnableFlatField"])
+        dtype = output_dtype(v["DataTypeOut"], data_in.dtype)
+        auto = bool(v["AutoOffsetScale"])
+        if not (background is not None or flat is not None or auto or v["EnableFilter"]
+                or v["EnableOffsetScale"] or v["EnableLowClip"] or v["EnableHighClip"]):
+            self.set("NumFiltered_RBV", self._filter.num_filtered)
+            return self._output(array, c_cast(data_in, dtype))
+
+        data = data_in.astype(np.float64)
+        # ADCore measures the input, before any correction; an empty array counts as 0..1.
+        low, high = (float(data.min()), float(data.max())) if auto and data.size else (0.0, 1.0)
+        correct(data, v, background, flat)
+        emit = True
+        if v["EnableFilter"]:
+            num_filter = max(1, v["NumFilter"])
+            with self._filter_lock:
+                data = self._filter.step(data, Coefficients.of(v), num_filter,
+                                         bool(v["ResetFilter"]), bool(v["AutoResetFilter"]))
+                emit = not (v["FilterCallbacks"] and self._filter.num_filtered != num_filter)
+        self.set("NumFiltered_RBV", self._filter.num_filtered)
+        out = self._output(array, c_cast(data, dtype)) if emit else None
+        if auto:
+            if out is not None and high > low:
+                self._apply_auto_offset_scale(low, high, dtype)
+            if self._last_output is not None:
+                self._auto_done()
+        return out
+
+    def _reference(self, stored: np.ndarray | None, size: int, valid_name: str,
+                   enabled: int) -> np.ndarray | None:
+        """A stored background/flat if it fits this array (publishing its validity) and is
+        enabled."""
+        valid = stored is not None and stored.size == size
+        self._set_if_changed({valid_name: int(valid)})
+        return stored if valid and enabled else None
+
+    def _output(self, array: NDArray, data: np.ndarray) -> NDArray:
+        self._last_output = data
+        return array.derive(data)
+
+    def _apply_auto_offset_scale(self, low: float, high: float, dtype: np.dtype) -> None:
+        maximum = 2.0 ** (8 * dtype.itemsize) - 1
+        self.set_many({"Scale": maximum / (high - low), "Offset": -low, "LowClipThresh": 0.0,
+                       "HighClipThresh": maximum, "EnableOffsetScale": 1, "EnableLowClip": 1,
+                       "EnableHighClip": 1})
+
+    # --- AutoOffsetScale: a busy record ------------------------------------------------------------
+    async def put_AutoOffsetScale(self, value: int) -> Any:
+        """1 completes (put-callback) once an array has set Offset/Scale; 0 cancels."""
+        self._loop = asyncio.get_running_loop()
+        if not value:
+            self.set("AutoOffsetScale", 0)
+            self._release_auto_waiters()
+            return HANDLED
+        done = self._loop.create_future()
+        self._auto_waiters.append(done)
+        self.set("AutoOffsetScale", 1)
+        await done
+        await self._publish_now()
+        return HANDLED
+
+    def _auto_done(self) -> None:
+        """Back to Done (processing thread); wakes put-callbacks waiting in the event loop."""
+        self.set("AutoOffsetScale", 0)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._release_auto_waiters)
+
+    def _release_auto_waiters(self) -> None:
+        waiters, self._auto_waiters = self._auto_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
+
+    # --- commands -------------------------------------------------------------------------------------
+    async def put_SaveBackground(self, value: int) -> int:
+        if value:
+            self._background = self._save("background", "ValidBackground_RBV")
+            await self._publish_now()
+        return 0
+
+    async def put_SaveFlatField(self, value: int) -> int:
+        if value:
+            self._flat = self._save("flat field", "ValidFlatField_RBV")
+            await self._publish_now()
+        return 0
+
+    def _save(self, what: str, valid_name: str) -> np.ndarray | None:
+        last = self._last_output
+        self.set(valid_name, int(last is not None))
+        if last is None:
+            self.message(f"no {what} saved: this plugin has not output an array yet",
+                         logging.WARNING)
+            return None
+        self.message(f"{what} saved from the last output array ({last.size} elements)")
+        return last.astype(np.float64)
+
+    async def put_FilterType(self, value: int) -> int:
+        self.set_many(filter_preset(value, self.values["NumFilter"]))
+        await self._publish_now()
+        return value
+
+    async def put_NumFilter(self, value: int) -> int:
+        if value < 1:
+            self.message(f"NumFilter {value} refused: it must be at least 1; set to 1",
+                         logging.WARNING)
+            value = 1
+        self.set("NumFilterRecip", 1.0 / value)
+        self.set_many(filter_preset(self.values["FilterType"], value))
+        await self._publish_now()
+        return value
+
+    async def _publish_now(self) -> None:
+        """Values set by a put hook are visible before the put completes."""
+        if self.publisher is not None:
+            await self.publisher.drain()
