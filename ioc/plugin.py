@@ -179,6 +179,9 @@ class Plugin(ArrayPort):
                     self._enter(array)  # left again in complete()
                     return
                 outputs = _as_list(result)
+                for out in outputs:
+                    if out is not array and out.valid:  # never edit a shared input's list
+                        self.attach_attributes(out)
             except Exception as exc:  # a bug in one plugin must not stop the pipeline
                 self.log.error("%s: processing array %d failed: %s: %s", self.prefix,
                                array.unique_id, type(exc).__name__, exc)

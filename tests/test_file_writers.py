@@ -354,3 +354,51 @@ def test_disk_full_keeps_the_frames_already_written(tmp_path):
 def ioc_port() -> int:
     from conftest import CA_PORTS, _ports_in_use
     return next(port for port in reversed(CA_PORTS) if port not in _ports_in_use)
+
+
+@pytest.mark.parametrize("compressor, filter_id", [
+    ("Blosc", hdf5plugin.BLOSC_ID), ("LZ4HDF5", hdf5plugin.LZ4_ID),
+    ("BSLZ4", hdf5plugin.BSHUF_ID), ("Zlib", h5py.h5z.FILTER_DEFLATE)])
+def test_codec_compressed_arrays_are_written_as_chunks(start_ioc, tmp_path, compressor,
+                                                       filter_id):
+    """Codec1 compresses, HDF1 writes its bytes unchanged as one chunk per frame, and plain
+    h5py + hdf5plugin reads back the original frames."""
+    root = tmp_path / "data"
+    root.mkdir()
+    cfg = textwrap.dedent(f"""
+        data_roots: ["{root}"]
+        drivers:
+          - {{type: sim, port: SIM1, prefix: "cam1:",
+             options: {{max_size_x: {NX}, max_size_y: {NY}, data_type: UInt16}}}}
+        plugins:
+          - {{type: codec, port: CODEC1, prefix: "Codec1:", input: SIM1}}
+          - {{type: hdf5, port: FileHDF1, prefix: "HDF1:", input: CODEC1}}
+        """)
+    p = start_ioc(cfg, prefix=unique_prefix()).prefix
+    put(p + "Codec1:Mode", "Compress")
+    put(p + "Codec1:Compressor", compressor)
+    put(p + "cam1:AcquireTime", 0.001)
+    put(p + "cam1:WaitForPlugins", "Yes")
+    put(p + "HDF1:FilePath", str(root))
+    put(p + "HDF1:FileName", "codec")
+    put(p + "HDF1:FileWriteMode", "Stream")
+    put(p + "HDF1:NumCapture", 3)
+    put(p + "HDF1:Capture", 1, wait=False)
+    assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1)
+    put(p + "cam1:ImageMode", "Multiple")
+    put(p + "cam1:NumImages", 3)
+    put(p + "cam1:Acquire", 1)
+    assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0)
+    assert text(p + "HDF1:WriteStatus") == "Write OK", text(p + "HDF1:WriteMessage")
+    path = text(p + "HDF1:FullFileName_RBV")
+    check = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+        import hdf5plugin, h5py, numpy
+        with h5py.File({path!r}) as f:
+            d = f["/entry/data/data"]
+            numpy.save("/dev/stdout", d[:])
+            import sys; print(d.id.get_create_plist().get_filter(0)[0], file=sys.stderr)
+        """)], capture_output=True, timeout=30)
+    assert check.returncode == 0, check.stderr.decode()
+    assert int(check.stderr.decode().split()[-1]) == filter_id
+    import io
+    np.testing.assert_array_equal(np.load(io.BytesIO(check.stdout)), frames(3))

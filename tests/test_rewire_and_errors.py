@@ -86,8 +86,8 @@ def test_bad_puts_get_errors_or_clamps_and_the_ioc_keeps_serving(start_ioc):
              notify=True, timeout=5)
     assert get(p + "image1:NDArrayPort", use_monitor=False) == "SIM1"  # 39 X's: no such port
     assert "XXXXXXXX" in get(p + "image1:StatusMessage_RBV", as_string=True)
-    epics.caput(p + "cam1:NDAttributesFile", "Y" * 10_000, wait=True, timeout=5)
-    stored = get(p + "cam1:NDAttributesFile", as_string=True, use_monitor=False)
+    epics.caput(p + "cam1:NDAttributesMacros", "Y" * 10_000, wait=True, timeout=5)
+    stored = get(p + "cam1:NDAttributesMacros", as_string=True, use_monitor=False)
     assert set(stored) == {"Y"} and len(stored) <= 255
     # read-only PVs refuse writes
     with pytest.raises(epics.ca.CASeverityException, match="Write access denied"):
