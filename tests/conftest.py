@@ -11,7 +11,9 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -116,6 +118,18 @@ class IOCProcess:
         self._log.close()
         _ports_in_use.discard(self.port)
         return self.proc.returncode
+
+
+@contextmanager
+def running_ioc(config: str | None, folder: Path, timeout: float = 30) -> Iterator[IOCProcess]:
+    """An IOC for a module's tests (its own prefix); on exit, its log must hold no traceback."""
+    ioc = IOCProcess(config, folder, unique_prefix())
+    try:
+        ioc.wait_ready(timeout=timeout)
+        yield ioc
+        assert "Traceback" not in ioc.log(), ioc.log()
+    finally:
+        ioc.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import IOCProcess, unique_prefix
+from conftest import running_ioc
 from test_acquisition import get, put, wait_for
 
 CONFIG = """
@@ -29,18 +29,15 @@ CHANNELS = {1: "NDArrayUniqueId", 2: "NDArrayTimeStamp", 3: "Total", 4: "NDArray
 
 @pytest.fixture(scope="module")
 def p(tmp_path_factory):
-    ioc = IOCProcess(CONFIG, tmp_path_factory.mktemp("attr"), unique_prefix())
-    ioc.wait_ready()
-    p = ioc.prefix
-    for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"),
-                        ("AcquireTime", 0.001), ("NDAttributesFile", ATTRIBUTES)]:
-        put(p + "cam1:" + name, value)
-    assert get(p + "cam1:NDAttributesStatus", as_string=True) == "Attributes file OK"
-    for n, name in CHANNELS.items():
-        put(p + f"Attr1:{n}:AttrName", name)
-    yield p
-    assert "Traceback" not in ioc.log()
-    ioc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("attr")) as ioc:
+        p = ioc.prefix
+        for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"),
+                            ("AcquireTime", 0.001), ("NDAttributesFile", ATTRIBUTES)]:
+            put(p + "cam1:" + name, value)
+        assert get(p + "cam1:NDAttributesStatus", as_string=True) == "Attributes file OK"
+        for n, name in CHANNELS.items():
+            put(p + f"Attr1:{n}:AttrName", name)
+        yield p
 
 
 def values(p: str, kind: str) -> dict[int, float]:

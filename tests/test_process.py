@@ -8,7 +8,7 @@ import epics
 import numpy as np
 import pytest
 
-from conftest import IOCProcess, unique_prefix
+from conftest import running_ioc
 from test_acquisition import get, put, wait_for
 
 CONFIG = """
@@ -52,10 +52,8 @@ CAM_RESET = [("ImageMode", "Single"), ("WaitForPlugins", "Yes"), ("DataType", "U
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    ioc = IOCProcess(CONFIG, tmp_path_factory.mktemp("process"), unique_prefix())
-    ioc.wait_ready()
-    yield ioc
-    ioc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("process")) as ioc:
+        yield ioc
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import epics
 import numpy as np
 import pytest
 
-from conftest import IOCProcess, unique_prefix
+from conftest import running_ioc
 from test_acquisition import get, put
 
 from ndflow.driver import FrameContext
@@ -57,11 +57,8 @@ SPATIAL_AXES = {"Mono": (0, 1), "RGB1": (0, 1), "RGB2": (0, 2), "RGB3": (1, 2)}
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    ioc = IOCProcess(CONFIG, tmp_path_factory.mktemp("roi"), unique_prefix())
-    ioc.wait_ready()
-    yield ioc
-    assert "Traceback" not in ioc.log()
-    ioc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("roi")) as ioc:
+        yield ioc
 
 
 @pytest.fixture

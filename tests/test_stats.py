@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from conftest import IOCProcess, unique_prefix
+from conftest import running_ioc
 from ndflow.graph import PortGraph
 from ndflow.ndarray import NDArray
 from ndflow.plugins.stats import Stats
@@ -94,10 +94,8 @@ def close(actual, expected, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    proc = IOCProcess(CONFIG, tmp_path_factory.mktemp("stats"), unique_prefix())
-    proc.wait_ready()
-    yield proc
-    proc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("stats")) as ioc:
+        yield ioc
 
 
 @pytest.fixture
