@@ -1,0 +1,617 @@
+"""NDPluginCircularBuff (`CB1:`): keep the last PreCount arrays, emit them and PostCount more on a
+trigger, like a scope.
+
+Follows ADCore's NDPluginCircularBuff.cpp (R3-14). While Capture=1 the last PreCount arrays wait
+in a ring and nothing goes downstream. A trigger is a soft `Trigger=1` or the TriggerCalc expression
+becoming non-zero for an array; the calc sees A = the value of the attribute named by TriggerA,
+B = TriggerB's (NaN when the array lacks it), C = PreCount, D = PostCount, E = CurrentQty_RBV and
+F = the triggered flag. On a trigger the ring is emitted, then the triggering array and the next
+ones up to PostCount in all (PostCount=0 still emits the triggering array), ActualTriggerCount_RBV
+counts the trigger, and capture re-arms or, after PresetTriggerCount triggers (0 = unlimited),
+stops with "Acquisition Completed". FlushOnSoftTrg=Immediately emits the ring at the Trigger put
+instead of with the next array. StatusMessage (a stringin, beside the plugin base's
+StatusMessage_RBV) shows ADCore's state strings.
+
+TriggerCalc is an EPICS calc expression written by any client, so it is never handed to Python's
+eval(): a small tokeniser and recursive-descent parser build the evaluator, with the operators,
+precedences and functions of EPICS base's postfix.c (see `compile_calc`).
+
+Deliberate differences from ADCore:
+- `Capture` and `Trigger` complete a put-callback when their work is done: Capture when the
+  capture stops (preset reached or Capture=0), Trigger when its post-trigger arrays are out.
+  ADCore's Trigger busy record stays busy after the last preset trigger until the next Capture
+  write.
+- Arrays are held by reference, not copied into a second pool (the pool frees a buffer only when
+  nothing refers to it, so held frames stay intact).
+- A bad TriggerCalc is kept (the readback shows it, as ADCore) but never triggers; the reason and
+  position are shown on StatusMessage / StatusMessage_RBV. `:=` assignments and `;` are refused.
+- The calc's variables G..L are 0, VAL and RNDM are not offered.
+- CurrentQty_RBV drops to 0 when the ring is flushed (ADCore updates it only on the next buffered
+  array).
+- Lost-frame placeholders are passed on only during the post-trigger phase, without counting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ndflow.adcore import NDARRAY_BASE, PLUGIN_BASE
+from ndflow.channels import HANDLED
+from ndflow.ndarray import NDArray
+from ndflow.params import R, STRING_MAX, W, bool_param, float_param, int_param, string_param, \
+    text_param
+from ndflow.plugin import Plugin
+
+# ------------------------------------------------------------------------------------------------
+# EPICS calc expressions, evaluated safely
+# ------------------------------------------------------------------------------------------------
+
+Env = Mapping[str, float]
+Node = Callable[[Env], float]
+
+VARIABLES = "ABCDEFGHIJKL"
+MAX_DEPTH = 40  # EPICS's translation stack holds 80 elements; deeper nesting is refused
+
+
+class CalcError(ValueError):
+    """A TriggerCalc that cannot be parsed; `position` is the 1-based character."""
+
+    def __init__(self, reason: str, position: int) -> None:
+        super().__init__(f"{reason} at character {position}")
+        self.reason = reason
+        self.position = position
+
+
+@dataclass(frozen=True)
+class Token:
+    kind: str  # "num", "name", "op", "end"
+    text: str
+    pos: int  # 0-based
+    value: float = 0.0
+
+
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<num>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>>>>|\*\*|&&|\|\||==|!=|<=|>=|<<|>>|:=|[-+*/%^<>=#!~&|?:(),;])
+""", re.VERBOSE)
+
+
+def tokenize(text: str) -> list[Token]:
+    tokens, pos = [], 0
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise CalcError(f"unexpected {text[pos]!r}", pos + 1)
+        kind = match.lastgroup
+        if kind == "num":
+            literal = match.group()
+            value = float(int(literal, 16)) if literal[:2] in ("0x", "0X") else float(literal)
+            tokens.append(Token("num", literal, pos, value))
+        elif kind == "name":
+            tokens.append(Token("name", match.group().upper(), pos))
+        elif kind == "op":
+            tokens.append(Token("op", match.group(), pos))
+        pos = match.end()
+    tokens.append(Token("end", "", len(text)))
+    return tokens
+
+
+def _int32(x: float) -> int:
+    """A double as the C code's (epicsInt32) cast sees it (non-finite values give 0)."""
+    if not math.isfinite(x):
+        return 0
+    return ((int(x) + 2**31) % 2**32) - 2**31
+
+
+def _truth(x: float) -> bool:
+    return x != 0.0  # C: NaN is true
+
+
+def _c_mod(a: float, b: float) -> float:
+    ia, ib = _int32(a), _int32(b)
+    if ib == 0:
+        return math.nan
+    return float(int(math.fmod(ia, ib)))
+
+
+def _nint(x: float) -> float:
+    if not math.isfinite(x):
+        return x
+    return float(math.floor(x + 0.5) if x >= 0 else math.ceil(x - 0.5))
+
+
+def _nan_or(values: tuple[float, ...], pick: Callable[..., float]) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else pick(values)
+
+
+_F = np.float64
+# name -> (argument count or None for one-or-more, function of the argument tuple)
+FUNCTIONS: dict[str, tuple[int | None, Callable[[tuple[float, ...]], float]]] = {
+    "ABS": (1, lambda a: abs(a[0])),
+    "SQRT": (1, lambda a: float(np.sqrt(_F(a[0])))),
+    "SQR": (1, lambda a: float(np.sqrt(_F(a[0])))),  # EPICS: SQR is also the square root
+    "EXP": (1, lambda a: float(np.exp(_F(a[0])))),
+    "LN": (1, lambda a: float(np.log(_F(a[0])))),
+    "LOGE": (1, lambda a: float(np.log(_F(a[0])))),
+    "LOG": (1, lambda a: float(np.log10(_F(a[0])))),
+    "SIN": (1, lambda a: float(np.sin(_F(a[0])))),
+    "COS": (1, lambda a: float(np.cos(_F(a[0])))),
+    "TAN": (1, lambda a: float(np.tan(_F(a[0])))),
+    "ASIN": (1, lambda a: float(np.arcsin(_F(a[0])))),
+    "ACOS": (1, lambda a: float(np.arccos(_F(a[0])))),
+    "ATAN": (1, lambda a: float(np.arctan(_F(a[0])))),
+    "SINH": (1, lambda a: float(np.sinh(_F(a[0])))),
+    "COSH": (1, lambda a: float(np.cosh(_F(a[0])))),
+    "TANH": (1, lambda a: float(np.tanh(_F(a[0])))),
+    "CEIL": (1, lambda a: float(np.ceil(_F(a[0])))),
+    "FLOOR": (1, lambda a: float(np.floor(_F(a[0])))),
+    "NINT": (1, lambda a: _nint(a[0])),
+    "ISINF": (1, lambda a: float(math.isinf(a[0]))),
+    "NOT": (1, lambda a: float(~_int32(a[0]))),  # bitwise, as EPICS's NOT
+    "ATAN2": (2, lambda a: float(np.arctan2(_F(a[1]), _F(a[0])))),  # EPICS: ATAN2(x, y)
+    "FMOD": (2, lambda a: float(np.fmod(_F(a[0]), _F(a[1])))),
+    "MAX": (None, lambda a: _nan_or(a, max)),
+    "MIN": (None, lambda a: _nan_or(a, min)),
+    "FINITE": (None, lambda a: float(all(math.isfinite(v) for v in a))),
+    "ISNAN": (None, lambda a: float(any(math.isnan(v) for v in a))),
+}
+CONSTANTS = {"PI": math.pi, "D2R": math.pi / 180, "R2D": 180 / math.pi, "INF": math.inf,
+             "NAN": math.nan}
+
+
+def _binary(op: str) -> Callable[[float, float], float]:
+    def np_op(fn: Callable[[Any, Any], Any]) -> Callable[[float, float], float]:
+        return lambda a, b: float(fn(_F(a), _F(b)))
+    table: dict[str, Callable[[float, float], float]] = {
+        "+": np_op(np.add), "-": np_op(np.subtract), "*": np_op(np.multiply),
+        "/": np_op(np.divide), "^": np_op(np.power), "**": np_op(np.power), "%": _c_mod,
+        "<": lambda a, b: float(a < b), "<=": lambda a, b: float(a <= b),
+        ">": lambda a, b: float(a > b), ">=": lambda a, b: float(a >= b),
+        "=": lambda a, b: float(a == b), "==": lambda a, b: float(a == b),
+        "#": lambda a, b: float(a != b), "!=": lambda a, b: float(a != b),
+        "&&": lambda a, b: float(_truth(a) and _truth(b)),
+        "||": lambda a, b: float(_truth(a) or _truth(b)),
+        "&": lambda a, b: float(_int32(a) & _int32(b)),
+        "AND": lambda a, b: float(_int32(a) & _int32(b)),
+        "|": lambda a, b: float(_int32(a) | _int32(b)),
+        "OR": lambda a, b: float(_int32(a) | _int32(b)),
+        "XOR": lambda a, b: float(_int32(a) ^ _int32(b)),
+        "<<": lambda a, b: float(_int32(_int32(a) << (_int32(b) & 31))),
+        ">>": lambda a, b: float(_int32(a) >> (_int32(b) & 31)),
+        ">>>": lambda a, b: float((_int32(a) & 0xFFFFFFFF) >> (_int32(b) & 31)),
+    }
+    return table[op]
+
+
+# Binary operator levels, loosest first, as postfix.c's priorities (1: | || OR XOR; 2: & && AND
+# shifts; 3: comparisons; 4: + -; 5: * / %; 6: ^ **). Equal priorities associate to the left.
+LEVELS: tuple[frozenset[str], ...] = (
+    frozenset({"|", "||", "OR", "XOR"}),
+    frozenset({"&", "&&", "AND", "<<", ">>", ">>>"}),
+    frozenset({"<", "<=", ">", ">=", "=", "==", "#", "!="}),
+    frozenset({"+", "-"}),
+    frozenset({"*", "/", "%"}),
+    frozenset({"^", "**"}),
+)
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.tokens = tokenize(text)
+        self.i = 0
+        self.depth = 0
+
+    @property
+    def tok(self) -> Token:
+        return self.tokens[self.i]
+
+    def take(self) -> Token:
+        token = self.tokens[self.i]
+        self.i += 1
+        return token
+
+    def fail(self, reason: str, token: Token | None = None) -> CalcError:
+        token = token or self.tok
+        return CalcError(reason, token.pos + 1)
+
+    def expect(self, text: str) -> None:
+        if self.tok.text != text:
+            raise self.fail(f"expected {text!r}, found {self._describe(self.tok)}")
+        self.take()
+
+    @staticmethod
+    def _describe(token: Token) -> str:
+        return "end of expression" if token.kind == "end" else repr(token.text)
+
+    def _is_binary(self, level: int) -> bool:
+        token = self.tok
+        return token.kind in ("op", "name") and token.text in LEVELS[level]
+
+    def parse(self) -> Node:
+        node = self.conditional()
+        token = self.tok
+        if token.kind != "end":
+            if token.text in (":=", ";"):
+                raise self.fail(f"{token.text!r} (assignment / several expressions) is not "
+                                f"supported")
+            raise self.fail(f"unexpected {self._describe(token)}")
+        return node
+
+    def conditional(self) -> Node:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.fail("expression nested too deeply")
+        test = self.binary(0)
+        if self.tok.text == "?":
+            self.take()
+            yes = self.conditional()
+            self.expect(":")
+            no = self.conditional()
+            node: Node = lambda env: yes(env) if _truth(test(env)) else no(env)  # noqa: E731
+        else:
+            node = test
+        self.depth -= 1
+        return node
+
+    def binary(self, level: int) -> Node:
+        if level == len(LEVELS):
+            return self.unary()
+        left = self.binary(level + 1)
+        while self._is_binary(level):
+            op = _binary(self.take().text)
+            right = self.binary(level + 1)
+            left = (lambda f, l, r: lambda env: f(l(env), r(env)))(op, left, right)
+        return left
+
+    def unary(self) -> Node:
+        token = self.tok
+        if token.kind == "op" and token.text in ("-", "!", "~"):
+            self.take()
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.fail("expression nested too deeply")
+            operand = self.unary()
+            self.depth -= 1
+            if token.text == "-":
+                return lambda env: -operand(env)
+            if token.text == "!":
+                return lambda env: float(not _truth(operand(env)))
+            return lambda env: float(~_int32(operand(env)))
+        return self.primary()
+
+    def primary(self) -> Node:
+        token = self.take()
+        if token.kind == "num":
+            value = token.value
+            return lambda env: value
+        if token.kind == "name":
+            name = token.text
+            if len(name) == 1 and name in VARIABLES:
+                return lambda env: env.get(name, 0.0)
+            if name in CONSTANTS:
+                value = CONSTANTS[name]
+                return lambda env: value
+            if name in FUNCTIONS:
+                return self.call(name, token)
+            raise self.fail(f"unknown name {name!r}", token)
+        if token.text == "(":
+            node = self.conditional()
+            self.expect(")")
+            return node
+        raise self.fail(f"unexpected {self._describe(token)}", token)
+
+    def call(self, name: str, token: Token) -> Node:
+        arity, fn = FUNCTIONS[name]
+        if self.tok.text != "(":
+            if arity != 1:
+                raise self.fail(f"{name} needs its arguments in parentheses")
+            operand = self.unary()  # EPICS allows `ABS A`
+            return lambda env: fn((operand(env),))
+        self.take()
+        args = [self.conditional()]
+        while self.tok.text == ",":
+            self.take()
+            args.append(self.conditional())
+        self.expect(")")
+        if arity is not None and len(args) != arity:
+            raise CalcError(f"{name} takes {arity} argument{'s' if arity > 1 else ''}, "
+                            f"got {len(args)}", token.pos + 1)
+        return lambda env: fn(tuple(a(env) for a in args))
+
+
+def compile_calc(text: str) -> Node:
+    """An evaluator for an EPICS calc expression; raises CalcError with the position of the
+    problem. The evaluator maps {"A": value, ...} to a float and never raises: domain errors give
+    NaN or infinities as in C."""
+    if not text.strip():
+        raise CalcError("empty expression", 1)
+    node = _Parser(text).parse()
+
+    def evaluate(env: Env) -> float:
+        with np.errstate(all="ignore"):
+            return float(node(env))
+    return evaluate
+
+
+# ------------------------------------------------------------------------------------------------
+# The plugin
+# ------------------------------------------------------------------------------------------------
+
+DEFAULT_TRIGGER_CALC = "0"  # ADCore's value for an empty TriggerCalc
+
+CB_PARAMS = (
+    bool_param("Capture", "Done", "Capture", 0, rbv_choices=("Done", "Capturing"),
+               also_setpoint=True, coalesce=False, group="Capture",
+               doc="1 starts capturing; a put-callback completes when the capture ends"),
+    string_param("StatusMessage", "Idle", R, group="Capture"),
+    string_param("TriggerA", "", group="Trigger", doc="attribute name giving the calc's A"),
+    string_param("TriggerB", "", group="Trigger", doc="attribute name giving the calc's B"),
+    float_param("TriggerAVal", 0.0, R, precision=3, group="Trigger"),
+    float_param("TriggerBVal", 0.0, R, precision=3, group="Trigger"),
+    text_param("TriggerCalc", 256, DEFAULT_TRIGGER_CALC, group="Trigger",
+               doc="EPICS calc expression of A, B (attributes), C..F; non-zero triggers"),
+    float_param("TriggerCalcVal", 0.0, R, precision=3, group="Trigger"),
+    int_param("PreCount", 100, low=0, group="Capture"),
+    int_param("PostCount", 100, low=0, group="Capture"),
+    int_param("CurrentQty_RBV", 0, R, group="Capture"),
+    int_param("PostTriggerQty_RBV", 0, R, group="Capture"),
+    # ADCore's Trigger busy record has VAL=1 and no initial process, and its readback
+    # Trigger_RBV shows the separate "triggered" state.
+    bool_param("Trigger", "Done", "Trigger", 1, W, coalesce=False, group="Trigger",
+               doc="Soft trigger; a put-callback completes when its post-trigger arrays are out"),
+    bool_param("Trigger_RBV", "Done", "Triggered", 0, R, coalesce=False, group="Trigger"),
+    int_param("PresetTriggerCount", 1, low=0, group="Capture", doc="0 = unlimited"),
+    int_param("ActualTriggerCount_RBV", 0, R, group="Capture"),
+    bool_param("FlushOnSoftTrg", "OnNewImage", "Immediately", 0, group="Trigger"),
+)
+
+
+class CircularBuffOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pre_count: int = Field(100, ge=0, description="initial PreCount (ADCore macro PRECOUNT)")
+    post_count: int = Field(100, ge=0, description="initial PostCount (ADCore macro POSTCOUNT)")
+
+
+class CircularBuff(Plugin):
+    kind = "circularbuff"
+    plugin_type = "NDPluginCircularBuff"
+    compression_aware = True  # it only holds and forwards arrays
+    PARAMS = (NDARRAY_BASE, PLUGIN_BASE, CB_PARAMS)
+    Options = CircularBuffOptions
+
+    def __init__(self, *args: Any, options: CircularBuffOptions | None = None,
+                 **kw: Any) -> None:
+        kw["max_threads"] = 1  # ADCore runs it in one thread: the ring is one sequence
+        super().__init__(*args, **kw)
+        options = options or CircularBuffOptions()
+        self.values["PreCount"] = options.pre_count
+        self.values["PostCount"] = options.post_count
+        self._lock = threading.RLock()
+        self._calc = compile_calc(DEFAULT_TRIGGER_CALC)
+        self._ring: deque[NDArray] = deque(maxlen=0)
+        self._capturing = False
+        self._triggered = False
+        self._soft = False
+        self._flushed = False  # ADCore's previousTrigger_: the ring went out for this trigger
+        self._post = 0
+        self._actual = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._capture_done: asyncio.Future | None = None
+        self._trigger_done: list[asyncio.Future] = []
+
+    # --- status -----------------------------------------------------------------------------------
+    def _status(self, text: str) -> None:
+        self.set("StatusMessage", text[: STRING_MAX - 1])
+
+    def _report(self, text: str) -> None:
+        """A problem: the short form on StatusMessage, all of it on StatusMessage_RBV."""
+        self._status(text)
+        self.message(text, logging.WARNING)
+
+    def _filling(self) -> str:
+        return "Buffer filling" if self._ring.maxlen else "Dropping frames"
+
+    def _set_triggered(self, on: bool) -> None:
+        self._triggered = on
+        if self.values["Trigger_RBV"] != int(on):
+            self.set("Trigger_RBV", int(on))
+
+    # --- completions of busy puts (event loop) ----------------------------------------------------
+    def _resolve(self, futures: list[asyncio.Future]) -> None:
+        if not futures or self._loop is None:
+            return
+
+        def done() -> None:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result(None)
+        self._loop.call_soon_threadsafe(done)
+
+    def _finish_triggers(self) -> None:
+        waiting, self._trigger_done = self._trigger_done, []
+        if self.values["Trigger"]:
+            self.set("Trigger", 0)
+        self._resolve(waiting)
+
+    def _finish_capture(self) -> None:
+        fut, self._capture_done = self._capture_done, None
+        self._resolve([fut] if fut is not None else [])
+
+    async def _complete(self, fut: asyncio.Future) -> Any:
+        await asyncio.shield(fut)  # a client that goes away must not cancel the capture
+        return await self._published(HANDLED)
+
+    async def _published(self, result: Any) -> Any:
+        """`result` once the status values set so far are out, so a client that reads them
+        right after its put completes sees them."""
+        if self.publisher is not None:
+            await self.publisher.drain()
+        return result
+
+    # --- Capture ----------------------------------------------------------------------------------
+    async def put_Capture(self, value: int) -> Any:
+        self._loop = asyncio.get_running_loop()
+        if not value:
+            with self._lock:
+                self._stop("Acquisition Stopped")
+            return await self._published(0)
+        with self._lock:
+            self._finish_capture()  # a capture still running restarts, as in ADCore
+            self._finish_triggers()
+            self._ring = deque(maxlen=self.values["PreCount"])
+            self._capturing, self._soft, self._flushed = True, False, False
+            self._post = self._actual = 0
+            self._set_triggered(False)
+            self.set_many({"CurrentQty_RBV": 0, "PostTriggerQty_RBV": 0,
+                           "ActualTriggerCount_RBV": 0, "Capture": 1})
+            self._status(self._filling())
+            fut = self._capture_done = self._loop.create_future()
+        return await self._complete(fut)
+
+    def _stop(self, status: str) -> None:
+        """End capturing (lock held): Capture=0, pending put-callbacks complete."""
+        self._capturing, self._soft = False, False
+        self._set_triggered(False)
+        self._ring.clear()
+        self.set_many({"CurrentQty_RBV": 0, "Capture": 0})
+        self._status(status)
+        self._finish_triggers()
+        self._finish_capture()
+
+    # --- soft trigger -----------------------------------------------------------------------------
+    async def put_Trigger(self, value: int) -> Any:
+        self._loop = loop = asyncio.get_running_loop()
+        if not value:
+            self._soft = False  # writing 0 disarms a soft trigger not yet used
+            return 0
+        with self._lock:
+            capturing = self._capturing
+            if capturing:
+                self._soft = True
+                self._set_triggered(True)
+                fut = loop.create_future()
+                self._trigger_done.append(fut)
+                self.set("Trigger", 1)
+            immediately = bool(self.values["FlushOnSoftTrg"])
+        if not capturing:
+            self._report("Trigger ignored: not capturing")
+            return await self._published(0)
+        if immediately:
+            await loop.run_in_executor(None, self._flush_now)
+        return await self._complete(fut)
+
+    def _flush_now(self) -> None:
+        with self._lock:
+            if self._capturing and self._ring:
+                self._flushed = True
+                self._deliver(self._take_ring())
+                self._status("Flushing")
+
+    def _take_ring(self) -> list[NDArray]:
+        arrays = list(self._ring)
+        self._ring.clear()
+        self.set("CurrentQty_RBV", 0)
+        return arrays
+
+    # --- settings ---------------------------------------------------------------------------------
+    async def put_PreCount(self, value: int) -> int:
+        if self._capturing:
+            self._report("Stop acquisition to set pre-count")
+            return await self._published(self.values["PreCount"])
+        return value
+
+    async def put_TriggerCalc(self, value: str) -> str:
+        text = value if value.strip() else DEFAULT_TRIGGER_CALC
+        try:
+            self._calc = compile_calc(text)
+            if self.values["StatusMessage"].startswith("TriggerCalc:"):
+                self._status("TriggerCalc OK")  # the error shown is no longer true
+        except CalcError as exc:
+            self._calc = None
+            self._report(f"TriggerCalc: {exc}")
+        return await self._published(text)
+
+    # --- the data path (worker thread) ------------------------------------------------------------
+    def process(self, array: NDArray) -> None:
+        """Arrays go downstream from here, under the lock, so the ring flushed by a Trigger put
+        and the arrays of this thread stay in order."""
+        with self._lock:
+            if not self._capturing:
+                return None
+            if self._soft:
+                self._set_triggered(True)
+            elif not self._triggered:
+                self._set_triggered(self._evaluate(array))
+            if not self._triggered:
+                self._ring.append(array)
+                self.set("CurrentQty_RBV", len(self._ring))
+                if len(self._ring) == self._ring.maxlen or not self._ring.maxlen:
+                    self._status("Buffer Wrapping" if self._ring.maxlen else "Dropping frames")
+                return None
+            self._status("Flushing")
+            outputs = [] if self._flushed else self._take_ring()
+            self._flushed = True
+            self._post += 1
+            self.set("PostTriggerQty_RBV", self._post)
+            self._deliver(outputs + [array])
+            if self._post >= self.values["PostCount"]:
+                self._trigger_complete()
+        return None
+
+    def process_missing(self, array: NDArray) -> NDArray | None:
+        with self._lock:
+            return array if self._capturing and self._triggered else None
+
+    def _evaluate(self, array: NDArray) -> bool:
+        v = self.values
+        env = {"A": _attribute_value(array, v["TriggerA"]),
+               "B": _attribute_value(array, v["TriggerB"]),
+               "C": float(v["PreCount"]), "D": float(v["PostCount"]),
+               "E": float(v["CurrentQty_RBV"]), "F": float(self._triggered)}
+        self.set_many({"TriggerAVal": env["A"], "TriggerBVal": env["B"]})
+        if self._calc is None:
+            return False
+        result = self._calc(env)
+        self.set("TriggerCalcVal", result)
+        return math.isfinite(result) and result != 0.0
+
+    def _trigger_complete(self) -> None:
+        self._actual += 1
+        self.set("ActualTriggerCount_RBV", self._actual)
+        preset = self.values["PresetTriggerCount"]
+        if preset == 0 or self._actual < preset:
+            self._flushed, self._soft, self._post = False, False, 0
+            self._set_triggered(False)
+            self.set("PostTriggerQty_RBV", 0)
+            self._status(self._filling())
+            self._finish_triggers()
+        else:
+            self._stop("Acquisition Completed")
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._ring.clear()
+        super().shutdown()
+
+
+def _attribute_value(array: NDArray, name: str) -> float:
+    """The attribute's value as a double, NaN when absent or not numeric (ADCore's getValue)."""
+    attribute = array.attributes.get(name) if name else None
+    if attribute is None:
+        return math.nan
+    try:
+        return float(attribute.value)
+    except (TypeError, ValueError):
+        return math.nan
