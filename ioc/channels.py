@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 from caproto import (AccessRights, AlarmSeverity, AlarmStatus, ChannelByte, ChannelChar, ChannelData, ChannelDouble,
                      ChannelEnum, ChannelFloat, ChannelInteger, ChannelShort, ChannelString,
-                     SkipWrite)
+                     ChannelType, SkipWrite, native_type)
 
 from .params import Kind, Param
 
@@ -49,9 +49,18 @@ class ParamChannel:
         self._fields: dict[str, ChannelData] = {}
         self.pvname = param.name  # replaced by the full name when the IOC serves the channel
 
-    async def write_from_dbr(self, *args: Any, **kwargs: Any) -> Any:
+    async def write_from_dbr(self, data: Any, data_type: ChannelType, *args: Any,
+                             **kwargs: Any) -> Any:
+        if self.param.kind is Kind.TEXT and native_type(data_type) in (ChannelType.STRING,
+                                                                      ChannelType.CHAR):
+            # Text into a char waveform: caproto's conversion fails on an empty string (which
+            # pyepics sends as NELM zero bytes), so decode it here, up to the first NUL.
+            raw = np.asarray(data).tobytes() if native_type(data_type) is ChannelType.CHAR \
+                else b"".join(d if isinstance(d, bytes) else str(d).encode("latin-1")
+                              for d in data)
+            return await self.write(raw.split(b"\0", 1)[0].decode("latin-1"))
         try:
-            return await super().write_from_dbr(*args, **kwargs)
+            return await super().write_from_dbr(data, data_type, *args, **kwargs)
         except SkipWrite:
             raise
         except Exception as exc:

@@ -399,3 +399,14 @@ def test_codec_compressed_arrays_are_written_as_chunks(start_ioc, tmp_path, comp
     assert check.returncode == 0, check.stderr.decode()
     assert int(check.stderr.decode().split()[-1]) == filter_id
     np.testing.assert_array_equal(np.load(io.BytesIO(check.stdout)), frames(3))
+
+
+def test_empty_text_puts_are_accepted(ioc, p):
+    """`caput HDF1:XMLFileName ""` (ophyd-async does it) sends DBR_STRING "" to a char waveform."""
+    put(p + "HDF1:XMLFileName", "layout.xml")
+    assert get(p + "HDF1:XMLValid_RBV") == 0
+    put(p + "HDF1:XMLFileName", "")
+    assert text(p + "HDF1:XMLFileName_RBV") == ""
+    assert get(p + "HDF1:XMLValid_RBV") == 1
+    put(p + "HDF1:FileName", "")
+    assert text(p + "HDF1:FileName_RBV") == ""
