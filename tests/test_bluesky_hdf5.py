@@ -137,6 +137,10 @@ def test_ophyd_v1_stage_trigger_unstage_writes_three_frames(default_ioc, idle_ca
     det.wait_for_connection(timeout=10)
     det.cam.stage_sigs["image_mode"] = "Multiple"
     det.cam.stage_sigs["num_images"] = 1
+    # ophyd's SingleTrigger.trigger() returns self._status after putting Acquire=1; when the
+    # frame is done before it returns, its own callback has already set that to None. A 0.2 s
+    # exposure keeps this client-side race out of the test.
+    det.cam.stage_sigs["acquire_time"] = 0.2
     det.stats1.stage_sigs["compute_statistics"] = "Yes"
     det.hdf1.warmup()
     det.stage()
