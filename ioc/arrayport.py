@@ -41,11 +41,12 @@ class ArrayPort(Component):
         only recomputed when the layout changes: this runs for every frame in every plugin."""
         if array.data is None:
             return
-        self._set_if_changed({
+        self.set_if_changed({
             "UniqueId_RBV": array.unique_id, "TimeStamp_RBV": array.timestamp,
-            "EpicsTSSec_RBV": array.epics_ts[0], "EpicsTSNsec_RBV": array.epics_ts[1]})
+            "EpicsTSSec_RBV": array.epics_ts[0], "EpicsTSNsec_RBV": array.epics_ts[1],
+            "CompressedSize_RBV": array.compressed_size})
         key = (tuple(d.size for d in array.dims), array.dtype, array.color_mode,
-               array.codec.name, array.compressed_size, with_type)
+               array.codec.name, with_type)
         if key == self._described:
             return
         self._described = key
@@ -57,16 +58,16 @@ class ArrayPort(Component):
             "NDimensions": array.ndims, "Dimensions": dims,
             "ArraySizeX_RBV": x, "ArraySizeY_RBV": y, "ArraySizeZ_RBV": z,
             "ArraySize_RBV": array.nbytes, "Codec_RBV": array.codec.name,
-            "CompressedSize_RBV": array.compressed_size,
         }
         for i in range(10):
             values[f"ArraySize{i}_RBV"] = sizes[i] if i < len(sizes) else 0
         if with_type:
             values["DataType"] = array.data_type
             values["ColorMode"] = array.color_mode
-        self._set_if_changed(values)
+        self.set_if_changed(values)
 
-    def _set_if_changed(self, values: dict[str, Any]) -> None:
+    def set_if_changed(self, values: dict[str, Any]) -> None:
+        """set() only what differs: for values recomputed on every frame."""
         for name, value in values.items():
             if self._changed(name, value):
                 self.set(name, value)

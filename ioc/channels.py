@@ -51,14 +51,10 @@ class ParamChannel:
 
     async def write_from_dbr(self, data: Any, data_type: ChannelType, *args: Any,
                              **kwargs: Any) -> Any:
-        if self.param.kind is Kind.TEXT and native_type(data_type) in (ChannelType.STRING,
-                                                                      ChannelType.CHAR):
-            # Text into a char waveform: caproto's conversion fails on an empty string (which
-            # pyepics sends as NELM zero bytes), so decode it here, up to the first NUL.
-            raw = np.asarray(data).tobytes() if native_type(data_type) is ChannelType.CHAR \
-                else b"".join(d if isinstance(d, bytes) else str(d).encode("latin-1")
-                              for d in data)
-            return await self.write(raw.split(b"\0", 1)[0].decode("latin-1"))
+        if self.param.kind is Kind.TEXT and _empty_text(data, data_type):
+            # caproto's char conversion fails on an empty string (pyepics sends `caput pv ""`
+            # as NELM zero bytes): write it as the empty text it is.
+            return await self.write("")
         try:
             return await super().write_from_dbr(data, data_type, *args, **kwargs)
         except SkipWrite:
@@ -217,3 +213,14 @@ def _empty(param: Param) -> Any:
     if param.kind is Kind.ARRAY:
         return np.zeros(1, dtype=WIRE_DTYPES[np.dtype(param.dtype).str[1:]])
     return {Kind.INT: 0, Kind.FLOAT: 0.0, Kind.STRING: "", Kind.TEXT: ""}.get(param.kind, 0)
+
+
+def _empty_text(data: Any, data_type: ChannelType) -> bool:
+    """Whether a put's payload is an empty string (all NULs, or "" as DBR_STRING)."""
+    native = native_type(data_type)
+    if native is ChannelType.CHAR:
+        return not np.asarray(data).any()
+    if native is ChannelType.STRING:
+        return all(not (d if isinstance(d, bytes) else str(d).encode()).strip(b"\0")
+                   for d in data)
+    return False

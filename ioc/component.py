@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from typing import Any, ClassVar, Iterable, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
 from .channels import HANDLED, ParamChannel, make_channel
 from .config import Site
@@ -48,6 +48,9 @@ class Component:
         self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
         self.pv_registry: PVRegistry | None = None
         self.site: "Site | None" = getattr(self, "site", None)  # set by the IOC (folders, roots)
+        #: put hooks registered by name, for parameters no `put_<Name>` method can spell
+        #: (names with ':', such as a time series' "TS:TSAcquire")
+        self.put_hooks: dict[str, Callable[[Any], Any]] = {}
         self._count_lock = threading.Lock()
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
@@ -159,7 +162,7 @@ class Component:
             raise PutRefused(f"{pv}: {exc}") from None
         if note:
             self.log.warning("%s: %s", pv, note)
-        hook = getattr(self, f"put_{param.name}", None)
+        hook = self.put_hooks.get(param.name) or getattr(self, f"put_{param.name}", None)
         if hook is not None:
             result = hook(value)
             if inspect.isawaitable(result):
@@ -179,12 +182,13 @@ class Component:
 
     async def _publish_readbacks(self, param: Param, value: Any) -> None:
         """Update the _RBV before the put completes, as an asyn readback record does, so a
-        client that reads it right after caput(wait=True) sees the new value."""
-        readbacks = [c for c in self._targets.get(param.name, ()) if c.readback]
-        for channel in readbacks:
-            await channel.publish_value(channel.to_channel(value))
-        if readbacks and self.publisher is not None:
-            await self.publisher.settle()
+        client that reads it right after caput(wait=True) sees the new value, and with it any
+        value the put hook set."""
+        for channel in self._targets.get(param.name, ()):
+            if channel.readback:
+                await channel.publish_value(channel.to_channel(value))
+        if self.publisher is not None:
+            await self.publisher.flush_values()
 
     def _setpoint_channel_value(self, param: Param, value: Any) -> Any:
         channel = self.channels.get(param.setpoint_name or "")

@@ -115,6 +115,15 @@ class Publisher:
         await self._flush(force=True)
         await self.settle()
 
+    async def flush_values(self) -> None:
+        """Publish the pending scalar values now (arrays keep their budget) and wait until they
+        are queued to the clients. Every CA put does this before it completes, so whatever its
+        hook set (a status message, related readbacks) is visible to a client right after."""
+        if self._flush_lock is None:
+            return
+        await self._flush(force=False)
+        await self.settle()
+
     async def settle(self, timeout: float = 2.0) -> None:
         """Wait until caproto has handed queued monitor updates to the clients' connections."""
         ctx = self.context

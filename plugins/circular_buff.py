@@ -451,14 +451,9 @@ class CircularBuff(Plugin):
 
     async def _complete(self, fut: asyncio.Future) -> Any:
         await asyncio.shield(fut)  # a client that goes away must not cancel the capture
-        return await self._published(HANDLED)
-
-    async def _published(self, result: Any) -> Any:
-        """`result` once the status values set so far are out, so a client that reads them
-        right after its put completes sees them."""
-        if self.publisher is not None:
+        if self.publisher is not None:  # a HANDLED put publishes for itself
             await self.publisher.drain()
-        return result
+        return HANDLED
 
     # --- Capture ----------------------------------------------------------------------------------
     async def put_Capture(self, value: int) -> Any:
@@ -466,7 +461,7 @@ class CircularBuff(Plugin):
         if not value:
             with self._lock:
                 self._stop("Acquisition Stopped")
-            return await self._published(0)
+            return 0
         with self._lock:
             self._finish_capture()  # a capture still running restarts, as in ADCore
             self._finish_triggers()
@@ -507,7 +502,7 @@ class CircularBuff(Plugin):
             immediately = bool(self.values["FlushOnSoftTrg"])
         if not capturing:
             self._report("Trigger ignored: not capturing")
-            return await self._published(0)
+            return 0
         if immediately:
             await loop.run_in_executor(None, self._flush_now)
         return await self._complete(fut)
@@ -526,13 +521,13 @@ class CircularBuff(Plugin):
         return arrays
 
     # --- settings ---------------------------------------------------------------------------------
-    async def put_PreCount(self, value: int) -> int:
+    def put_PreCount(self, value: int) -> int:
         if self._capturing:
             self._report("Stop acquisition to set pre-count")
-            return await self._published(self.values["PreCount"])
+            return self.values["PreCount"]
         return value
 
-    async def put_TriggerCalc(self, value: str) -> str:
+    def put_TriggerCalc(self, value: str) -> str:
         text = value if value.strip() else DEFAULT_TRIGGER_CALC
         try:
             self._calc = compile_calc(text)
@@ -541,7 +536,7 @@ class CircularBuff(Plugin):
         except CalcError as exc:
             self._calc = None
             self._report(f"TriggerCalc: {exc}")
-        return await self._published(text)
+        return text
 
     # --- the data path (worker thread) ------------------------------------------------------------
     def process(self, array: NDArray) -> None:

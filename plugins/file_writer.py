@@ -61,7 +61,7 @@ NDFILE: tuple[Param, ...] = (
     bool_param("Capture", "Done", "Capture", 0, RW, coalesce=False, also_setpoint=True,
                group="File"),
     int_param("NumCapture", 1, RW, low=0, group="File"),
-    int_param("NumCaptured_RBV", 0, R, coalesce=False, group="File"),
+    int_param("NumCaptured_RBV", 0, R, group="File"),
     bool_param("FreeCapture", "Done", "Free", 0, W, group="File"),
     bool_param("DeleteDriverFile", "No", "Yes", 0, RW, group="File"),
     enum_param("WriteStatus", ("Write OK", "Write error"), 0, R, group="File"),
@@ -92,7 +92,7 @@ def format_file_name(template: str, path: str, name: str, number: int) -> str:
         else:
             raise WriteError(f"FileTemplate {template!r}: %{conv} is not allowed "
                              "(use %s for the path and name, %d for the number)")
-    if kinds != list(_TEMPLATE_ARGS[: len(kinds)]) or len(kinds) > len(_TEMPLATE_ARGS):
+    if kinds != list(_TEMPLATE_ARGS[: len(kinds)]):
         raise WriteError(f"FileTemplate {template!r} must take at most FilePath (%s), FileName "
                          f"(%s) and FileNumber (%d), in that order")
     # Python's % takes C's flags, widths, precisions and h/l/L modifiers with the same meaning.
@@ -240,10 +240,8 @@ class FileWriter(Plugin):
             self.open_file(path, first)
         except WriteError:
             raise
-        except OSError as exc:
+        except Exception as exc:  # OSError, or h5py's own types for OS problems
             raise WriteError(f"cannot open {path}: {_os_reason(exc)}") from None
-        except Exception as exc:  # h5py raises its own error types for OS problems
-            raise WriteError(f"cannot open {path}: {exc}") from None
         self._open = True
         self._opened_at = time.monotonic()
         self._bytes = 0
@@ -259,19 +257,17 @@ class FileWriter(Plugin):
         except WriteError:
             raise
         except Exception as exc:
-            self._open = False
-            self.abandon_file()
-            self.on_closed(time.monotonic() - self._opened_at, self._bytes)
-            self._file_finished()
+            self._close(abandon=True)
             raise WriteError(f"writing array {array.unique_id} to "
                              f"{self.values['FullFileName_RBV']}: {_os_reason(exc)}") from None
 
-    def _close(self) -> None:
+    def _close(self, abandon: bool = False) -> None:
+        """Close the open file (abandon: after a failed write, see `abandon_file`)."""
         if not self._open:
             return
         self._open = False
         try:
-            self.close_file()
+            self.abandon_file() if abandon else self.close_file()
         except Exception as exc:
             self._error(f"closing {self.values['FullFileName_RBV']}: {_os_reason(exc)}")
         self.on_closed(time.monotonic() - self._opened_at, self._bytes)

@@ -123,6 +123,7 @@ class HDF5(FileWriter):
         super().__init__(*args, **kw)
         self._file: h5py.File | None = None
         self._path = Path()
+        self._size_limit = resource.RLIM_INFINITY  # the process's file-size limit
         self._data: h5py.Dataset | None = None
         self._attrs: dict[str, h5py.Dataset] = {}
         self._missing: h5py.Dataset | None = None
@@ -173,6 +174,7 @@ class HDF5(FileWriter):
         swmr = bool(v["SWMRMode"])
         self._file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
         self._path = path
+        self._size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         self._rows = 0
         self._attr_rows = 0
         self._pending = []
@@ -268,9 +270,8 @@ class HDF5(FileWriter):
         try:
             stat = os.statvfs(self._path.parent)
             free = stat.f_bavail * stat.f_frsize
-            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
-            if limit != resource.RLIM_INFINITY:
-                free = min(free, limit - self._path.stat().st_size)
+            if self._size_limit != resource.RLIM_INFINITY:
+                free = min(free, self._size_limit - self._path.stat().st_size)
         except OSError:
             return
         if free < need:
@@ -398,14 +399,10 @@ class HDF5(FileWriter):
 
 
 def _attr_dtype(value: Any) -> np.dtype:
-    if isinstance(value, str):
-        return h5py.string_dtype()
     if isinstance(value, (bool, np.bool_)):
         return np.dtype("u1")
-    if isinstance(value, (int, np.integer)):
-        return np.dtype("i8") if not isinstance(value, np.integer) else np.dtype(type(value))
-    if isinstance(value, (float, np.floating)):
-        return np.dtype("f8")
+    if isinstance(value, (int, float, np.number)):
+        return np.asarray(value).dtype  # Python int -> int64, float -> float64
     return h5py.string_dtype()
 
 

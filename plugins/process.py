@@ -257,7 +257,7 @@ class Process(Plugin):
         """A stored background/flat if it fits this array (publishing its validity) and is
         enabled."""
         valid = stored is not None and stored.size == size
-        self._set_if_changed({valid_name: int(valid)})
+        self.set_if_changed({valid_name: int(valid)})
         return stored if valid and enabled else None
 
     def _output(self, array: NDArray, data: np.ndarray) -> NDArray:
@@ -282,7 +282,8 @@ class Process(Plugin):
         self._auto_waiters.append(done)
         self.set("AutoOffsetScale", 1)
         await done
-        await self._publish_now()
+        if self.publisher is not None:  # a HANDLED put publishes for itself
+            await self.publisher.flush_values()
         return HANDLED
 
     def _auto_done(self) -> None:
@@ -298,16 +299,14 @@ class Process(Plugin):
                 future.set_result(None)
 
     # --- commands -------------------------------------------------------------------------------------
-    async def put_SaveBackground(self, value: int) -> int:
+    def put_SaveBackground(self, value: int) -> int:
         if value:
             self._background = self._save("background", "ValidBackground_RBV")
-            await self._publish_now()
         return 0
 
-    async def put_SaveFlatField(self, value: int) -> int:
+    def put_SaveFlatField(self, value: int) -> int:
         if value:
             self._flat = self._save("flat field", "ValidFlatField_RBV")
-            await self._publish_now()
         return 0
 
     def _save(self, what: str, valid_name: str) -> np.ndarray | None:
@@ -320,22 +319,16 @@ class Process(Plugin):
         self.message(f"{what} saved from the last output array ({last.size} elements)")
         return last.astype(np.float64)
 
-    async def put_FilterType(self, value: int) -> int:
+    def put_FilterType(self, value: int) -> int:
         self.set_many(filter_preset(value, self.values["NumFilter"]))
-        await self._publish_now()
         return value
 
-    async def put_NumFilter(self, value: int) -> int:
+    def put_NumFilter(self, value: int) -> int:
         if value < 1:
             self.message(f"NumFilter {value} refused: it must be at least 1; set to 1",
                          logging.WARNING)
             value = 1
         self.set("NumFilterRecip", 1.0 / value)
         self.set_many(filter_preset(self.values["FilterType"], value))
-        await self._publish_now()
         return value
 
-    async def _publish_now(self) -> None:
-        """Values set by a put hook are visible before the put completes."""
-        if self.publisher is not None:
-            await self.publisher.drain()

@@ -170,7 +170,7 @@ class ROI(Plugin):
         nd = data.ndim
         ud = user_dims(nd, array.color_mode) if 1 <= nd <= 3 else ()
         for u, axis in enumerate(AXES):
-            self._set_if_changed({f"MaxSize{axis}_RBV": dims[ud[u]].size if u < len(ud) else 0})
+            self.set_if_changed({f"MaxSize{axis}_RBV": dims[ud[u]].size if u < len(ud) else 0})
         if not ud or 0 in data.shape:
             self._note(f"no ROI: a {nd}-D array of shape {list(reversed(data.shape))} "
                        f"(ROI needs 1 to 3 dimensions, none empty)")
@@ -185,7 +185,7 @@ class ROI(Plugin):
                 bool(v[f"AutoSize{axis}"]))
             notes += axis_notes
             if v[f"Enable{axis}"]:
-                self._set_if_changed({f"Min{axis}": regions[a].offset,
+                self.set_if_changed({f"Min{axis}": regions[a].offset,
                                       f"Size{axis}": regions[a].size,
                                       f"Bin{axis}": regions[a].binning})
         self._note("; ".join(notes))
@@ -215,7 +215,7 @@ class ROI(Plugin):
             out.attributes["ColorMode"] = NDAttribute("ColorMode", color, "Color mode",
                                                       AttrSource.DRIVER)
         sx, sy, sz = out.xyz_sizes()
-        self._set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
+        self.set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
         return out
 
     @staticmethod

@@ -85,16 +85,15 @@ class TimeSeries:
         ]
 
     def attach(self, owner: Component) -> None:
-        """Install the put hooks on the owner. Component looks hooks up as `put_<param name>`;
-        our names contain the sub-prefix (`put_TS:TSAcquire`), which no `def` can spell, so
-        they are set as instance attributes."""
+        """Register the put hooks with the owner (our names contain the sub-prefix, e.g.
+        "TS:TSAcquire", so they cannot be `put_<Name>` methods)."""
         self.owner = owner
         hooks = {"TSAcquire": self._put_acquire, "TSRead": self._put_read,
                  "TSNumPoints": self._put_num_points, "TSTimePerPoint": self._put_time_per_point,
                  "TSAveragingTime": self._put_averaging_time,
                  "TSAcquireMode": self._put_acquire_mode}
         for short, hook in hooks.items():
-            setattr(owner, f"put_{self.name(short)}", hook)
+            owner.put_hooks[self.name(short)] = hook
         owner.values[self.name("TSTimeAxis")] = self._time_axis()
 
     # --- data path (any thread) ----------------------------------------------------------------

@@ -115,7 +115,7 @@ class Transform(Plugin):
                 return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
                                                              f"{self.port} pool limit reached"))
         sx, sy, sz = out.xyz_sizes()
-        self._set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
+        self.set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
         return out
 
     def _turn(self, array: NDArray, o: Orientation) -> NDArray | None:

@@ -10,7 +10,7 @@ import time
 import epics
 import pytest
 
-from conftest import REPO, IOCProcess, unique_prefix
+from conftest import REPO, running_ioc
 from test_acquisition import get, put, wait_for
 
 CONFIG = f"""
@@ -28,15 +28,11 @@ COUNTER_XML = ('<Attributes><Attribute name="Counter" type="PARAM" source="Array
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    proc = IOCProcess(CONFIG, tmp_path_factory.mktemp("ioc"), unique_prefix())
-    proc.wait_ready(timeout=60)
-    p = proc.prefix
-    for name, value in [("WaitForPlugins", "Yes"), ("AcquireTime", 0.001),
-                        ("AcquirePeriod", 0.0), ("NDAttributesFile", COUNTER_XML)]:
-        put(p + "cam1:" + name, value)
-    yield proc
-    assert "Traceback" not in proc.log()
-    proc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("cb"), timeout=60) as ioc:
+        for name, value in [("WaitForPlugins", "Yes"), ("AcquireTime", 0.001),
+                            ("AcquirePeriod", 0.0), ("NDAttributesFile", COUNTER_XML)]:
+            put(ioc.prefix + "cam1:" + name, value)
+        yield ioc
 
 
 @pytest.fixture

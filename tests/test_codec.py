@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import IOCProcess, unique_prefix
+from conftest import running_ioc
 from test_acquisition import get, put, ramp, wrap
 
 NX, NY = 64, 48
@@ -27,15 +27,11 @@ DTYPES = {"UInt8": "u1", "UInt16": "u2", "Float32": "f4"}
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    proc = IOCProcess(CONFIG, tmp_path_factory.mktemp("ioc"), unique_prefix())
-    proc.wait_ready()
-    p = proc.prefix
-    for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"),
-                        ("AcquireTime", 0.001), ("AcquirePeriod", 0.0), ("Gain", 1.0)]:
-        put(p + "cam1:" + name, value)
-    yield proc
-    assert "Traceback" not in proc.log()
-    proc.stop()
+    with running_ioc(CONFIG, tmp_path_factory.mktemp("codec")) as ioc:
+        for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"),
+                            ("AcquireTime", 0.001), ("AcquirePeriod", 0.0), ("Gain", 1.0)]:
+            put(ioc.prefix + "cam1:" + name, value)
+        yield ioc
 
 
 @pytest.fixture
