@@ -80,6 +80,7 @@ def scalar_cast(value: float, dtype: np.dtype) -> Any:
 
 
 class SimDetector(Driver):
+    screen = "simDetector"
     PARAMS = (NDARRAY_BASE, AD_BASE, SIM_PARAMS)
     kind = "sim"
     Options = SimOptions

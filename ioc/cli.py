@@ -7,8 +7,9 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
-from . import __version__
+from . import __version__, registry
 from .config import ConfigError, load_config
 
 
@@ -57,24 +58,58 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("config", nargs="?", help="YAML config file")
     run.add_argument("--prefix", help="override the config's PV prefix (P macro)")
     run.add_argument("--list-pvs", action="store_true", help="print every PV name and exit")
-    run.add_argument("--log-level", default="INFO",
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--screens", metavar="DIR",
+                     help="write the Phoebus screens here at start (overrides screens_dir; "
+                          "'' writes none)")
+    screens = sub.add_parser("screens", help="write the Phoebus .bob screens of an IOC and exit")
+    screens.add_argument("config", nargs="?", help="YAML config file")
+    screens.add_argument("--out", required=True, metavar="DIR", help="folder for the .bob files")
+    for p in (run, screens):
+        p.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     try:
         config, lines = load_config(args.config)
-        if args.prefix is not None:
+        if getattr(args, "prefix", None) is not None:
             config.prefix = args.prefix
+        folder = args.out if args.command == "screens" else args.screens
+        if folder is not None:
+            config.screens_dir = str(Path(folder).expanduser().resolve()) if folder else ""
         from .server import IOC
         ioc = IOC(config, lines)
     except ConfigError as exc:
         print(f"ndflow: {exc}", file=sys.stderr)
         return 2
-    if args.list_pvs:
-        print("\n".join(ioc.pv_names()))
-        ioc.shutdown()  # algorithm children were started to learn their PVs
-        return 0
+    if args.command == "screens" or args.list_pvs:
+        try:  # algorithm children were started to learn their PVs: always shut down
+            if args.command == "screens":
+                return 0 if write_screens(ioc) else 1
+            print("\n".join(ioc.pv_names()))
+            return 0
+        finally:
+            ioc.shutdown()
+    write_screens(ioc)
     return asyncio.run(_serve(ioc))
+
+
+def write_screens(ioc) -> bool:
+    """Write every screen into the configured folder; a failure is one log line, not a stop."""
+    folder = ioc.site.screens_dir
+    if folder is None:
+        return True
+    log = logging.getLogger("ndflow.screens")
+    try:
+        paths = registry.load("screens", "bob")(ioc.components, folder)
+    except OSError as exc:
+        log.error("cannot write the screens in %s: %s", folder, exc.strerror or exc)
+        return False
+    except registry.UnknownComponent as exc:
+        log.error("cannot write the screens: %s", exc)
+        return False
+    log.info("wrote %d screen files to %s; open with: phoebus -resource '%s?P=%s'",
+             len(paths), folder, folder / "ndflow.bob", ioc.prefix)
+    return True
 
 
 async def _serve(ioc) -> int:

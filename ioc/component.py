@@ -37,6 +37,9 @@ class Component:
     PARAMS: ClassVar[tuple[Iterable[Param], ...]] = ()
     #: what `ndflow` calls this kind of component in configs ("sim", "stdarrays", ...)
     kind: ClassVar[str] = ""
+    #: the name of this kind's Phoebus screen, `<screen>.bob` (ADCore's, e.g. "NDStats"); one
+    #: screen serves every instance through the R macro
+    screen: ClassVar[str] = ""
 
     def __init__(self, port: str, prefix: str) -> None:
         self.port = port
@@ -58,6 +61,14 @@ class Component:
 
     def declare(self) -> ParamTable:
         return ParamTable.of(*self.PARAMS)
+
+    @property
+    def screen_name(self) -> str:
+        return self.screen or type(self).__name__
+
+    @property
+    def screen_title(self) -> str:
+        return self.screen_name
 
     # --- values -----------------------------------------------------------------------------------
     def get(self, name: str) -> Any:

@@ -59,7 +59,7 @@ class IOCConfig(_Strict):
         default_factory=list, description="the only folders Python algorithm files load from "
         "(relative to this file)")
     screens_dir: str = Field("", description="where `ndflow run` writes the .bob screens "
-                             "(relative to this file; empty: none)")
+                             "(relative to this file, ~ expanded; empty: none)")
     data_roots: list[str] = Field(
         default_factory=list, description="the only folders file writers (HDF5, TIFF) write "
         "under; FilePath outside them is refused (relative to this file, ~ expanded)")
@@ -80,7 +80,8 @@ class Site:
     @classmethod
     def of(cls, config: IOCConfig, base_dir: Path) -> "Site":
         folders = tuple((base_dir / f).resolve() for f in config.algorithm_folders)
-        screens = (base_dir / config.screens_dir).resolve() if config.screens_dir else None
+        screens = ((base_dir / Path(config.screens_dir).expanduser()).resolve()
+                   if config.screens_dir else None)
         roots = tuple((base_dir / Path(r).expanduser()).resolve() for r in config.data_roots)
         return cls(base_dir, folders, screens, roots)
 

@@ -80,6 +80,7 @@ class Param:
     also_setpoint: bool = False  # the data path updates the setpoint too (asyn:READBACK records)
     aliases: tuple[str, ...] = ()  # further read-only names for the same value (ArraySize0 = ArraySize0_RBV)
     alarm: "AlarmLimits | None" = None  # readback alarm limits (algorithm outputs)
+    widget: str = ""  # screen hint where the kind does not say it: "image" (a frame, not a plot)
 
     # --- naming -------------------------------------------------------------------------------
     @property

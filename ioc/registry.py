@@ -2,14 +2,16 @@
 
 The core knows no concrete driver or plugin: they register under the entry-point groups
 `ndflow.drivers` and `ndflow.plugins` (ours in pyproject.toml), so a third-party package adds
-one without touching ndflow.
+one without touching ndflow. The screen generator is found the same way (`ndflow.screens`), so
+the core never imports it.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-GROUPS = {"drivers": "ndflow.drivers", "plugins": "ndflow.plugins"}
+GROUPS = {"drivers": "ndflow.drivers", "plugins": "ndflow.plugins",
+          "screens": "ndflow.screens"}  # screen writers: (components, folder) -> paths
 
 
 class UnknownComponent(LookupError):

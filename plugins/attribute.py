@@ -59,6 +59,7 @@ def attribute_value(array: NDArray, name: str) -> float | str:
 
 
 class Attribute(Plugin):
+    screen = "NDPluginAttribute"
     kind = "attribute"
     plugin_type = "NDPluginAttribute"
     Options = AttributeOptions

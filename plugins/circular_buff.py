@@ -385,6 +385,7 @@ class CircularBuffOptions(BaseModel):
 
 
 class CircularBuff(Plugin):
+    screen = "NDCircularBuff"
     kind = "circularbuff"
     plugin_type = "NDPluginCircularBuff"
     compression_aware = True  # it only holds and forwards arrays

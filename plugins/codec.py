@@ -199,6 +199,7 @@ class CodecOptions(BaseModel):
 
 
 class Codec(Plugin):
+    screen = "NDCodec"
     kind = "codec"
     plugin_type = "NDPluginCodec"
     compression_aware = True

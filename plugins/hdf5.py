@@ -113,6 +113,7 @@ HDF5_PARAMS = (
 
 
 class HDF5(FileWriter):
+    screen = "NDFileHDF5"
     kind = "hdf5"
     PARAMS = (*FileWriter.PARAMS, HDF5_PARAMS)
     extension = ".h5"

@@ -197,6 +197,7 @@ def correct(data: np.ndarray, v: Mapping[str, Any], background: np.ndarray | Non
 
 
 class Process(Plugin):
+    screen = "NDProcess"
     PARAMS = Plugin.PARAMS + (PROCESS_PARAMS,)
     kind = "process"
     plugin_type = "NDPluginProcess"

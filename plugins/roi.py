@@ -148,6 +148,7 @@ SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 class ROI(Plugin):
+    screen = "NDROI"
     kind = "roi"
     plugin_type = "NDPluginROI"
     PARAMS = Plugin.PARAMS + (ROI_PARAMS,)

@@ -299,6 +299,7 @@ def _result(name: str) -> Param:
 
 
 class Stats(Plugin):
+    screen = "NDStats"
     kind = "stats"
     plugin_type = "NDPluginStats"
     Options = StatsOptions

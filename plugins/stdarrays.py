@@ -28,6 +28,7 @@ class StdArraysOptions(BaseModel):
 
 
 class StdArrays(Plugin):
+    screen = "NDStdArrays"
     kind = "stdarrays"
     plugin_type = "NDPluginStdArrays"
     Options = StdArraysOptions
@@ -45,7 +46,7 @@ class StdArrays(Plugin):
     def declare(self) -> ParamTable:
         table = super().declare()
         table.params["ArrayData"] = array_param(
-            "ArrayData", self._element.str[1:], self.options.nelm, group="Image",
+            "ArrayData", self._element.str[1:], self.options.nelm, group="Image", widget="image",
             doc="the last frame, flattened; reshape with ArraySize0/1/2_RBV")
         return table
 

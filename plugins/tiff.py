@@ -27,6 +27,7 @@ RGB1 = 2
 
 
 class TIFF(FileWriter):
+    screen = "NDFileTIFF"
     kind = "tiff"
     plugin_type = "NDFileTIFF"
     PARAMS = (*FileWriter.PARAMS, (

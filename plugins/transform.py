@@ -90,6 +90,7 @@ def orient(data: np.ndarray, o: Orientation, x_axis: int, y_axis: int) -> np.nda
 
 
 class Transform(Plugin):
+    screen = "NDTransform"
     kind = "transform"
     plugin_type = "NDPluginTransform"
     PARAMS = Plugin.PARAMS + ((

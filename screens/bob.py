@@ -1,171 +1,110 @@
-"""Phoebus .bob screens generated from a component's parameter declarations.
+"""pvi's Device model formatted as Phoebus .bob files, plus what pvi's model cannot say.
 
-Rows pair each setpoint (textentry, combo or action button on `$(P)$(R)X`) with its readback
-(textupdate on `$(P)$(R)X_RBV`), in sections by the declarations' `group`, as ADCore's screens
-do; arrays become plots. Colours follow ADCore's converted MEDM screens: control blue for
-setpoints, blue-on-grey for readbacks. Widget types and versions are the ones ADCore's own .bob
-files use, so any Phoebus that opens those opens these.
+pvi (Diamond's generator, as used by FastCS and ibek) lays the widgets out on its grid with its
+DLS style and writes one file per screen and sub-screen. Afterwards each file is finished here:
+- the image widget takes its data width and height from the array's `ArraySize0/1_RBV` through
+  Phoebus rules (pvi fixes them at generation time; the frame size changes at run time);
+- menus keep no sample items from pvi's template, so Phoebus takes the choices from the PV;
+- readbacks with alarm limits are marked alarm-sensitive explicitly;
+- a write button's own `pv_name` is its action's PV (pvi leaves its template placeholder there);
+- `group` widgets are written as version 2.0.0, the version ADCore's screens use, so any Phoebus
+  that opens ADCore's screens opens these (pvi's template carries 3.0.0, whose extra property
+  pvi does not use);
+- every file gets the XML declaration and is replaced atomically, so Phoebus never reads half a
+  screen.
 """
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+import tempfile
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
-from ndflow.params import Access, Kind, Param
+from lxml import etree
+from pvi._format.dls import DLSFormatter
+from pvi.device import Device
 
-ROW = 25
-LABEL_X, LABEL_W = 10, 210
-SET_X, SET_W = 225, 150
-RBV_X, RBV_W = 380, 150
-WIDTH = RBV_X + RBV_W + 10
-CONTROL = (115, 223, 255)
-READBACK_FG, READBACK_BG = (10, 0, 184), (187, 187, 187)
-HEADER_BG = (210, 210, 210)
+from ndflow.params import Param
 
+from .device import pv_name
 
-class Screen:
-    """A display being laid out top to bottom, one row at a time."""
-
-    def __init__(self, name: str, macros: dict[str, str]) -> None:
-        self.root = ET.Element("display", version="2.0.0")
-        _text(self.root, "name", name)
-        if macros:
-            node = ET.SubElement(self.root, "macros")
-            for key, value in macros.items():
-                _text(node, key, value)
-        self.y = 10
-        self._count = 0
-
-    def widget(self, kind: str, version: str, x: int, y: int, w: int, h: int,
-               **props: str | ET.Element) -> ET.Element:
-        self._count += 1
-        node = ET.SubElement(self.root, "widget", type=kind, version=version)
-        _text(node, "name", f"{kind} #{self._count}")
-        for key, value in (("x", x), ("y", y), ("width", w), ("height", h)):
-            _text(node, key, str(value))
-        for key, value in props.items():
-            if not isinstance(value, ET.Element):
-                _text(node, key, value)
-            elif value.tag == key:  # a whole property (actions, traces)
-                node.append(value)
-            else:  # a value to wrap in the property (a colour, a font)
-                ET.SubElement(node, key).append(value)
-        return node
-
-    def title(self, text: str) -> None:
-        self.widget("label", "2.0.0", 0, self.y, WIDTH, 30, text=text,
-                    horizontal_alignment="1", font=_font(20, bold=True),
-                    background_color=_color(HEADER_BG), transparent="false")
-        self.y += 40
-
-    def section(self, text: str) -> None:
-        self.widget("label", "2.0.0", LABEL_X, self.y, WIDTH - 2 * LABEL_X, 22, text=text,
-                    font=_font(16, bold=True))
-        self.y += ROW + 2
-
-    def param(self, p: Param) -> None:
-        label = p.name.removesuffix("_RBV")
-        if p.kind is Kind.ARRAY:
-            self.widget("label", "2.0.0", LABEL_X, self.y, LABEL_W, 20, text=label)
-            self.y += ROW
-            self._plot(p)
-            return
-        tall = p.kind is Kind.TEXT and p.length > 300
-        height = 100 if tall else 20
-        self.widget("label", "2.0.0", LABEL_X, self.y, LABEL_W, 20, text=label,
-                    tooltip=p.doc or label)
-        if p.access is Access.W:
-            self._command(p)
-        elif p.setpoint_name:
-            self._setpoint(p)
-        if p.readback_name:
-            wide = p.access is Access.R and p.kind in (Kind.TEXT, Kind.STRING)
-            x, w = (SET_X, SET_W + RBV_W + 5) if wide else (RBV_X, RBV_W)
-            self.widget("textupdate", "2.0.0", x, self.y, w, height,
-                        pv_name=f"$(P)$(R){p.readback_name}",
-                        foreground_color=_color(READBACK_FG),
-                        background_color=_color(READBACK_BG),
-                        format="6" if p.kind in (Kind.TEXT, Kind.STRING) else "0",
-                        show_units="true", border_alarm_sensitive="true",
-                        wrap_words="true" if tall else "false")
-        self.y += height + 5
-
-    def _setpoint(self, p: Param) -> None:
-        pv = f"$(P)$(R){p.setpoint_name}"
-        if p.kind is Kind.ENUM:
-            self.widget("combo", "2.0.0", SET_X, self.y, SET_W, 20, pv_name=pv,
-                        background_color=_color(CONTROL))
-        else:
-            self.widget("textentry", "3.0.0", SET_X, self.y, SET_W, 20, pv_name=pv,
-                        background_color=_color(CONTROL),
-                        format="6" if p.kind in (Kind.TEXT, Kind.STRING) else "0")
-
-    def _command(self, p: Param) -> None:
-        actions = ET.Element("actions")
-        action = ET.SubElement(actions, "action", type="write_pv")
-        _text(action, "pv_name", f"$(P)$(R){p.name}")
-        _text(action, "value", "1")
-        _text(action, "description", p.name)
-        self.widget("action_button", "3.0.0", SET_X, self.y, SET_W, 20, actions=actions,
-                    pv_name=f"$(P)$(R){p.name}", text=p.name,
-                    background_color=_color(CONTROL))
-
-    def _plot(self, p: Param) -> None:
-        traces = ET.Element("traces")
-        trace = ET.SubElement(traces, "trace")
-        _text(trace, "name", p.name)
-        _text(trace, "x_pv", "")
-        _text(trace, "y_pv", f"$(P)$(R){p.readback_name or p.name}")
-        _text(trace, "trace_type", "1")
-        self.widget("xyplot", "3.0.0", LABEL_X, self.y, WIDTH - 2 * LABEL_X, 200,
-                    traces=traces)
-        self.y += 210
-
-    def xml(self) -> str:
-        _text(self.root, "width", str(WIDTH))
-        _text(self.root, "height", str(self.y + 10))
-        ET.indent(self.root, "  ")
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(
-            self.root, encoding="unicode") + "\n"
+DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
 
 
-def component_screen(title: str, params: Iterable[Param], groups: Sequence[str],
-                     macros: dict[str, str] | None = None) -> str:
-    """A screen with one section per group in `groups`, in that order."""
-    screen = Screen(title, macros or {})
-    screen.title(title)
-    by_group: dict[str, list[Param]] = {g: [] for g in groups}
-    for p in params:
-        if p.group in by_group:
-            by_group[p.group].append(p)
-    for group, members in by_group.items():
-        if members:
-            screen.section(group)
-            for p in members:
-                screen.param(p)
-    return screen.xml()
+def render(device: Device, stem: str, params: Iterable[Param] = (),
+           formatter: DLSFormatter | None = None,
+           macros: dict[str, str] | None = None) -> dict[str, str]:
+    """{file name: XML text} for `device`'s screen `<stem>.bob` and its sub-screens. `macros`
+    become the main screen's defaults (a per-instance screen knows its own R)."""
+    with tempfile.TemporaryDirectory(prefix="ndflow-bob-") as tmp:
+        (formatter or DLSFormatter()).format(device, Path(tmp) / f"{stem}.bob")
+        raw = {path.name: path.read_bytes() for path in sorted(Path(tmp).glob("*.bob"))}
+    alarmed = {pv_name(p.readback_name or p.name) for p in params if p.alarm is not None}
+    return {name: _finish(text, alarmed, macros if name == f"{stem}.bob" else None)
+            for name, text in raw.items()}
 
 
-def write_screen(path: Path, text: str) -> None:
-    """Replace the file atomically, so Phoebus never reads half a screen."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".bob.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def _finish(text: bytes, alarmed: set[str], macros: dict[str, str] | None) -> str:
+    root = etree.fromstring(text, etree.XMLParser(remove_blank_text=True))
+    if macros:
+        node = etree.Element("macros")
+        for key, value in macros.items():
+            etree.SubElement(node, key).text = value
+        root.insert(list(root).index(root.find("name")) + 1, node)
+    for widget in root.iter("widget"):
+        kind = widget.get("type")
+        pv = widget.findtext("pv_name") or ""
+        if kind == "action_button" and widget.find("actions/action[@type='write_pv']") is not None:
+            # pvi fills in the action's PV but leaves its template's placeholder as the
+            # button's own PV (which Phoebus connects for the alarm border); use the action's
+            _set(widget, "pv_name", widget.findtext("actions/action/pv_name"))
+        elif kind == "group":
+            widget.set("version", "2.0.0")
+        elif kind == "image":
+            _size_from_pvs(widget, pv)
+        elif kind == "combo" and widget.findtext("items_from_pv") != "false":
+            _drop(widget, "items")  # pvi's template sample items; Phoebus reads the PV's
+        elif kind == "textupdate" and pv in alarmed:
+            _set(widget, "border_alarm_sensitive", "true")
+    etree.indent(root, space="  ")
+    return DECLARATION + etree.tostring(root, encoding="unicode") + "\n"
 
 
-def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
-    node = ET.SubElement(parent, tag)
-    node.text = text
-    return node
+def _size_from_pvs(widget: etree._Element, array_pv: str) -> None:
+    """Rules setting data_width/data_height from the port's ArraySize0/1_RBV, and the frame
+    read as unsigned (the Int8 `ArrayData` of a UInt8 frame shows 0..255)."""
+    base = array_pv.rpartition(")")[0] + ")"  # the macros: "$(P)$(R)ArrayData" -> "$(P)$(R)"
+    _set(widget, "unsigned", "true")
+    rules = widget.find("rules")
+    if rules is None:
+        rules = etree.SubElement(widget, "rules")
+    for prop, suffix in (("data_width", "ArraySize0_RBV"), ("data_height", "ArraySize1_RBV")):
+        rule = etree.SubElement(rules, "rule", name=prop, prop_id=prop, out_exp="true")
+        exp = etree.SubElement(rule, "exp", bool_exp="true")
+        etree.SubElement(exp, "expression").text = "pv0"
+        etree.SubElement(rule, "pv_name").text = base + suffix
 
 
-def _color(rgb: tuple[int, int, int]) -> ET.Element:
-    return ET.Element("color", red=str(rgb[0]), green=str(rgb[1]), blue=str(rgb[2]))
+def _drop(widget: etree._Element, tag: str) -> None:
+    for node in widget.findall(tag):
+        widget.remove(node)
 
 
-def _font(size: int, bold: bool = False) -> ET.Element:
-    return ET.Element("font", family="Liberation Sans", style="BOLD" if bold else "REGULAR",
-                      size=f"{size:.1f}")
+def _set(widget: etree._Element, tag: str, value: str) -> None:
+    node = widget.find(tag)
+    if node is None:
+        node = etree.SubElement(widget, tag)
+    node.text = value
+
+
+def write_files(folder: Path, files: dict[str, str]) -> list[Path]:
+    """Write each file, replacing any older version atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in files.items():
+        path = folder / name
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        written.append(path)
+    return written

@@ -83,6 +83,8 @@ class IOCProcess:
             path = tmp_path / "ioc.yml"
             path.write_text(config)
             args.append(str(path))
+        else:  # the default config writes its screens under ~; a test writes its own folder
+            args += ["--screens", str(tmp_path / "screens")]
         args += ["--prefix", prefix] + (extra or [])
         self.log_path = tmp_path / "ioc.log"
         self._log = open(self.log_path, "w")

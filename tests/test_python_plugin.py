@@ -281,8 +281,10 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
 
 
 def test_generated_screens_name_only_served_pvs(ioc, live_folder):
-    screens = sorted((live_folder / "screens").glob("*.bob"))
-    assert {s.stem for s in screens} >= {"PY1", "PY2", "PY3", "PY4", "FAULT", "LIVE"}
+    """Each algorithm instance's own screen carries its R, so it opens with P alone (every
+    screen of the default IOC is checked in test_screens)."""
+    folder = live_folder / "screens"
+    screens = [folder / f"{port}.bob" for port in ("PY1", "PY2", "PY3", "PY4", "FAULT", "LIVE")]
     for path in screens:
         root = ET.parse(path).getroot()
         assert root.tag == "display" and root.get("version") == "2.0.0"

@@ -24,10 +24,11 @@ from ndflow import shm
 from ndflow.config import Site
 from ndflow.graph import PortGraph
 from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDimension
-from ndflow.params import (AlarmLimits, Access, Kind, Param, R, W, enum_param, float_param,
-                           int_param, string_param, text_param)
+from ndflow.params import (AlarmLimits, Access, Kind, Param, R, W, bool_param, enum_param,
+                           float_param, int_param, string_param, text_param)
 from ndflow.plugin import DEFERRED, Outputs, Plugin
-from ndflow.screens.bob import component_screen, write_screen
+from ndflow.screens.bob import write_files
+from ndflow.screens.generate import component_files
 
 from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
 
@@ -50,7 +51,7 @@ PYTHON_STATUS = (
                 group="Algorithm"),
     float_param("Latency_RBV", access=R, units="ms", doc="hand-over to result",
                 group="Algorithm"),
-    int_param("Reload", access=W, doc="reload the algorithm file", group="Algorithm"),
+    bool_param("Reload", "0", "1", access=W, doc="reload the algorithm file", group="Algorithm"),
 )
 
 
@@ -292,29 +293,31 @@ class PythonPlugin(Plugin):
         self.message(text[:255], logging.WARNING)
 
     # --- screen ------------------------------------------------------------------------------------
-    SCREEN_GROUPS = ("Inputs", "Outputs", "Algorithm", "Plugin")
+    @property
+    def screen_name(self) -> str:
+        """Each instance declares its own parameters, so each has its own screen, `<port>.bob`."""
+        return self.port
 
-    def write_screen(self) -> Path | None:
-        """(Re)write this instance's Phoebus screen, `<port>.bob`, in the screens folder."""
+    @property
+    def screen_title(self) -> str:
+        return f"{self.port} ({self.file.name})"
+
+    def write_screen(self) -> list[Path]:
+        """Rewrite this instance's Phoebus screen in the screens folder after its parameter list
+        changed (the IOC writes every screen at start)."""
         folder = self.site.screens_dir
         if folder is None:
-            return None
-        path = folder / f"{self.port}.bob"
+            return []
         try:
             with self._decl_lock:
-                text = component_screen(f"{self.port}: {self.file.name}", list(self.params),
-                                        self.SCREEN_GROUPS, {"R": self.prefix})
-            write_screen(path, text)
+                files = component_files(self)
+            return write_files(folder, files)
         except OSError as exc:
-            self.log.warning("%s: cannot write screen %s: %s", self.port, path, exc.strerror)
-            return None
-        return path
+            self.log.warning("%s: cannot write its screen in %s: %s", self.port, folder,
+                             exc.strerror)
+            return []
 
     # --- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> None:
-        super().start()
-        self.write_screen()
-
     def periodic(self, elapsed: float) -> None:
         super().periodic(elapsed)
         if not self.options.watch:

@@ -1,0 +1,69 @@
+"""Every screen of an IOC: one per kind of component, one per algorithm instance, and `ndflow.bob`.
+
+A built-in kind has one screen for all its instances (`NDStats.bob` serves Stats1..5 through
+`$(R)`), as ADCore's do. Instances whose parameter lists differ (each Python algorithm, a kind
+configured differently) get their own. `ndflow.bob` opens each with R set to its prefix, so an
+operator needs only `P` to start: `phoebus -resource .../ndflow.bob?P=13SIM1:`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from pvi._format.dls import DLSFormatter
+
+from ndflow.component import Component
+from ndflow.driver import Driver
+
+from .bob import render, write_files
+from .device import component_device, overview_device
+
+TOP_LEVEL = "ndflow"
+TABLE_CELL_WIDTH = 110
+
+
+def component_files(component: Component, stem: str | None = None) -> dict[str, str]:
+    """The .bob files (screen and sub-screens) of one component. A screen of one instance
+    (not its kind's) also carries R as a default, so it opens with P alone."""
+    stem = stem or component.screen_name
+    params = list(component.params)
+    own = None if stem == type(component).screen else {"R": component.prefix}
+    title = f"{component.screen_title} $(P)$(R)"
+    return render(component_device(title, params), stem, params, macros=own)
+
+
+def screen_stems(components: Iterable[Component]) -> dict[str, str]:
+    """{port: screen file stem}: the kind's screen, unless instances of the kind declare
+    different PVs, in which case each gets `<screen>_<port>`."""
+    by_name: dict[str, list[Component]] = {}
+    for c in components:
+        by_name.setdefault(c.screen_name, []).append(c)
+    stems = {}
+    for name, members in by_name.items():
+        shapes = {tuple(m.params.pv_suffixes()) for m in members}
+        for m in members:
+            stems[m.port] = name if len(shapes) == 1 else f"{name}_{m.port}"
+    return stems
+
+
+def ioc_files(components: list[Component]) -> dict[str, str]:
+    """Every file: each distinct screen once, then the top-level `ndflow.bob`."""
+    stems = screen_stems(components)
+    files: dict[str, str] = {}
+    done: set[str] = set()
+    for c in components:
+        if stems[c.port] not in done:
+            done.add(stems[c.port])
+            files.update(component_files(c, stems[c.port]))
+    rows = [(c.port, c.prefix, type(c).__name__, f"{stems[c.port]}.bob", isinstance(c, Driver))
+            for c in components]
+    formatter = DLSFormatter(widget_width=TABLE_CELL_WIDTH, label_width=TABLE_CELL_WIDTH)
+    files.update(render(overview_device("ndflow $(P)", rows), TOP_LEVEL, formatter=formatter))
+    return files
+
+
+def write_screens(components: list[Component], folder: Path) -> list[Path]:
+    """Write every screen of the IOC into `folder` (the entry point `ndflow run` and
+    `ndflow screens` reach through the registry)."""
+    return write_files(folder, ioc_files(components))
