@@ -64,11 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     screens = sub.add_parser("screens", help="write the Phoebus .bob screens of an IOC and exit")
     screens.add_argument("config", nargs="?", help="YAML config file")
     screens.add_argument("--out", required=True, metavar="DIR", help="folder for the .bob files")
-    for p in (run, screens):
-        p.add_argument("--log-level", default="INFO",
+    replay = sub.add_parser("replay", help="push archived files through the IOC's plugins, "
+                                           "algorithms included, with no Channel Access")
+    replay.add_argument("config", help="YAML config file (with a file-reading driver: fits)")
+    replay.add_argument("files", nargs="+", help="files, in the order to replay them")
+    replay.add_argument("--table", metavar="PATH",
+                        help="write the algorithms' outputs per file here (.csv or .h5)")
+    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for p in (run, screens, replay):  # replay: its summary says what happened
+        p.add_argument("--log-level", default="WARNING" if p is replay else "INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
+    if args.command == "replay":
+        return _replay(args)
     try:
         config, lines = load_config(args.config)
         if getattr(args, "prefix", None) is not None:
@@ -110,6 +119,42 @@ def write_screens(ioc) -> bool:
     log.info("wrote %d screen files to %s; open with: phoebus -resource '%s?P=%s'",
              len(paths), folder, folder / "ndflow.bob", ioc.prefix)
     return True
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import ReplayError, replay
+
+    files = [Path(f) for f in args.files]
+    absent = [str(f) for f in files if not f.is_file()]
+    if absent:
+        print(f"ndflow: no such file: {', '.join(absent[:5])}", file=sys.stderr)
+        return 2
+    table = Path(args.table) if args.table else None
+    if table is not None and table.suffix.lower() not in (".csv", ".h5", ".hdf5"):
+        print(f"ndflow: --table {table}: give a .csv or .h5 file", file=sys.stderr)
+        return 2
+    show = None if args.no_progress or not sys.stderr.isatty() else _progress_bar
+    try:
+        config, lines = load_config(args.config)
+        summary = replay(config, files, lines, table, show)
+    except (ConfigError, ReplayError) as exc:
+        print(f"ndflow: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ndflow: cannot write {exc.filename or table}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    if show is not None:
+        print(file=sys.stderr)
+    print(summary.text() + (f"; table: {table}" if table else ""))
+    return 0 if summary.frames == summary.files else 1
+
+
+def _progress_bar(done: int, total: int, path: Path) -> None:
+    width = 30
+    filled = width * done // total
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {path.name[-40:]:40}",
+          end="", file=sys.stderr, flush=True)
 
 
 async def _serve(ioc) -> int:

@@ -30,7 +30,8 @@ from .adcore import AD_BASE, NDARRAY_BASE
 from .arrayport import ArrayPort
 from .channels import HANDLED
 from .graph import PortGraph
-from .ndarray import Acquisition, MissingCause, NDArray, NDAttribute, AttrSource
+from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
+                      NDArray, NDAttribute)
 from .params import Access, Kind
 from .state import DetectorState, Event, StateMachine
 
@@ -82,6 +83,7 @@ class Driver(ArrayPort):
         self.acquisition: Acquisition | None = None
         self._done: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.last_frame_status = VALID  # of the latest frame: replay reports a missing one
 
     # --- what a concrete driver provides -------------------------------------------------------------
     def prepare(self, params: dict[str, Any]) -> None:
@@ -225,10 +227,13 @@ class Driver(ArrayPort):
             frame = NDArray.from_numpy(frame, color_mode=self.color_mode_of(params))
         counter = self.increment("ArrayCounter")
         self.set("NumImagesCounter_RBV", number)
-        frame.stamp(counter, started_wall)
+        # A driver that knows when the frame was taken (a file's DATE-OBS) has set it already.
+        taken = frame.timestamp + EPICS_EPOCH_OFFSET if frame.timestamp else started_wall
+        frame.stamp(counter, taken)
         frame.acquisition = acquisition
         if acquisition.first_id is None:
             acquisition.first_id = counter
+        self.last_frame_status = frame.status
         if frame.valid:
             frame.attributes.setdefault("ColorMode", NDAttribute(
                 "ColorMode", frame.color_mode, "Color mode", AttrSource.DRIVER))

@@ -72,6 +72,7 @@ class MissingCause(enum.Enum):
     VETOED = "vetoed"
     PROCESSING_ERROR = "processing error"
     TIMEOUT = "timeout"
+    INPUT_ERROR = "unreadable input"  # a source file that gives no frame (truncated FITS, ...)
 
 
 @dataclass(frozen=True)

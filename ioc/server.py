@@ -148,18 +148,21 @@ class IOC:
         return self.graph.ports[port]
 
     # --- running ----------------------------------------------------------------------------------
-    async def run(self, started: asyncio.Event | None = None) -> None:
-        """Serve until cancelled; shut every component down on the way out."""
+    async def run(self, started: asyncio.Event | None = None, serve: bool = True) -> None:
+        """Serve until cancelled; shut every component down on the way out. With
+        `serve=False` everything runs but no CA server (batch replay)."""
         self._loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.publisher.run(), name="publisher")]
         try:
             for component in self.components:
                 component.start()
             tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-            context = Context(self.pvdb)
-            self.publisher.context = context
-            tasks.append(asyncio.create_task(context.run(log_pv_names=False), name="caproto"))
-            log.info("serving %d PVs with prefix %s", len(self.pvdb), self.prefix)
+            if serve:
+                context = Context(self.pvdb)
+                self.publisher.context = context
+                tasks.append(asyncio.create_task(context.run(log_pv_names=False),
+                                                 name="caproto"))
+                log.info("serving %d PVs with prefix %s", len(self.pvdb), self.prefix)
             if started is not None:
                 started.set()
             await asyncio.gather(*tasks)

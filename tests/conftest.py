@@ -123,11 +123,12 @@ class IOCProcess:
 
 
 @contextmanager
-def running_ioc(config: str | None, folder: Path, timeout: float = 30) -> Iterator[IOCProcess]:
+def running_ioc(config: str | None, folder: Path, timeout: float = 30,
+                ready: str = "cam1:Acquire_RBV") -> Iterator[IOCProcess]:
     """An IOC for a module's tests (its own prefix); on exit, its log must hold no traceback."""
     ioc = IOCProcess(config, folder, unique_prefix())
     try:
-        ioc.wait_ready(timeout=timeout)
+        ioc.wait_ready(ready, timeout=timeout)
         yield ioc
         assert "Traceback" not in ioc.log(), ioc.log()
     finally:

@@ -61,7 +61,9 @@ class Focus(Algorithm):
             fwhm = 2.3548 * np.sqrt(np.where(second > 0, second, np.nan) / 2)
             hfd = 2 * (w * r).sum(axis=(1, 2)) / w.sum(axis=(1, 2))
         outputs.update(fwhm=median(fwhm), hfd=median(hfd))
-        return Result(outputs)
+        # also on the frame, for a later stage (NEOSTED's field-wide focus reads them)
+        return Result(outputs, attributes={"FWHM": outputs["fwhm"], "HFD": outputs["hfd"],
+                                           "Stars": outputs["stars"]})
 
 
 def median(values):  # over the stars that gave a number
