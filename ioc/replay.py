@@ -4,7 +4,9 @@ server, for algorithm development away from the telescope.
 The IOC is built from the same config and runs the same code: each file is one Acquire of the
 file-reading driver, written through the same put path a CA client uses, and completes (with
 WaitForPlugins) when every plugin, Python algorithms included, has processed it. After each file
-the algorithms' outputs are read off their parameters into one table row.
+the algorithms' outputs are read off their parameters into one table row. Every plugin has
+its callbacks enabled (replay exists to run them); file writers still write only when
+captured; the driver's folder watching and FTP gateway stay off.
 """
 
 from __future__ import annotations
