@@ -280,12 +280,12 @@ class FITSDriver(Driver):
             self.increment("FilesFailed_RBV")
             self._report(str(exc), log=False)  # the missing frame is logged with its cause
             return NDArray.missing(MissingCause.INPUT_ERROR, str(exc))
-        out = self.pool.alloc(fits.data.shape, fits.data.dtype)
+        out = self.pool.alloc(fits.data.shape, fits.dtype)
         if out is None:
             self.increment("FilesFailed_RBV")
             self._report(f"{path.name}: pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
             return NDArray.missing(MissingCause.NO_MEMORY, f"{path.name}: pool limit reached")
-        out[...] = fits.data
+        out[...] = fits.data  # the one copy, byte order converted on the way into the pool
         frame = NDArray.from_numpy(out)
         for key, (value, comment) in fits.header.items():
             frame.attributes[key] = NDAttribute(key, value, comment, AttrSource.DRIVER,
@@ -298,7 +298,7 @@ class FITSDriver(Driver):
         if fits.time is not None:  # the frame's time is when it was taken, not when read
             frame.timestamp = fits.time - EPICS_EPOCH_OFFSET
         ny, nx = fits.data.shape
-        self.set_if_changed({"DataType": data_type_index(fits.data.dtype),
+        self.set_if_changed({"DataType": data_type_index(fits.dtype),
                              "MaxSizeX_RBV": nx, "MaxSizeY_RBV": ny, "SizeX": nx, "SizeY": ny})
         self.increment("FilesRead_RBV")
         return frame

@@ -29,11 +29,16 @@ class FITSError(Exception):
 
 @dataclass
 class FITSFrame:
-    data: np.ndarray  # 2-D, native byte order
+    data: np.ndarray  # 2-D, as astropy gave it: possibly big-endian (copy it once, converting)
     header: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (value, comment)
     hdu: str = ""  # "0" / "SCI" / "1 (COMPRESSED_IMAGE)"
     time: float | None = None  # DATE-OBS as POSIX seconds
     camera: str = ""
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The pixels' type in native byte order: what the frame will hold."""
+        return self.data.dtype.newbyteorder("=")
 
 
 def read_fits(path: Path, hdu: str = "auto", camera_keyword: str = "CAMERA") -> FITSFrame:
@@ -57,7 +62,6 @@ def read_fits(path: Path, hdu: str = "auto", camera_keyword: str = "CAMERA") -> 
     if data is None or data.ndim != 2:
         shape = "no data" if data is None else f"{data.ndim}-D data {data.shape}"
         raise FITSError(f"{name}: HDU {hdu} has {shape}; a 2-D image is needed")
-    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("="))
     label = f"{index}" + (f" ({chosen.name})" if chosen.name not in ("", "PRIMARY") else "")
     return FITSFrame(data, cards, label, _date_obs(cards), _camera(cards, path, camera_keyword))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import numbers
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,16 @@ class NDAttribute:
     description: str = ""
     source_type: AttrSource = AttrSource.DRIVER
     source: str = ""
+
+    def number(self) -> float | None:
+        """The value as a double, or None if it is not numeric (text is not parsed, as ADCore's
+        getValue does not convert an NDAttrString)."""
+        value = self.value
+        if isinstance(value, np.ndarray) and value.size == 1:
+            value = value.reshape(-1)[0]
+        if isinstance(value, (numbers.Real, np.bool_)):
+            return float(value)
+        return None
 
 
 @dataclass
@@ -133,6 +144,18 @@ class Acquisition:
         return cls(next(_acquisition_ids), dict(params))
 
 
+def xyz_dims(ndims: int, color_mode: int) -> tuple[int, ...]:
+    """The dimensions (dims index) holding X, Y and Z, the first `ndims` of them, as
+    NDArray::getInfo assigns them: a 3-D RGB1 array is (colour, x, y), RGB2 (x, colour, y)."""
+    if ndims == 3:
+        mode = COLOR_MODES[color_mode] if 0 <= color_mode < len(COLOR_MODES) else "Mono"
+        return {"RGB1": (1, 2, 0), "RGB2": (0, 2, 1)}.get(mode, (0, 1, 2))
+    return tuple(range(ndims))
+
+
+SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # transform: x <-> y
+
+
 def identity() -> np.ndarray:
     return np.eye(3)
 
@@ -215,12 +238,8 @@ class NDArray:
     def xyz_sizes(self) -> tuple[int, int, int]:
         """ArraySizeX/Y/Z as ADCore reports them for this array's colour mode."""
         sizes = [d.size for d in self.dims] + [0, 0, 0]
-        mode = COLOR_MODES[self.color_mode] if self.color_mode < len(COLOR_MODES) else "Mono"
-        if self.ndims == 3 and mode == "RGB1":
-            return sizes[1], sizes[2], sizes[0]
-        if self.ndims == 3 and mode == "RGB2":
-            return sizes[0], sizes[2], sizes[1]
-        return sizes[0], sizes[1], sizes[2]
+        x, y, z = xyz_dims(3, self.color_mode) if self.ndims == 3 else (0, 1, 2)
+        return sizes[x], sizes[y], sizes[z]
 
     # --- coordinate transform -------------------------------------------------------------------
     def to_detector(self, points: np.ndarray) -> np.ndarray:

@@ -179,9 +179,6 @@ class Plugin(ArrayPort):
                     self._enter(array)  # left again in complete()
                     return
                 outputs = _as_list(result)
-                for out in outputs:
-                    if out is not array and out.valid:  # never edit a shared input's list
-                        self.attach_attributes(out)
             except Exception as exc:  # a bug in one plugin must not stop the pipeline
                 self.log.error("%s: processing array %d failed: %s: %s", self.prefix,
                                array.unique_id, type(exc).__name__, exc)
@@ -191,17 +188,23 @@ class Plugin(ArrayPort):
                                                                  str(exc)))]
         else:
             outputs = _as_list(self.process_missing(array))
-        self.set("ExecutionTime_RBV", (time.perf_counter() - start) * 1e3)
-        self._sorter.push(array, outputs)
+        self._finish(array, outputs, time.perf_counter() - start)
 
     def complete(self, array: NDArray, outputs: Outputs, seconds: float | None = None) -> None:
         """Finish a frame whose process() returned DEFERRED (any thread)."""
         try:
-            if seconds is not None:
-                self.set("ExecutionTime_RBV", seconds * 1e3)
-            self._sorter.push(array, _as_list(outputs))
+            self._finish(array, _as_list(outputs), seconds)
         finally:
             self._leave(array)
+
+    def _finish(self, array: NDArray, outputs: list[NDArray], seconds: float | None) -> None:
+        """What every processed frame goes through, returned at once or completed later."""
+        for out in outputs:
+            if out is not array and out.valid:  # never edit a shared input's list
+                self.attach_attributes(out)
+        if seconds is not None:
+            self.set("ExecutionTime_RBV", seconds * 1e3)
+        self._sorter.push(array, outputs)
 
     def _deliver(self, outputs: list[NDArray]) -> None:
         for out in outputs:
@@ -254,7 +257,8 @@ class Sorter:
         self.plugin = plugin
         self._lock = threading.Lock()
         self._deliver_lock = threading.Lock()
-        self._heap: list[tuple[int, int, float, list[NDArray]]] = []
+        # (unique id, tie, arrival, acquisition, outputs)
+        self._heap: list[tuple[int, int, float, Acquisition | None, list[NDArray]]] = []
         self._tie = itertools.count()
         self._last_id: int | None = None
         self._acquisition: Acquisition | None = None
@@ -297,18 +301,18 @@ class Sorter:
         now = time.monotonic()
         while self._heap:
             uid, _, arrived, acquisition, outs = self._heap[0]
-            # Only the expected id goes out at once; any other waits, for at most SortTime
-            # and while fewer than SortSize are held, for the gap before it to fill.
-            in_order = uid == self._expected(acquisition)
+            # The expected id (or a late one) goes out at once; a later one waits, for at most
+            # SortTime and while fewer than SortSize are held, for the gap before it to fill.
+            expected = self._expected(acquisition)
+            in_order = expected is None or uid <= expected
             too_many = len(self._heap) > v["SortSize"]
             stale = now - arrived >= v["SortTime"]
             if not (in_order or too_many or stale):
                 break
             heapq.heappop(self._heap)
             self._note_order(uid, acquisition)
-            self._acquisition = acquisition
             ready.append(outs)
-        self.plugin.set("SortFree", max(0, v["SortSize"] - len(self._heap)))
+        self.plugin.set_if_changed({"SortFree": max(0, v["SortSize"] - len(self._heap))})
         return ready
 
     def _note_order(self, unique_id: int, acquisition: Acquisition | None) -> None:
@@ -317,3 +321,4 @@ class Sorter:
             self.plugin.increment("DisorderedArrays")
         if new_run or self._last_id is None or unique_id > self._last_id:
             self._last_id = unique_id
+        self._acquisition = acquisition

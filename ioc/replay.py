@@ -88,7 +88,8 @@ async def _run(ioc: Any, files: list[Path],
                           f"this config has: {kinds}")
     driver: Driver = sources[0]  # type: ignore[assignment]
     driver.go_offline()  # type: ignore[attr-defined]
-    algorithms = [p for p in ioc.plugins if _outputs(p)]
+    # outputs per algorithm, fixed at start: they are the table's columns
+    algorithms = {p: names for p in ioc.plugins if (names := _outputs(p))}
     started = asyncio.Event()
     serving = asyncio.create_task(ioc.run(started, serve=False))
     await started.wait()
@@ -99,7 +100,7 @@ async def _run(ioc: Any, files: list[Path],
                             ("ArrayCallbacks", 1)):
             await put(driver, name, value)
         summary = ReplaySummary(columns=["file", "unique_id", "status"] + [
-            f"{p.port}:{name}" for p in algorithms for name in _outputs(p)])
+            f"{p.port}:{name}" for p, names in algorithms.items() for name in names])
         begun = time.monotonic()
         for i, path in enumerate(files):
             failed_before = {p.port: _failures(p) for p in algorithms}
@@ -129,8 +130,8 @@ def _failures(plugin: Plugin) -> int:
     return sum(int(plugin.values.get(k, 0)) for k in ("FramesFailed_RBV", "FramesTimedOut_RBV"))
 
 
-def _row(path: Path, driver: Driver, algorithms: list[Plugin], failed_before: dict[str, int],
-         summary: ReplaySummary) -> dict[str, Any]:
+def _row(path: Path, driver: Driver, algorithms: dict[Plugin, list[str]],
+         failed_before: dict[str, int], summary: ReplaySummary) -> dict[str, Any]:
     status = driver.last_frame_status
     row: dict[str, Any] = {"file": str(path), "unique_id": driver.values["ArrayCounter"]}
     if status.valid:
@@ -140,12 +141,12 @@ def _row(path: Path, driver: Driver, algorithms: list[Plugin], failed_before: di
         cause = status.missing.value if status.missing else "missing"
         summary.missing[cause] += 1
         row["status"] = f"{cause}: {status.message}"
-    for plugin in algorithms:
+    for plugin, names in algorithms.items():
         failed = _failures(plugin) > failed_before[plugin.port]
         if failed:
             summary.algorithm_failures[plugin.port] += 1
-        for name in _outputs(plugin):
-            ok = status.valid and not failed
+        ok = status.valid and not failed
+        for name in names:
             row[f"{plugin.port}:{name}"] = plugin.values.get(name) if ok else None
     return row
 

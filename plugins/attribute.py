@@ -15,11 +15,9 @@ only traces it).
 
 from __future__ import annotations
 
-import numbers
 import threading
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ndflow.ndarray import NDArray
@@ -50,12 +48,10 @@ def attribute_value(array: NDArray, name: str) -> float | str:
     attribute = array.attributes.get(name)
     if attribute is None:
         return f"array {array.unique_id} has no attribute {name!r}"
-    value = attribute.value
-    if isinstance(value, np.ndarray) and value.size == 1:
-        value = value.reshape(-1)[0]
-    if isinstance(value, (numbers.Real, np.bool_)):
-        return float(value)
-    return f"attribute {name!r} is not a number ({type(value).__name__})"
+    value = attribute.number()
+    if value is None:
+        return f"attribute {name!r} is not a number ({type(attribute.value).__name__})"
+    return value
 
 
 class Attribute(Plugin):

@@ -45,7 +45,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ndflow.adcore import NDARRAY_BASE, PLUGIN_BASE
 from ndflow.channels import HANDLED
 from ndflow.ndarray import NDArray
 from ndflow.params import R, STRING_MAX, W, bool_param, float_param, int_param, string_param, \
@@ -389,7 +388,7 @@ class CircularBuff(Plugin):
     kind = "circularbuff"
     plugin_type = "NDPluginCircularBuff"
     compression_aware = True  # it only holds and forwards arrays
-    PARAMS = (NDARRAY_BASE, PLUGIN_BASE, CB_PARAMS)
+    PARAMS = Plugin.PARAMS + (CB_PARAMS,)
     Options = CircularBuffOptions
 
     def __init__(self, *args: Any, options: CircularBuffOptions | None = None,
@@ -414,7 +413,7 @@ class CircularBuff(Plugin):
 
     # --- status -----------------------------------------------------------------------------------
     def _status(self, text: str) -> None:
-        self.set("StatusMessage", text[: STRING_MAX - 1])
+        self.set_if_changed({"StatusMessage": text[: STRING_MAX - 1]})  # set on every frame
 
     def _report(self, text: str) -> None:
         """A problem: the short form on StatusMessage, all of it on StatusMessage_RBV."""
@@ -605,9 +604,5 @@ class CircularBuff(Plugin):
 def _attribute_value(array: NDArray, name: str) -> float:
     """The attribute's value as a double, NaN when absent or not numeric (ADCore's getValue)."""
     attribute = array.attributes.get(name) if name else None
-    if attribute is None:
-        return math.nan
-    try:
-        return float(attribute.value)
-    except (TypeError, ValueError):
-        return math.nan
+    value = None if attribute is None else attribute.number()
+    return math.nan if value is None else value

@@ -36,7 +36,7 @@ import imagecodecs
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ndflow.adcore import COLOR_MODES, NDARRAY_BASE, PLUGIN_BASE
+from ndflow.adcore import COLOR_MODES
 from ndflow.ndarray import AttrSource, Codec as NDCodec, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, enum_param, float_param, int_param, text_param
 from ndflow.plugin import Plugin
@@ -126,8 +126,8 @@ def encode_bslz4(data: np.ndarray) -> bytes:
     flat = np.ascontiguousarray(data).reshape(-1)
     item = flat.dtype.itemsize
     block = bshuf_block_elements(item)
-    shuffled = memoryview(imagecodecs.bitshuffle_encode(flat.tobytes(), itemsize=item,
-                                                        blocksize=block))
+    raw = memoryview(flat).cast("B")  # the elements' bytes, not a copy of them
+    shuffled = memoryview(imagecodecs.bitshuffle_encode(raw, itemsize=item, blocksize=block))
     parts = [struct.pack(">QI", flat.nbytes, block * item)]
     start = 0
     for size in _bshuf_blocks(flat.size, block):
@@ -160,7 +160,7 @@ def decode_bslz4(chunk: bytes | np.ndarray, dtype: np.dtype, count: int) -> np.n
         pos += 4 + packed
         start += nbytes
     shuffled[start:] = buf[pos:pos + total - start]
-    plain = imagecodecs.bitshuffle_decode(bytes(shuffled), itemsize=item, blocksize=block)
+    plain = imagecodecs.bitshuffle_decode(shuffled, itemsize=item, blocksize=block)
     return np.frombuffer(plain, dtype=dtype)
 
 
@@ -203,7 +203,7 @@ class Codec(Plugin):
     kind = "codec"
     plugin_type = "NDPluginCodec"
     compression_aware = True
-    PARAMS = (NDARRAY_BASE, PLUGIN_BASE, CODEC_PARAMS)
+    PARAMS = Plugin.PARAMS + (CODEC_PARAMS,)
     Options = CodecOptions
 
     def __init__(self, *args: Any, options: CodecOptions | None = None, **kw: Any) -> None:
@@ -222,7 +222,8 @@ class Codec(Plugin):
         except CodecFailure as exc:
             output, factor, status, error = array, 1.0, exc.status, str(exc)
             self.message(f"array {array.unique_id}: {error}", logging.WARNING)
-        self.set_many({"CodecError": error, "CodecStatus": status, "CompFactor_RBV": factor})
+        self.set_if_changed({"CodecError": error, "CodecStatus": status,
+                             "CompFactor_RBV": factor})
         return output
 
     # --- compress ---------------------------------------------------------------------------------
@@ -261,12 +262,12 @@ class Codec(Plugin):
     def _decompress(self, array: NDArray) -> tuple[NDArray, float]:
         name = array.codec.name
         if not name:
-            self.set("Compressor", NONE)
+            self.set_if_changed({"Compressor": NONE})
             return array, 1.0
         if name not in CODEC_NAMES:
             raise CodecFailure(f"Unexpected codec: '{name}'")
         algo = CODEC_NAMES.index(name)
-        self.set("Compressor", algo)
+        self.set_if_changed({"Compressor": algo})
         try:
             if algo == JPEG:
                 output = self._decode_jpeg(array)
@@ -289,7 +290,8 @@ class Codec(Plugin):
             plain = imagecodecs.blosc_decode(chunk, numthreads=self.values["BloscNumThreads"])
         elif algo in (LZ4, LZ4HDF5):
             if algo == LZ4HDF5 and len(chunk) >= 12:
-                self.set("LZ4HDF5BlockSize", struct.unpack(">I", chunk[8:12].tobytes())[0])
+                block = struct.unpack(">I", chunk[8:12].tobytes())[0]
+                self.set_if_changed({"LZ4HDF5BlockSize": block})
             plain = imagecodecs.lz4h5_decode(chunk)
         else:
             return decode_bslz4(chunk, dtype, count).reshape(shape)

@@ -48,14 +48,11 @@ import numpy as np
 from ndflow.ndarray import MissingCause, NDArray
 from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
     string_param, text_param
+from ndflow.plugins.codec import BLOSC_CNAMES, BLOSC_COMPRESSORS
 from ndflow.plugins.file_writer import FileWriter, WriteError
 
-DATA_PATH = "/entry/data/data"
 ATTR_GROUP = "/entry/instrument/NDAttributes"
-MISSING_PATH = "/entry/ndflow/missing"
 COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
-BLOSC_COMPRESSORS = ("BloscLZ", "LZ4", "LZ4HC", "SNAPPY", "ZLIB", "ZSTD")
-_BLOSC_CNAMES = ("blosclz", "lz4", "lz4hc", "snappy", "zlib", "zstd")
 _MISSING_CODES = {cause: i + 1 for i, cause in enumerate(MissingCause)}
 _EXTRA = ("N", "X", "Y", *map(str, range(3, 10)))
 #: room kept free for HDF5's metadata and the final flush when checking for a full disk
@@ -135,7 +132,6 @@ class HDF5(FileWriter):
         self._direct = False
         self._ignored: set[str] = set()
         self._since_flush = 0
-        self._last_write = 0.0
 
     # --- unsupported options are said, not silently ignored ------------------------------------------
     def put_Compression(self, value: int) -> int:
@@ -181,7 +177,6 @@ class HDF5(FileWriter):
         self._pending = []
         self._since_flush = 0
         self._ignored = set()
-        self._last_write = 0.0
         f = self._file
         f.attrs["creator"] = f"ndflow {self.plugin_type}"
         entry = f.require_group("entry")
@@ -251,7 +246,7 @@ class HDF5(FileWriter):
         if name == "zlib":
             return {"compression": "gzip", "compression_opts": v["ZLevel"]}
         if name == "Blosc":
-            return dict(hdf5plugin.Blosc(cname=_BLOSC_CNAMES[v["BloscCompressor"]],
+            return dict(hdf5plugin.Blosc(cname=BLOSC_CNAMES[v["BloscCompressor"]],
                                          clevel=v["BloscLevel"], shuffle=v["BloscShuffle"]))
         if name == "LZ4":
             return dict(hdf5plugin.LZ4())
@@ -288,8 +283,7 @@ class HDF5(FileWriter):
             if not array.codec.compressed:
                 raise WriteError(f"array {array.unique_id} is not compressed but the file "
                                  "holds pre-compressed frames; start a new file")
-            data.id.write_direct_chunk((row, *([0] * (data.ndim - 1))),
-                                       array.data.tobytes())
+            data.id.write_direct_chunk((row, *([0] * (data.ndim - 1))), array.data)
         else:
             if array.codec.compressed:
                 raise WriteError(f"array {array.unique_id} is compressed ({array.codec.name}) "

@@ -176,16 +176,19 @@ class RecursiveFilter:
         return out
 
 
+def flat_factor(flat: np.ndarray, scale: float) -> np.ndarray:
+    """ScaleFlatField / flat, 1 where the flat is 0 (that pixel stays finite)."""
+    return np.divide(scale, flat, out=np.ones_like(flat, dtype=np.float64), where=flat != 0)
+
+
 def correct(data: np.ndarray, v: Mapping[str, Any], background: np.ndarray | None,
-            flat: np.ndarray | None) -> np.ndarray:
-    """Background, flat field, offset/scale and clipping on a float64 array, in place."""
+            factor: np.ndarray | None) -> np.ndarray:
+    """Background, flat field (`factor` from flat_factor), offset/scale and clipping on a
+    float64 array, in place."""
     if background is not None:
         data -= background.reshape(data.shape)
-    if flat is not None:
-        flat = flat.reshape(data.shape)
-        nonzero = flat != 0
-        factor = np.divide(v["ScaleFlatField"], flat, out=np.ones_like(flat), where=nonzero)
-        data *= factor
+    if factor is not None:
+        data *= factor.reshape(data.shape)
     if v["EnableOffsetScale"]:
         data += v["Offset"]
         data *= v["Scale"]
@@ -210,6 +213,7 @@ class Process(Plugin):
         self.values.update(filter_preset(self.values["FilterType"], self.values["NumFilter"]))
         self._background: np.ndarray | None = None
         self._flat: np.ndarray | None = None
+        self._factor: tuple[np.ndarray, float, np.ndarray] | None = None  # flat, scale, factor
         self._last_output: np.ndarray | None = None  # ADCore's pArrays[0]
         self._filter = RecursiveFilter()
         self._filter_lock = threading.Lock()
@@ -230,13 +234,14 @@ class Process(Plugin):
         auto = bool(v["AutoOffsetScale"])
         if not (background is not None or flat is not None or auto or v["EnableFilter"]
                 or v["EnableOffsetScale"] or v["EnableLowClip"] or v["EnableHighClip"]):
-            self.set("NumFiltered_RBV", self._filter.num_filtered)
+            self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
             return self._output(array, c_cast(data_in, dtype))
 
         data = data_in.astype(np.float64)
         # ADCore measures the input, before any correction; an empty array counts as 0..1.
         low, high = (float(data.min()), float(data.max())) if auto and data.size else (0.0, 1.0)
-        correct(data, v, background, flat)
+        correct(data, v, background, None if flat is None else
+                self._flat_factor(flat, float(v["ScaleFlatField"])))
         emit = True
         if v["EnableFilter"]:
             num_filter = max(1, v["NumFilter"])
@@ -244,7 +249,7 @@ class Process(Plugin):
                 data = self._filter.step(data, Coefficients.of(v), num_filter,
                                          bool(v["ResetFilter"]), bool(v["AutoResetFilter"]))
                 emit = not (v["FilterCallbacks"] and self._filter.num_filtered != num_filter)
-        self.set("NumFiltered_RBV", self._filter.num_filtered)
+        self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
         out = self._output(array, c_cast(data, dtype)) if emit else None
         if auto:
             if out is not None and high > low:
@@ -252,6 +257,13 @@ class Process(Plugin):
             if self._last_output is not None:
                 self._auto_done()
         return out
+
+    def _flat_factor(self, flat: np.ndarray, scale: float) -> np.ndarray:
+        """Computed once per saved flat and scale, not per frame."""
+        cached = self._factor
+        if cached is None or cached[0] is not flat or cached[1] != scale:
+            cached = self._factor = (flat, scale, flat_factor(flat, scale))
+        return cached[2]
 
     def _reference(self, stored: np.ndarray | None, size: int, valid_name: str,
                    enabled: int) -> np.ndarray | None:

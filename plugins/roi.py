@@ -40,8 +40,8 @@ import numpy as np
 
 from ndflow.adcore import COLOR_MODES
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
-from ndflow.ndarray import (AttrSource, FrameStatus, MissingCause, NDArray, NDAttribute,
-                            NDDimension, region_transform)
+from ndflow.ndarray import (SWAP_XY, AttrSource, FrameStatus, MissingCause, NDArray,
+                            NDAttribute, NDDimension, region_transform, xyz_dims)
 from ndflow.params import R, Param, bool_param, enum_param, float_param, int_param, string_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -85,15 +85,6 @@ class Region:
     @property
     def out_size(self) -> int:
         return self.size // self.binning
-
-
-def user_dims(ndims: int, color_mode: int) -> tuple[int, ...]:
-    """The array dimension holding X, Y and Z (the first `ndims` of them), as NDArray::getInfo
-    assigns them."""
-    if ndims == 3:
-        mode = COLOR_MODES[color_mode] if 0 <= color_mode < len(COLOR_MODES) else "Mono"
-        return {"RGB1": (1, 2, 0), "RGB2": (0, 2, 1)}.get(mode, (0, 1, 2))
-    return tuple(range(ndims))
 
 
 def clip_region(axis: str, n: int, req: dict[str, int], reverse: bool, enabled: bool,
@@ -144,7 +135,6 @@ def compose_dim(src: NDDimension, region: Region) -> NDDimension:
                        src.binning * region.binning, src.reverse != region.reverse)
 
 
-SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
 
 
 class ROI(Plugin):
@@ -169,7 +159,7 @@ class ROI(Plugin):
         dims = array.dims if len(array.dims) == data.ndim else \
             [NDDimension(n) for n in reversed(data.shape)]
         nd = data.ndim
-        ud = user_dims(nd, array.color_mode) if 1 <= nd <= 3 else ()
+        ud = xyz_dims(nd, array.color_mode) if 1 <= nd <= 3 else ()
         for u, axis in enumerate(AXES):
             self.set_if_changed({f"MaxSize{axis}_RBV": dims[ud[u]].size if u < len(ud) else 0})
         if not ud or 0 in data.shape:

@@ -30,6 +30,8 @@ squares, profiles and threshold moments from them; min/max come from argmin/argm
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +39,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ndflow.adcore import COLOR_MODES
-from ndflow.ndarray import AttrSource, NDArray, NDAttribute
+from ndflow.ndarray import AttrSource, NDArray, NDAttribute, xyz_dims
 from ndflow.params import R, RW, W, Param, ParamTable, array_param, bool_param, float_param, \
     int_param
 from ndflow.plugin import Plugin
@@ -242,32 +243,47 @@ def profiles(image: np.ndarray, sums: Scan, centroid_x: float, centroid_y: float
     return out, float(image[ky, kx])
 
 
-def histogram(data: np.ndarray, size: int, low: float, high: float
-              ) -> tuple[np.ndarray, int, int, float]:
-    """(counts per bin, below, above, entropy) with doComputeHistogramT's binning."""
-    if high <= low:
-        high = low + 1.0
+def _bins(values: np.ndarray, size: int, low: float, high: float
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bin of each inside value, below, above, inside masks) as doComputeHistogramT bins."""
     scale = (size - 1) / (high - low)
-    flat = data.reshape(-1)
-    if data.dtype.kind in "iub" and data.dtype.itemsize <= 2:
-        # Count each possible value once, then bin the (at most 65536) values.
-        unsigned = flat.view(f"u{data.dtype.itemsize}")
-        per_value = np.bincount(unsigned, minlength=1 << (8 * data.dtype.itemsize))
-        values = np.arange(per_value.size, dtype=np.float64)
-        if data.dtype.kind == "i":
-            values[per_value.size // 2:] -= per_value.size
-    else:
-        values, per_value = flat.astype(np.float64), None
     with np.errstate(invalid="ignore"):
         bins = np.trunc((values - low) * scale + 0.5)
         below = (bins < 0) | (values < low) | np.isnan(values)
         above = ~below & ((bins > size - 1) | (values > high))
     inside = ~(below | above)
-    weights = per_value[inside] if per_value is not None else None
-    counts = np.bincount(bins[inside].astype(np.intp), weights=weights,
-                         minlength=size).astype(np.float64)
-    n_below = int(per_value[below].sum()) if per_value is not None else int(below.sum())
-    n_above = int(per_value[above].sum()) if per_value is not None else int(above.sum())
+    return bins[inside].astype(np.intp), below, above, inside
+
+
+@functools.lru_cache(maxsize=8)
+def _value_bins(dtype: str, size: int, low: float, high: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_bins` of every value an 8/16-bit type can hold, in the order of its unsigned view."""
+    itemsize = np.dtype(dtype).itemsize
+    values = np.arange(1 << (8 * itemsize), dtype=np.float64)
+    if np.dtype(dtype).kind == "i":
+        values[values.size // 2:] -= values.size
+    return _bins(values, size, low, high)
+
+
+def histogram(data: np.ndarray, size: int, low: float, high: float
+              ) -> tuple[np.ndarray, int, int, float]:
+    """(counts per bin, below, above, entropy) with doComputeHistogramT's binning."""
+    if high <= low:
+        high = low + 1.0
+    flat = data.reshape(-1)
+    if data.dtype.kind in "iub" and data.dtype.itemsize <= 2:
+        # Count each possible value once, then bin the (at most 65536) values by a table that
+        # only changes with the type and HistSize/Min/Max.
+        unsigned = flat.view(f"u{data.dtype.itemsize}")
+        per_value = np.bincount(unsigned, minlength=1 << (8 * data.dtype.itemsize))
+        bins, below, above, inside = _value_bins(data.dtype.str, size, low, high)
+        counts = np.bincount(bins, weights=per_value[inside], minlength=size)
+        n_below, n_above = int(per_value[below].sum()), int(per_value[above].sum())
+    else:
+        bins, below, above, inside = _bins(flat.astype(np.float64), size, low, high)
+        counts = np.bincount(bins, minlength=size).astype(np.float64)
+        n_below, n_above = int(below.sum()), int(above.sum())
     positive = counts[counts > 0]
     entropy = -float(positive @ np.log(positive)) / max(flat.size, 1)
     return counts, n_below, n_above, entropy
@@ -281,12 +297,11 @@ def histogram_x(size: int, low: float, high: float) -> np.ndarray:
 
 def xy_axes(array: NDArray) -> tuple[int, int | None]:
     """numpy axes of x and y for MinX/MinY/MaxX/MaxY (y None for a 1-D array)."""
-    if array.data.ndim == 1:
+    nd = array.data.ndim
+    if nd == 1:
         return 0, None
-    if array.data.ndim == 3:
-        mode = COLOR_MODES[array.color_mode] if array.color_mode < len(COLOR_MODES) else ""
-        return {"RGB1": (1, 0), "RGB2": (2, 0)}.get(mode, (2, 1))
-    return array.data.ndim - 1, array.data.ndim - 2
+    x, y = xyz_dims(nd, array.color_mode)[:2]
+    return nd - 1 - x, nd - 1 - y  # numpy axes run opposite to dims
 
 
 # --- the plugin -----------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ndflow.adcore import COLOR_MODES
-from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDDimension
+from ndflow.ndarray import (SWAP_XY, FrameStatus, MissingCause, NDArray, NDDimension,
+                            xyz_dims)
 from ndflow.params import W, enum_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -62,23 +62,12 @@ ORIENTATIONS = (
 )
 
 
-def spatial_dims(ndims: int, color_mode: int) -> tuple[int, int]:
-    """(x, y) array dimensions of a 2-D or 3-D array (NDArray::getInfo)."""
-    mode = COLOR_MODES[color_mode] if 0 <= color_mode < len(COLOR_MODES) else "Mono"
-    if ndims == 3 and mode == "RGB1":
-        return 1, 2
-    if ndims == 3 and mode == "RGB2":
-        return 0, 2
-    return 0, 1
-
-
 def pixel_map(o: Orientation, width: int, height: int) -> np.ndarray:
     """3x3 affine from output pixel (x, y) to input pixel, for an output of width x height."""
     flip = np.array([[-1.0 if o.flip_x else 1.0, 0.0, width - 1.0 if o.flip_x else 0.0],
                      [0.0, -1.0 if o.flip_y else 1.0, height - 1.0 if o.flip_y else 0.0],
                      [0.0, 0.0, 1.0]])
-    swap = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    return swap @ flip if o.transpose else flip
+    return SWAP_XY @ flip if o.transpose else flip
 
 
 def orient(data: np.ndarray, o: Orientation, x_axis: int, y_axis: int) -> np.ndarray:
@@ -122,7 +111,7 @@ class Transform(Plugin):
     def _turn(self, array: NDArray, o: Orientation) -> NDArray | None:
         """The turned copy with swapped/reversed dims and composed transform (None: no memory)."""
         nd = array.ndims
-        x_dim, y_dim = spatial_dims(nd, array.color_mode)
+        x_dim, y_dim = xyz_dims(3 if nd == 3 else 2, array.color_mode)[:2]
         turned = orient(array.data, o, nd - 1 - x_dim, nd - 1 - y_dim)
         buffer = self.pool.alloc(turned.shape, turned.dtype)
         if buffer is None:

@@ -18,7 +18,7 @@ from typing import Iterator
 import pytest
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
     """A port free for both TCP and UDP, with port+1 free too (repeater/beacons)."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -42,7 +42,7 @@ def _free_port_pair() -> int:
 # the client searches all of them.
 CA_PORTS = []
 while len(CA_PORTS) < 4:
-    port = _free_port_pair()
+    port = free_port_pair()
     if all(abs(port - other) > 1 for other in CA_PORTS):
         CA_PORTS.append(port)
 CA_PORT = CA_PORTS[0]

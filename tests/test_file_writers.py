@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import epics
@@ -203,7 +202,7 @@ def test_compressed_files_read_back_with_plain_h5py(ioc, p, compression, filter_
             print(d.id.get_create_plist().get_filter(0)[0], d.shape, int(d[:].sum()))
         """)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
-    fid, shape, total = check.stdout.split(" ", 1)[0], None, int(check.stdout.split()[-1])
+    fid, total = check.stdout.split(" ", 1)[0], int(check.stdout.split()[-1])
     assert int(fid) == filter_id
     assert total == int(frames(3).astype(np.int64).sum())
     with h5py.File(path) as f:

@@ -15,9 +15,8 @@ from pathlib import Path
 import epics
 import h5py
 import numpy as np
-import pytest
 
-from conftest import NDFLOW, REPO, running_ioc
+from conftest import NDFLOW, REPO, free_port_pair, running_ioc
 from test_acquisition import get, wait_for
 from test_ftp_gateway import ARCHIVE_PW, ARCHIVE_USER, Archive
 
@@ -88,13 +87,6 @@ def live_config(tmp_path: Path, gateway_port: int, archive_port: int) -> str:
     return text
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def upload(port: int, path: Path) -> None:
     with ftplib.FTP() as ftp:
         ftp.connect("127.0.0.1", port, timeout=10)
@@ -116,7 +108,7 @@ def severity(name: str) -> int:
 
 def test_cameras_upload_through_the_gateway_and_focus_alarms(tmp_path):
     archive = Archive(tmp_path / "archive").start()
-    gateway_port = free_port()
+    gateway_port = free_port_pair()
     os.environ.update(NEOSTED_FTP_PASSWORD=CAMERA_PW, NEOSTED_ARCHIVE_PASSWORD=ARCHIVE_PW)
     sharp = frames(tmp_path / "camera", 1, [0, 0.5]) + frames(tmp_path / "camera", 2, [0, 0.5])
     blurred = frames(tmp_path / "camera", 1, [6, 6.5], seed=4) + \

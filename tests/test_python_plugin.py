@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -83,12 +82,14 @@ def ioc(tmp_path_factory, live_folder):
         + python_plugin("LIVE", "Live:", "live.py")
         + python_plugin("ORDER", "Order:", "slow_mean.py", workers=2)
         + python_plugin("REC", "Rec:", "recorder.py", upstream="ORDER")
+        + python_plugin("STAMP", "Stamp:", "stamp.py")
+        + python_plugin("CHECK", "Check:", "check_stamp.py", upstream="STAMP")
     )
     proc = IOCProcess(config, tmp_path_factory.mktemp("ioc"), unique_prefix())
     proc.wait_ready(timeout=60)
     p = proc.prefix
     for plugin in ("image1:", "Py1:", "Py2:", "image2:", "Py3:", "Py4:", "Fault:", "Live:",
-                   "Order:", "Rec:"):
+                   "Order:", "Rec:", "Stamp:", "Check:"):
         put(p + plugin + "EnableCallbacks", "Enable")
     put(p + "cam1:WaitForPlugins", "Yes")
     put(p + "cam1:AcquireTime", 0.001)
@@ -293,6 +294,16 @@ def test_generated_screens_name_only_served_pvs(ioc, live_folder):
         for pv in pvs:
             name = pv.replace("$(P)", ioc.prefix).replace("$(R)", r)
             assert epics.caget(name, timeout=3, as_string=True) is not None, (path.name, name)
+
+
+def test_output_images_reach_the_next_stage_intact(ioc):
+    """Up to pipeline_depth frames are in flight per child: an image must not be overwritten
+    by the next frame's while the IOC copies it out."""
+    p = ioc.prefix
+    checked = get(p + "Check:Checked_RBV", use_monitor=False)
+    acquire(p, 40)  # WaitForPlugins: every stage is done when this returns
+    assert get(p + "Check:Checked_RBV", use_monitor=False) >= checked + 20  # some may drop
+    assert get(p + "Check:Torn_RBV", use_monitor=False) == 0
 
 
 def test_two_workers_keep_unique_id_order(ioc):

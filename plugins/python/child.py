@@ -77,9 +77,13 @@ class Runtime:
         self.declarations: list[Any] = []
         self.params = algorithm.Params()
         self.segments: dict[int, Any] = {}
-        self.out_segment: Any = None
+        # Output images go round a ring of segments, one more than the frames in flight: the
+        # IOC copies image N while this process may already write N+1 .. N+depth.
+        self.out_segments: list[Any] = [None] * (int(settings.get("depth", 1)) + 1)
+        self.outputs = 0
         self.loads = 0
-        self._dims_cache: tuple[str, Any] = ("", ())
+        self._dims_cache: tuple[list[list[Any]] | None, Any] = (None, ())
+        self.output_names: set[str] = set()
         self._tf_cache: tuple[list[float] | None, Any] = (None, None)
 
     # --- loading ------------------------------------------------------------------------------
@@ -99,6 +103,7 @@ class Runtime:
         defaults = {d.attr: d.default for d in declarations if d.direction == "in"}
         self.params = self.api.Params({k: self.params.get(k, v) for k, v in defaults.items()})
         self.instance, self.declarations = instance, declarations
+        self.output_names = {d.attr for d in declarations if d.direction == "out"}
         self.loads += 1
         self.channel.send(self.wire.DECLARE, {
             "declarations": [d.describe() for d in declarations],
@@ -173,9 +178,8 @@ class Runtime:
 
     def _dims(self, dims: list[list[Any]]) -> tuple[Any, ...]:
         """Frames of a run share their layout: build its objects once (per-frame cost)."""
-        key = str(dims)
-        if self._dims_cache[0] != key:
-            self._dims_cache = (key, tuple(self.api.Dimension(*d) for d in dims))
+        if self._dims_cache[0] != dims:
+            self._dims_cache = (dims, tuple(self.api.Dimension(*d) for d in dims))
         return self._dims_cache[1]
 
     def _transform(self, values: list[float]) -> Any:
@@ -194,8 +198,7 @@ class Runtime:
         elif not isinstance(result, api.Result):
             raise TypeError(f"process() returned {type(result).__name__}; return a Result, "
                             f"a dict of outputs or None")
-        known = {d.attr for d in self.declarations if d.direction == "out"}
-        unknown = sorted(set(result.outputs) - known)
+        unknown = sorted(set(result.outputs) - self.output_names)
         if unknown:
             raise KeyError(f"process() returned undeclared outputs: {', '.join(unknown)}")
         status = api.Status(result.status)
@@ -206,14 +209,16 @@ class Runtime:
             return []
         image = np.ascontiguousarray(result.image)
         fds: list[int] = []
-        if self.out_segment is None or len(self.out_segment) < image.nbytes:
-            size = max(image.nbytes, 2 * len(self.out_segment) if self.out_segment else 0)
-            self.out_segment = self.shm.Segment.create(size, "ndflow-out")
-            fds = [self.out_segment.fd]
-            reply["out_segment"] = self.out_segment.id
-        target = self.out_segment.array(image.shape, image.dtype, writable=True)
-        np.copyto(target, image)
-        reply["image"] = {"shape": list(image.shape), "dtype": image.dtype.str}
+        slot = self.outputs % len(self.out_segments)
+        self.outputs += 1
+        segment = self.out_segments[slot]
+        if segment is None or len(segment) < image.nbytes:
+            size = max(image.nbytes, 2 * len(segment) if segment else 0)
+            segment = self.out_segments[slot] = self.shm.Segment.create(size, "ndflow-out")
+            fds = [segment.fd]
+            reply["out_segment"] = segment.id
+        np.copyto(segment.array(image.shape, image.dtype, writable=True), image)
+        reply["image"] = {"shape": list(image.shape), "dtype": image.dtype.str, "slot": slot}
         return fds
 
     def on_params(self, h: dict[str, Any]) -> None:

@@ -114,7 +114,7 @@ class Lane:
         self._output: collections.deque[str] = collections.deque(maxlen=60)
         self._first = threading.Event()
         self._failures = 0  # deaths since the last good frame, for the back-off
-        self._out: shm.Segment | None = None  # the child's output-image segment
+        self._out: dict[int, shm.Segment] = {}  # the child's output-image ring, by slot
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self, wait: bool) -> None:
@@ -251,7 +251,7 @@ class Lane:
         parent_sock, child_sock = wire.socket_pair()
         settings = {
             "file": str(spec.file), "class": spec.class_name, "memory_mb": spec.memory_mb,
-            "parent_pid": os.getpid(), "name": spec.name,
+            "parent_pid": os.getpid(), "name": spec.name, "depth": self.depth,
             "ndflow_dir": ndflow.__path__[0], "plugins_dir": ndflow.plugins.__path__[0],
         }
         argv = [spec.python, "-u", str(CHILD_SCRIPT), str(child_sock.fileno()), json.dumps(settings)]
@@ -321,14 +321,14 @@ class Lane:
         with self._cond:
             entry = self._pending.popleft() if self._pending else None
             self._cond.notify_all()
-        if fds:
-            self._out = shm.Segment.attach(fds[0], reply.get("out_segment", 0))
+        info = reply.get("image")
+        if fds and info:
+            self._out[info["slot"]] = shm.Segment.attach(fds[0], reply.get("out_segment", 0))
         if entry is None:
             return
         image = None
-        info = reply.get("image")
-        if info and self._out is not None:
-            image = self._out.array(tuple(info["shape"]), info["dtype"])
+        if info and info["slot"] in self._out:
+            image = self._out[info["slot"]].array(tuple(info["shape"]), info["dtype"])
         if reply.get("status") in ("ok", "warning"):
             self._failures = 0
         self.owner.lane_result(self, entry.array, reply, image, time.monotonic() - entry.sent)
@@ -346,7 +346,7 @@ class Lane:
             pending, self._pending = list(self._pending), collections.deque()
             self._cond.notify_all()
         self._slots = [None] * self.depth
-        self._out = None
+        self._out = {}
         if reason == "closing":
             for entry in pending:
                 self.owner.lane_lost(self, entry.array, MissingCause.PROCESSING_ERROR,

@@ -49,8 +49,6 @@ PYTHON_STATUS = (
     int_param("FramesTimedOut_RBV", access=R, doc="frames timed out", group="Algorithm"),
     float_param("FrameTime_RBV", access=R, units="ms", doc="time in process()",
                 group="Algorithm"),
-    float_param("Latency_RBV", access=R, units="ms", doc="hand-over to result",
-                group="Algorithm"),
     bool_param("Reload", "0", "1", access=W, doc="reload the algorithm file", group="Algorithm"),
 )
 
@@ -153,8 +151,7 @@ class PythonPlugin(Plugin):
             self._error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
             outputs = self._failed(array, MissingCause.PROCESSING_ERROR, message)
         self.set("FrameTime_RBV", float(reply.get("t", 0.0)) * 1e3)
-        self.set("Latency_RBV", seconds * 1e3)
-        self.complete(array, outputs, seconds)
+        self.complete(array, outputs, seconds)  # ExecutionTime_RBV: hand-over to result
 
     def lane_lost(self, lane: Lane, array: NDArray, cause: MissingCause, message: str,
                   timed_out: bool) -> None:
@@ -251,15 +248,17 @@ class PythonPlugin(Plugin):
         return value
 
     def _publish_outputs(self, outputs: dict[str, Any]) -> None:
+        values = {}
         with self._decl_lock:
             for attr, value in outputs.items():
                 name = self._out_param.get(attr)
                 if name is None:
                     continue
                 try:
-                    self.set(name, output_value(self.params[name], value))
+                    values[name] = output_value(self.params[name], value)
                 except (TypeError, ValueError) as exc:
                     self._error(f"output {attr}: {exc}", "")
+            self.set_if_changed(values)  # as an ai record: monitors only when it changes
 
     def _output_array(self, array: NDArray, reply: dict[str, Any],
                       image: np.ndarray | None) -> Outputs:

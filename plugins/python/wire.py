@@ -95,7 +95,7 @@ class Channel:
 
     def send(self, kind: bytes, header: dict[str, Any] | None = None,
              fds: list[int] | tuple[int, ...] = ()) -> None:
-        data = encode(kind, header or {})
+        data = memoryview(encode(kind, header or {}))  # pieces are views, not copies
         with self._send_lock:
             try:
                 for i in range(0, max(len(data), 1), PACKET):
@@ -124,7 +124,7 @@ class Channel:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                     count = len(data) // 4
                     fds.extend(struct.unpack(f"{count}i", data[:count * 4]))
-            parts.append(bytes(self._buf[1:n]))
+            parts.append(bytes(memoryview(self._buf)[1:n]))  # one copy, not two
             if self._buf[0:1] == _LAST:
                 break
         kind, header = decode(parts[0] if len(parts) == 1 else b"".join(parts))
