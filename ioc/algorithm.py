@@ -84,6 +84,7 @@ class Params(dict):
 
 
 _STR_MAX = 40
+INPUT_GROUP, OUTPUT_GROUP = "Inputs", "Outputs"  # the screen groups of inputs and outputs
 
 
 class Declaration:

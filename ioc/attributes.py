@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from .config import inside
 from .ndarray import AttrSource, NDAttribute
 
 # NDAttributesStatus choices (NDArrayBase.template)
@@ -74,7 +75,7 @@ def read_source(value: str, allowed: Iterable[Path], base: Path | None) -> str:
         path = base / path
     path = path.resolve()
     folders = [Path(f).resolve() for f in allowed]
-    if not any(path.is_relative_to(f) for f in folders):
+    if not inside(path, folders):
         raise AttributesError(FILE_NOT_FOUND, f"{value}: attribute files are read only from "
                               f"{', '.join(map(str, folders)) or 'no folder'}")
     try:

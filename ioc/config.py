@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -94,7 +94,7 @@ class Site:
         resolved = resolved.resolve()
         if not self.data_roots:
             raise ValueError("no data_roots configured; file writers write only under those")
-        if not any(resolved.is_relative_to(root) for root in self.data_roots):
+        if not inside(resolved, self.data_roots):
             raise ValueError(f"{path} is outside the data roots "
                              f"({', '.join(map(str, self.data_roots))})")
         return resolved
@@ -105,18 +105,21 @@ class Site:
         if not self.algorithm_folders:
             raise ValueError("no algorithm_folders configured; algorithm files load only "
                              "from those")
-        for folder in self.algorithm_folders:
-            path = (folder / name).resolve()
-            if path.is_relative_to(folder) and path.is_file():
+        candidates = [(folder / name).resolve() for folder in self.algorithm_folders]
+        within = [p for p, f in zip(candidates, self.algorithm_folders) if p.is_relative_to(f)]
+        folders = ", ".join(map(str, self.algorithm_folders))
+        if not within:
+            raise ValueError(f"{name!r} is outside the algorithm folders ({folders})")
+        for path in within:
+            if path.is_file():
                 return path
-        for folder in self.algorithm_folders:
-            if (folder / name).resolve().is_relative_to(folder):
-                break
-        else:
-            raise ValueError(f"{name!r} is outside the algorithm folders "
-                             f"({', '.join(map(str, self.algorithm_folders))})")
-        raise ValueError(f"no file {name!r} in the algorithm folders "
-                         f"({', '.join(map(str, self.algorithm_folders))})")
+        raise ValueError(f"no file {name!r} in the algorithm folders ({folders})")
+
+
+def inside(path: Path, folders: Iterable[Path]) -> bool:
+    """Whether resolved `path` lies in one of the (resolved) `folders`: the one check behind
+    every path a config or a PV may name."""
+    return any(path.is_relative_to(folder) for folder in folders)
 
 
 def default_config_text() -> str:

@@ -110,18 +110,16 @@ class Publisher:
         the resulting monitor updates to the clients' connections. Used before a put-callback
         completes, so a client that monitors ArrayCounter_RBV sees the final count no later than
         the completion (caproto sends put responses directly but monitors through queues)."""
-        if self._flush_lock is None:
-            return
-        await self._flush(force=True)
-        await self.settle()
+        await self.flush_values(arrays=True)
 
-    async def flush_values(self) -> None:
-        """Publish the pending scalar values now (arrays keep their budget) and wait until they
-        are queued to the clients. Every CA put does this before it completes, so whatever its
-        hook set (a status message, related readbacks) is visible to a client right after."""
+    async def flush_values(self, arrays: bool = False) -> None:
+        """Publish the pending scalar values now (arrays too if asked, else they keep their
+        budget) and wait until they are queued to the clients. Every CA put does this before it
+        completes, so whatever its hook set (a status message, related readbacks) is visible to
+        a client right after."""
         if self._flush_lock is None:
             return
-        await self._flush(force=False)
+        await self._flush(force=arrays)
         await self.settle()
 
     async def settle(self, timeout: float = 2.0) -> None:

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
+from .algorithm import OUTPUT_GROUP
 from .component import Component
 from .config import IOCConfig, LineMap
 from .driver import SINGLE, Driver
 from .plugin import Plugin
 
 log = logging.getLogger("ndflow.replay")
-OUTPUT_GROUP = "Outputs"  # the group of a Python algorithm's outputs
 
 
 @runtime_checkable

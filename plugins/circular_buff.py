@@ -45,7 +45,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ndflow.channels import HANDLED
+from ndflow.busy import Busy, finish
 from ndflow.ndarray import NDArray
 from ndflow.params import R, STRING_MAX, W, bool_param, float_param, int_param, string_param, \
     text_param
@@ -407,9 +407,8 @@ class CircularBuff(Plugin):
         self._flushed = False  # ADCore's previousTrigger_: the ring went out for this trigger
         self._post = 0
         self._actual = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._capture_done: asyncio.Future | None = None
-        self._trigger_done: list[asyncio.Future] = []
+        self._capture = Busy()  # Capture=1 put-callbacks: complete when the capture ends
+        self._triggers = Busy()  # Trigger=1 put-callbacks: complete when post-trigger is out
 
     # --- status -----------------------------------------------------------------------------------
     def _status(self, text: str) -> None:
@@ -428,42 +427,20 @@ class CircularBuff(Plugin):
         if self.values["Trigger_RBV"] != int(on):
             self.set("Trigger_RBV", int(on))
 
-    # --- completions of busy puts (event loop) ----------------------------------------------------
-    def _resolve(self, futures: list[asyncio.Future]) -> None:
-        if not futures or self._loop is None:
-            return
-
-        def done() -> None:
-            for fut in futures:
-                if not fut.done():
-                    fut.set_result(None)
-        self._loop.call_soon_threadsafe(done)
-
+    # --- completions of busy puts ---------------------------------------------------------------
     def _finish_triggers(self) -> None:
-        waiting, self._trigger_done = self._trigger_done, []
         if self.values["Trigger"]:
             self.set("Trigger", 0)
-        self._resolve(waiting)
-
-    def _finish_capture(self) -> None:
-        fut, self._capture_done = self._capture_done, None
-        self._resolve([fut] if fut is not None else [])
-
-    async def _complete(self, fut: asyncio.Future) -> Any:
-        await asyncio.shield(fut)  # a client that goes away must not cancel the capture
-        if self.publisher is not None:  # a HANDLED put publishes for itself
-            await self.publisher.drain()
-        return HANDLED
+        self._triggers.release()
 
     # --- Capture ----------------------------------------------------------------------------------
     async def put_Capture(self, value: int) -> Any:
-        self._loop = asyncio.get_running_loop()
         if not value:
             with self._lock:
                 self._stop("Acquisition Stopped")
             return 0
         with self._lock:
-            self._finish_capture()  # a capture still running restarts, as in ADCore
+            self._capture.release()  # a capture still running restarts, as in ADCore
             self._finish_triggers()
             self._ring = deque(maxlen=self.values["PreCount"])
             self._capturing, self._soft, self._flushed = True, False, False
@@ -472,8 +449,8 @@ class CircularBuff(Plugin):
             self.set_many({"CurrentQty_RBV": 0, "PostTriggerQty_RBV": 0,
                            "ActualTriggerCount_RBV": 0, "Capture": 1})
             self._status(self._filling())
-            fut = self._capture_done = self._loop.create_future()
-        return await self._complete(fut)
+            waiting = self._capture.arm()
+        return await finish(waiting, self.publisher)
 
     def _stop(self, status: str) -> None:
         """End capturing (lock held): Capture=0, pending put-callbacks complete."""
@@ -483,11 +460,10 @@ class CircularBuff(Plugin):
         self.set_many({"CurrentQty_RBV": 0, "Capture": 0})
         self._status(status)
         self._finish_triggers()
-        self._finish_capture()
+        self._capture.release()
 
     # --- soft trigger -----------------------------------------------------------------------------
     async def put_Trigger(self, value: int) -> Any:
-        self._loop = loop = asyncio.get_running_loop()
         if not value:
             self._soft = False  # writing 0 disarms a soft trigger not yet used
             return 0
@@ -496,16 +472,15 @@ class CircularBuff(Plugin):
             if capturing:
                 self._soft = True
                 self._set_triggered(True)
-                fut = loop.create_future()
-                self._trigger_done.append(fut)
+                waiting = self._triggers.arm()
                 self.set("Trigger", 1)
             immediately = bool(self.values["FlushOnSoftTrg"])
         if not capturing:
             self._report("Trigger ignored: not capturing")
             return 0
         if immediately:
-            await loop.run_in_executor(None, self._flush_now)
-        return await self._complete(fut)
+            await asyncio.get_running_loop().run_in_executor(None, self._flush_now)
+        return await finish(waiting, self.publisher)
 
     def _flush_now(self) -> None:
         with self._lock:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ndflow.busy import Busy, finish
 from ndflow.channels import HANDLED
 from ndflow.ndarray import NDArray
 from ndflow.params import R, RW, W, Param, bool_param, enum_param, int_param, string_param, \
@@ -116,8 +117,7 @@ class FileWriter(Plugin):
         self._buffer: list[NDArray] = []
         self._early_missing: list[NDArray] = []  # lost before the Stream file could open
         self._open = False
-        self._capture_done: asyncio.Future | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._capture = Busy()  # Capture=1 put-callbacks, completed when the capture ends
         self._opened_at = 0.0
         self._bytes = 0
 
@@ -339,10 +339,7 @@ class FileWriter(Plugin):
 
     def _end_capture(self) -> None:
         self.set("Capture", 0)
-        done, loop = self._capture_done, self._loop
-        self._capture_done = None
-        if done is not None and loop is not None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+        self._capture.release()
 
     # --- busy records (event-loop thread) ---------------------------------------------------------
     async def put_Capture(self, value: int) -> Any:
@@ -356,13 +353,9 @@ class FileWriter(Plugin):
         started = await loop.run_in_executor(None, self._start_capture)
         if not started:
             return HANDLED
-        self._loop = loop
-        self._capture_done = done = loop.create_future()
+        waiting = self._capture.arm()
         self.set("Capture", 1)
-        await done
-        if self.publisher is not None:
-            await self.publisher.drain()
-        return HANDLED
+        return await finish(waiting, self.publisher)
 
     def _start_capture(self) -> bool:
         with self._lock:

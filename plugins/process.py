@@ -37,7 +37,6 @@ served: wire a TIFF reader's port to this plugin and write SaveBackground instea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ndflow.busy import Busy, finish
 from ndflow.channels import HANDLED
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
 from ndflow.ndarray import NDArray
@@ -217,8 +217,7 @@ class Process(Plugin):
         self._last_output: np.ndarray | None = None  # ADCore's pArrays[0]
         self._filter = RecursiveFilter()
         self._filter_lock = threading.Lock()
-        self._auto_waiters: list[asyncio.Future] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._auto = Busy()  # AutoOffsetScale=1 put-callbacks
 
     # --- processing ---------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray | None:
@@ -286,30 +285,18 @@ class Process(Plugin):
     # --- AutoOffsetScale: a busy record ------------------------------------------------------------
     async def put_AutoOffsetScale(self, value: int) -> Any:
         """1 completes (put-callback) once an array has set Offset/Scale; 0 cancels."""
-        self._loop = asyncio.get_running_loop()
         if not value:
             self.set("AutoOffsetScale", 0)
-            self._release_auto_waiters()
+            self._auto.release()
             return HANDLED
-        done = self._loop.create_future()
-        self._auto_waiters.append(done)
+        waiting = self._auto.arm()
         self.set("AutoOffsetScale", 1)
-        await done
-        if self.publisher is not None:  # a HANDLED put publishes for itself
-            await self.publisher.flush_values()
-        return HANDLED
+        return await finish(waiting, self.publisher)
 
     def _auto_done(self) -> None:
-        """Back to Done (processing thread); wakes put-callbacks waiting in the event loop."""
+        """Back to Done (processing thread); completes the waiting put-callbacks."""
         self.set("AutoOffsetScale", 0)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._release_auto_waiters)
-
-    def _release_auto_waiters(self) -> None:
-        waiters, self._auto_waiters = self._auto_waiters, []
-        for future in waiters:
-            if not future.done():
-                future.set_result(None)
+        self._auto.release()
 
     # --- commands -------------------------------------------------------------------------------------
     def put_SaveBackground(self, value: int) -> int:

@@ -21,14 +21,13 @@ acquiring, at stop, and whenever TSRead is written.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
-from ndflow.channels import HANDLED
+from ndflow.busy import Busy, finish
 from ndflow.component import Component
 from ndflow.params import R, RW, W, Param, array_param, bool_param, enum_param, float_param, \
     int_param
@@ -54,8 +53,7 @@ class TimeSeries:
         self._current = 0
         self._started = time.monotonic()
         self._unpublished = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._done: asyncio.Future | None = None
+        self._busy = Busy()  # TSAcquire=1 put-callbacks, completed by stop()
         self._averaging_requested = 0.1
 
     def name(self, short: str) -> str:
@@ -138,9 +136,7 @@ class TimeSeries:
         self.owner.values[self.name("TSAcquire")] = 0
         self.publish()
         self.owner.set(self.name("TSAcquire"), 0)
-        loop, done = self._loop, self._done
-        if loop is not None and done is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(_finish, done)
+        self._busy.release()
 
     def publish(self) -> None:
         """Post the waveforms: Fixed length the points so far, Circ. buffer all, oldest first."""
@@ -172,13 +168,7 @@ class TimeSeries:
         self._reset()
         self.owner.values[self.name("TSAcquire")] = 1
         self.owner.set(self.name("TSAcquire"), 1)
-        self._loop = asyncio.get_running_loop()
-        if self._done is None or self._done.done():
-            self._done = self._loop.create_future()
-        await asyncio.shield(self._done)
-        if self.owner.publisher is not None:
-            await self.owner.publisher.drain()
-        return HANDLED
+        return await finish(self._busy.arm(), self.owner.publisher)
 
     def _put_read(self, value: int) -> int:
         self.publish()
@@ -244,11 +234,6 @@ class TimeSeries:
 
     def _publish_axis(self) -> None:
         self.owner.set(self.name("TSTimeAxis"), self._time_axis())
-
-
-def _finish(done: asyncio.Future) -> None:
-    if not done.done():
-        done.set_result(None)
 
 
 def _frozen(values: np.ndarray) -> np.ndarray:

@@ -20,10 +20,11 @@ from pvi.device import (LED, ArrayTrace, ButtonPanel, ComboBox, ComponentUnion, 
                         SubScreen, TextFormat, TextRead, TextWrite, enforce_pascal_case,
                         to_title_case)
 
+from ndflow.algorithm import INPUT_GROUP, OUTPUT_GROUP
 from ndflow.params import Access, Kind, Param
 
 MACRO_PREFIX = "$(P)$(R)"
-FIRST_GROUPS = ("Inputs", "Outputs", "Setup", "Plugin", "Readout", "Collect")  # algorithm I/O first
+FIRST_GROUPS = (INPUT_GROUP, OUTPUT_GROUP, "Setup", "Plugin", "Readout", "Collect")
 LAST_GROUPS = ("File", "Status", "Shutter")
 SUBSCREEN_GROUPS = ("Info", "Array", "Attributes", "Buffers")
 MAX_ROWS_ON_MAIN = 20  # a bigger group (HDF5's extra dimensions) gets its own screen

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ndflow import shm
+from ndflow.algorithm import INPUT_GROUP, OUTPUT_GROUP
 from ndflow.config import Site
 from ndflow.graph import PortGraph
 from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDimension
@@ -354,7 +355,7 @@ def declaration_param(d: dict[str, Any]) -> Param:
     kind = d.get("kind")
     common: dict[str, Any] = {"units": str(d.get("units") or "")[:15],
                               "doc": str(d.get("doc") or ""),
-                              "group": "Outputs" if out else "Inputs"}
+                              "group": OUTPUT_GROUP if out else INPUT_GROUP}
     if d.get("alarm") and out:
         common["alarm"] = AlarmLimits(*d["alarm"])
     default = d.get("default")
