@@ -305,10 +305,7 @@ class FITSDriver(Driver):
 
     def _report(self, text: str, log: bool = True) -> None:
         self.set("LastError_RBV", text[:255])
-        if log:
-            self.message(text[:255], logging.WARNING)
-        else:
-            self.set("StatusMessage_RBV", text[:255])
+        self.message(text, logging.WARNING, log)
 
 
 def _astropy_version() -> str:

@@ -97,11 +97,13 @@ class Component:
         for name, value in values.items():
             self.set(name, value)
 
-    def message(self, text: str, level: int = logging.INFO) -> None:
-        """Show a one-line status to operators (StatusMessage_RBV) and in the log."""
+    def message(self, text: str, level: int = logging.INFO, log: bool = True) -> None:
+        """Show a one-line status to operators (StatusMessage_RBV) and in the log (unless the
+        caller logs it its own way)."""
         if "StatusMessage_RBV" in self.params:
             self.set("StatusMessage_RBV", text[: self.params["StatusMessage_RBV"].length - 1])
-        self.log.log(level, "%s", text)
+        if log:
+            self.log.log(level, "%s", text)
 
     # --- Channel Access ---------------------------------------------------------------------------
     def build_channels(self, publisher: Publisher) -> dict[str, ParamChannel]:
@@ -171,8 +173,9 @@ class Component:
         except (TypeError, ValueError) as exc:
             self.log.warning("%s: put of %r refused: %s", pv, _short(raw), exc)
             raise PutRefused(f"{pv}: {exc}") from None
-        if note:
+        if note:  # clamped or truncated: the operator sees why the readback differs
             self.log.warning("%s: %s", pv, note)
+            self.message(f"{param.name} {note}", log=False)
         hook = self.put_hooks.get(param.name) or getattr(self, f"put_{param.name}", None)
         if hook is not None:
             result = hook(value)

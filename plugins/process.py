@@ -104,7 +104,7 @@ PROCESS_PARAMS: tuple[Param, ...] = (
     bool_param("ResetFilter", default=1, group="Filter"),
     bool_param("AutoResetFilter", group="Filter"),
     bool_param("FilterCallbacks", "Every array", "Array N only", group="Filter"),
-    int_param("NumFilter", 1, group="Filter"),
+    int_param("NumFilter", 1, low=1, group="Filter"),
     float_param("NumFilterRecip", 1.0, R, precision=3, group="Filter", doc="1/NumFilter"),
     int_param("NumFiltered_RBV", 0, R, group="Filter"),
     enum_param("FilterType", FILTER_TYPES, 0, W, group="Filter",
@@ -323,11 +323,7 @@ class Process(Plugin):
         self.set_many(filter_preset(value, self.values["NumFilter"]))
         return value
 
-    def put_NumFilter(self, value: int) -> int:
-        if value < 1:
-            self.message(f"NumFilter {value} refused: it must be at least 1; set to 1",
-                         logging.WARNING)
-            value = 1
+    def put_NumFilter(self, value: int) -> int:  # at least 1 by its declaration
         self.set("NumFilterRecip", 1.0 / value)
         self.set_many(filter_preset(self.values["FilterType"], value))
         return value

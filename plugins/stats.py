@@ -348,7 +348,8 @@ class Stats(Plugin):
             *(array_param(f"Profile{kind}{axis}_RBV", "f8", o.xsize if axis == "X" else o.ysize,
                           group="Profiles") for kind in PROFILES for axis in "XY"),
             bool_param("ComputeHistogram", group="Histogram"),
-            int_param("HistSize", min(256, o.hist_size), group="Histogram"),
+            int_param("HistSize", min(256, o.hist_size), low=1, high=o.hist_size,
+                      group="Histogram", doc="bins, at most the waveform length"),
             float_param("HistMin", 0.0, precision=0, group="Histogram"),
             float_param("HistMax", 255.0, precision=0, group="Histogram"),
             int_param("HistBelow", 0, group="Histogram"),
@@ -365,13 +366,7 @@ class Stats(Plugin):
         return table
 
     # --- puts -----------------------------------------------------------------------------------
-    def put_HistSize(self, value: int) -> int:
-        limit = self.options.hist_size
-        if not 1 <= value <= limit:
-            clamped = min(max(value, 1), limit)
-            self.message(f"HistSize {value} outside 1..{limit} (the waveform length); "
-                         f"using {clamped}")
-            value = clamped
+    def put_HistSize(self, value: int) -> int:  # clamped to 1..hist_size by its declaration
         self.set("HistogramX_RBV", self._histogram_x(size=value))
         return value
 

@@ -265,7 +265,9 @@ class PythonPlugin(Plugin):
                       image: np.ndarray | None) -> Outputs:
         if image is None and not reply.get("remove") and not reply.get("attrs"):
             return array  # unchanged: plugins never modify an array they received
-        attributes = dict(array.attributes)
+        data = None if image is None else self.pool.alloc(image.shape, image.dtype)
+        out = array.derive(array.data if image is None else data)  # its own attribute dict
+        attributes = out.attributes
         for name in reply.get("remove") or ():
             attributes.pop(name, None)
         for name, value in (reply.get("attrs") or {}).items():
@@ -273,13 +275,11 @@ class PythonPlugin(Plugin):
             attributes[name] = NDAttribute(name, value, old.description if old else "",
                                            source=f"{self.port}")
         if image is None:
-            return array.derive(array.data, attributes=attributes)
-        data = self.pool.alloc(image.shape, image.dtype)
+            return out
         if data is None:
-            return array.derive(None, attributes=attributes, status=FrameStatus(
-                MissingCause.NO_MEMORY, f"{self.port} pool limit reached"))
+            out.status = FrameStatus(MissingCause.NO_MEMORY, f"{self.port} pool limit reached")
+            return out
         np.copyto(data, image)
-        out = array.derive(data, attributes=attributes)
         if list(reversed(image.shape)) != [d.size for d in array.dims]:
             out.dims = [NDDimension(n) for n in reversed(image.shape)]
             if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] != 3):
