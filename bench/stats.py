@@ -63,6 +63,7 @@ def bare_numpy(frame: np.ndarray) -> dict[str, float]:
 def make_plugin() -> Stats:
     plugin = Stats("STATS1", "Stats1:", PortGraph())
     plugin.values.update(ComputeStatistics=1, ComputeCentroid=1, CentroidThreshold=THRESHOLD)
+    plugin.freeze()  # process() reads the frozen parameters, as the plugin's owner takes them
     return plugin
 
 

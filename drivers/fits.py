@@ -11,16 +11,22 @@ passed down the graph as a missing frame with that cause, and the driver carries
 
 Security: the folder, whether from the config or a CA put on `Folder`, must lie under the
 IOC's data roots, so no client can make the driver read elsewhere.
+
+The watcher thread owns the folder, the pattern and what was seen: a `Folder` or `Pattern` put is
+checked off the event loop and handed to the watcher, which applies it between two scans (and
+lists the files already there, which are not new); the put completes once it has, while the
+event loop serves other clients. No lock is held across a scan.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,8 +101,11 @@ class FITSDriver(Driver):
         self._ready: queue.Queue[Path] = queue.Queue()
         self._seen: set[Path] = set()
         self._pending: dict[Path, tuple[int, int, float]] = {}  # path -> size, mtime, since
+        # owned by the watcher thread once it runs (before: by the thread that starts it)
         self._folder: Path | None = None
-        self._folder_lock = threading.Lock()
+        self._pattern: str = self.values["Pattern"]
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._wake = threading.Event()  # a command is waiting, or quit
         self._watcher: threading.Thread | None = None
         self._quit = threading.Event()
         if self.options.folder:
@@ -132,36 +141,68 @@ class FITSDriver(Driver):
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
 
-    def put_Folder(self, value: str) -> str:
+    async def put_Folder(self, value: str) -> str:
         if not value:
-            self._set_folder(None)
+            await self._in_watcher(lambda: self._set_folder(None))
             return ""
+        loop = asyncio.get_running_loop()
+        folder = await loop.run_in_executor(None, self._check_folder, value)  # stat, off loop
+        await self._in_watcher(lambda: self._set_folder(folder))
+        return str(folder)
+
+    def _check_folder(self, value: str) -> Path:
         try:
             folder = self._allowed(value, "Folder")
         except ValueError as exc:
             raise PutRefused(str(exc)) from None
         if not folder.is_dir():
             raise PutRefused(f"Folder {value}: no such folder")
-        self._set_folder(folder)
-        return str(folder)
+        return folder
 
-    def put_Pattern(self, value: str) -> str:
+    async def put_Pattern(self, value: str) -> str:
         if not value or value.startswith("/") or ".." in Path(value).parts:
             raise PutRefused(f"Pattern {value!r}: give a glob below the folder, e.g. *.fits")
-        with self._folder_lock:
-            self._baseline(self._folder, value)  # files present now are not "new"
+        await self._in_watcher(lambda: self._set_pattern(value))
         return value
 
     def _set_folder(self, folder: Path | None) -> None:
-        with self._folder_lock:
-            self._folder = folder
-            self._pending.clear()
-            self._baseline(folder, self.values["Pattern"])
+        """Watch `folder` from now on; the files in it now are not new (watcher thread)."""
+        present = self._candidates(folder, self._pattern) if folder is not None else []
+        self._folder = folder
+        self._pending.clear()
+        self._seen.update(present)
         self.message(f"watching {folder}" if folder else "not watching a folder")
+
+    def _set_pattern(self, pattern: str) -> None:
+        """Look for `pattern` from now on; files it matches now are not new (watcher thread)."""
+        if self._folder is not None:
+            self._seen.update(self._candidates(self._folder, pattern))
+        self._pattern = pattern
 
     def _baseline(self, folder: Path | None, pattern: str) -> None:
         if folder is not None:
             self._seen.update(self._candidates(folder, pattern))
+
+    def _in_watcher(self, fn: Callable[[], None]) -> asyncio.Future:
+        """Run `fn` in the watcher thread between two scans (or, with no watcher running, in
+        an executor thread); a future the put awaits, so the event loop never waits."""
+        loop = asyncio.get_running_loop()
+        watcher = self._watcher
+        if watcher is None or not watcher.is_alive() or self._quit.is_set():
+            return loop.run_in_executor(None, fn)
+        future = loop.create_future()
+
+        def command() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # the put fails with the reason
+                loop.call_soon_threadsafe(_settle, future, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, future, None)
+
+        self._commands.put(command)
+        self._wake.set()
+        return future
 
     # --- the watcher -------------------------------------------------------------------------------
     def enqueue(self, paths: Iterable[Path]) -> None:
@@ -181,7 +222,7 @@ class FITSDriver(Driver):
     def start(self) -> None:
         super().start()
         if self._folder is not None and not self.options.read_existing:
-            self._baseline(self._folder, self.values["Pattern"])
+            self._baseline(self._folder, self._pattern)
         self.enqueue(self._listed)
         if self._gateway_dirs is not None:
             self._start_gateway(*self._gateway_dirs)
@@ -214,6 +255,7 @@ class FITSDriver(Driver):
 
     def shutdown(self) -> None:
         self._quit.set()
+        self._wake.set()
         if self.gateway is not None:
             self.gateway.stop()
         super().shutdown()
@@ -221,15 +263,27 @@ class FITSDriver(Driver):
             self._watcher.join(timeout=5)
 
     def _watch(self) -> None:
-        while not self._quit.wait(self.options.poll_s):
+        while True:
+            self._wake.wait(self.options.poll_s)
+            self._wake.clear()
+            self._run_commands()  # after clear(): a command queued meanwhile is not missed
+            if self._quit.is_set():
+                return
             try:
-                with self._folder_lock:
-                    ready = self._scan()
+                ready = self._scan()
             except OSError as exc:  # the folder vanished or went unreadable: say so, keep going
                 self._report(f"cannot scan {self._folder}: {exc.strerror or exc}")
                 continue
             if ready:
                 self.enqueue(ready)
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
 
     def _scan(self) -> list[Path]:
         folder = self._folder
@@ -237,7 +291,7 @@ class FITSDriver(Driver):
             return []
         now = time.monotonic()
         ready = []
-        for path in self._candidates(folder, self.values["Pattern"]):
+        for path in self._candidates(folder, self._pattern):
             if path in self._seen:
                 continue
             try:
@@ -306,6 +360,15 @@ class FITSDriver(Driver):
     def _report(self, text: str, log: bool = True) -> None:
         self.set("LastError_RBV", text[:255])
         self.message(text, logging.WARNING, log)
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def _astropy_version() -> str:

@@ -11,6 +11,7 @@ and SimMode Offset&Noise is that background alone.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -109,6 +110,9 @@ class SimDetector(Driver):
         self._background: np.ndarray | None = None
         self._sine_counter = np.zeros(2, dtype=np.int64)
         self._rng = np.random.default_rng()
+        self._inc_key: tuple | None = None
+        self._inc: Any = None
+        self._region: tuple[Mapping[str, Any], _Region] | None = None
 
     def color_mode_of(self, params: Mapping[str, Any]) -> int:
         return SIM_TO_ND_COLOR[int(params["ColorMode"])]
@@ -179,7 +183,7 @@ class SimDetector(Driver):
 
     def _linear_ramp(self, p: Mapping[str, Any], dtype: np.dtype, color: int,
                      reset: bool) -> None:
-        inc = scalar_cast(float(p["Gain"]) * float(p["AcquireTime"]) * 1000.0, dtype)
+        inc = self._increment(float(p["Gain"]) * float(p["AcquireTime"]) * 1000.0, dtype)
         if color == 0:
             if reset:
                 ny, nx = self._raw.shape
@@ -197,6 +201,13 @@ class SimDetector(Driver):
         else:
             for plane, c_inc in zip(planes, incs):
                 plane += c_inc
+
+    def _increment(self, value: float, dtype: np.dtype) -> Any:
+        """scalar_cast of the ramp increment, cached: it is the same for every frame."""
+        key = (value, dtype)
+        if self._inc_key != key:
+            self._inc_key, self._inc = key, scalar_cast(value, dtype)
+        return self._inc
 
     def _peaks(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
         self._raw[...] = 0
@@ -248,34 +259,68 @@ class SimDetector(Driver):
                               (waves["X2"][None, :] + waves["Y2"][:, None]) / 2.0, dtype)
 
     def _extract_region(self, p: Mapping[str, Any], dtype: np.dtype) -> NDArray:
+        cached = self._region
+        if cached is None or cached[0] is not p:  # worked out once per acquisition
+            cached = self._region = (p, _Region.of(p, self._raw.ndim))
+        r = cached[1]
+        out = self.pool.alloc(r.shape, dtype)
+        if out is None:
+            return NDArray.missing(MissingCause.NO_MEMORY,
+                                   f"pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
+        region = self._raw[r.index]
+        if r.bx > 1 or r.by > 1:
+            region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
+        if r.flips is not None:
+            region = region[r.flips]
+        np.copyto(out, region, casting="unsafe")
+        return NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
+                       transform=r.transform)
+
+
+@dataclass(frozen=True)
+class _Region:
+    """Where an acquisition's frames come from in the raw image (its parameters are frozen)."""
+
+    color: int
+    x0: int
+    y0: int
+    nx: int
+    ny: int
+    bx: int
+    by: int
+    rx: bool
+    ry: bool
+    x_axis: int
+    y_axis: int
+    shape: tuple[int, ...]
+    index: tuple[slice, ...]
+    flips: tuple[slice, ...] | None
+    dims: tuple[NDDimension, ...]  # the frames' dims (never changed in place)
+    transform: np.ndarray
+
+    @classmethod
+    def of(cls, p: Mapping[str, Any], raw_ndim: int) -> "_Region":
         color = int(p["ColorMode"])
         bx, by = int(p["BinX"]), int(p["BinY"])
         x0, y0 = int(p["MinX"]), int(p["MinY"])
         nx, ny = int(p["SizeX"]) // bx, int(p["SizeY"]) // by
         rx, ry = bool(p["ReverseX"]), bool(p["ReverseY"])
         x_axis, y_axis, shape = _axes(color, nx, ny)
-        out = self.pool.alloc(shape, dtype)
-        if out is None:
-            return NDArray.missing(MissingCause.NO_MEMORY,
-                                   f"pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
-        index = [slice(None)] * self._raw.ndim
+        index = [slice(None)] * raw_ndim
         index[x_axis] = slice(x0, x0 + nx * bx)
         index[y_axis] = slice(y0, y0 + ny * by)
-        region = self._raw[tuple(index)]
-        if bx > 1 or by > 1:
-            region = _bin(region, x_axis, y_axis, bx, by, dtype)
-        flips = [slice(None)] * region.ndim
+        flips = [slice(None)] * raw_ndim
         if rx:
             flips[x_axis] = slice(None, None, -1)
         if ry:
             flips[y_axis] = slice(None, None, -1)
-        np.copyto(out, region[tuple(flips)], casting="unsafe")
-        array = NDArray.from_numpy(out, color_mode=SIM_TO_ND_COLOR[color])
-        nd_x, nd_y = out.ndim - 1 - x_axis, out.ndim - 1 - y_axis
-        array.dims[nd_x] = NDDimension(nx, x0, bx, rx)
-        array.dims[nd_y] = NDDimension(ny, y0, by, ry)
-        array.transform = region_transform(x0, y0, bx, by, nx, ny, rx, ry)
-        return array
+        ndim = len(shape)
+        dims = [NDDimension(n) for n in reversed(shape)]
+        dims[ndim - 1 - x_axis] = NDDimension(nx, x0, bx, rx)
+        dims[ndim - 1 - y_axis] = NDDimension(ny, y0, by, ry)
+        return cls(color, x0, y0, nx, ny, bx, by, rx, ry, x_axis, y_axis, shape, tuple(index),
+                   tuple(flips) if (rx or ry) else None, tuple(dims),
+                   region_transform(x0, y0, bx, by, nx, ny, rx, ry))
 
 
 def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:

@@ -19,6 +19,10 @@ DATA_TYPES = ("Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "U
               "Float64")
 NUMPY_DTYPES = tuple(np.dtype(t) for t in ("i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"))
 COLOR_MODES = ("Mono", "Bayer", "RGB1", "RGB2", "RGB3", "YUV444", "YUV422", "YUV421")
+#: ProcessingState_RBV's enum strings, in ndflow.state.RunState order
+RUN_STATE_NAMES = ("Running", "Acquisition done", "Processing done", "Acquisition failed",
+                   "Processing failed")
+
 DETECTOR_STATES = ("Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting", "Error", "Waiting",
                    "Initializing", "Disconnected", "Aborted")
 
@@ -126,6 +130,22 @@ AD_BASE: tuple[Param, ...] = (
               doc="Increments at each acquisition start; every NDArray carries it"),
     text_param("EffectiveParams_RBV", 8192, "{}", R, group="Collect",
                doc="JSON of the parameters the running acquisition uses (writes change the next one)"),
+    # ADCore's busy record behind Acquire's put-callback (SetAcquireBusy/ClearAcquireBusy).
+    bool_param("AcquireBusy", "Done", "Acquiring", 0, W, coalesce=False, also_setpoint=True,
+               group="Collect", doc="1 from Acquire=1 until the acquisition is over and, with "
+                                    "WaitForPlugins=Yes, its frames are processed"),
+    bool_param("AcquireBusyCB", "Done", "Acquiring", 0, R, coalesce=False, group="Collect"),
+    # ndflow (Lima2): acquisition and processing end separately.
+    enum_param("ProcessingState_RBV", RUN_STATE_NAMES, 2, R, group="Collect", coalesce=False,
+               doc="the latest acquisition's processing state (every transition is published)"),
+    int_param("ProcessingPending_RBV", 0, R, group="Collect",
+              doc="acquisitions that have ended whose frames are still in the plugins"),
+    enum_param("DeferredProcessing", ("Off", "Until done", "Until released"), 0, RW,
+               group="Collect", doc="hold the frames in memory (bounded by the pool) until the "
+                                    "acquisition ends, or until ReleaseFrames=1"),
+    bool_param("ReleaseFrames", "Done", "Release", 0, W, group="Collect",
+               doc="send the held frames of every deferred acquisition into the plugins"),
+    int_param("DeferredFrames_RBV", 0, R, group="Collect", doc="frames held for processing"),
 )
 
 PLUGIN_BASE: tuple[Param, ...] = (
@@ -157,4 +177,8 @@ PLUGIN_BASE: tuple[Param, ...] = (
     int_param("DisorderedArrays", 0, RW, also_setpoint=True, group="Plugin"),
     # ndflow: where a refused rewiring or a processing error is explained.
     text_param("StatusMessage_RBV", 256, "", R, group="Status"),
+    # ndflow: the frozen parameter set the latest frame was processed with.
+    text_param("EffectiveParams_RBV", 8192, "{}", R, group="Status",
+               doc="JSON: acquisition, first frame (unique id) and the parameter values this "
+                   "plugin processes with; a write applies from the next frame"),
 )

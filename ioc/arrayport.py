@@ -33,14 +33,28 @@ class ArrayPort(Component):
         self.values["PoolMaxMem"] = pool_bytes / MB
         self._rate_counter = 0
         self._described: tuple | None = None  # the layout describe() last published
+        self._to_describe: tuple[NDArray, bool] | None = None  # the latest array, not yet shown
+        #: ArraySizeX/Y/Z_RBV of the output, for plugins that show it instead of the input's
+        #: (ROI, Transform); applied over the input's description at every publish
+        self.output_sizes: dict[str, int] = {}
         self.attribute_specs: list[attributes.AttributeSpec] = []  # from NDAttributesFile
 
     # --- array description ------------------------------------------------------------------------
     def describe(self, array: NDArray, with_type: bool) -> None:
-        """Publish what ADCore's NDArrayBase records show about `array`. The layout values are
-        only recomputed when the layout changes: this runs for every frame in every plugin."""
-        if array.data is None:
-            return
+        """Show what ADCore's NDArrayBase records show about `array`. Per frame this only keeps
+        a reference: the values are computed for the latest array when the publisher collects
+        (before_publish), at most once per publish interval."""
+        if array.data is not None:
+            self._to_describe = (array, with_type)
+
+    def before_publish(self) -> None:
+        pending, self._to_describe = self._to_describe, None
+        if pending is not None:
+            self._describe_now(*pending)
+        if self.output_sizes:
+            self.set_if_changed(self.output_sizes)
+
+    def _describe_now(self, array: NDArray, with_type: bool) -> None:
         self.set_if_changed({
             "UniqueId_RBV": array.unique_id, "TimeStamp_RBV": array.timestamp,
             "EpicsTSSec_RBV": array.epics_ts[0], "EpicsTSNsec_RBV": array.epics_ts[1],

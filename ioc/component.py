@@ -1,9 +1,13 @@
 """Component: a driver or plugin instance, i.e. a named port whose declared parameters are PVs.
 
 Values live in `self.values` (the *user* parameter set: what was last written or measured). The
-data path changes them with `set()`, which never blocks on Channel Access; CA writes arrive through
-`handle_put()`, which validates the value against its declaration and then calls an optional
-`put_<Name>` method so a subclass can act on it, change it or refuse it.
+data path changes them with `set()`, which costs a dict store and a set insertion: the publisher
+collects the names marked dirty at most once per publish interval, so a value that changes at every
+frame reaches Channel Access at the publish rate, never the frame rate. Values a client must see
+in order (Acquire_RBV 0->1->0, declared `coalesce=False`) and large arrays are handed to the
+publisher at once. CA writes arrive through `handle_put()`, which validates the value against its
+declaration and then calls an optional `put_<Name>` method so a subclass can act on it, change it
+or refuse it.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ class Component:
         #: (names with ':', such as a time series' "TS:TSAcquire")
         self.put_hooks: dict[str, Callable[[Any], Any]] = {}
         self._count_lock = threading.Lock()
+        #: names set since the publisher last collected them (set.add and set.pop are atomic)
+        self._dirty: set[str] = set()
+        #: names whose every change is handed to the publisher at once (see set())
+        self._immediate: frozenset[str] = frozenset()
+        #: bumped by every accepted CA write, so a data-path owner knows to take a new snapshot
+        self.params_version = 0
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
             self.values["PortName_RBV"] = port
@@ -75,16 +85,43 @@ class Component:
         return self.values[name]
 
     def set(self, name: str, value: Any) -> None:
-        """Change a value from the data path (any thread) and publish it."""
+        """Change a value from the data path (any thread); it is published within one publish
+        interval (at once for ordered values and large arrays)."""
         self.values[name] = value
-        if self.publisher is None:
+        if name in self._immediate:
+            self._post_now(name, value)
+        else:
+            self._dirty.add(name)
+
+    def _post_now(self, name: str, value: Any) -> None:
+        publisher = self.publisher
+        if publisher is None:
             return
         param = self.params[name]
         for channel in self._targets.get(name, ()):
-            if param.kind is Kind.ARRAY and param.length > 64:
-                self.publisher.post_array(channel, value)
+            if param.kind is Kind.ARRAY:
+                publisher.post_array(channel, value)
             else:
-                self.publisher.post(channel, channel.to_channel(value), param.coalesce)
+                publisher.post(channel, channel.to_channel(value), coalesce=False)
+
+    def collect(self, post: Callable[[ParamChannel, Any], None]) -> None:
+        """Hand every value set since the last call to `post` (the publisher, under its lock)."""
+        self.before_publish()
+        dirty, values = self._dirty, self.values
+        while dirty:
+            try:
+                name = dirty.pop()
+            except KeyError:  # emptied by another collector meanwhile
+                break
+            if name not in values:  # withdrawn meanwhile
+                continue
+            value = values[name]
+            for channel in self._targets.get(name, ()):
+                post(channel, channel.to_channel(value))
+
+    def before_publish(self) -> None:
+        """Turn per-frame state into values just before they are published (a subclass may
+        defer work here that would otherwise cost every frame)."""
 
     def increment(self, name: str, by: int = 1) -> int:
         """Add to a counter from any thread without losing a count; returns the new value."""
@@ -112,6 +149,7 @@ class Component:
         self.channels = {}
         for p in self.params:
             self.channels.update(self._channels_for(p))
+        publisher.add_source(self)
         return self.channels
 
     def _channels_for(self, p: Param) -> dict[str, ParamChannel]:
@@ -131,6 +169,8 @@ class Component:
             channels[alias] = make_channel(p, True, value, None)
             targets.append(channels[alias])
         self._targets[p.name] = targets
+        if not p.coalesce or (p.kind is Kind.ARRAY and p.length > 64):
+            self._immediate = self._immediate | {p.name}
         return channels
 
     # --- parameters that come and go while the IOC runs (algorithm declarations) ------------------
@@ -186,6 +226,7 @@ class Component:
             if result is not None:
                 value = result
         self.values[param.name] = value
+        self.params_version += 1
         self.after_put(param, value)
         await self._publish_readbacks(param, value)
         return self._setpoint_channel_value(param, value)

@@ -10,6 +10,14 @@ acquisition is over and, with WaitForPlugins=Yes, when the plugins have processe
 Parameter sets: writes always update the *user* values (and their _RBV at once); an acquisition
 runs on the snapshot taken when it started (`acquisition.params`, also on EffectiveParams_RBV), so
 a value written while acquiring takes effect at the next Acquire=1.
+
+Acquisition and processing are decoupled (Lima2): each Acquisition owns its completions
+(`acquired`, `processed`) and its run state, published on ProcessingState_RBV. AcquireBusy (ADCore's
+busy record) goes to 1 with Acquire=1 and back to 0 when the acquisition is over, or, with
+WaitForPlugins=Yes, when its frames have left every plugin; Acquire's put-callback follows it.
+Acquisition N+1 may start as soon as the detector is done with N, while N's frames are still in
+the plugins. DeferredProcessing holds an acquisition's frames in memory (bounded by the pool) and
+sends them into the plugins when it ends, or on ReleaseFrames=1.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -33,9 +42,10 @@ from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
                       NDArray, NDAttribute)
 from .params import Access, Kind
-from .state import DetectorState, Event, StateMachine
+from .state import DetectorState, Event, RunState, StateMachine
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
+DEFER_OFF, DEFER_UNTIL_DONE, DEFER_UNTIL_RELEASED = 0, 1, 2
 PLUGIN_WAIT_TIMEOUT = 60.0
 
 
@@ -80,9 +90,11 @@ class Driver(ArrayPort):
         self._stop_event = threading.Event()
         self._thread: threading.Thread | None = None
         self.acquiring = False
-        self.acquisition: Acquisition | None = None
-        self._done: asyncio.Future | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.acquisition: Acquisition | None = None  # the latest
+        self._draining: set[Acquisition] = set()  # acquired, frames not all processed yet
+        self._draining_lock = threading.Lock()
+        self._held: dict[Acquisition, list[NDArray]] = {}  # deferred processing
+        self._held_lock = threading.Lock()
         self.last_frame_status = VALID  # of the latest frame: replay reports a missing one
 
     # --- what a concrete driver provides -------------------------------------------------------------
@@ -110,6 +122,11 @@ class Driver(ArrayPort):
 
     def shutdown(self) -> None:
         self._stop_event.set()
+        with self._held_lock:  # held frames will not be processed: let waiters go
+            for acquisition, frames in self._held.items():
+                for _ in frames:
+                    acquisition.in_flight.leave()
+            self._held.clear()
         self._starts.put(None)
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -122,48 +139,125 @@ class Driver(ArrayPort):
                 self._stop_event.set()
                 self.stop_hardware()
             return 0
-        if not self.acquiring:
-            self._begin()
-        done = self._done
-        acquisition = self.acquisition
-        await asyncio.shield(done)
-        if self.values["WaitForPlugins"] and acquisition is not None:
-            loop = asyncio.get_running_loop()
-            idle = await loop.run_in_executor(None, acquisition.in_flight.wait_idle,
-                                              PLUGIN_WAIT_TIMEOUT)
-            if not idle:
-                self.log.warning("%s: plugins still busy after %.0f s; completing Acquire",
-                                 self.prefix, PLUGIN_WAIT_TIMEOUT)
+        acquisition = self.acquisition if self.acquiring else self._begin()
+        if acquisition is not None:
+            await self._until_not_busy(acquisition)
         if self.publisher is not None:
             await self.publisher.drain()
         return HANDLED
 
-    def _begin(self) -> None:
+    async def put_AcquireBusy(self, value: int) -> Any:
+        """AcquireBusy is driven by acquisitions; a put of 1 waits for the current one (as a
+        put-callback on a busy record does), and a put cannot clear it."""
+        acquisition = self.acquisition
+        if value and acquisition is not None and self.values["AcquireBusy"]:
+            await self._until_not_busy(acquisition)
+            return HANDLED
+        return self.values["AcquireBusy"]
+
+    async def _until_not_busy(self, acquisition: Acquisition) -> None:
+        """Wait, shielded (a departing client cannot cancel the acquisition), for what clears
+        AcquireBusy for `acquisition`."""
+        await asyncio.shield(asyncio.wrap_future(acquisition.acquired))
+        if not acquisition.params.get("WaitForPlugins"):
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(acquisition.processed)),
+                                   PLUGIN_WAIT_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.log.warning("%s: plugins still busy after %.0f s; completing Acquire",
+                             self.prefix, PLUGIN_WAIT_TIMEOUT)
+
+    def _begin(self) -> Acquisition:
         """Start an acquisition (event-loop thread)."""
-        self._loop = asyncio.get_running_loop()
-        self._done = self._loop.create_future()
         self.acquiring = True
         self._stop_event.clear()
-        self.acquisition = Acquisition.start(self.values)
+        acquisition = Acquisition.start(self.values, on_state=self._run_state_entered)
+        self.acquisition = acquisition
         self.set("Acquire", 1)
-        self.set("AcquisitionId_RBV", self.acquisition.id)
-        self.set("EffectiveParams_RBV", self._describe_params(self.acquisition.params))
-        self._starts.put(self.acquisition)
+        self.set("AcquireBusy", 1)
+        self.set("AcquireBusyCB", 1)
+        self.set("ProcessingState_RBV", int(RunState.RUNNING))
+        self.set("AcquisitionId_RBV", acquisition.id)
+        self.set("EffectiveParams_RBV", self._describe_params(acquisition.params))
+        clears = acquisition.processed if acquisition.params.get("WaitForPlugins") \
+            else acquisition.acquired
+        clears.add_done_callback(lambda _: self._not_busy(acquisition))
+        acquisition.processed.add_done_callback(lambda _: self._processed(acquisition))
+        self._starts.put(acquisition)
+        return acquisition
+
+    def _not_busy(self, acquisition: Acquisition) -> None:
+        """Entry action of AcquireBusy=Done (any thread); a later acquisition keeps it busy."""
+        if acquisition is self.acquisition and not self.acquiring:
+            self.set("AcquireBusyCB", 0)
+            self.set("AcquireBusy", 0)
+
+    def _processed(self, acquisition: Acquisition) -> None:
+        with self._draining_lock:
+            self._draining.discard(acquisition)
+            self.set("ProcessingPending_RBV", len(self._draining))
+
+    def _run_state_entered(self, acquisition: Acquisition, state: RunState) -> None:
+        if acquisition is self.acquisition:
+            self.set("ProcessingState_RBV", int(state))
 
     def _describe_params(self, params: Mapping[str, Any]) -> str:
         settable = {p.name: params[p.name] for p in self.params
                     if p.access is not Access.R and p.kind is not Kind.ARRAY
-                    and p.name != "Acquire"}
+                    and p.name not in ("Acquire", "AcquireBusy", "ReleaseFrames")}
         text = json.dumps(settable, separators=(",", ":"))
         return text[: self.params["EffectiveParams_RBV"].length - 1]
 
-    def _finished(self) -> None:
-        """The acquisition thread is done with the current acquisition."""
-        self.acquiring = False
-        self.set("Acquire", 0)
-        done, loop = self._done, self._loop
-        if done is not None and loop is not None:
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+    def _finished(self, acquisition: Acquisition, failed: bool) -> None:
+        """The acquisition thread is done with `acquisition`. Only its own completions are
+        resolved, so an Acquire=1 landing meanwhile is never completed by this one's end."""
+        if acquisition is self.acquisition:
+            self.acquiring = False
+            self.set("Acquire", 0)
+        mode = int(acquisition.params.get("DeferredProcessing", DEFER_OFF))
+        if mode == DEFER_UNTIL_DONE:
+            self._release([acquisition])
+        acquisition.end_acquisition(failed)
+        with self._draining_lock:  # _processed may have run already: then it is not pending
+            if not acquisition.processed.done():
+                self._draining.add(acquisition)
+            self.set("ProcessingPending_RBV", len(self._draining))
+
+    # --- deferred processing --------------------------------------------------------------------------
+    def _hold(self, frame: NDArray, acquisition: Acquisition) -> None:
+        acquisition.in_flight.enter()  # processing is not done while frames are held
+        with self._held_lock:
+            self._held.setdefault(acquisition, []).append(frame)
+            held = sum(len(f) for f in self._held.values())
+        self.set("DeferredFrames_RBV", held)
+
+    def put_ReleaseFrames(self, value: int) -> int:
+        if value:
+            with self._held_lock:
+                waiting = list(self._held)
+            self._release(waiting)
+        return 0
+
+    def _release(self, acquisitions: list[Acquisition]) -> None:
+        """Send held frames into the plugins, in a thread of their own (never the event loop,
+        and never holding up the next acquisition)."""
+        with self._held_lock:
+            batches = [(a, self._held.pop(a, [])) for a in acquisitions]
+        if any(frames for _, frames in batches):
+            threading.Thread(target=self._send_held, args=(batches,), daemon=True,
+                             name=f"{self.port}-release").start()
+
+    def _send_held(self, batches: list[tuple[Acquisition, list[NDArray]]]) -> None:
+        for acquisition, frames in batches:
+            for frame in frames:
+                try:
+                    self.emit(frame)
+                finally:
+                    acquisition.in_flight.leave()
+        with self._held_lock:
+            held = sum(len(f) for f in self._held.values())
+        self.set("DeferredFrames_RBV", held)
 
     # --- the loop -------------------------------------------------------------------------------------
     def _acquisition_thread(self) -> None:
@@ -171,16 +265,18 @@ class Driver(ArrayPort):
             acquisition = self._starts.get()
             if acquisition is None:
                 return
+            failed = False
             try:
                 self._run(acquisition)
             except Exception as exc:  # a driver bug: report, go to Error, keep serving
+                failed = True
                 self.log.error("%s: acquisition failed: %s: %s", self.prefix,
                                type(exc).__name__, exc)
                 self.log.debug("traceback", exc_info=True)
                 self.state.fire(Event.FAULT)
                 self.message(f"acquisition failed: {exc}", logging.ERROR)
             finally:
-                self._finished()
+                self._finished(acquisition, failed)
 
     def _run(self, acquisition: Acquisition) -> None:
         params = acquisition.params
@@ -235,12 +331,18 @@ class Driver(ArrayPort):
             acquisition.first_id = counter
         self.last_frame_status = frame.status
         if frame.valid:
-            frame.attributes.setdefault("ColorMode", NDAttribute(
-                "ColorMode", frame.color_mode, "Color mode", AttrSource.DRIVER))
+            if "ColorMode" not in frame.attributes:
+                frame.attributes["ColorMode"] = NDAttribute(
+                    "ColorMode", frame.color_mode, "Color mode", AttrSource.DRIVER)
             self.attach_attributes(frame)
             self.describe(frame, with_type=False)
         else:
             self.message(f"frame {counter} missing: {frame.status.missing.value} "
                          f"{frame.status.message}".rstrip(), logging.WARNING)
-        if params["ArrayCallbacks"]:
+        acquisition.frames += 1
+        if not params["ArrayCallbacks"]:
+            return
+        if int(params.get("DeferredProcessing", DEFER_OFF)) != DEFER_OFF:
+            self._hold(frame, acquisition)
+        else:
             self.emit(frame)

@@ -13,12 +13,14 @@ import itertools
 import numbers
 import threading
 import time
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from .adcore import COLOR_MODES, data_type_index
+from .state import RunEvent, RunMachine, RunState
 
 EPICS_EPOCH_OFFSET = 631152000.0  # seconds from 1970-01-01 to 1990-01-01
 
@@ -101,22 +103,38 @@ VALID = FrameStatus()
 
 class InFlight:
     """Counts deliveries of one acquisition's frames that plugins have not finished yet, so the
-    driver can wait for the pipeline (WaitForPlugins) without stopping the next acquisition."""
+    driver can wait for the pipeline (WaitForPlugins) without stopping the next acquisition.
+    Once closed (the driver made its last frame), the count reaching 0 calls `on_idle` once."""
 
     def __init__(self) -> None:
         self._count = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())
+        self._closed = False
+        self._on_idle: Callable[[], None] | None = None
 
     def enter(self) -> None:
         with self._cond:
             self._count += 1
 
     def leave(self) -> None:
+        fire = None
         with self._cond:
             self._count -= 1
             if self._count <= 0:
                 self._count = 0
                 self._cond.notify_all()
+                fire, self._on_idle = self._on_idle, None
+        if fire is not None:
+            fire()
+
+    def close(self, on_idle: Callable[[], None]) -> None:
+        """No more frames will enter; call `on_idle` (once) as soon as none is left."""
+        with self._cond:
+            self._closed = True
+            if self._count:
+                self._on_idle = on_idle
+                return
+        on_idle()
 
     @property
     def count(self) -> int:
@@ -130,18 +148,68 @@ class InFlight:
 _acquisition_ids = itertools.count(1)
 
 
-@dataclass
+def resolve(future: Future) -> None:
+    """Complete `future` unless it is already done (any thread)."""
+    try:
+        future.set_result(None)
+    except InvalidStateError:
+        pass
+
+
+@dataclass(eq=False)
 class Acquisition:
-    """One run of Acquire=1: its id and the parameter snapshot it was started with."""
+    """One run of Acquire=1: its id, the parameter snapshot it was started with, and its own
+    processing state, so acquisition N+1 can run while N's frames are still in the pipeline.
+
+    `acquired` completes when the driver is done with it, `processed` when, in addition, every
+    frame has left every plugin: the two completions behind Acquire's put-callback and
+    AcquireBusy. `pipeline` is the effective pipeline set: for each plugin port, the parameter
+    values it processed this acquisition's frames with, and from which frame each applied."""
 
     id: int
     params: dict[str, Any]
     in_flight: InFlight = field(default_factory=InFlight)
     first_id: int | None = None  # unique id of its first frame, so plugins can sort from it
+    frames: int = 0  # frames the driver produced (placeholders included)
+    processing_errors: bool = False  # some frame failed in a plugin
+    pipeline: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+    acquired: Future = field(default_factory=Future)
+    processed: Future = field(default_factory=Future)
+    on_state: Callable[["Acquisition", RunState], None] | None = None
+    run: RunMachine = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.run = RunMachine(self._entered)
 
     @classmethod
-    def start(cls, params: Mapping[str, Any]) -> "Acquisition":
-        return cls(next(_acquisition_ids), dict(params))
+    def start(cls, params: Mapping[str, Any],
+              on_state: Callable[["Acquisition", RunState], None] | None = None
+              ) -> "Acquisition":
+        return cls(next(_acquisition_ids), dict(params), on_state=on_state)
+
+    def _entered(self, state: RunState) -> None:
+        if self.on_state is not None:
+            self.on_state(self, state)
+
+    @property
+    def state(self) -> RunState:
+        return self.run.state
+
+    def end_acquisition(self, failed: bool = False) -> None:
+        """The driver made its last frame (driver thread); processing ends when the pipeline
+        has drained."""
+        self.run.fire(RunEvent.ACQ_FAULT if failed else RunEvent.ACQUIRED)
+        resolve(self.acquired)
+        self.in_flight.close(self._drained)
+
+    def _drained(self) -> None:
+        self.run.fire(RunEvent.PROC_FAULT if self.processing_errors else RunEvent.DRAINED)
+        resolve(self.processed)
+
+    def record_params(self, port: str, from_id: int, values: dict[str, Any]) -> None:
+        """`port` processes this acquisition's frames from `from_id` on with `values` (the full
+        set the first time, then what changed)."""
+        self.pipeline.setdefault(port, []).append((from_id, values))
 
 
 def xyz_dims(ndims: int, color_mode: int) -> tuple[int, ...]:
@@ -156,8 +224,14 @@ def xyz_dims(ndims: int, color_mode: int) -> tuple[int, ...]:
 SWAP_XY = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # transform: x <-> y
 
 
+_IDENTITY = np.eye(3)
+_IDENTITY.flags.writeable = False
+
+
 def identity() -> np.ndarray:
-    return np.eye(3)
+    """The identity transform, shared: transforms are never changed in place (read-only, so an
+    attempt fails loudly), and a frame should not cost an np.eye."""
+    return _IDENTITY
 
 
 @dataclass
@@ -191,13 +265,14 @@ class NDArray:
         self.epics_ts = (sec, int((self.timestamp - sec) * 1e9))
 
     def derive(self, data: np.ndarray | None, **changes: Any) -> "NDArray":
-        """A new array for `data` carrying this one's identity and metadata (plugins' outputs)."""
-        new = NDArray(data=data, unique_id=self.unique_id, timestamp=self.timestamp,
-                      epics_ts=self.epics_ts,
-                      dims=[NDDimension(d.size, d.offset, d.binning, d.reverse) for d in self.dims],
-                      attributes=dict(self.attributes), codec=self.codec,
-                      transform=self.transform.copy(), status=self.status,
-                      acquisition=self.acquisition, color_mode=self.color_mode)
+        """A new array for `data` carrying this one's identity and metadata (plugins' outputs).
+        The transform is shared, not copied: arrays never change a transform in place."""
+        dims = changes.pop("dims", None)
+        if dims is None:
+            dims = [NDDimension(d.size, d.offset, d.binning, d.reverse) for d in self.dims]
+        new = NDArray(data, self.unique_id, self.timestamp, self.epics_ts, dims,
+                      dict(self.attributes), self.codec, changes.pop("transform", self.transform),
+                      self.status, self.acquisition, self.color_mode)
         for k, v in changes.items():
             setattr(new, k, v)
         return new
@@ -205,7 +280,7 @@ class NDArray:
     # --- descriptions published by NDArrayBase PVs ----------------------------------------------
     @property
     def valid(self) -> bool:
-        return self.status.valid and self.data is not None
+        return self.data is not None and self.status.missing is None
 
     @property
     def ndims(self) -> int:

@@ -1,33 +1,99 @@
-"""Plugin base: NDPluginDriver's semantics.
+"""Plugin base: NDPluginDriver's semantics, with one owner per port.
 
 An upstream port calls `receive()`. With BlockingCallbacks=Yes the plugin processes in the
-caller's thread; otherwise the array goes on a queue of QueueSize served by NumThreads worker
-threads, and an array that finds the queue full is dropped, counted in DroppedArrays and passed on
-as a missing-frame placeholder so sinks know what they lost. A subclass implements `process()`,
-which takes one NDArray and returns zero or more NDArrays for downstream plugins.
+caller's thread; otherwise the array goes into the plugin's Inbox, bounded by QueueSize, served
+by NumThreads worker threads. An array that finds the queue full is dropped, counted in
+DroppedArrays, and its placeholder takes its place in line, so sinks learn what they lost in
+unique_id order. MinCallbackTime and the refusal of compressed input are decided before queueing.
+
+The owner (the worker, or the caller's thread with BlockingCallbacks) alone touches processing
+state. A CA put that must change it is queued with `between_frames()` and runs between two frames;
+a put of a parameter only bumps `params_version`, and the owner takes a new snapshot
+(`frame_params`) before its next frame, so a frame never sees a torn mix and a change applies from
+exactly one frame on. Each acquisition records which values each plugin used from which frame
+(`Acquisition.pipeline`). The event loop never waits for processing.
+
+A subclass implements `process()`, which takes one NDArray and returns zero or more NDArrays for
+downstream plugins, reading its parameters from `self.frame_params`.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, ClassVar, Iterable
 
 from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .params import Access, Kind
 from .pool import Block, heap_block
 
-_STOP = object()
 #: process() returns this when the result comes later, through complete() (child processes)
 DEFERRED = object()
 
 Outputs = NDArray | Iterable[NDArray] | None
+
+# what an Inbox holds: (kind, array, outputs)
+_FRAME, _PASS, _STOP = "frame", "pass", "stop"
+
+
+class Inbox:
+    """A non-blocking plugin's input line. Frames are bounded by QueueSize when offered (the
+    check and the append are one step, so the bound holds by construction); placeholders of
+    frames dropped at the door keep their place in line without counting, since they hold no
+    pixels. Commands (between_frames) go before the next frame."""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[str, Any, Any]] = deque()
+        self._commands: deque[Callable[[], None]] = deque()
+        self._frames = 0
+        self._cond = threading.Condition(threading.Lock())
+
+    @property
+    def frames(self) -> int:
+        """Frames waiting (placeholders not counted)."""
+        return self._frames
+
+    def offer(self, array: NDArray, limit: int) -> bool:
+        with self._cond:
+            if self._frames >= limit:
+                return False
+            self._frames += 1
+            self._items.append((_FRAME, array, None))
+            self._cond.notify()
+        return True
+
+    def put(self, kind: str, array: Any = None, outputs: Any = None) -> None:
+        """A placeholder or a stop: never refused."""
+        with self._cond:
+            self._items.append((kind, array, outputs))
+            self._cond.notify()
+
+    def command(self, fn: Callable[[], None]) -> None:
+        with self._cond:
+            self._commands.append(fn)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> tuple[str, Any, Any] | Callable[[], None] | None:
+        """The next command, else the next item; None after `timeout` with nothing to do."""
+        with self._cond:
+            if not self._items and not self._commands:
+                self._cond.wait(timeout)
+            if self._commands:
+                return self._commands.popleft()
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            if item[0] is _FRAME:
+                self._frames -= 1
+            return item
 
 
 class Plugin(ArrayPort):
@@ -49,13 +115,19 @@ class Plugin(ArrayPort):
             "BlockingCallbacks": int(blocking),
         })
         self.params.override("NumThreads", high=max_threads)
-        self._queue: queue.Queue = queue.Queue()
+        self._inbox = Inbox()
         self._workers: list[threading.Thread] = []
-        self._blocking_lock = threading.Lock()
+        self._blocking_lock = threading.Lock()  # held by the caller's thread while it owns
+        self._commands: deque[Callable[[], None]] = deque()  # between_frames, blocking mode
         self._last_callback = 0.0
         self._last_input: NDArray | None = None
         self._sorter = Sorter(self)
         self._running = False
+        #: the parameters the current frame is processed with (see _freeze)
+        self.frame_params: dict[str, Any] = dict(self.values)
+        self._frozen_version = -1
+        self._frozen_acquisition: Acquisition | None = None
+        self._freeze_lock = threading.Lock()
 
     # --- wiring -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -90,7 +162,7 @@ class Plugin(ArrayPort):
         if not self._running:
             return
         while len(self._workers) > count:
-            self._queue.put(_STOP)
+            self._inbox.put(_STOP)
             self._workers.pop()
         while len(self._workers) < count:
             worker = threading.Thread(target=self._work, name=f"{self.port}-worker", daemon=True)
@@ -100,50 +172,118 @@ class Plugin(ArrayPort):
     def shutdown(self) -> None:
         self._running = False
         for _ in self._workers:
-            self._queue.put(_STOP)
+            self._inbox.put(_STOP)
         for worker in self._workers:
             worker.join(timeout=2)
         self._workers.clear()
 
     def _work(self) -> None:
         while True:
-            try:
-                item = self._queue.get(timeout=self.values["SortTime"] or 0.1)
-            except queue.Empty:
+            item = self._inbox.get(self.values["SortTime"] or 0.1)
+            if item is None:
                 self._sorter.flush_ready()
                 continue
-            if item is _STOP:
+            if callable(item):
+                self._run_command(item)
+                continue
+            kind, array, outputs = item
+            if kind is _STOP:
                 return
             try:
-                self._handle(item)
+                if kind is _FRAME:
+                    self._handle(array)
+                else:  # a placeholder, in line with the frames around it
+                    self._sorter.push(array, outputs)
+            except Exception as exc:  # a bug in the base or the sorter: report, keep serving
+                self.log.error("%s: frame %s: %s: %s", self.prefix, array.unique_id,
+                               type(exc).__name__, exc)
+                self.log.debug("traceback", exc_info=True)
             finally:
-                self.set("QueueFree", max(0, self.values["QueueSize"] - self._queue.qsize()))
-                self._leave(item)
+                self._leave(array)
+
+    # --- commands that change processing state ---------------------------------------------------------
+    def between_frames(self, fn: Callable[[], None]) -> None:
+        """Run `fn` in this port's owner thread between two frames; never blocks the caller
+        (the event loop). With BlockingCallbacks the owner is whichever thread holds the
+        port: if none does, `fn` runs at once in the caller, so it must be quick (state changes,
+        not processing or I/O)."""
+        if not self._running:
+            self._run_command(fn)
+        elif self.values["BlockingCallbacks"]:
+            self._commands.append(fn)
+            self._try_commands()
+        else:
+            self._inbox.command(fn)
+
+    def _try_commands(self) -> None:
+        """Run queued blocking-mode commands if no frame is being processed. Whoever appends
+        tries, and whoever finishes a frame tries again, so no command is left behind."""
+        while self._commands and self._blocking_lock.acquire(blocking=False):
+            try:
+                self._drain_commands()
+            finally:
+                self._blocking_lock.release()
+
+    def _drain_commands(self) -> None:
+        while self._commands:
+            try:
+                fn = self._commands.popleft()
+            except IndexError:
+                return
+            self._run_command(fn)
+
+    def _run_command(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:
+            self.log.error("%s: command failed: %s: %s", self.prefix, type(exc).__name__, exc)
+            self.message(f"command failed: {type(exc).__name__}: {exc}")
 
     # --- the data path --------------------------------------------------------------------------------
     def receive(self, array: NDArray) -> None:
         """Called by the upstream port, in its thread."""
-        if not self.values["EnableCallbacks"]:
+        values = self.values
+        if not values["EnableCallbacks"]:
             return
+        min_time = values["MinCallbackTime"]
+        if min_time > 0:  # throttled before queueing, as NDPluginDriver does
+            now = time.monotonic()
+            if now - self._last_callback < min_time:
+                return
+            self._last_callback = now
         self._enter(array)
-        if self.values["BlockingCallbacks"]:
+        if array.valid and array.codec.compressed and not self.compression_aware:
+            self._refuse_compressed(array)
+            return
+        if values["BlockingCallbacks"]:
             try:
                 with self._blocking_lock:
                     self._handle(array)
+                    self._drain_commands()
             finally:
                 self._leave(array)
+            if self._commands:
+                self._try_commands()
             return
-        if self._queue.qsize() >= self.values["QueueSize"]:
+        if not self._inbox.offer(array, values["QueueSize"]):
             self.increment("DroppedArrays")
+            self._inbox.put(_PASS, array, [array.derive(
+                None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
+
+    def _refuse_compressed(self, array: NDArray) -> None:
+        self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
+                     f"{self.plugin_type} needs uncompressed arrays (add a Codec "
+                     f"plugin in Decompress mode upstream)", logging.WARNING)
+        self._mark_failed(array)
+        outputs = [array.derive(None, status=FrameStatus(
+            MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
+        if self.values["BlockingCallbacks"]:
             try:
-                self._sorter.push(array, [array.derive(
-                    None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
+                self._sorter.push(array, outputs)
             finally:
                 self._leave(array)
-            return
-        self._queue.put(array)
-        self.set("QueueFree", max(0, self.values["QueueSize"] - self._queue.qsize()))
-        self.set("NumQueuedArrays", self._queue.qsize())
+        else:
+            self._inbox.put(_PASS, array, outputs)
 
     @staticmethod
     def _enter(array: NDArray) -> None:
@@ -155,24 +295,20 @@ class Plugin(ArrayPort):
         if array.acquisition is not None:
             array.acquisition.in_flight.leave()
 
+    @staticmethod
+    def _mark_failed(array: NDArray) -> None:
+        if array.acquisition is not None:
+            array.acquisition.processing_errors = True
+
     def _handle(self, array: NDArray) -> None:
-        now = time.monotonic()
-        min_time = self.values["MinCallbackTime"]
-        if min_time > 0 and now - self._last_callback < min_time:
-            self._sorter.push(array, [])
-            return
-        self._last_callback = now
+        if self._frozen_version != self.params_version or \
+                self._frozen_acquisition is not array.acquisition:
+            self.freeze(array)
         self._last_input = array
         self.increment("ArrayCounter")
         self.describe(array, with_type=True)
         start = time.perf_counter()
-        if array.valid and array.codec.compressed and not self.compression_aware:
-            self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
-                         f"{self.plugin_type} needs uncompressed arrays (add a Codec "
-                         f"plugin in Decompress mode upstream)", logging.WARNING)
-            outputs = [array.derive(None, status=FrameStatus(
-                MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
-        elif array.valid:
+        if array.valid:
             try:
                 result = self.process(array)
                 if result is DEFERRED:
@@ -184,24 +320,63 @@ class Plugin(ArrayPort):
                                array.unique_id, type(exc).__name__, exc)
                 self.log.debug("traceback", exc_info=True)
                 self.message(f"array {array.unique_id}: {type(exc).__name__}: {exc}")
+                self._mark_failed(array)
                 outputs = [array.derive(None, status=FrameStatus(MissingCause.PROCESSING_ERROR,
                                                                  str(exc)))]
         else:
             outputs = _as_list(self.process_missing(array))
         self._finish(array, outputs, time.perf_counter() - start)
 
+    # --- frozen parameters ------------------------------------------------------------------------------
+    def frame_snapshot(self) -> dict[str, Any]:
+        """The parameter values the next frames are processed with (a subclass may add
+        requests it keeps apart from the readback values)."""
+        return dict(self.values)
+
+    def freeze(self, array: NDArray | None = None) -> None:
+        """A put changed a parameter, or a new acquisition begins: take one consistent snapshot
+        and record it in `array`'s acquisition (owner thread, before the frame). Code that calls
+        process() itself (tests, benchmarks) calls this after changing `values`."""
+        with self._freeze_lock:
+            version = self.params_version
+            snapshot = self.frame_snapshot()
+            settable = {p.name: snapshot[p.name] for p in self.params
+                        if p.access is not Access.R and p.kind is not Kind.ARRAY
+                        and p.name in snapshot}
+            previous = self.frame_params
+            self.frame_params = snapshot
+            self._frozen_version = version
+            acquisition = array.acquisition if array is not None else None
+            if acquisition is None:
+                return
+            if acquisition is not self._frozen_acquisition:
+                self._frozen_acquisition = acquisition
+                acquisition.record_params(self.port, array.unique_id, settable)
+            else:
+                changed = {k: v for k, v in settable.items() if previous.get(k) != v}
+                if not changed:
+                    return
+                acquisition.record_params(self.port, array.unique_id, changed)
+            text = json.dumps({"acquisition": acquisition.id, "from": array.unique_id,
+                               "params": settable}, separators=(",", ":"), default=str)
+            self.set("EffectiveParams_RBV", text[: self.params["EffectiveParams_RBV"].length - 1])
+
     def complete(self, array: NDArray, outputs: Outputs, seconds: float | None = None) -> None:
         """Finish a frame whose process() returned DEFERRED (any thread)."""
         try:
-            self._finish(array, _as_list(outputs), seconds)
+            outs = _as_list(outputs)
+            if any(o.status.missing is MissingCause.PROCESSING_ERROR for o in outs):
+                self._mark_failed(array)
+            self._finish(array, outs, seconds)
         finally:
             self._leave(array)
 
     def _finish(self, array: NDArray, outputs: list[NDArray], seconds: float | None) -> None:
         """What every processed frame goes through, returned at once or completed later."""
-        for out in outputs:
-            if out is not array and out.valid:  # never edit a shared input's list
-                self.attach_attributes(out)
+        if self.attribute_specs:
+            for out in outputs:
+                if out is not array and out.valid:  # never edit a shared input's list
+                    self.attach_attributes(out)
         if seconds is not None:
             self.set("ExecutionTime_RBV", seconds * 1e3)
         self._sorter.push(array, outputs)
@@ -219,8 +394,15 @@ class Plugin(ArrayPort):
         return array
 
     def put_ProcessPlugin(self, value: int) -> int:
-        if value and self._last_input is not None:
-            self.receive(self._last_input)
+        """Process the last array again. Only queues: with BlockingCallbacks the work runs in
+        a thread of its own, never in the event loop."""
+        last = self._last_input
+        if value and last is not None:
+            if self.values["BlockingCallbacks"]:
+                threading.Thread(target=self.receive, args=(last,), daemon=True,
+                                 name=f"{self.port}-process").start()
+            else:
+                self.receive(last)
         return 0
 
     def put_MaxArrayRate(self, value: float) -> float:
@@ -229,14 +411,20 @@ class Plugin(ArrayPort):
         return value
 
     def put_QueueSize(self, value: int) -> int:
-        self.set("QueueFree", max(0, value - self._queue.qsize()))
+        self.set("QueueFree", max(0, value - self._inbox.frames))
         self.set_many({"QueueFreeLow": value * 0.25, "QueueUseHIGH": value * 0.75,
                        "QueueUseHIHI": float(value)})
         return value
 
+    def before_publish(self) -> None:
+        super().before_publish()
+        queued = self._inbox.frames
+        self.set_if_changed({"QueueFree": max(0, self.values["QueueSize"] - queued),
+                             "NumQueuedArrays": queued})
+
     def periodic(self, elapsed: float) -> None:
         super().periodic(elapsed)
-        self.set("QueueUse", self._queue.qsize())
+        self.set("QueueUse", self._inbox.frames)
 
 
 def _as_list(outputs: Outputs) -> list[NDArray]:

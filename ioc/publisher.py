@@ -1,11 +1,12 @@
 """The publisher sits between the data path and caproto.
 
-Driver and plugin threads never touch caproto; they post values here, which costs a dict update.
-A task in the server's event loop flushes what changed. When values change faster than the flush
-interval, only the latest is sent (coalescing), so a fast detector cannot push caproto into the
-overload collapse measured in perf-anchors §3 (0 updates/s at 100% CPU). Arrays are additionally
-paced by a byte budget. Values that must never be merged (Acquire_RBV going 0->1->0) are queued in
-order, and nothing queued before them is overtaken.
+Driver and plugin threads never touch caproto. A component's `set()` only marks a name dirty;
+a task in the server's event loop collects the dirty names of every component once per interval
+and writes their latest values (coalescing), so a fast detector costs the same publishing work
+as a slow one and cannot push caproto into the overload collapse measured in perf-anchors §3
+(0 updates/s at 100% CPU). Arrays are posted at once but paced by a byte budget. Values that must
+never be merged (Acquire_RBV going 0->1->0) are queued in order the moment they are set, after
+collecting everything set before them, so nothing set earlier in any thread is overtaken.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class Publisher:
     def __init__(self, interval: float = 0.02, array_bytes_per_s: float = 400e6) -> None:
         self.interval = interval
         self.array_bytes_per_s = array_bytes_per_s
-        self._lock = threading.Lock()
+        # reentrant: a component's collect() may set (and so post) values while collected
+        self._lock = threading.RLock()
+        self._collecting = False
         self._pending: list[list[Any]] = []  # [channel, value], flushed in order
         self._position: dict[ParamChannel, int] = {}
         self._barrier = -1  # index of the last entry that must not be overtaken
@@ -44,21 +47,49 @@ class Publisher:
         self._wake_requested = False
         self._array_wake_requested = False
         self._flush_lock: asyncio.Lock | None = None
+        self._sources: list[Any] = []  # components whose dirty values are collected
         self.posted = 0  # values handed to caproto, for tests and benchmarks
         self.context: Any = None  # the caproto server Context, to know when updates are sent
 
     # --- data-path side (any thread) ------------------------------------------------------------
+    def add_source(self, component: Any) -> None:
+        """Collect `component`'s dirty values at every flush (see Component.collect)."""
+        if component not in self._sources:
+            self._sources.append(component)
+
     def post(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
         with self._lock:
-            pos = self._position.get(channel)
-            if coalesce and pos is not None and pos > self._barrier:
-                self._pending[pos][1] = value
-            else:
-                self._position[channel] = len(self._pending)
-                self._pending.append([channel, value])
-                if not coalesce:
-                    self._barrier = len(self._pending) - 1
-            self._request_wake()
+            if not coalesce:
+                self._collect_locked()  # what was set before this value goes out before it
+            self._post_locked(channel, value, coalesce)
+            if not coalesce:
+                self._request_wake()
+
+    def _post_locked(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
+        pos = self._position.get(channel)
+        if coalesce and pos is not None and pos > self._barrier:
+            self._pending[pos][1] = value
+        else:
+            self._position[channel] = len(self._pending)
+            self._pending.append([channel, value])
+            if not coalesce:
+                self._barrier = len(self._pending) - 1
+
+    def _collect_locked(self) -> None:
+        if self._collecting:
+            return
+        self._collecting = True
+        try:
+            self._collect_sources()
+        finally:
+            self._collecting = False
+
+    def _collect_sources(self) -> None:
+        for source in self._sources:
+            try:
+                source.collect(self._post_locked)
+            except Exception as exc:  # one component's bad value must not stop the others
+                log.error("cannot collect values of %s: %s", getattr(source, "port", source), exc)
 
     def post_array(self, channel: ParamChannel, array: np.ndarray) -> None:
         """Latest array wins; posted no faster than the byte budget allows."""
@@ -83,13 +114,15 @@ class Publisher:
         self._array_wake.set()
         arrays = asyncio.create_task(self._run_arrays(), name="publisher-arrays")
         try:
-            while True:  # scalars: at most one flush per interval, latest value wins
-                await self._wake.wait()
+            while True:  # scalars: collected and flushed once per interval, latest value wins
+                await self._flush(force=False)
+                try:  # an ordered value (Acquire_RBV) wakes the flush early
+                    await asyncio.wait_for(self._wake.wait(), self.interval)
+                except asyncio.TimeoutError:
+                    pass
                 self._wake.clear()
                 with self._lock:
                     self._wake_requested = False
-                await self._flush(force=False)
-                await asyncio.sleep(self.interval)
         finally:
             arrays.cancel()
 
@@ -141,6 +174,7 @@ class Publisher:
     async def _flush(self, force: bool) -> None:
         async with self._flush_lock:
             with self._lock:
+                self._collect_locked()
                 pending, self._pending = self._pending, []
                 self._position.clear()
                 ordered = self._barrier >= 0

@@ -68,3 +68,64 @@ class StateMachine:
 
     def can(self, event: Event) -> bool:
         return (self.state, event) in TRANSITIONS
+
+
+# --- the processing state of one acquisition (Lima2's run states) ------------------------------------
+
+class RunState(enum.IntEnum):
+    """Where one acquisition stands. Acquisition and processing end separately: a new acquisition
+    may start while an earlier one is still in the pipeline (ACQ_DONE)."""
+
+    RUNNING = 0
+    ACQ_DONE = 1
+    PROC_DONE = 2
+    ACQ_FAILED = 3
+    PROC_FAILED = 4
+
+
+
+
+class RunEvent(enum.Enum):
+    ACQUIRED = "acquired"  # the driver produced its last frame (or was stopped)
+    ACQ_FAULT = "acq_fault"  # the driver failed
+    DRAINED = "drained"  # every frame of the acquisition has left every plugin
+    PROC_FAULT = "proc_fault"  # drained, but some frame failed in a plugin
+
+
+R_, RE = RunState, RunEvent
+
+RUN_TRANSITIONS: dict[tuple[RunState, RunEvent], RunState] = {
+    (R_.RUNNING, RE.ACQUIRED): R_.ACQ_DONE,
+    (R_.RUNNING, RE.ACQ_FAULT): R_.ACQ_FAILED,
+    (R_.ACQ_DONE, RE.DRAINED): R_.PROC_DONE,
+    (R_.ACQ_DONE, RE.PROC_FAULT): R_.PROC_FAILED,
+    # a failed acquisition still drains what it produced; it stays failed
+    (R_.ACQ_FAILED, RE.DRAINED): R_.ACQ_FAILED,
+    (R_.ACQ_FAILED, RE.PROC_FAULT): R_.ACQ_FAILED,
+}
+
+#: states after which nothing of the acquisition is left in the pipeline
+RUN_FINAL = frozenset({R_.PROC_DONE, R_.PROC_FAILED})
+
+
+class RunMachine:
+    """One acquisition's processing state. `on_enter(state)` runs after each transition, in the
+    thread that fired it (entry actions: publish the state, resolve completions)."""
+
+    def __init__(self, on_enter=None) -> None:
+        self.state = R_.RUNNING
+        self._on_enter = on_enter
+        self._lock = threading.Lock()
+
+    def fire(self, event: RunEvent) -> RunState | None:
+        """Apply `event`; return the new state, or None (and leave the state) when the table
+        does not allow it (an event arriving twice, or after a final state)."""
+        with self._lock:
+            new = RUN_TRANSITIONS.get((self.state, event))
+            if new is None:
+                log.debug("run state: event %s ignored in state %s", event.value, self.state.name)
+                return None
+            self.state = new
+        if self._on_enter is not None:
+            self._on_enter(new)
+        return new

@@ -384,6 +384,15 @@ class CircularBuffOptions(BaseModel):
 
 
 class CircularBuff(Plugin):
+    """Locking, so that no CA put ever waits for a delivery (DESIGN.md 3, "Ports own their
+    work"): `_lock` guards the ring and the capture state and is held only for the decisions
+    about one array, never across delivery, so the Capture and Trigger puts (event loop) take
+    it without waiting for downstream plugins. Deliveries, by the worker or by a Trigger put's
+    immediate flush (in an executor thread, never the loop), go out one after the other under
+    `_deliver_lock`, taken before `_lock` so arrays leave in the order they were decided. Busy
+    puts complete when their last arrays are out: their waiters are taken under `_lock` and
+    released after the delivery."""
+
     screen = "NDCircularBuff"
     kind = "circularbuff"
     plugin_type = "NDPluginCircularBuff"
@@ -398,7 +407,8 @@ class CircularBuff(Plugin):
         options = options or CircularBuffOptions()
         self.values["PreCount"] = options.pre_count
         self.values["PostCount"] = options.post_count
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # ring and capture state; never held across delivery
+        self._deliver_lock = threading.RLock()  # deliveries in order; never taken on the loop
         self._calc = compile_calc(DEFAULT_TRIGGER_CALC)
         self._ring: deque[NDArray] = deque(maxlen=0)
         self._capturing = False
@@ -409,6 +419,10 @@ class CircularBuff(Plugin):
         self._actual = 0
         self._capture = Busy()  # Capture=1 put-callbacks: complete when the capture ends
         self._triggers = Busy()  # Trigger=1 put-callbacks: complete when post-trigger is out
+
+    def _params(self) -> Mapping[str, Any]:
+        """The parameters this frame is processed with (the base's snapshot)."""
+        return getattr(self, "frame_params", self.values)
 
     # --- status -----------------------------------------------------------------------------------
     def _status(self, text: str) -> None:
@@ -427,21 +441,29 @@ class CircularBuff(Plugin):
         if self.values["Trigger_RBV"] != int(on):
             self.set("Trigger_RBV", int(on))
 
-    # --- completions of busy puts ---------------------------------------------------------------
-    def _finish_triggers(self) -> None:
+    # --- completions of busy puts (lock held; release the returned waiters when done) ----------
+    def _end_triggers(self) -> Busy:
+        """Trigger back to Done; the Trigger puts waiting so far, to release once the arrays
+        that end their trigger are out (a Trigger put after this one waits for the next)."""
         if self.values["Trigger"]:
             self.set("Trigger", 0)
-        self._triggers.release()
+        done, self._triggers = self._triggers, Busy()
+        return done
+
+    def _end_capture(self) -> Busy:
+        done, self._capture = self._capture, Busy()
+        return done
 
     # --- Capture ----------------------------------------------------------------------------------
     async def put_Capture(self, value: int) -> Any:
         if not value:
             with self._lock:
-                self._stop("Acquisition Stopped")
+                done = self._stop("Acquisition Stopped")
+            _release(done)
             return 0
         with self._lock:
-            self._capture.release()  # a capture still running restarts, as in ADCore
-            self._finish_triggers()
+            # a capture still running restarts, as in ADCore
+            done = [self._end_capture(), self._end_triggers()]
             self._ring = deque(maxlen=self.values["PreCount"])
             self._capturing, self._soft, self._flushed = True, False, False
             self._post = self._actual = 0
@@ -450,22 +472,23 @@ class CircularBuff(Plugin):
                            "ActualTriggerCount_RBV": 0, "Capture": 1})
             self._status(self._filling())
             waiting = self._capture.arm()
+        _release(done)
         return await finish(waiting, self.publisher)
 
-    def _stop(self, status: str) -> None:
-        """End capturing (lock held): Capture=0, pending put-callbacks complete."""
+    def _stop(self, status: str) -> list[Busy]:
+        """End capturing (lock held): Capture=0; returns the put-callbacks to complete."""
         self._capturing, self._soft = False, False
         self._set_triggered(False)
         self._ring.clear()
         self.set_many({"CurrentQty_RBV": 0, "Capture": 0})
         self._status(status)
-        self._finish_triggers()
-        self._capture.release()
+        return [self._end_triggers(), self._end_capture()]
 
     # --- soft trigger -----------------------------------------------------------------------------
     async def put_Trigger(self, value: int) -> Any:
         if not value:
-            self._soft = False  # writing 0 disarms a soft trigger not yet used
+            with self._lock:
+                self._soft = False  # writing 0 disarms a soft trigger not yet used
             return 0
         with self._lock:
             capturing = self._capturing
@@ -478,22 +501,29 @@ class CircularBuff(Plugin):
         if not capturing:
             self._report("Trigger ignored: not capturing")
             return 0
-        if immediately:
+        if immediately:  # delivered off the loop, after the delivery in progress if any
             await asyncio.get_running_loop().run_in_executor(None, self._flush_now)
         return await finish(waiting, self.publisher)
 
     def _flush_now(self) -> None:
-        with self._lock:
-            if self._capturing and self._ring:
+        with self._deliver_lock:
+            with self._lock:
+                if not (self._capturing and self._ring):
+                    return
                 self._flushed = True
-                self._deliver(self._take_ring())
+                arrays = self._take_ring()
                 self._status("Flushing")
+            self._deliver(arrays)
 
     def _take_ring(self) -> list[NDArray]:
         arrays = list(self._ring)
         self._ring.clear()
         self.set("CurrentQty_RBV", 0)
         return arrays
+
+    def _deliver(self, outputs: list[NDArray]) -> None:
+        with self._deliver_lock:  # also the base's placeholders, in line with ours
+            super()._deliver(outputs)
 
     # --- settings ---------------------------------------------------------------------------------
     def put_PreCount(self, value: int) -> int:
@@ -505,7 +535,7 @@ class CircularBuff(Plugin):
     def put_TriggerCalc(self, value: str) -> str:
         text = value if value.strip() else DEFAULT_TRIGGER_CALC
         try:
-            self._calc = compile_calc(text)
+            self._calc = compile_calc(text)  # one reference swap: the worker sees old or new
             if self.values["StatusMessage"].startswith("TriggerCalc:"):
                 self._status("TriggerCalc OK")  # the error shown is no longer true
         except CalcError as exc:
@@ -515,65 +545,85 @@ class CircularBuff(Plugin):
 
     # --- the data path (worker thread) ------------------------------------------------------------
     def process(self, array: NDArray) -> None:
-        """Arrays go downstream from here, under the lock, so the ring flushed by a Trigger put
-        and the arrays of this thread stay in order."""
-        with self._lock:
-            if not self._capturing:
-                return None
-            if self._soft:
-                self._set_triggered(True)
-            elif not self._triggered:
-                self._set_triggered(self._evaluate(array))
-            if not self._triggered:
-                self._ring.append(array)
-                self.set("CurrentQty_RBV", len(self._ring))
-                if len(self._ring) == self._ring.maxlen or not self._ring.maxlen:
-                    self._status("Buffer Wrapping" if self._ring.maxlen else "Dropping frames")
-                return None
-            self._status("Flushing")
-            outputs = [] if self._flushed else self._take_ring()
-            self._flushed = True
-            self._post += 1
-            self.set("PostTriggerQty_RBV", self._post)
-            self._deliver(outputs + [array])
-            if self._post >= self.values["PostCount"]:
-                self._trigger_complete()
+        """Decide under `_lock`, deliver outside it (see the class docstring)."""
+        params = self._params()
+        with self._deliver_lock:
+            with self._lock:
+                outputs, done = self._take(array, params)
+            try:
+                if outputs:
+                    self._deliver(outputs)
+            finally:
+                _release(done)
         return None
 
-    def process_missing(self, array: NDArray) -> NDArray | None:
-        with self._lock:
-            return array if self._capturing and self._triggered else None
+    def _take(self, array: NDArray, params: Mapping[str, Any]) -> tuple[list[NDArray],
+                                                                        list[Busy]]:
+        """What `array` sends downstream, and the busy puts it completes (lock held)."""
+        if not self._capturing:
+            return [], []
+        if self._soft:
+            self._set_triggered(True)
+        elif not self._triggered:
+            self._set_triggered(self._evaluate(array, params))
+        if not self._triggered:
+            self._ring.append(array)
+            self.set("CurrentQty_RBV", len(self._ring))
+            if len(self._ring) == self._ring.maxlen or not self._ring.maxlen:
+                self._status("Buffer Wrapping" if self._ring.maxlen else "Dropping frames")
+            return [], []
+        self._status("Flushing")
+        outputs = [] if self._flushed else self._take_ring()
+        self._flushed = True
+        self._post += 1
+        self.set("PostTriggerQty_RBV", self._post)
+        done = []
+        if self._post >= params["PostCount"]:
+            done = self._trigger_complete(params)
+        return outputs + [array], done
 
-    def _evaluate(self, array: NDArray) -> bool:
-        v = self.values
-        env = {"A": _attribute_value(array, v["TriggerA"]),
-               "B": _attribute_value(array, v["TriggerB"]),
-               "C": float(v["PreCount"]), "D": float(v["PostCount"]),
-               "E": float(v["CurrentQty_RBV"]), "F": float(self._triggered)}
+    def process_missing(self, array: NDArray) -> None:
+        with self._deliver_lock:
+            with self._lock:
+                passing = self._capturing and self._triggered
+            if passing:
+                self._deliver([array])
+        return None
+
+    def _evaluate(self, array: NDArray, params: Mapping[str, Any]) -> bool:
+        env = {"A": _attribute_value(array, params["TriggerA"]),
+               "B": _attribute_value(array, params["TriggerB"]),
+               "C": float(params["PreCount"]), "D": float(params["PostCount"]),
+               "E": float(self.values["CurrentQty_RBV"]), "F": float(self._triggered)}
         self.set_many({"TriggerAVal": env["A"], "TriggerBVal": env["B"]})
-        if self._calc is None:
+        calc = self._calc
+        if calc is None:
             return False
-        result = self._calc(env)
+        result = calc(env)
         self.set("TriggerCalcVal", result)
         return math.isfinite(result) and result != 0.0
 
-    def _trigger_complete(self) -> None:
+    def _trigger_complete(self, params: Mapping[str, Any]) -> list[Busy]:
         self._actual += 1
         self.set("ActualTriggerCount_RBV", self._actual)
-        preset = self.values["PresetTriggerCount"]
+        preset = params["PresetTriggerCount"]
         if preset == 0 or self._actual < preset:
             self._flushed, self._soft, self._post = False, False, 0
             self._set_triggered(False)
             self.set("PostTriggerQty_RBV", 0)
             self._status(self._filling())
-            self._finish_triggers()
-        else:
-            self._stop("Acquisition Completed")
+            return [self._end_triggers()]
+        return self._stop("Acquisition Completed")
 
     def shutdown(self) -> None:
         with self._lock:
             self._ring.clear()
         super().shutdown()
+
+
+def _release(done: list[Busy]) -> None:
+    for busy in done:
+        busy.release()
 
 
 def _attribute_value(array: NDArray, name: str) -> float:

@@ -214,7 +214,7 @@ class Codec(Plugin):
 
     def process(self, array: NDArray) -> NDArray:
         try:
-            if self.values["Mode"] == COMPRESS:
+            if self.frame_params["Mode"] == COMPRESS:
                 output, factor = self._compress(array)
             else:
                 output, factor = self._decompress(array)
@@ -228,7 +228,7 @@ class Codec(Plugin):
 
     # --- compress ---------------------------------------------------------------------------------
     def _compress(self, array: NDArray) -> tuple[NDArray, float]:
-        v = self.values
+        v = self.frame_params
         algo = v["Compressor"]
         if algo == NONE:
             return array, 1.0
@@ -287,7 +287,7 @@ class Codec(Plugin):
         if algo == ZLIB:
             plain = imagecodecs.zlib_decode(chunk)
         elif algo == BLOSC:
-            plain = imagecodecs.blosc_decode(chunk, numthreads=self.values["BloscNumThreads"])
+            plain = imagecodecs.blosc_decode(chunk, numthreads=self.frame_params["BloscNumThreads"])
         elif algo in (LZ4, LZ4HDF5):
             if algo == LZ4HDF5 and len(chunk) >= 12:
                 block = struct.unpack(">I", chunk[8:12].tobytes())[0]

@@ -17,6 +17,13 @@ PVs. A refused path, a template that does not take (string, string, integer) in 
 I/O error (permission, disk full) sets WriteStatus/WriteMessage, closes what was open so the
 frames already written stay readable, and leaves the IOC serving. Missing frames (placeholders for
 lost arrays) reach the writer too; `write_missing` records them.
+
+Locking (DESIGN.md 3, "Ports own their work"): no CA put waits for a write. `_lock` is the file's
+lock, held across file I/O by the worker and by the thread a put hands its I/O to (Capture,
+WriteFile and the FilePath checks run, in the order the puts came, in the writer's one I/O thread
+while the event loop awaits them; HDF5's FlushNow in an executor); the event loop never takes it. `_state_lock` guards the capture buffer and whether a capture is on, is never held
+across I/O, and is all that FreeCapture and the stopping half of Capture=0 take. Frames are
+written with the parameters the base froze for them (`frame_params`).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import os
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from ndflow.busy import Busy, finish
 from ndflow.channels import HANDLED
@@ -113,11 +121,15 @@ class FileWriter(Plugin):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.values["FileTemplate"] = f"%s%s_%3.3d{self.extension}"
-        self._lock = threading.RLock()  # the open file and the capture buffer
+        self._lock = threading.RLock()  # the open file: held across I/O, never on the loop
+        self._state_lock = threading.Lock()  # _buffer and _capturing: never held across I/O
         self._buffer: list[NDArray] = []
+        self._capturing = False  # frames are taken (Capture or Stream mode)
         self._early_missing: list[NDArray] = []  # lost before the Stream file could open
         self._open = False
+        self._open_params: Mapping[str, Any] = self.values  # what the open file was opened with
         self._capture = Busy()  # Capture=1 put-callbacks, completed when the capture ends
+        self._io: ThreadPoolExecutor | None = None  # puts' file work, one at a time, in order
         self._opened_at = 0.0
         self._bytes = 0
 
@@ -142,16 +154,27 @@ class FileWriter(Plugin):
         """Give up on a file whose write failed, without the usual close (see HDF5)."""
         self.close_file()
 
-    # --- FilePath and names -------------------------------------------------------------------------
-    def put_FilePath(self, value: str) -> str:
+    def _params(self) -> Mapping[str, Any]:
+        """The parameters the current frame is written with (the base's snapshot)."""
+        return getattr(self, "frame_params", self.values)
+
+    def _off_loop(self, fn: Any, *args: Any) -> asyncio.Future:
+        """Run a put's file work in this writer's I/O thread, after the puts before it; the
+        put awaits the result, so the event loop serves other clients meanwhile."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix=f"{self.port}-io")
+        return asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # --- FilePath and names (the folder is checked and created off the event loop) ------------
+    async def put_FilePath(self, value: str) -> str:
         path = value if value.endswith("/") or not value else value + "/"
-        self._check_path(path, create=True)
+        await self._off_loop(self._check_path, path, True)
         return path
 
-    def put_CreateDirectory(self, value: int) -> int:
+    async def put_CreateDirectory(self, value: int) -> int:
         self.values["CreateDirectory"] = value
         if self.values["FilePath"]:
-            self._check_path(self.values["FilePath"], create=True)
+            await self._off_loop(self._check_path, self.values["FilePath"], True)
         return value
 
     def _check_path(self, path: str, create: bool) -> bool:
@@ -195,17 +218,19 @@ class FileWriter(Plugin):
         except OSError as exc:
             raise WriteError(f"cannot create {folder}: {exc.strerror}") from None
 
-    def _next_file(self) -> Path:
-        v = self.values
+    def _next_file(self, params: Mapping[str, Any]) -> Path:
+        v = params
         if not v["FilePath"]:
             raise WriteError("FilePath is empty")
-        name = format_file_name(v["FileTemplate"], v["FilePath"], v["FileName"], v["FileNumber"])
+        # FileNumber is the live counter: the writer itself moves it on after each file
+        name = format_file_name(v["FileTemplate"], v["FilePath"], v["FileName"],
+                                self.values["FileNumber"])
         path = self._allowed(name)
         self.set("FullFileName_RBV", str(path)[:511])
         return path
 
     def _file_finished(self) -> None:
-        if self.values["AutoIncrement"]:
+        if self._open_params["AutoIncrement"]:
             self.set("FileNumber", self.values["FileNumber"] + 1)
 
     def _error(self, message: str) -> None:
@@ -213,8 +238,9 @@ class FileWriter(Plugin):
         self.message(message, logging.ERROR)
 
     # --- writing --------------------------------------------------------------------------------------
-    def _write_files(self, arrays: list[NDArray]) -> bool:
-        """Write `arrays` to one file (or one file each), reporting failure on the PVs."""
+    def _write_files(self, arrays: list[NDArray], params: Mapping[str, Any]) -> bool:
+        """Write `arrays` to one file (or one file each), reporting failure on the PVs (file
+        lock held)."""
         if not arrays:
             return True
         valid = [a for a in arrays if a.valid]
@@ -224,7 +250,7 @@ class FileWriter(Plugin):
         groups = [arrays] if self.multiple_arrays else [[a] for a in valid]
         try:
             for group in groups:
-                self._open_for(next(a for a in group if a.valid))
+                self._open_for(next(a for a in group if a.valid), params)
                 for array in group:
                     self._write_one(array)
                 self._close()
@@ -234,8 +260,8 @@ class FileWriter(Plugin):
             return False
         return True
 
-    def _open_for(self, first: NDArray) -> None:
-        path = self._next_file()
+    def _open_for(self, first: NDArray, params: Mapping[str, Any]) -> None:
+        path = self._next_file(params)
         try:
             self.open_file(path, first)
         except WriteError:
@@ -243,6 +269,7 @@ class FileWriter(Plugin):
         except Exception as exc:  # OSError, or h5py's own types for OS problems
             raise WriteError(f"cannot open {path}: {_os_reason(exc)}") from None
         self._open = True
+        self._open_params = params
         self._opened_at = time.monotonic()
         self._bytes = 0
         self.set_many({"WriteStatus": 0, "WriteMessage": ""})
@@ -286,25 +313,33 @@ class FileWriter(Plugin):
         return None
 
     def _handle_array(self, array: NDArray) -> None:
-        mode = self.values["FileWriteMode"]
-        with self._lock:
-            if mode == SINGLE:
-                if self.values["AutoSave"] and array.valid:
-                    self._write_files([array])
-                return
-            if not self.values["Capture"]:
-                return
-            if mode == CAPTURE:
+        params = self._params()
+        mode = params["FileWriteMode"]
+        if mode == SINGLE:
+            if params["AutoSave"] and array.valid:
+                with self._lock:
+                    self._write_files([array], params)
+            return
+        if mode == CAPTURE:
+            with self._state_lock:
+                if not self._capturing:
+                    return
                 self._buffer.append(array)
-                self.set("NumCaptured_RBV", len(self._buffer))
-                if self.values["NumCapture"] and len(self._buffer) >= self.values["NumCapture"]:
-                    if self.values["AutoSave"]:
-                        self._write_buffer()
-                    self._end_capture()
-                return
-            self._stream(array)
+                held = len(self._buffer)
+                self.set("NumCaptured_RBV", held)
+                if not params["NumCapture"] or held < params["NumCapture"]:
+                    return
+                self._capturing = False  # full: this capture ends with this array
+                arrays = self._take_buffer() if params["AutoSave"] else []
+            with self._lock:  # the buffer is out of reach of FreeCapture while written
+                self._write_files(arrays, params)
+                self._end_capture()
+            return
+        with self._lock:
+            if self._capturing:  # Capture=0 clears it before it waits for this lock
+                self._stream(array, params)
 
-    def _stream(self, array: NDArray) -> None:
+    def _stream(self, array: NDArray, params: Mapping[str, Any]) -> None:
         if not array.valid and not self._open:
             # No file to take the row yet (its shape and type come from a real array).
             if self.multiple_arrays:
@@ -317,7 +352,7 @@ class FileWriter(Plugin):
         try:
             if not self._open or not self.multiple_arrays:
                 self._close()
-                self._open_for(array)
+                self._open_for(array, params)
                 rows = self._early_missing + rows
                 self._early_missing = []
             for row in rows:
@@ -328,57 +363,77 @@ class FileWriter(Plugin):
             self._close()
             self._end_capture()
             return
-        if self.values["NumCapture"] and \
-                self.values["NumCaptured_RBV"] >= self.values["NumCapture"]:
+        if params["NumCapture"] and self.values["NumCaptured_RBV"] >= params["NumCapture"]:
             self._close()
             self._end_capture()
 
-    def _write_buffer(self) -> None:
+    def _take_buffer(self) -> list[NDArray]:
+        """The captured arrays, leaving an empty buffer (state lock held)."""
         arrays, self._buffer = self._buffer, []
-        self._write_files(arrays)
+        return arrays
 
     def _end_capture(self) -> None:
+        with self._state_lock:
+            self._capturing = False
         self.set("Capture", 0)
         self._capture.release()
 
-    # --- busy records (event-loop thread) ---------------------------------------------------------
+    # --- busy records (event-loop thread; file work in an executor, awaited) ---------------------
     async def put_Capture(self, value: int) -> Any:
-        loop = asyncio.get_running_loop()
         if not value:
-            await loop.run_in_executor(None, self._stop_capture)
+            with self._state_lock:  # no frame is taken from now on
+                self._capturing = False
+                arrays = self._take_buffer() if self.values["FileWriteMode"] == CAPTURE and \
+                    self.values["AutoSave"] else []
+            # completes once the file is written and closed, as in ADCore
+            await self._off_loop(self._stop_capture, arrays)
             return HANDLED
         if self.values["FileWriteMode"] == SINGLE:
             self._error("Capture needs FileWriteMode Capture or Stream")
             return HANDLED
-        started = await loop.run_in_executor(None, self._start_capture)
-        if not started:
+        # This capture's own completion, armed before it starts (it may end at once) and
+        # installed by the start, so the end of a capture before it cannot complete this put.
+        busy = Busy()
+        waiting = busy.arm()
+        if not await self._off_loop(self._start_capture, busy):
+            busy.release()
             return HANDLED
-        waiting = self._capture.arm()
-        self.set("Capture", 1)
         return await finish(waiting, self.publisher)
 
-    def _start_capture(self) -> bool:
+    def _start_capture(self, busy: Busy) -> bool:
         with self._lock:
+            with self._state_lock:
+                self._capturing = False
+                self._buffer = []
             self._close()
-            self._buffer = []
             self._early_missing = []
             self.set("NumCaptured_RBV", 0)
-            mode = self.values["FileWriteMode"]
-            if mode == STREAM and not self._check_path(self.values["FilePath"], create=True):
-                return False
-            if mode == STREAM and not self.values["LazyOpen"] and self._last_input is not None \
-                    and self._last_input.valid and self.multiple_arrays:
+            v = dict(self.values)  # a put's work: the values as the client left them
+            mode = v["FileWriteMode"]
+            started = True
+            last = self._last_input
+            if mode == STREAM and not self._check_path(v["FilePath"], create=True):
+                started = False
+            elif mode == STREAM and not v["LazyOpen"] and last is not None and last.valid \
+                    and self.multiple_arrays:
                 try:
-                    self._open_for(self._last_input)
+                    self._open_for(last, v)
                 except WriteError as exc:
                     self._error(str(exc))
-                    return False
+                    started = False
+            if not started:
+                self._end_capture()  # a capture running until now has ended too
+                return False
+            previous, self._capture = self._capture, busy
+            previous.release()  # a capture running until now restarts, as in ADCore
+            self.set("Capture", 1)
+            with self._state_lock:
+                self._capturing = True
             return True
 
-    def _stop_capture(self) -> None:
+    def _stop_capture(self, arrays: list[NDArray]) -> None:
         with self._lock:
-            if self.values["FileWriteMode"] == CAPTURE and self.values["AutoSave"]:
-                self._write_buffer()
+            self._write_files(arrays, dict(self.values))
             self._close()
             self._end_capture()
 
@@ -386,28 +441,33 @@ class FileWriter(Plugin):
         if not value:
             return 0
         self.set("WriteFile", 1)
-        await asyncio.get_running_loop().run_in_executor(None, self._write_now)
+        await self._off_loop(self._write_now)
         self.set("WriteFile", 0)
         return HANDLED
 
     def _write_now(self) -> None:
-        with self._lock:
-            mode = self.values["FileWriteMode"]
-            if mode == CAPTURE:
-                self._write_buffer()
-            elif mode == SINGLE:
-                if self._last_input is None or not self._last_input.valid:
-                    self._error("WriteFile: no array received yet")
-                    return
-                self._write_files([self._last_input])
-            else:
-                self._error("WriteFile does nothing in Stream mode (use Capture)")
+        v = dict(self.values)
+        mode = v["FileWriteMode"]
+        if mode == CAPTURE:
+            with self._state_lock:
+                arrays = self._take_buffer()
+            with self._lock:
+                self._write_files(arrays, v)
+        elif mode == SINGLE:
+            last = self._last_input
+            if last is None or not last.valid:
+                self._error("WriteFile: no array received yet")
+                return
+            with self._lock:
+                self._write_files([last], v)
+        else:
+            self._error("WriteFile does nothing in Stream mode (use Capture)")
 
     def put_FreeCapture(self, value: int) -> int:
         if value:
-            with self._lock:
+            with self._state_lock:  # never held across a write: answers at once
                 self._buffer = []
-                self.set("NumCaptured_RBV", 0)
+            self.set("NumCaptured_RBV", 0)
         return 0
 
     def put_ReadFile(self, value: int) -> int:
@@ -422,6 +482,8 @@ class FileWriter(Plugin):
 
     def shutdown(self) -> None:
         super().shutdown()
+        if self._io is not None:
+            self._io.shutdown(wait=False)
         with self._lock:
             self._close()
 

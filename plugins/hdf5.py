@@ -8,7 +8,12 @@ ophyd-async and ophyd's file handlers read.
 What ndflow adds: a lost frame still takes its row. The row holds FillValue,
 `NDAttributes/NDArrayStatus` is non-zero (the code of the cause), and `/entry/ndflow/missing`
 lists the unique id, cause and message of each lost frame. Readers know what is missing and why
-instead of seeing a gap.
+instead of seeing a gap. `/entry/ndflow/acquisitions/<id>` records, once per acquisition in the
+file, its effective parameter sets as JSON attributes: `driver` (the detector's frozen
+parameters), `pipeline` (for each plugin port, the values it processed with and from which
+unique id each applied), `frames` (how many the driver produced) and `state`, written when the
+file closes. A SWMR file cannot add groups once readers may attach, so it records only the
+acquisition of the frame it was opened with, as it stood then.
 
 Compression: None, zlib (deflate), Blosc, BSLZ4 and LZ4 through hdf5plugin's filters. N-bit,
 szip and JPEG are not offered and say so. Arrays that a Codec plugin compressed upstream are
@@ -34,6 +39,7 @@ WriteMessage and the default layout is used.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import resource
@@ -45,7 +51,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
-from ndflow.ndarray import MissingCause, NDArray
+from ndflow.ndarray import Acquisition, MissingCause, NDArray
 from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
     string_param, text_param
 from ndflow.plugins.codec import BLOSC_CNAMES, BLOSC_COMPRESSORS
@@ -132,6 +138,7 @@ class HDF5(FileWriter):
         self._direct = False
         self._ignored: set[str] = set()
         self._since_flush = 0
+        self._acquisitions: dict[int, Acquisition] = {}  # of the frames in the open file
 
     # --- unsupported options are said, not silently ignored ------------------------------------------
     def put_Compression(self, value: int) -> int:
@@ -209,7 +216,10 @@ class HDF5(FileWriter):
             self._perform = f.require_group("/entry/instrument/performance").create_dataset(
                 "timestamp", shape=(0, 2), maxshape=(None, 2), chunks=(64, 2), dtype="f8")
             self._perform.attrs["columns"] = "seconds since open, seconds writing this frame"
-        if swmr:
+        self._acquisitions = {}
+        if swmr:  # SWMR cannot add groups once switched on: record the opening frame's
+            self._note_acquisition(first)
+            self._record_acquisitions()
             f.swmr_mode = True
         self.set_many({"SWMRActive_RBV": int(swmr), "SWMRCbCounter_RBV": 0})
 
@@ -274,8 +284,24 @@ class HDF5(FileWriter):
             raise WriteError(f"disk full: {max(free, 0) / 1e6:.1f} MB left for "
                              f"{self._path.name}; stopped after {self._rows} frames")
 
+    def _note_acquisition(self, array: NDArray) -> None:
+        acquisition = array.acquisition
+        if acquisition is not None and acquisition.id not in self._acquisitions:
+            self._acquisitions[acquisition.id] = acquisition
+
+    def _record_acquisitions(self) -> None:
+        """Write each acquisition's effective parameter sets (once per acquisition)."""
+        group = self._file.require_group("/entry/ndflow/acquisitions")
+        for acquisition in self._acquisitions.values():
+            if str(acquisition.id) in group:
+                continue
+            record = group.create_group(str(acquisition.id))
+            for name, value in acquisition_record(acquisition).items():
+                record.attrs[name] = value
+
     def write_array(self, array: NDArray) -> None:
         started = time.monotonic()
+        self._note_acquisition(array)
         self._check_room(array.compressed_size)
         row = self._grow()
         data = self._data
@@ -303,6 +329,7 @@ class HDF5(FileWriter):
         if self._data is None:
             return
         self._check_room(1024)
+        self._note_acquisition(array)
         row = self._grow()  # the row keeps the fill value
         cause = array.status.missing
         self._write_attributes(array, row, _MISSING_CODES.get(cause, 127) if cause else 127)
@@ -379,11 +406,14 @@ class HDF5(FileWriter):
     def close_file(self) -> None:
         if self._file is not None:
             self._write_pending()
+            if not self._file.swmr_mode:
+                self._record_acquisitions()
         f, self._file = self._file, None
         self._data = None
         self._attrs = {}
         self._missing = None
         self._perform = None
+        self._acquisitions = {}
         self.set("SWMRActive_RBV", 0)
         if f is not None:
             f.close()
@@ -391,6 +421,18 @@ class HDF5(FileWriter):
     def on_closed(self, seconds: float, nbytes: int) -> None:
         self.set_many({"RunTime": seconds,
                        "IOSpeed": nbytes * 8 / 1e6 / seconds if seconds > 0 else 0.0})
+
+
+def acquisition_record(acquisition: Acquisition) -> dict[str, Any]:
+    """An acquisition's effective parameter sets, as HDF5 attribute values (JSON text)."""
+    def scalars(values: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in values.items() if isinstance(v, (int, float, str))}
+    pipeline = {port: [{"from_unique_id": uid, "params": scalars(values)}
+                       for uid, values in changes]
+                for port, changes in list(acquisition.pipeline.items())}
+    return {"driver": json.dumps(scalars(acquisition.params)),
+            "pipeline": json.dumps(pipeline), "frames": acquisition.frames,
+            "state": acquisition.state.name}
 
 
 def _attr_dtype(value: Any) -> np.dtype:

@@ -137,6 +137,24 @@ def compose_dim(src: NDDimension, region: Region) -> NDDimension:
 
 
 
+IDENTITY = np.eye(3)
+
+
+@dataclass
+class _Plan:
+    """How to cut one input layout with one parameter snapshot."""
+
+    regions: list[Region]
+    dtype: np.dtype
+    scale: float | None
+    shape: tuple[int, ...]
+    dims: list[NDDimension]
+    color_mode: int
+    transform: np.ndarray | None  # None: the identity
+    simple: bool  # a plain slice copy
+    block: tuple[slice, ...]
+
+
 class ROI(Plugin):
     screen = "NDROI"
     kind = "roi"
@@ -147,15 +165,52 @@ class ROI(Plugin):
         super().__init__(*args, **kw)
         self._requested = {name: self.values[name] for name in REQUESTS}
         self._notes = ""
+        self._plan_key: tuple | None = None
+        self._plan: _Plan | None = None
 
     def after_put(self, param: Param, value: Any) -> None:
         if param.name in self._requested:
             self._requested[param.name] = value
 
+    def frame_snapshot(self) -> dict[str, Any]:
+        snapshot = dict(self.values)
+        snapshot.update(self._requested)  # the requests, not the clipped values they show
+        return snapshot
+
     def process(self, array: NDArray) -> Outputs:
         data = array.data
-        v = dict(self.values)
-        req = dict(self._requested)
+        # The region depends only on the input's layout and the frozen parameters: worked out
+        # once per change, so a frame costs the copy and little else.
+        key = (data.shape, data.dtype, array.color_mode, self._frozen_version,
+               tuple([(d.size, d.offset, d.binning, d.reverse) for d in array.dims]))
+        if key != self._plan_key:
+            self._plan = self._make_plan(array)
+            self._plan_key = key
+        plan = self._plan
+        if plan is None:
+            return None
+        buffer = self.pool.alloc(plan.shape, plan.dtype)
+        if buffer is None:
+            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
+            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
+                                                         f"{self.port} pool limit reached"))
+        if plan.simple:  # no binning, reversal, scaling or conversion: one copy
+            np.copyto(buffer, data[plan.block].reshape(plan.shape))
+        else:
+            result = extract(data, plan.regions, plan.dtype, plan.scale)
+            np.copyto(buffer, result.reshape(plan.shape))
+        out = array.derive(buffer, dims=list(plan.dims),  # dims are never changed in place
+                           transform=array.transform @ plan.transform
+                           if plan.transform is not None else array.transform,
+                           color_mode=plan.color_mode)
+        if plan.color_mode != array.color_mode:
+            out.attributes["ColorMode"] = NDAttribute("ColorMode", plan.color_mode, "Color mode",
+                                                      AttrSource.DRIVER)
+        return out
+
+    def _make_plan(self, array: NDArray) -> "_Plan | None":
+        data = array.data
+        v = self.frame_params
         dims = array.dims if len(array.dims) == data.ndim else \
             [NDDimension(n) for n in reversed(data.shape)]
         nd = data.ndim
@@ -172,7 +227,7 @@ class ROI(Plugin):
         for u, a in enumerate(ud):
             axis = AXES[u]
             regions[a], axis_notes = clip_region(
-                axis, dims[a].size, req, bool(v[f"Reverse{axis}"]), bool(v[f"Enable{axis}"]),
+                axis, dims[a].size, v, bool(v[f"Reverse{axis}"]), bool(v[f"Enable{axis}"]),
                 bool(v[f"AutoSize{axis}"]))
             notes += axis_notes
             if v[f"Enable{axis}"]:
@@ -183,31 +238,27 @@ class ROI(Plugin):
 
         dtype = output_dtype(int(v["DataTypeOut"]), data.dtype)
         scale = float(v["Scale"]) if v["EnableScale"] and v["Scale"] not in (0.0, 1.0) else None
-        result = extract(data, regions, dtype, scale)
-
         out_dims = [compose_dim(d, r) for d, r in zip(dims, regions)]
         keep, color = self._collapse(out_dims, ud, array.color_mode, bool(v["CollapseDims"]))
-        buffer = self.pool.alloc(tuple(out_dims[a].size for a in reversed(keep)), dtype)
-        if buffer is None:
-            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                         f"{self.port} pool limit reached"))
-        np.copyto(buffer, result.reshape(buffer.shape))
 
         x = regions[ud[0]]
         y = regions[ud[1]] if nd > 1 else Region(0, 1, 1, False)
-        transform = array.transform @ region_transform(
+        transform = region_transform(
             x.offset, y.offset, x.binning, y.binning, x.out_size, y.out_size, x.reverse, y.reverse)
         if nd > 1 and ud[0] not in keep and ud[1] in keep:
             transform = transform @ SWAP_XY  # Y is the output's first dimension now
-        out = array.derive(buffer, dims=[out_dims[a] for a in keep], transform=transform,
-                           color_mode=color)
-        if color != array.color_mode:
-            out.attributes["ColorMode"] = NDAttribute("ColorMode", color, "Color mode",
-                                                      AttrSource.DRIVER)
-        sx, sy, sz = out.xyz_sizes()
-        self.set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
-        return out
+        if np.array_equal(transform, IDENTITY):
+            transform = None
+        plan = _Plan(regions=regions, dtype=dtype, scale=scale,
+                     shape=tuple(out_dims[a].size for a in reversed(keep)),
+                     dims=[out_dims[a] for a in keep], color_mode=color, transform=transform,
+                     simple=(scale is None and dtype == data.dtype
+                             and all(r.binning == 1 and not r.reverse for r in regions)),
+                     block=tuple(slice(r.offset, r.offset + r.out_size * r.binning)
+                                 for r in reversed(regions)))
+        sx, sy, sz = NDArray(None, dims=plan.dims, color_mode=color).xyz_sizes()
+        self.output_sizes = {"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz}
+        return plan
 
     @staticmethod
     def _collapse(out_dims: list[NDDimension], ud: tuple[int, ...], color: int,

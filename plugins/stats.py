@@ -420,7 +420,7 @@ class Stats(Plugin):
 
     # --- data path ------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray:
-        v = self.values
+        v = self.frame_params
         data = array.data
         if data.size == 0:
             self.message(f"array {array.unique_id} is empty; nothing computed")
@@ -468,7 +468,8 @@ class Stats(Plugin):
     def _profiles(self, image: np.ndarray, sums: Scan, results: dict[str, float]
                   ) -> dict[str, Any]:
         waves, cursor_value = profiles(image, sums, results["CentroidX"], results["CentroidY"],
-                                       int(self.values["CursorX"]), int(self.values["CursorY"]))
+                                       int(self.frame_params["CursorX"]),
+                                       int(self.frame_params["CursorY"]))
         out: dict[str, Any] = {"CursorVal": cursor_value}
         for key, wave in waves.items():
             limit = self.options.xsize if key.endswith("X") else self.options.ysize
@@ -478,7 +479,7 @@ class Stats(Plugin):
         return out
 
     def _histogram(self, data: np.ndarray) -> dict[str, Any]:
-        v = self.values
+        v = self.frame_params
         counts, below, above, entropy = histogram(data, int(v["HistSize"]),
                                                   float(v["HistMin"]), float(v["HistMax"]))
         counts.flags.writeable = False

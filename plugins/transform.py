@@ -95,7 +95,7 @@ class Transform(Plugin):
             self.message(f"array {array.unique_id}: {nd}-D arrays are passed on unchanged "
                          f"(Transform turns 2-D and 3-D images)", logging.WARNING)
             return array
-        o = ORIENTATIONS[int(self.values["Type"])]
+        o = ORIENTATIONS[int(self.frame_params["Type"])]
         if o == ORIENTATIONS[0]:
             out = array.derive(data)  # nothing moves; the data is shared, never written
         else:
@@ -105,7 +105,7 @@ class Transform(Plugin):
                 return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
                                                              f"{self.port} pool limit reached"))
         sx, sy, sz = out.xyz_sizes()
-        self.set_if_changed({"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz})
+        self.output_sizes = {"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz}
         return out
 
     def _turn(self, array: NDArray, o: Orientation) -> NDArray | None:

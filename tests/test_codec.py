@@ -206,6 +206,7 @@ def test_compressed_bytes_are_one_hdf5_chunk(tmp_path, compressor, dtype, shape)
     plugin = Codec("CODEC", "Codec1:", PortGraph())
     plugin.values.update({"Compressor": COMPRESSORS.index(compressor), "BloscCompressor": 5,
                           "BloscShuffle": 1, "LZ4HDF5BlockSize": 1000})
+    plugin.freeze()  # process() runs on the frozen parameters, as the plugin's owner takes them
     out = plugin.process(NDArray.from_numpy(values, color_mode=2 if len(shape) == 3 else 0))
     assert plugin.values["CodecStatus"] == 0, plugin.values["CodecError"]
     assert out.data.dtype == np.uint8 and out.data.ndim == 1
@@ -219,6 +220,7 @@ def test_compressed_bytes_are_one_hdf5_chunk(tmp_path, compressor, dtype, shape)
         np.testing.assert_array_equal(f["data"][0], values)
     # and the Decompress mode gives the same array back
     plugin.values["Mode"] = 1
+    plugin.freeze()
     back = plugin.process(out)
     assert back.codec.name == "" and back.data.dtype == values.dtype
     np.testing.assert_array_equal(back.data, values)
@@ -230,10 +232,12 @@ def test_corrupt_compressed_data_is_an_error_not_a_crash():
     from ndflow.plugins.codec import Codec
     plugin = Codec("CODEC", "Codec1:", PortGraph())
     plugin.values["Compressor"] = 6  # BSLZ4
+    plugin.freeze()
     values = np.arange(NX * NY, dtype=np.uint16).reshape(NY, NX)
     out = plugin.process(NDArray.from_numpy(values))
     broken = out.derive(out.data[: len(out.data) // 2])
     plugin.values["Mode"] = 1
+    plugin.freeze()
     result = plugin.process(broken)
     assert result is broken  # passed on unchanged, as ADCore does on failure
     assert plugin.values["CodecStatus"] == 2

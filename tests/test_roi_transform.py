@@ -287,6 +287,7 @@ def quiet(plugin_class, **values):
     for name, value in values.items():
         plugin.values[name] = value
         plugin.after_put(plugin.params[name], value)
+    plugin.freeze()  # process() runs on the frozen parameters, as the plugin's owner takes them
     return plugin
 
 

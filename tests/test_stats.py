@@ -286,6 +286,7 @@ def test_each_data_type_in_process(dtype):
     img = rng.integers(low, high, (48, 64)).astype(dtype)
     plugin = Stats("STATS1", "Stats1:", PortGraph())
     plugin.values.update(ComputeCentroid=1, ComputeProfiles=1, ComputeHistogram=1, **SETTINGS)
+    plugin.freeze()  # process() runs on the frozen parameters, as the plugin's owner takes them
     out = plugin.process(NDArray.from_numpy(img))
     assert out.data is img  # passed on without a copy
     ref = reference(img, plugin.values["CentroidThreshold"])
@@ -301,6 +302,7 @@ def test_each_data_type_in_process(dtype):
 def test_nan_is_skipped_like_adcore_and_1d_arrays_work():
     plugin = Stats("STATS1", "Stats1:", PortGraph())
     plugin.values.update(ComputeCentroid=1, CentroidThreshold=0.0)
+    plugin.freeze()
     data = np.array([3.0, np.nan, -2.0, 7.0, 1.0])
     plugin.process(NDArray.from_numpy(data))
     v = plugin.values
