@@ -63,8 +63,10 @@ class Component:
         self._dirty: set[str] = set()
         #: names whose every change is handed to the publisher at once (see set())
         self._immediate: frozenset[str] = frozenset()
-        #: bumped by every accepted CA write, so a data-path owner knows to take a new snapshot
+        #: bumped by every change of a writable parameter (a CA write, or the data path setting
+        #: one), so a data-path owner knows to take a new snapshot before its next frame
         self.params_version = 0
+        self._settable = frozenset(p.name for p in self.params if p.setting)
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
             self.values["PortName_RBV"] = port
@@ -92,6 +94,8 @@ class Component:
             self._post_now(name, value)
         else:
             self._dirty.add(name)
+        if name in self._settable:  # the data path changed a setting (AutoOffsetScale)
+            self.params_version += 1
 
     def _post_now(self, name: str, value: Any) -> None:
         publisher = self.publisher
@@ -179,6 +183,8 @@ class Component:
         added: dict[str, ParamChannel] = {}
         for p in params:
             self.params.params[p.name] = p
+            if p.setting:
+                self._settable = self._settable | {p.name}
             self.values[p.name] = values.get(p.name, p.default)
             if self.publisher is not None:
                 added.update(self._channels_for(p))

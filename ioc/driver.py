@@ -28,7 +28,6 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -37,11 +36,11 @@ import numpy as np
 from . import shm
 from .adcore import AD_BASE, NDARRAY_BASE
 from .arrayport import ArrayPort
+from .busy import until
 from .channels import HANDLED
 from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
                       NDArray, NDAttribute)
-from .params import Access, Kind
 from .state import DetectorState, Event, RunState, StateMachine
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
@@ -152,18 +151,19 @@ class Driver(ArrayPort):
         acquisition = self.acquisition
         if value and acquisition is not None and self.values["AcquireBusy"]:
             await self._until_not_busy(acquisition)
+            if self.publisher is not None:
+                await self.publisher.drain()
             return HANDLED
         return self.values["AcquireBusy"]
 
     async def _until_not_busy(self, acquisition: Acquisition) -> None:
         """Wait, shielded (a departing client cannot cancel the acquisition), for what clears
         AcquireBusy for `acquisition`."""
-        await asyncio.shield(asyncio.wrap_future(acquisition.acquired))
+        await until(acquisition.acquired)
         if not acquisition.params.get("WaitForPlugins"):
             return
         try:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(acquisition.processed)),
-                                   PLUGIN_WAIT_TIMEOUT)
+            await asyncio.wait_for(until(acquisition.processed), PLUGIN_WAIT_TIMEOUT)
         except asyncio.TimeoutError:
             self.log.warning("%s: plugins still busy after %.0f s; completing Acquire",
                              self.prefix, PLUGIN_WAIT_TIMEOUT)
@@ -204,8 +204,7 @@ class Driver(ArrayPort):
 
     def _describe_params(self, params: Mapping[str, Any]) -> str:
         settable = {p.name: params[p.name] for p in self.params
-                    if p.access is not Access.R and p.kind is not Kind.ARRAY
-                    and p.name not in ("Acquire", "AcquireBusy", "ReleaseFrames")}
+                    if p.setting and p.name != "ReleaseFrames"}
         text = json.dumps(settable, separators=(",", ":"))
         return text[: self.params["EffectiveParams_RBV"].length - 1]
 

@@ -104,6 +104,13 @@ class Param:
         return self.access is not Access.R
 
     @property
+    def setting(self) -> bool:
+        """A value a client sets to configure processing: part of the frozen parameter sets.
+        Not a readback, an array, or a counter/command the data path drives (also_setpoint:
+        ArrayCounter, Acquire, Capture)."""
+        return self.access is not Access.R and not self.also_setpoint and self.kind is not Kind.ARRAY
+
+    @property
     def record_type(self) -> tuple[str | None, str | None]:
         """(setpoint record, readback record) as ADCore's templates would declare them."""
         out, inp = {

@@ -32,7 +32,6 @@ from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
-from .params import Access, Kind
 from .pool import Block, heap_block
 
 #: process() returns this when the result comes later, through complete() (child processes)
@@ -179,7 +178,8 @@ class Plugin(ArrayPort):
 
     def _work(self) -> None:
         while True:
-            item = self._inbox.get(self.values["SortTime"] or 0.1)
+            # idle wake-ups flush the sorter; capped so no SortTime can overflow a wait
+            item = self._inbox.get(min(self.values["SortTime"], 1.0) or 0.1)
             if item is None:
                 self._sorter.flush_ready()
                 continue
@@ -341,8 +341,7 @@ class Plugin(ArrayPort):
             version = self.params_version
             snapshot = self.frame_snapshot()
             settable = {p.name: snapshot[p.name] for p in self.params
-                        if p.access is not Access.R and p.kind is not Kind.ARRAY
-                        and p.name in snapshot}
+                        if p.setting and p.name in snapshot}
             previous = self.frame_params
             self.frame_params = snapshot
             self._frozen_version = version

@@ -221,8 +221,10 @@ class Process(Plugin):
 
     # --- processing ---------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray | None:
-        v = dict(self.values)  # one consistent snapshot while puts may arrive
-        if v["ResetFilter"]:
+        v = self.frame_params
+        # one-shot commands the data path consumes: read live, not from the frozen set
+        reset, auto = bool(self.values["ResetFilter"]), bool(self.values["AutoOffsetScale"])
+        if reset:
             self.set("ResetFilter", 0)
         data_in = array.data
         background = self._reference(self._background, data_in.size, "ValidBackground_RBV",
@@ -230,7 +232,6 @@ class Process(Plugin):
         flat = self._reference(self._flat, data_in.size, "ValidFlatField_RBV",
                                v["EnableFlatField"])
         dtype = output_dtype(v["DataTypeOut"], data_in.dtype)
-        auto = bool(v["AutoOffsetScale"])
         if not (background is not None or flat is not None or auto or v["EnableFilter"]
                 or v["EnableOffsetScale"] or v["EnableLowClip"] or v["EnableHighClip"]):
             self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
@@ -246,7 +247,7 @@ class Process(Plugin):
             num_filter = max(1, v["NumFilter"])
             with self._filter_lock:
                 data = self._filter.step(data, Coefficients.of(v), num_filter,
-                                         bool(v["ResetFilter"]), bool(v["AutoResetFilter"]))
+                                         reset, bool(v["AutoResetFilter"]))
                 emit = not (v["FilterCallbacks"] and self._filter.num_filtered != num_filter)
         self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
         out = self._output(array, c_cast(data, dtype)) if emit else None
