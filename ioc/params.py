@@ -32,6 +32,7 @@ class Access(enum.Enum):
 
 
 STRING_MAX = 40
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1  # a DBR_LONG
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,12 @@ class Param:
         if self.kind is Kind.INT:
             if isinstance(value, str):
                 value = float(value.strip())
-            if isinstance(value, float) and not math.isfinite(value):
+            if not isinstance(value, int) and not math.isfinite(float(value)):
                 raise ValueError(f"{value} is not a number")
-            return self._clamp(int(value))
+            number = int(value)
+            if not INT32_MIN <= number <= INT32_MAX:
+                raise ValueError(f"{value} is outside the 32-bit range of a LONG PV")
+            return self._clamp(number)
         if self.kind is Kind.FLOAT:
             value = float(value)
             if not math.isfinite(value):
@@ -146,6 +150,8 @@ class Param:
                 value = int(value) if value.strip().lstrip("-").isdigit() else value
                 if isinstance(value, str):
                     raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+            if not isinstance(value, int) and not math.isfinite(float(value)):
+                raise ValueError(f"{value} is not a choice index")
             index = int(value)
             if not 0 <= index < len(self.choices):
                 raise ValueError(f"index {index} outside 0..{len(self.choices) - 1}")

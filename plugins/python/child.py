@@ -174,7 +174,12 @@ class Runtime:
             reply.update(status="exception", t=time.perf_counter() - start,
                          message=_one_line(exc), traceback=_user_traceback(exc, str(self.path)))
         del image
-        self.channel.send(self.wire.DONE, reply, out_fds)
+        try:
+            self.channel.send(self.wire.DONE, reply, out_fds)
+        except TypeError as exc:  # an output or attribute that cannot cross to the IOC
+            failed = {k: reply[k] for k in ("id", "t", "image", "out_segment") if k in reply}
+            failed.update(status="exception", message=f"process() returned {exc}")
+            self.channel.send(self.wire.DONE, failed, out_fds)
 
     def _dims(self, dims: list[list[Any]]) -> tuple[Any, ...]:
         """Frames of a run share their layout: build its objects once (per-frame cost)."""

@@ -114,6 +114,7 @@ class Lane:
         self._output: collections.deque[str] = collections.deque(maxlen=60)
         self._first = threading.Event()
         self._failures = 0  # deaths since the last good frame, for the back-off
+        self._last_done = 0.0  # when the child last finished a frame (its timeout clock)
         self._out: dict[int, shm.Segment] = {}  # the child's output-image ring, by slot
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -285,8 +286,8 @@ class Lane:
             with self._cond:
                 head = self._pending[0] if self._pending else None
             now = time.monotonic()
-            if head is not None:
-                deadline = head.sent + self.spec.frame_timeout
+            if head is not None:  # the child takes frames in turn: its clock starts then
+                deadline = max(head.sent, self._last_done) + self.spec.frame_timeout
             elif self.state is LaneState.STARTING:
                 deadline = started + self.spec.start_timeout
             else:
@@ -303,6 +304,9 @@ class Lane:
                 kind, reply, fds = child.channel.recv()
             except wire.ChannelClosed:
                 return "died", ""
+            except Exception as exc:  # a reply that cannot be decoded: the child is not sane
+                _kill(child.proc)
+                return "protocol", f"unreadable reply from the child: {type(exc).__name__}: {exc}"
             if kind == wire.DONE:
                 self._done(child, reply, fds)
             elif kind == wire.DECLARE:
@@ -318,9 +322,13 @@ class Lane:
         return "closing", ""
 
     def _done(self, child: _Child, reply: dict[str, Any], fds: list[int]) -> None:
+        now = time.monotonic()
         with self._cond:
             entry = self._pending.popleft() if self._pending else None
             self._cond.notify_all()
+        # frames are processed in turn: this one began when sent or when the one before ended
+        began = max(entry.sent, self._last_done) if entry is not None else now
+        self._last_done = now
         info = reply.get("image")
         if fds and info:
             self._out[info["slot"]] = shm.Segment.attach(fds[0], reply.get("out_segment", 0))
@@ -331,11 +339,12 @@ class Lane:
             image = self._out[info["slot"]].array(tuple(info["shape"]), info["dtype"])
         if reply.get("status") in ("ok", "warning"):
             self._failures = 0
-        self.owner.lane_result(self, entry.array, reply, image, time.monotonic() - entry.sent)
+        self.owner.lane_result(self, entry.array, reply, image, now - began)
 
     def _bury(self, reason: str, message: str) -> None:
         """The child is gone (or going): reap it and fail every frame it held."""
         child, self._child = self._child, None
+        self._last_done = 0.0
         returncode = None
         if self._closing.is_set():
             reason = "closing"  # an exit we asked for is not a death

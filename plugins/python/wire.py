@@ -11,6 +11,7 @@ Standard library and numpy only: the child process imports this module.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import threading
@@ -50,6 +51,8 @@ def encode(kind: bytes, header: dict[str, Any]) -> bytes:
     def default(obj: Any) -> Any:
         nonlocal offset
         if isinstance(obj, np.ndarray):
+            if obj.dtype.hasobject:  # raw bytes of Python object pointers mean nothing there
+                raise TypeError(f"an array of dtype {obj.dtype} cannot be sent to the IOC")
             data = np.ascontiguousarray(obj).tobytes()
             ref = {"$a": [obj.dtype.str, list(obj.shape), offset, len(data)]}
             blobs.append(data)
@@ -95,6 +98,8 @@ class Channel:
 
     def send(self, kind: bytes, header: dict[str, Any] | None = None,
              fds: list[int] | tuple[int, ...] = ()) -> None:
+        if len(fds) > MAX_FDS:
+            raise ValueError(f"{len(fds)} file descriptors in one message; at most {MAX_FDS}")
         data = memoryview(encode(kind, header or {}))  # pieces are views, not copies
         with self._send_lock:
             try:
@@ -120,6 +125,12 @@ class Channel:
                 raise ChannelClosed(str(exc)) from None
             if n == 0:
                 raise ChannelClosed("peer closed the channel")
+            if flags & socket.MSG_CTRUNC:  # descriptors were cut off: the message is not whole
+                for level, typ, data in ancdata:
+                    if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                        for fd in struct.unpack(f"{len(data) // 4}i", data[:len(data) // 4 * 4]):
+                            os.close(fd)
+                raise ChannelClosed("a message's file descriptors were truncated")
             for level, typ, data in ancdata:
                 if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
                     count = len(data) // 4
