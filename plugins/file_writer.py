@@ -156,7 +156,7 @@ class FileWriter(Plugin):
 
     def _params(self) -> Mapping[str, Any]:
         """The parameters the current frame is written with (the base's snapshot)."""
-        return getattr(self, "frame_params", self.values)
+        return self.frame_params
 
     def _off_loop(self, fn: Any, *args: Any) -> asyncio.Future:
         """Run a put's file work in this writer's I/O thread, after the puts before it; the

@@ -174,7 +174,7 @@ class HDF5(FileWriter):
 
     # --- the format -----------------------------------------------------------------------------------
     def open_file(self, path: Path, first: NDArray) -> None:
-        v = self.values
+        v = self.values  # a file's layout: the user values when it opens (as ADCore)
         swmr = bool(v["SWMRMode"])
         self._file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
         self._path = path
@@ -352,7 +352,7 @@ class HDF5(FileWriter):
         values = {"NDArrayUniqueId": array.unique_id, "NDArrayTimeStamp": array.timestamp,
                   "NDArrayEpicsTSSec": array.epics_ts[0],
                   "NDArrayEpicsTSnSec": array.epics_ts[1], "NDArrayStatus": status}
-        if self.values["StoreAttr"]:
+        if self._params()["StoreAttr"]:
             for attr in array.attributes.values():
                 if attr.name in self._attrs:
                     values.setdefault(attr.name, attr.value)
@@ -385,7 +385,7 @@ class HDF5(FileWriter):
 
     def _after_row(self) -> None:
         self._since_flush += 1
-        every = self.values["NumFramesFlush"]
+        every = self._params()["NumFramesFlush"]
         if every and self._since_flush >= every:
             self.flush_file()
 
