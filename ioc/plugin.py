@@ -32,6 +32,7 @@ from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .params import R, bool_param, enum_param, int_param
 from .pool import Block, heap_block
 
 #: process() returns this when the result comes later, through complete() (child processes)
@@ -41,6 +42,21 @@ Outputs = NDArray | Iterable[NDArray] | None
 
 # what an Inbox holds: (kind, array, outputs)
 _FRAME, _PASS, _STOP = "frame", "pass", "stop"
+
+DROP, BLOCK = 0, 1
+#: ndflow: what happens to a frame that finds the queue full, and the frame accounting
+LOSS_PARAMS = (
+    enum_param("LossPolicy", ("Drop", "Block"), DROP, group="Plugin",
+               doc="Drop: a frame finding the queue full is dropped and recorded as lost "
+                   "(ADCore). Block: the upstream waits for room (lossless; the driver's pool "
+                   "is the limit)"),
+    int_param("FramesReceived_RBV", 0, R, group="Plugin",
+              doc="frames that reached this plugin = ArrayCounter + DroppedArrays + throttled"),
+    int_param("FramesThrottled_RBV", 0, R, group="Plugin",
+              doc="frames skipped by MinCallbackTime / MaxArrayRate"),
+    bool_param("BlockedUpstream_RBV", "No", "Yes", 0, R, group="Plugin",
+               doc="an upstream port is waiting for room in the queue (LossPolicy Block)"),
+)
 
 
 class Inbox:
@@ -54,16 +70,21 @@ class Inbox:
         self._commands: deque[Callable[[], None]] = deque()
         self._frames = 0
         self._cond = threading.Condition(threading.Lock())
+        self._room = threading.Condition(self._cond._lock)  # type: ignore[attr-defined]
 
     @property
     def frames(self) -> int:
         """Frames waiting (placeholders not counted)."""
         return self._frames
 
-    def offer(self, array: NDArray, limit: int) -> bool:
+    def offer(self, array: NDArray, limit: int, wait: Callable[[], bool] | None = None) -> bool:
+        """Queue `array` if fewer than `limit` frames wait. With `wait`, a full queue makes the
+        caller wait for room while `wait()` stays true (Block policy); else it is refused."""
         with self._cond:
-            if self._frames >= limit:
-                return False
+            while self._frames >= limit:
+                if wait is None or not wait():
+                    return False
+                self._room.wait(0.1)
             self._frames += 1
             self._items.append((_FRAME, array, None))
             self._cond.notify()
@@ -92,11 +113,12 @@ class Inbox:
             item = self._items.popleft()
             if item[0] is _FRAME:
                 self._frames -= 1
+                self._room.notify()
             return item
 
 
 class Plugin(ArrayPort):
-    PARAMS = (NDARRAY_BASE, PLUGIN_BASE)
+    PARAMS = (NDARRAY_BASE, PLUGIN_BASE, LOSS_PARAMS)
     plugin_type: ClassVar[str] = "Unknown"
     #: False: compressed arrays are refused, as NDPluginDriver does for plugins that are not
     #: compression-aware (only Codec, the file writers and StdArrays-like sinks accept them)
@@ -192,8 +214,9 @@ class Plugin(ArrayPort):
             try:
                 if kind is _FRAME:
                     self._handle(array)
-                else:  # a placeholder, in line with the frames around it
-                    self._sorter.push(array, outputs)
+                else:  # a frame lost at this door, in line with the frames around it: the
+                    # plugin records it (a file writer's row) and passes it on
+                    self._finish(array, _as_list(self.process_missing(outputs[0])), None)
             except Exception as exc:  # a bug in the base or the sorter: report, keep serving
                 self.log.error("%s: frame %s: %s: %s", self.prefix, array.unique_id,
                                type(exc).__name__, exc)
@@ -245,10 +268,12 @@ class Plugin(ArrayPort):
         values = self.values
         if not values["EnableCallbacks"]:
             return
+        self.increment("FramesReceived_RBV")
         min_time = values["MinCallbackTime"]
         if min_time > 0:  # throttled before queueing, as NDPluginDriver does
             now = time.monotonic()
             if now - self._last_callback < min_time:
+                self.increment("FramesThrottled_RBV")
                 return
             self._last_callback = now
         self._enter(array)
@@ -265,21 +290,37 @@ class Plugin(ArrayPort):
             if self._commands:
                 self._try_commands()
             return
-        if not self._inbox.offer(array, values["QueueSize"]):
+        if not self._inbox.offer(array, values["QueueSize"]) and not (
+                values["LossPolicy"] == BLOCK and self._offer_blocking(array)):
             self.increment("DroppedArrays")
             self._inbox.put(_PASS, array, [array.derive(
                 None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
+
+    def _offer_blocking(self, array: NDArray) -> bool:
+        """LossPolicy Block: wait for room while the policy, the callbacks and the plugin last
+        (a disabled or stopped plugin lets its upstream go, and the frame is then dropped)."""
+        self.set("BlockedUpstream_RBV", 1)
+        try:
+            return self._inbox.offer(array, self.values["QueueSize"], self._still_blocking)
+        finally:
+            self.set("BlockedUpstream_RBV", 0)
+
+    def _still_blocking(self) -> bool:
+        v = self.values
+        return self._running and bool(v["EnableCallbacks"]) and v["LossPolicy"] == BLOCK
 
     def _refuse_compressed(self, array: NDArray) -> None:
         self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
                      f"{self.plugin_type} needs uncompressed arrays (add a Codec "
                      f"plugin in Decompress mode upstream)", logging.WARNING)
         self._mark_failed(array)
+        self.increment("ArrayCounter")  # handled: it becomes a processing-error placeholder
         outputs = [array.derive(None, status=FrameStatus(
             MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
         if self.values["BlockingCallbacks"]:
             try:
-                self._sorter.push(array, outputs)
+                with self._blocking_lock:
+                    self._finish(array, _as_list(self.process_missing(outputs[0])), None)
             finally:
                 self._leave(array)
         else:
@@ -393,15 +434,11 @@ class Plugin(ArrayPort):
         return array
 
     def put_ProcessPlugin(self, value: int) -> int:
-        """Process the last array again. Only queues: with BlockingCallbacks the work runs in
-        a thread of its own, never in the event loop."""
+        """Process the last array again, in a thread of its own: never in the event loop."""
         last = self._last_input
-        if value and last is not None:
-            if self.values["BlockingCallbacks"]:
-                threading.Thread(target=self.receive, args=(last,), daemon=True,
-                                 name=f"{self.port}-process").start()
-            else:
-                self.receive(last)
+        if value and last is not None:  # a thread: receive() may process or wait for room
+            threading.Thread(target=self.receive, args=(last,), daemon=True,
+                             name=f"{self.port}-process").start()
         return 0
 
     def put_MaxArrayRate(self, value: float) -> float:

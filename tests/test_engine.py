@@ -229,3 +229,54 @@ def test_deferred_processing_sends_50_frames_after_the_acquisition(ioc, p):
     assert get(p + "ROI1:ArrayCounter_RBV") == before + 100
     assert get(p + "ROI1:DroppedArrays") == 0
     assert get(p + "cam1:DeferredFrames_RBV") == 0
+
+
+# --- every frame accounted for ------------------------------------------------------------------
+
+@pytest.mark.parametrize("policy", ["Drop", "Block"])
+def test_every_frame_has_a_row_dropped_at_the_writers_own_queue_or_not(ioc, p, policy):
+    """An unpaced driver outruns HDF1 (queue of 2, zlib 9). Drop: frames lost at HDF1's own
+    queue still get their row, with the cause. Block: the driver waits, every row is data."""
+    frames = 300
+    put(p + "HDF1:NDArrayPort", "SIM1")
+    try:
+        put(p + "HDF1:QueueSize", 2)
+        put(p + "HDF1:LossPolicy", policy)
+        put(p + "HDF1:Compression", "zlib")
+        put(p + "HDF1:ZLevel", 9)
+        put(p + "HDF1:EnableCallbacks", "Enable")
+        put(p + "cam1:NumImages", 1)
+        put(p + "cam1:Acquire", 1)  # one frame from SIM1 gives the file its layout
+        assert wait_for(lambda: get(p + "HDF1:QueueFree") == 2)
+        dropped_before = get(p + "HDF1:DroppedArrays")
+        received_before = get(p + "HDF1:FramesReceived_RBV")
+        stream(p, ioc, f"accounted_{policy}", frames)
+        put(p + "cam1:NumImages", frames)
+        first = get(p + "cam1:ArrayCounter_RBV") + 1
+        put(p + "cam1:Acquire", 1)
+        path = written(p)
+        dropped = get(p + "HDF1:DroppedArrays") - dropped_before
+        received = get(p + "HDF1:FramesReceived_RBV") - received_before
+    finally:
+        put(p + "HDF1:Compression", "None")
+        put(p + "HDF1:QueueSize", 200)
+        put(p + "HDF1:LossPolicy", "Drop")
+        put(p + "HDF1:NDArrayPort", "TWICE1")
+    with h5py.File(path) as f:
+        attrs = f["entry/instrument/NDAttributes"]
+        ids, status = attrs["NDArrayUniqueId"][:], attrs["NDArrayStatus"][:]
+        missing = f["entry/ndflow/missing"][:]
+        meaning = attrs["NDArrayStatus"].attrs["meaning"]
+    assert received == frames
+    assert list(ids) == list(range(first, first + frames))  # a row for every frame, in order
+    lost = ids[status != 0]
+    assert sorted(missing["unique_id"]) == sorted(lost)
+    assert all(c == b"overrun/dropped" for c in missing["cause"])
+    assert len(lost) == dropped
+    if policy == "Drop":
+        assert dropped > 0, "the writer kept up: the test proves nothing"
+        code = [int(part.split()[0]) for part in meaning.split("; ")
+                if "overrun/dropped" in part]
+        assert set(status[status != 0]) == set(code)
+    else:
+        assert dropped == 0 and not len(lost)
