@@ -58,9 +58,12 @@ class Segment(mmap.mmap):
         return seg
 
     @classmethod
-    def attach(cls, fd: int, seg_id: int) -> "Segment":
-        """Map a segment received from another process (takes ownership of `fd`)."""
-        seg = cls(fd, os.fstat(fd).st_size)
+    def attach(cls, fd: int, seg_id: int, readonly: bool = False) -> "Segment":
+        """Map a segment received from another process (takes ownership of `fd`). `readonly`
+        maps it without write permission: arrays over it cannot be made writable, and a write
+        through any other path faults in this process only."""
+        size = os.fstat(fd).st_size
+        seg = cls(fd, size, prot=mmap.PROT_READ) if readonly else cls(fd, size)
         seg._setup(fd, seg_id, register=False)
         return seg
 

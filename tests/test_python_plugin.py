@@ -208,6 +208,7 @@ def wait_running(p: str, plugin: str) -> None:
     ("Segfault", "FramesFailed_RBV", "died with SIGSEGV"),
     ("Hang", "FramesTimedOut_RBV", "took longer than 1 s"),
     ("Memory", "FramesFailed_RBV", "MemoryError"),
+    ("Write", "FramesFailed_RBV", "shared read-only"),
 ])
 def test_fault_is_reported_and_the_next_frame_processed(ioc, fault, counter, message):
     p = ioc.prefix + "Fault:"
@@ -220,6 +221,8 @@ def test_fault_is_reported_and_the_next_frame_processed(ioc, fault, counter, mes
     assert message in get(p + "LastError_RBV", as_string=True)
     if fault == "Exception":
         assert "faulty.py" in get(p + "Traceback_RBV", as_string=True)
+    if fault == "Write":  # the shared frame was not changed: image1 shows its pixels
+        assert frame(ioc.prefix).max() > 0
     if fault == "Segfault":  # faulthandler's report comes back as the traceback
         assert "Segmentation fault" in get(p + "Traceback_RBV", as_string=True)
     put(p + "Fault", "None")

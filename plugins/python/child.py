@@ -149,7 +149,8 @@ class Runtime:
     # --- frames -------------------------------------------------------------------------------
     def on_frame(self, h: dict[str, Any], fds: list[int]) -> None:
         for seg_id, fd in zip(h.get("new", ()), fds):
-            self.segments[seg_id] = self.shm.Segment.attach(fd, seg_id)
+            # read-only: the frame is shared with every other plugin (zero copy)
+            self.segments[seg_id] = self.shm.Segment.attach(fd, seg_id, readonly=True)
         image = self.segments[h["seg"]].array(tuple(h["shape"]), h["dtype"], h["off"],
                                               tuple(h["strides"]))
         info = self.api.FrameInfo(
@@ -171,8 +172,12 @@ class Runtime:
                                  f"{self.settings.get('memory_mb', 0):g} MB ({exc or 'no detail'})",
                          traceback=_user_traceback(exc, str(self.path)))
         except Exception as exc:
+            message = _one_line(exc)
+            if "WRITEABLE" in message or "read-only" in message:
+                message += " (the frame is shared read-only with the other plugins: copy it " \
+                           "to change it, e.g. image.copy())"
             reply.update(status="exception", t=time.perf_counter() - start,
-                         message=_one_line(exc), traceback=_user_traceback(exc, str(self.path)))
+                         message=message, traceback=_user_traceback(exc, str(self.path)))
         del image
         try:
             self.channel.send(self.wire.DONE, reply, out_fds)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ndflow.algorithm import Algorithm, Input, Output
 
-FAULTS = ("None", "Exception", "Exit", "Segfault", "Hang", "Memory")
+FAULTS = ("None", "Exception", "Exit", "Segfault", "Hang", "Memory", "Write")
 
 
 class Faulty(Algorithm):
@@ -27,6 +27,9 @@ class Faulty(Algorithm):
         if fault == "Hang":
             while True:
                 time.sleep(0.01)
+        if fault == "Write":  # the frame is shared with every other plugin: must not work
+            image.flags.writeable = True
+            image[...] = 0
         if fault == "Memory":
             hog = np.ones(2**31, dtype=np.uint8)  # 2 GB, past the test's limit
             return {"mean": float(hog[0])}
