@@ -27,6 +27,23 @@ DETECTOR_STATES = ("Idle", "Acquire", "Readout", "Correct", "Saving", "Aborting"
                    "Initializing", "Disconnected", "Aborted")
 
 
+# --- limits (DRVL/DRVH): a put outside is clamped, with a note on StatusMessage_RBV ---------------
+#: Longest time a time setting may ask for (AcquireTime, AcquirePeriod, shutter delays,
+#: MinCallbackTime, SortTime). A day is longer than any exposure, period or delay a detector we
+#: drive needs (astronomy's longest single exposures are hours), and every wait on such a value
+#: (threading.Event.wait, Condition.wait) stays far below threading.TIMEOUT_MAX (~292 years),
+#: where 2**40 s raised OverflowError and ended the next acquisition in Error.
+MAX_SECONDS = 86400.0
+#: |Gain| of a detector. Real gains are 1..~1000; the simulator multiplies pixel values by it
+#: (LinearRamp's increment is Gain * AcquireTime * 1000), and 1e6 keeps that product below 2**63
+#: even with AcquireTime at MAX_SECONDS, so its C-cast emulation never meets inf or NaN.
+MAX_GAIN = 1e6
+#: Frames one queue may hold (QueueSize, SortSize, NumPreAllocBuffers). ADCore sizes a queue of
+#: this many slots up front; 10000 frames is 10 s at 1 kHz, beyond which a plugin that cannot
+#: keep up should drop or block (LossPolicy), not grow its memory by up to 2**31 frames.
+MAX_QUEUE = 10000
+
+
 def data_type_index(dtype: np.dtype) -> int:
     return NUMPY_DTYPES.index(np.dtype(dtype).newbyteorder("="))
 
@@ -80,7 +97,7 @@ NDARRAY_BASE: tuple[Param, ...] = (
     bool_param("EmptyFreeList", "0", "1", 0, W, group="Buffers",
                doc="Release every buffer on the free list"),
     bool_param("PreAllocBuffers", "Done", "Allocate", 0, W, group="Buffers"),
-    int_param("NumPreAllocBuffers", 100, RW, low=0, group="Buffers"),
+    int_param("NumPreAllocBuffers", 100, RW, low=0, high=MAX_QUEUE, group="Buffers"),
     int_param("NumQueuedArrays", 0, R, group="Buffers"),
 )
 
@@ -95,10 +112,10 @@ AD_BASE: tuple[Param, ...] = (
     int_param("SizeY", 1, RW, low=1, group="Readout"),
     bool_param("ReverseX", group="Readout"),
     bool_param("ReverseY", group="Readout"),
-    float_param("AcquireTime", 1.0, RW, low=0.0, units="s", group="Collect"),
-    float_param("AcquirePeriod", 0.0, RW, low=0.0, units="s", group="Collect"),
+    float_param("AcquireTime", 1.0, RW, low=0.0, high=MAX_SECONDS, units="s", group="Collect"),
+    float_param("AcquirePeriod", 0.0, RW, low=0.0, high=MAX_SECONDS, units="s", group="Collect"),
     float_param("TimeRemaining_RBV", 0.0, R, units="s", group="Collect"),
-    float_param("Gain", 1.0, RW, group="Readout"),
+    float_param("Gain", 1.0, RW, low=-MAX_GAIN, high=MAX_GAIN, group="Readout"),
     enum_param("FrameType", ("Normal", "Background", "FlatField", "DblCorrelation"), 0, RW,
                group="Collect"),
     enum_param("ImageMode", ("Single", "Multiple", "Continuous"), 2, RW, group="Collect"),
@@ -116,8 +133,10 @@ AD_BASE: tuple[Param, ...] = (
                rbv_choices=("None", "EPICS PV", "Camera output"), group="Shutter"),
     bool_param("ShutterControl", "Close", "Open", 0, RW, group="Shutter"),
     bool_param("ShutterStatus_RBV", "Closed", "Open", 0, R, group="Shutter"),
-    float_param("ShutterOpenDelay", 0.0, RW, units="s", group="Shutter"),
-    float_param("ShutterCloseDelay", 0.0, RW, units="s", group="Shutter"),
+    float_param("ShutterOpenDelay", 0.0, RW, low=0.0, high=MAX_SECONDS, units="s",
+                group="Shutter"),
+    float_param("ShutterCloseDelay", 0.0, RW, low=0.0, high=MAX_SECONDS, units="s",
+                group="Shutter"),
     bool_param("ShutterControlEPICS", "Closed", "Open", 0, R, group="Shutter"),
     float_param("ShutterOpenEPICS", 1.0, W, group="Shutter"),
     float_param("ShutterCloseEPICS", 0.0, W, group="Shutter"),
@@ -146,6 +165,9 @@ AD_BASE: tuple[Param, ...] = (
     bool_param("ReleaseFrames", "Done", "Release", 0, W, group="Collect",
                doc="send the held frames of every deferred acquisition into the plugins"),
     int_param("DeferredFrames_RBV", 0, R, group="Collect", doc="frames held for processing"),
+    int_param("FramesLost_RBV", 0, R, group="Collect",
+              doc="frames of the latest acquisition that became missing anywhere (detector, "
+                  "a full plugin queue, a processing error): what a scan checks"),
 )
 
 PLUGIN_BASE: tuple[Param, ...] = (
@@ -153,7 +175,7 @@ PLUGIN_BASE: tuple[Param, ...] = (
     string_param("NDArrayPort", "", RW, group="Plugin", doc="Upstream port; writing it rewires"),
     int_param("NDArrayAddress", 0, RW, low=0, group="Plugin"),
     bool_param("EnableCallbacks", "Disable", "Enable", 0, RW, group="Plugin"),
-    float_param("MinCallbackTime", 0.0, RW, low=0.0, units="s", group="Plugin"),
+    float_param("MinCallbackTime", 0.0, RW, low=0.0, high=MAX_SECONDS, units="s", group="Plugin"),
     float_param("MaxArrayRate", 0.0, RW, low=0.0, units="Hz", group="Plugin"),
     float_param("MaxByteRate", 0.0, RW, low=0.0, group="Plugin"),
     float_param("ExecutionTime_RBV", 0.0, R, units="ms", group="Plugin"),
@@ -161,7 +183,7 @@ PLUGIN_BASE: tuple[Param, ...] = (
                doc="Process the last array again"),
     bool_param("BlockingCallbacks", "No", "Yes", 0, RW, group="Plugin"),
     int_param("DroppedArrays", 0, RW, also_setpoint=True, group="Plugin"),
-    int_param("QueueSize", 20, RW, low=1, group="Plugin"),
+    int_param("QueueSize", 20, RW, low=1, high=MAX_QUEUE, group="Plugin"),
     int_param("QueueFree", 20, R, group="Plugin"),
     int_param("QueueUse", 0, R, group="Plugin"),
     float_param("QueueFreeLow", 5.0, R, group="Plugin"),
@@ -170,8 +192,8 @@ PLUGIN_BASE: tuple[Param, ...] = (
     int_param("NumThreads", 1, RW, low=1, group="Plugin"),
     int_param("MaxThreads_RBV", 1, R, group="Plugin"),
     enum_param("SortMode", ("Unsorted", "Sorted"), 0, RW, group="Plugin"),
-    float_param("SortTime", 0.1, RW, low=0.0, units="s", group="Plugin"),
-    int_param("SortSize", 20, RW, low=1, group="Plugin"),
+    float_param("SortTime", 0.1, RW, low=0.0, high=MAX_SECONDS, units="s", group="Plugin"),
+    int_param("SortSize", 20, RW, low=1, high=MAX_QUEUE, group="Plugin"),
     int_param("SortFree", 20, R, group="Plugin"),
     int_param("DroppedOutputArrays", 0, RW, also_setpoint=True, group="Plugin"),
     int_param("DisorderedArrays", 0, RW, also_setpoint=True, group="Plugin"),

@@ -173,6 +173,8 @@ class Driver(ArrayPort):
         self.acquiring = True
         self._stop_event.clear()
         acquisition = Acquisition.start(self.values, on_state=self._run_state_entered)
+        acquisition.on_lost = self._frames_lost
+        self.set("FramesLost_RBV", 0)
         self.acquisition = acquisition
         self.set("Acquire", 1)
         self.set("AcquireBusy", 1)
@@ -197,6 +199,10 @@ class Driver(ArrayPort):
         with self._draining_lock:
             self._draining.discard(acquisition)
             self.set("ProcessingPending_RBV", len(self._draining))
+
+    def _frames_lost(self, acquisition: Acquisition) -> None:
+        if acquisition is self.acquisition:
+            self.set("FramesLost_RBV", len(acquisition.lost))
 
     def _run_state_entered(self, acquisition: Acquisition, state: RunState) -> None:
         if acquisition is self.acquisition:
@@ -336,6 +342,7 @@ class Driver(ArrayPort):
             self.attach_attributes(frame)
             self.describe(frame, with_type=False)
         else:
+            acquisition.note_lost(counter, failed=False)
             self.message(f"frame {counter} missing: {frame.status.missing.value} "
                          f"{frame.status.message}".rstrip(), logging.WARNING)
         acquisition.frames += 1

@@ -172,10 +172,12 @@ class Acquisition:
     first_id: int | None = None  # unique id of its first frame, so plugins can sort from it
     frames: int = 0  # frames the driver produced (placeholders included)
     processing_errors: bool = False  # some frame failed in a plugin
+    lost: set[int] = field(default_factory=set)  # unique ids of frames that became missing
     pipeline: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     acquired: Future = field(default_factory=Future)
     processed: Future = field(default_factory=Future)
     on_state: Callable[["Acquisition", RunState], None] | None = None
+    on_lost: Callable[["Acquisition"], None] | None = None
     run: RunMachine = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +207,16 @@ class Acquisition:
     def _drained(self) -> None:
         self.run.fire(RunEvent.PROC_FAULT if self.processing_errors else RunEvent.DRAINED)
         resolve(self.processed)
+
+    def note_lost(self, unique_id: int, failed: bool) -> None:
+        """A frame of this acquisition became missing somewhere (any thread); `failed`: by a
+        processing error, which makes the processing state failed (a drop does not)."""
+        if failed:
+            self.processing_errors = True
+        if unique_id not in self.lost:
+            self.lost.add(unique_id)
+            if self.on_lost is not None:
+                self.on_lost(self)
 
     def record_params(self, port: str, from_id: int, values: dict[str, Any]) -> None:
         """`port` processes this acquisition's frames from `from_id` on with `values` (the full

@@ -293,6 +293,7 @@ class Plugin(ArrayPort):
         if not self._inbox.offer(array, values["QueueSize"]) and not (
                 values["LossPolicy"] == BLOCK and self._offer_blocking(array)):
             self.increment("DroppedArrays")
+            self._mark_lost(array, failed=False)
             self._inbox.put(_PASS, array, [array.derive(
                 None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
 
@@ -313,7 +314,7 @@ class Plugin(ArrayPort):
         self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
                      f"{self.plugin_type} needs uncompressed arrays (add a Codec "
                      f"plugin in Decompress mode upstream)", logging.WARNING)
-        self._mark_failed(array)
+        self._mark_lost(array, failed=True)
         self.increment("ArrayCounter")  # handled: it becomes a processing-error placeholder
         outputs = [array.derive(None, status=FrameStatus(
             MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
@@ -337,9 +338,10 @@ class Plugin(ArrayPort):
             array.acquisition.in_flight.leave()
 
     @staticmethod
-    def _mark_failed(array: NDArray) -> None:
-        if array.acquisition is not None:
-            array.acquisition.processing_errors = True
+    def _mark_lost(array: NDArray, failed: bool) -> None:
+        """`array` (a real frame) becomes a placeholder here: its acquisition counts it."""
+        if array.acquisition is not None and array.valid:
+            array.acquisition.note_lost(array.unique_id, failed)
 
     def _handle(self, array: NDArray) -> None:
         if self._frozen_version != self.params_version or \
@@ -361,7 +363,7 @@ class Plugin(ArrayPort):
                                array.unique_id, type(exc).__name__, exc)
                 self.log.debug("traceback", exc_info=True)
                 self.message(f"array {array.unique_id}: {type(exc).__name__}: {exc}")
-                self._mark_failed(array)
+                self._mark_lost(array, failed=True)
                 outputs = [array.derive(None, status=FrameStatus(MissingCause.PROCESSING_ERROR,
                                                                  str(exc)))]
         else:
@@ -405,8 +407,9 @@ class Plugin(ArrayPort):
         """Finish a frame whose process() returned DEFERRED (any thread)."""
         try:
             outs = _as_list(outputs)
-            if any(o.status.missing is MissingCause.PROCESSING_ERROR for o in outs):
-                self._mark_failed(array)
+            if any(o.status.missing in (MissingCause.PROCESSING_ERROR, MissingCause.TIMEOUT)
+                   for o in outs):
+                self._mark_lost(array, failed=True)
             self._finish(array, outs, seconds)
         finally:
             self._leave(array)

@@ -268,6 +268,7 @@ def test_every_frame_has_a_row_dropped_at_the_writers_own_queue_or_not(ioc, p, p
         missing = f["entry/ndflow/missing"][:]
         meaning = attrs["NDArrayStatus"].attrs["meaning"]
     assert received == frames
+    assert get(p + "cam1:FramesLost_RBV") == dropped  # what a scan checks
     assert list(ids) == list(range(first, first + frames))  # a row for every frame, in order
     lost = ids[status != 0]
     assert sorted(missing["unique_id"]) == sorted(lost)
