@@ -41,13 +41,17 @@ SIM_PARAMS = (
     enum_param("SimMode", ("LinearRamp", "Peaks", "Sine", "Offset&Noise"), 0, group="Simulation"),
     int_param("PeakStartX", 1, group="Peaks"),
     int_param("PeakStartY", 1, group="Peaks"),
-    int_param("PeakNumX", 1, low=0, group="Peaks"),
-    int_param("PeakNumY", 1, low=0, group="Peaks"),
+    # At most 100 x 100 peaks: each is a step of a Python loop in the acquisition thread (up to
+    # ~50 us); 2**31 of them held a frame, and a Stop, for hours.
+    int_param("PeakNumX", 1, low=0, high=100, group="Peaks"),
+    int_param("PeakNumY", 1, low=0, high=100, group="Peaks"),
     int_param("PeakStepX", 1, group="Peaks"),
     int_param("PeakStepY", 1, group="Peaks"),
     int_param("PeakWidthX", 10, low=1, group="Peaks"),
     int_param("PeakWidthY", 20, low=1, group="Peaks"),
-    float_param("PeakVariation", 3.0, precision=1, low=0.0, units="%", group="Peaks"),
+    # Heights vary by up to 10x at most; the percentage is drawn as an int64 random number,
+    # which 1e300 % is not.
+    float_param("PeakVariation", 3.0, precision=1, low=0.0, high=1000.0, units="%", group="Peaks"),
     *(p for axis in "XY" for p in (
         enum_param(f"{axis}SineOperation", ("Add", "Multiply"), 0, group="Sine"),
         float_param(f"{axis}Sine1Amplitude", 1.0, precision=2, group="Sine"),
@@ -265,8 +269,7 @@ class SimDetector(Driver):
         r = cached[1]
         out = self.pool.alloc(r.shape, dtype)
         if out is None:
-            return NDArray.missing(MissingCause.NO_MEMORY,
-                                   f"pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
+            return NDArray.missing(MissingCause.NO_MEMORY, self.pool.last_refusal)
         region = self._raw[r.index]
         if r.bx > 1 or r.by > 1:
             region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)

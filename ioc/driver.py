@@ -41,9 +41,25 @@ from .channels import HANDLED
 from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
                       NDArray, NDAttribute)
+from .params import ParamTable, R, bool_param, enum_param, float_param
+from .pool import BUDGET
 from .state import DetectorState, Event, RunState, StateMachine
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
+DROP, PAUSE = 0, 1
+
+#: ndflow: every driver's overload policy (added to each driver's declarations)
+DRIVER_PARAMS = (
+    enum_param("LossPolicy", ("Drop", "Pause"), DROP, group="Collect",
+               doc="Drop: frames the pipeline cannot take are lost (and counted). Pause: the "
+                   "acquisition waits while a plugin queue downstream or the IOC's memory "
+                   "budget is fuller than PauseThreshold"),
+    float_param("PauseThreshold", 80.0, low=1.0, high=100.0, precision=0, units="%",
+                group="Collect", doc="queue or memory-budget use that pauses (LossPolicy Pause)"),
+    bool_param("Paused_RBV", "No", "Yes", 0, R, group="Collect"),
+    float_param("PausedTime_RBV", 0.0, R, precision=3, units="s", group="Collect",
+                doc="time the latest acquisition spent paused"),
+)
 DEFER_OFF, DEFER_UNTIL_DONE, DEFER_UNTIL_RELEASED = 0, 1, 2
 PLUGIN_WAIT_TIMEOUT = 60.0
 
@@ -77,13 +93,17 @@ class Driver(ArrayPort):
     model: ClassVar[str] = "Unknown"
     driver_version: ClassVar[str] = "Unknown"
 
+    def declare(self) -> ParamTable:
+        return ParamTable.of(*self.PARAMS, DRIVER_PARAMS)
+
     def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
-                 **pool_kw: Any) -> None:
+                 loss_policy: str = "drop", **pool_kw: Any) -> None:
         # Frames live in shared memory so a Python algorithm reads them with zero copies.
         pool_kw.setdefault("new_block", shm.block)
         super().__init__(port, prefix, graph, pool_bytes, **pool_kw)
         self.values.update({"Manufacturer_RBV": self.manufacturer, "Model_RBV": self.model,
-                            "DriverVersion_RBV": self.driver_version})
+                            "DriverVersion_RBV": self.driver_version,
+                            "LossPolicy": PAUSE if loss_policy == "pause" else DROP})
         self.state = StateMachine(lambda s: self.set("DetectorState_RBV", int(s)))
         self._starts: queue.Queue[Acquisition | None] = queue.Queue()
         self._stop_event = threading.Event()
@@ -118,6 +138,9 @@ class Driver(ArrayPort):
         self._thread = threading.Thread(target=self._acquisition_thread, name=f"{self.port}-acq",
                                         daemon=True)
         self._thread.start()
+
+    def threads(self) -> list[threading.Thread]:
+        return [self._thread] if self._thread is not None else []
 
     def shutdown(self) -> None:
         self._stop_event.set()
@@ -295,7 +318,13 @@ class Driver(ArrayPort):
         mode = int(params["ImageMode"])
         wanted = 1 if mode == SINGLE else int(params["NumImages"])
         taken = 0
+        self._paused = 0.0
+        self.set("PausedTime_RBV", 0.0)
         while True:
+            if int(params.get("LossPolicy", DROP)) == PAUSE:
+                self._pause_while_overloaded(float(params["PauseThreshold"]) / 100.0)
+                if self._stop_event.is_set():
+                    break
             started = time.monotonic()
             started_wall = time.time()
             if self.state.state is not DetectorState.Acquire:
@@ -318,6 +347,36 @@ class Driver(ArrayPort):
                     break
         self.state.fire(Event.STOP)
         self.state.fire(Event.STOPPED_CONTINUOUS if mode == CONTINUOUS else Event.STOPPED)
+
+    def _pause_while_overloaded(self, threshold: float) -> None:
+        """LossPolicy Pause: wait (stoppable) while a plugin downstream has its queue, or the
+        IOC its memory budget, fuller than `threshold`; the time is counted."""
+        if not self._overloaded(threshold):
+            return
+        began = time.monotonic()
+        self.set("Paused_RBV", 1)
+        self.message("Paused: the pipeline is full")
+        while self._overloaded(threshold) and not self._stop_event.wait(0.002):
+            pass
+        self._paused += time.monotonic() - began
+        self.set("PausedTime_RBV", self._paused)
+        self.set("Paused_RBV", 0)
+        self.message("Acquiring data")
+
+    def _overloaded(self, threshold: float) -> bool:
+        if BUDGET.over(threshold):
+            return True
+        seen: set[str] = set()
+        frontier = [self.port]
+        while frontier:  # every plugin downstream, through the graph as it is now
+            for plugin in self.graph.subscribers(frontier.pop(), 0):
+                if plugin.port in seen:
+                    continue
+                seen.add(plugin.port)
+                frontier.append(plugin.port)
+                if plugin.queue_fill() >= threshold:
+                    return True
+        return False
 
     def _publish_frame(self, frame: NDArray | np.ndarray | None, acquisition: Acquisition,
                        number: int, started_wall: float) -> None:

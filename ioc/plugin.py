@@ -127,13 +127,15 @@ class Plugin(ArrayPort):
     def __init__(self, port: str, prefix: str, graph: PortGraph, input_port: str = "",
                  input_address: int = 0, enabled: bool = False, queue_size: int = 20,
                  max_threads: int = 1, blocking: bool = False, pool_bytes: int = 0,
-                 new_block: Callable[[int], Block] = heap_block) -> None:
+                 new_block: Callable[[int], Block] = heap_block,
+                 loss_policy: str = "drop") -> None:
         super().__init__(port, prefix, graph, pool_bytes, new_block)
         self.values.update({
             "PluginType_RBV": self.plugin_type, "NDArrayPort": input_port,
             "NDArrayAddress": input_address, "EnableCallbacks": int(enabled),
             "QueueSize": queue_size, "QueueFree": queue_size, "MaxThreads_RBV": max_threads,
             "BlockingCallbacks": int(blocking),
+            "LossPolicy": BLOCK if loss_policy == "block" else DROP,
         })
         self.params.override("NumThreads", high=max_threads)
         self._inbox = Inbox()
@@ -189,6 +191,13 @@ class Plugin(ArrayPort):
             worker = threading.Thread(target=self._work, name=f"{self.port}-worker", daemon=True)
             self._workers.append(worker)
             worker.start()
+
+    def threads(self) -> list[threading.Thread]:
+        return list(self._workers)
+
+    def queue_fill(self) -> float:
+        """How full the input queue is, 0..1 (what a pausing driver watches)."""
+        return self._inbox.frames / max(1, self.values["QueueSize"])
 
     def shutdown(self) -> None:
         self._running = False

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+import weakref
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
@@ -37,6 +38,35 @@ class PoolStats:
     refused: int
 
 
+class MemoryBudget:
+    """The memory every pool of the process may hold together: the IOC's budget. A new block
+    that would take the total over it is refused like one over a pool's own limit, so frames
+    held anywhere (a file writer's Capture buffer, a slow plugin's queue, deferred processing)
+    turn into counted missing frames, or pause a driver whose policy says so, instead of
+    growing the process without bound. 0 = no limit."""
+
+    def __init__(self) -> None:
+        self.max_bytes = 0
+        self._pools: "weakref.WeakSet[ArrayPool]" = weakref.WeakSet()
+
+    def add(self, pool: "ArrayPool") -> None:
+        self._pools.add(pool)
+
+    def used(self) -> int:
+        """Bytes in every pool's blocks, free or leased."""
+        return sum(pool.allocated_bytes for pool in list(self._pools))
+
+    def admits(self, nbytes: int) -> bool:
+        return not self.max_bytes or self.used() + nbytes <= self.max_bytes
+
+    def over(self, fraction: float = 1.0) -> bool:
+        return bool(self.max_bytes) and self.used() > fraction * self.max_bytes
+
+
+#: the budget of this process's IOC (set from the config's memory_budget_mb)
+BUDGET = MemoryBudget()
+
+
 class ArrayPool:
     def __init__(self, max_bytes: int = 0, new_block: Callable[[int], Block] = heap_block,
                  name: str = "") -> None:
@@ -50,6 +80,8 @@ class ArrayPool:
         self._free_count = 0
         self.refused = 0
         self._lease_types: dict[int, type] = {}
+        self.last_refusal = ""  # why the latest refused allocation was refused
+        BUDGET.add(self)
 
     def alloc(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray | None:
         """A C-ordered array from the pool, or None (counted in `refused`) when the limit is hit."""
@@ -91,10 +123,27 @@ class ArrayPool:
                         self._allocated_bytes -= size
                 if self._allocated_bytes + nbytes > self.max_bytes:
                     self.refused += 1
+                    self.last_refusal = f"pool limit {self.max_bytes / 2**20:.0f} MB reached"
+                    return None
+            if not BUDGET.admits(nbytes):  # the IOC's budget: drop our free blocks, or refuse
+                for size, blocks in list(self._free.items()):
+                    while blocks and not BUDGET.admits(nbytes):
+                        blocks.pop()
+                        self._free_count -= 1
+                        self._allocated -= 1
+                        self._allocated_bytes -= size
+                if not BUDGET.admits(nbytes):
+                    self.refused += 1
+                    self.last_refusal = (f"IOC memory budget {BUDGET.max_bytes / 2**20:.0f} MB "
+                                         "reached")
                     return None
             self._allocated_bytes += nbytes
             self._allocated += 1
         return self._new_block(nbytes)
+
+    @property
+    def allocated_bytes(self) -> int:
+        return self._allocated_bytes
 
     def _give_back(self, nbytes: int, block: Block) -> None:
         with self._lock:

@@ -21,6 +21,7 @@ from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
 from .publisher import Publisher
+from .resources import Resources
 
 log = logging.getLogger("ndflow.ioc")
 MB = 1024 * 1024
@@ -48,14 +49,18 @@ class IOC:
         for i, cfg in enumerate(config.drivers):
             self._add(self._make(lines, ("drivers", i), "drivers", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,
-                                 pool_bytes=int(cfg.pool_mb * MB)), lines, ("drivers", i))
+                                 pool_bytes=int(cfg.pool_mb * MB),
+                                 loss_policy=cfg.loss_policy), lines, ("drivers", i))
         for i, cfg in enumerate(config.plugins):
             self._add(self._make(lines, ("plugins", i), "plugins", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,
                                  input_port=cfg.input, input_address=cfg.address,
                                  enabled=cfg.enabled, blocking=cfg.blocking,
                                  queue_size=cfg.queue_size, max_threads=cfg.max_threads,
+                                 loss_policy=cfg.loss_policy,
                                  pool_bytes=int(cfg.pool_mb * MB)), lines, ("plugins", i))
+        resources = Resources(list(self.components), _budget_mb(config.memory_budget_mb))
+        self._add(resources, lines, ("memory_budget_mb",))
         for i, cfg in enumerate(config.plugins):
             if cfg.input and cfg.input not in self.graph.ports:
                 known = ", ".join(sorted(self.graph.ports))
@@ -191,3 +196,11 @@ class IOC:
                 except Exception as exc:
                     log.error("%s: periodic update failed: %s", component.port, exc)
             last = now
+
+
+def _budget_mb(configured: float) -> float:
+    """The IOC's memory budget: as configured, or (-1) half of the machine's memory."""
+    if configured >= 0:
+        return configured
+    import psutil
+    return psutil.virtual_memory().total / 2 / MB

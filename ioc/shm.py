@@ -109,6 +109,13 @@ def _forget(address: int, seg_id: int, fd: int) -> None:
         pass
 
 
+def mapped_bytes() -> int:
+    """Bytes in the live segments this process created (frame pools, algorithm outputs)."""
+    with _lock:
+        refs = list(_by_start.values())
+    return sum(len(seg) for seg in (ref() for ref in refs) if seg is not None)
+
+
 def find(array: np.ndarray) -> tuple[Segment, int] | None:
     """(segment, byte offset) if `array`'s memory lies inside a live segment of this process."""
     address = array.__array_interface__["data"][0]

@@ -141,16 +141,22 @@ DRIVER_COLUMNS = (("State", "DetectorState_RBV"), ("Acquire", "Acquire_RBV"),
 PLUGIN_COLUMNS = (("Input", "NDArrayPort_RBV"), ("Callbacks", "EnableCallbacks_RBV"),
                   ("Rate (Hz)", "ArrayRate_RBV"), ("Frames", "ArrayCounter_RBV"),
                   ("Dropped", "DroppedArrays_RBV"), ("Queue", "QueueUse"))
+IOC_COLUMNS = (("Memory (MB)", "MemUsed_RBV"), ("Pools (MB)", "PoolMem_RBV"),
+               ("Budget (%)", "BudgetUse_RBV"), ("CPU (%)", "CPU_RBV"),
+               ("Children", "Children_RBV"), ("Children (MB)", "ChildrenMem_RBV"))
+DRIVER, PLUGIN, IOC = "driver", "plugin", "ioc"  # a component's row in the overview
 
 
-def overview_device(title: str, rows: list[tuple[str, str, str, str, bool]]) -> Device:
-    """The IOC's top-level screen. `rows` holds (port, PV prefix, type, screen file, is driver)
-    per component: one table row each with its state, rates and drops, and a button that opens
-    its screen with R set to its prefix."""
+def overview_device(title: str, rows: list[tuple[str, str, str, str, str]]) -> Device:
+    """The IOC's top-level screen. `rows` holds (port, PV prefix, type, screen file, role)
+    per component, role being DRIVER, PLUGIN or IOC (the resources): one table row each with
+    its state, rates and drops (memory and CPU for the IOC), and a button that opens its screen
+    with R set to its prefix."""
     tables: list[ComponentUnion] = []
-    for heading, driver, columns in (("Drivers", True, DRIVER_COLUMNS),
-                                     ("Plugins", False, PLUGIN_COLUMNS)):
-        members = [r for r in rows if r[4] == driver]
+    for heading, role, columns in (("IOC", IOC, IOC_COLUMNS),
+                                   ("Drivers", DRIVER, DRIVER_COLUMNS),
+                                   ("Plugins", PLUGIN, PLUGIN_COLUMNS)):
+        members = [r for r in rows if r[4] == role]
         children: list[ComponentUnion] = []
         for i, (port, prefix, kind, screen, _) in enumerate(members):
             cells: list[ComponentUnion] = [

@@ -15,9 +15,10 @@ from pvi._format.dls import DLSFormatter
 
 from ndflow.component import Component
 from ndflow.driver import Driver
+from ndflow.plugin import Plugin
 
 from .bob import render, write_files
-from .device import component_device, overview_device
+from .device import DRIVER, IOC, PLUGIN, component_device, overview_device
 
 TOP_LEVEL = "ndflow"
 TABLE_CELL_WIDTH = 110
@@ -56,7 +57,8 @@ def ioc_files(components: list[Component]) -> dict[str, str]:
         if stems[c.port] not in done:
             done.add(stems[c.port])
             files.update(component_files(c, stems[c.port]))
-    rows = [(c.port, c.prefix, type(c).__name__, f"{stems[c.port]}.bob", isinstance(c, Driver))
+    rows = [(c.port, c.prefix, type(c).__name__, f"{stems[c.port]}.bob",
+             DRIVER if isinstance(c, Driver) else PLUGIN if isinstance(c, Plugin) else IOC)
             for c in components]
     formatter = DLSFormatter(widget_width=TABLE_CELL_WIDTH, label_width=TABLE_CELL_WIDTH)
     files.update(render(overview_device("ndflow $(P)", rows), TOP_LEVEL, formatter=formatter))
