@@ -108,11 +108,12 @@ class ArrayPort(Component):
             self.set("NDAttributesStatus", attributes.OK)
             return
         site = self.site
-        allowed = ([site.base_dir, *site.data_roots]) if site is not None else []
+        # files only from the configured folders, opened without following links; messages
+        # about a file never quote it (ndflow.attributes)
+        folders = site.read_folders if site is not None else ()
         try:
-            text = attributes.read_source(source, allowed, site.base_dir if site else None)
-            specs = attributes.parse(attributes.expand_macros(text, macros),
-                                     lambda name: name in self.params)
+            specs = attributes.load(source, macros, folders, site.base_dir if site else None,
+                                    lambda name: name in self.params)
         except attributes.AttributesError as exc:
             self.set("NDAttributesStatus", exc.status)
             self.message(f"NDAttributesFile: {exc}", logging.WARNING)

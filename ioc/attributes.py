@@ -9,23 +9,33 @@ ADCore's drvInfo strings such as GAIN are not known here), CONST is the source t
 EPICS_PV and FUNCT need a CA client or compiled functions inside the IOC and are refused with a
 message naming the attribute.
 
-Security: the PV is writable by anyone on the network, so a file name is read only when it lies
-under one of the allowed folders (the config file's folder and the data roots).
+Security: the PV is writable by anyone on the network. So a file name is read only from the
+configured folders (`Site.read_folders`: the config file's folder and the data roots; never the
+IOC's working directory). A relative name is relative to the config file's folder, '..' is
+refused, and the file is opened through `ndflow.safepath` (one component at a time from the
+folder's descriptor, symbolic links refused, regular files of at most MAX_BYTES only). Error
+messages about a file never quote it: they say what is wrong and where (line, column, the Nth
+<Attribute>), because the file may be anything the IOC can read in those folders. Inline XML
+came from the client itself, so its messages name its attributes and macros.
 """
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
+from xml.parsers import expat
 
-from .config import inside
+from . import safepath
 from .ndarray import AttrSource, NDAttribute
+from .safepath import PathRefused
 
 # NDAttributesStatus choices (NDArrayBase.template)
 OK, FILE_NOT_FOUND, XML_SYNTAX_ERROR, MACRO_ERROR = range(4)
+
+#: an attribute file larger than this is refused (ADCore's files are a few kB)
+MAX_BYTES = 1 << 20
 
 _DATATYPES = {"INT": int, "DOUBLE": float, "STRING": str}
 _MACRO = re.compile(r"\$\(([^)=,]+)(?:=([^)]*))?\)")
@@ -52,7 +62,9 @@ class AttributeSpec:
         return kind(value)
 
 
-def expand_macros(text: str, macros: str) -> str:
+def expand_macros(text: str, macros: str, quote: bool = True) -> str:
+    """`text` with $(NAME) and $(NAME=default) replaced from `macros`. With quote=False (text
+    from a file) an error gives the macro's line, not its name."""
     table = dict(part.split("=", 1) for part in macros.split(",") if "=" in part)
     table = {k.strip(): v.strip() for k, v in table.items()}
 
@@ -62,55 +74,119 @@ def expand_macros(text: str, macros: str) -> str:
             return table[name]
         if default is not None:
             return default
-        raise AttributesError(MACRO_ERROR, f"macro $({name}) has no value in NDAttributesMacros")
+        if quote:
+            raise AttributesError(MACRO_ERROR,
+                                  f"macro $({name}) has no value in NDAttributesMacros")
+        line = text.count("\n", 0, match.start()) + 1
+        raise AttributesError(MACRO_ERROR, f"line {line}: a macro has no value in "
+                              "NDAttributesMacros (and no default)")
     return _MACRO.sub(substitute, text)
 
 
-def read_source(value: str, allowed: Iterable[Path], base: Path | None) -> str:
-    """The XML text the NDAttributesFile value stands for."""
+def load(value: str, macros: str, folders: Iterable[Path], base: Path | None,
+         known_params: Callable[[str], bool]) -> list[AttributeSpec]:
+    """The attributes an NDAttributesFile value stands for: inline XML, or a file read from
+    `folders` (a relative name: from `base`, the config file's folder)."""
     if value.lstrip().startswith("<"):
-        return value
-    path = Path(value)
-    if not path.is_absolute() and base is not None:
+        return parse(expand_macros(value, macros), known_params)
+    name = value.strip()
+    data = read_file(name, folders, base)
+    try:
+        # Is it XML with <Attributes> at the top, before anything of it may be shown? Macros
+        # are plain text to XML, so the file as stored must already be well formed.
+        _elements(data, quote=False)
+        text = data.decode("utf-8")
+    except AttributesError as exc:
+        raise AttributesError(exc.status, f"{name}: {exc}") from None
+    except UnicodeDecodeError:
+        raise AttributesError(XML_SYNTAX_ERROR, f"{name}: not UTF-8 text") from None
+    try:
+        return parse(expand_macros(text, macros, quote=False), known_params, quote=False)
+    except AttributesError as exc:
+        raise AttributesError(exc.status, f"{name}: {exc}") from None
+
+
+def read_file(name: str, folders: Iterable[Path], base: Path | None) -> bytes:
+    """The bytes of the attribute file `name`, if it lies in one of `folders` (no '..', no
+    links followed, a regular file of at most MAX_BYTES). Refusals use FILE_NOT_FOUND."""
+    folders = [Path(f) for f in folders]
+    where_text = ", ".join(map(str, folders)) or "no folder"
+    if not name:
+        raise AttributesError(FILE_NOT_FOUND, "no file name")
+    if safepath.has_parent_parts(name):
+        raise AttributesError(FILE_NOT_FOUND, f"{name}: '..' is not allowed in attribute file "
+                              "names")
+    path = Path(name)
+    if not path.is_absolute():
+        if base is None:
+            raise AttributesError(FILE_NOT_FOUND, f"{name}: give an absolute path")
         path = base / path
-    path = path.resolve()
-    folders = [Path(f).resolve() for f in allowed]
-    if not inside(path, folders):
-        raise AttributesError(FILE_NOT_FOUND, f"{value}: attribute files are read only from "
-                              f"{', '.join(map(str, folders)) or 'no folder'}")
     try:
-        return path.read_text()
+        where = safepath.locate(path, folders, "the attribute folders")
+    except PathRefused:
+        raise AttributesError(FILE_NOT_FOUND, f"{name}: attribute files are read only from "
+                              f"{where_text}") from None
+    try:
+        return safepath.read_file(where, MAX_BYTES)
+    except FileNotFoundError:
+        raise AttributesError(FILE_NOT_FOUND, f"{name}: no such file") from None
+    except PathRefused as exc:
+        raise AttributesError(FILE_NOT_FOUND, f"{name}: {exc}") from None
     except OSError as exc:
-        raise AttributesError(FILE_NOT_FOUND, f"{value}: {exc.strerror}") from None
+        raise AttributesError(FILE_NOT_FOUND, f"{name}: {exc.strerror}") from None
 
 
-def parse(xml_text: str, known_params: Callable[[str], bool]) -> list[AttributeSpec]:
+def _elements(xml: str | bytes, quote: bool = True) -> list[tuple[str, dict[str, str], int]]:
+    """(tag, attributes, line) of every element, checking the root is <Attributes>. Errors are
+    expat's own descriptions plus positions; with quote=False they never contain the text."""
+    parser = expat.ParserCreate()
+    found: list[tuple[str, dict[str, str], int]] = []
+
+    def start(tag: str, attrs: dict[str, str]) -> None:
+        found.append((tag, attrs, parser.CurrentLineNumber))
+    parser.StartElementHandler = start
     try:
-        root = ET.fromstring(xml_text)
-    except ET.ParseError as exc:
-        raise AttributesError(XML_SYNTAX_ERROR, f"attribute XML: {exc}") from None
-    if root.tag != "Attributes":
-        raise AttributesError(XML_SYNTAX_ERROR,
-                              f"attribute XML: root element is <{root.tag}>, not <Attributes>")
+        parser.Parse(xml, True)
+    except expat.ExpatError as exc:
+        raise AttributesError(XML_SYNTAX_ERROR, f"not valid XML ({expat.ErrorString(exc.code)}"
+                              f", line {exc.lineno}, column {exc.offset})") from None
+    root = found[0][0]
+    if root != "Attributes":
+        raise AttributesError(XML_SYNTAX_ERROR, "attribute XML: the root element is "
+                              + (f"<{root}>, not <Attributes>" if quote else
+                                 "not <Attributes>"))
+    return found
+
+
+def parse(xml_text: str, known_params: Callable[[str], bool],
+          quote: bool = True) -> list[AttributeSpec]:
+    """The attribute list of ADCore attribute XML. quote=False (text from a file): messages
+    point at an <Attribute> by line instead of quoting its name or values."""
     specs = []
-    for element in root.iter("Attribute"):
+    for tag, element, line in _elements(xml_text, quote):
+        if tag != "Attribute":
+            continue
         name = element.get("name", "").strip()
         kind = element.get("type", "").strip().upper()
         source = element.get("source", "")
+        what = f"attribute {name}" if quote else f"the <Attribute> on line {line}"
         if not name:
-            raise AttributesError(XML_SYNTAX_ERROR, "attribute XML: an <Attribute> has no name")
+            raise AttributesError(XML_SYNTAX_ERROR, f"attribute XML: the <Attribute> on line "
+                                  f"{line} has no name")
         if kind == "PARAM":
             if not known_params(source):
-                raise AttributesError(XML_SYNTAX_ERROR, f"attribute {name}: no parameter "
-                                      f"{source!r} (give the PV name, e.g. Gain)")
+                raise AttributesError(XML_SYNTAX_ERROR, f"{what}: no parameter "
+                                      + (f"{source!r} " if quote else "by that source ")
+                                      + "(give the PV name, e.g. Gain)")
             source_type = AttrSource.PARAM
         elif kind == "CONST":
             source_type = AttrSource.CONST
         elif kind in ("EPICS_PV", "FUNCT"):
-            raise AttributesError(XML_SYNTAX_ERROR, f"attribute {name}: type {kind} is not "
+            raise AttributesError(XML_SYNTAX_ERROR, f"{what}: type {kind} is not "
                                   "supported by ndflow (use PARAM or CONST)")
         else:
-            raise AttributesError(XML_SYNTAX_ERROR, f"attribute {name}: unknown type {kind!r}")
+            raise AttributesError(XML_SYNTAX_ERROR, f"{what}: unknown type"
+                                  + (f" {kind!r}" if quote else "") + " (use PARAM or CONST)")
         datatype = element.get("datatype", element.get("dbrtype", "DOUBLE")).strip().upper()
         if datatype.startswith("DBR_"):
             datatype = {"DBR_STRING": "STRING", "DBR_LONG": "INT", "DBR_SHORT": "INT",

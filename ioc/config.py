@@ -7,13 +7,17 @@ and nothing else.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import safepath
+from .safepath import Location, PathRefused
 
 
 class ConfigError(Exception):
@@ -29,6 +33,9 @@ class DriverConfig(_Strict):
     port: str = Field(min_length=1, description="asyn-style port name, e.g. SIM1")
     prefix: str = Field("cam1:", description="the R macro: PVs are $(P)$(R)<name>")
     pool_mb: float = Field(0.0, ge=0, description="array pool limit in MB, 0 = unlimited")
+    loss_policy: Literal["drop", "pause"] = Field(
+        "drop", description="frames the pipeline cannot take: dropped (counted), or the "
+        "acquisition pauses until there is room (LossPolicy)")
     options: dict[str, Any] = Field(default_factory=dict, description="driver-specific")
 
 
@@ -41,6 +48,9 @@ class PluginConfig(_Strict):
     enabled: bool = Field(True, description="EnableCallbacks at start")
     blocking: bool = Field(False, description="BlockingCallbacks at start")
     queue_size: int = Field(20, ge=1)
+    loss_policy: Literal["drop", "block"] = Field(
+        "drop", description="a frame finding the queue full: drop it (recorded as lost) or "
+        "make the upstream wait (LossPolicy)")
     max_threads: int = Field(1, ge=1, le=64)
     pool_mb: float = Field(0.0, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)
@@ -66,6 +76,10 @@ class IOCConfig(_Strict):
     drivers: list[DriverConfig] = Field(min_length=1)
     plugins: list[PluginConfig] = Field(default_factory=list)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    memory_budget_mb: float = Field(
+        -1.0, ge=-1.0, description="what all array pools may hold together (frames in queues, "
+        "Capture buffers, deferred processing), in MB; 0 = no limit; -1 = half the machine's "
+        "memory")
 
 
 @dataclass(frozen=True)
@@ -76,18 +90,26 @@ class Site:
     algorithm_folders: tuple[Path, ...] = ()
     screens_dir: Path | None = None
     data_roots: tuple[Path, ...] = ()
+    #: the data roots as the config spells them (absolute, ~ expanded, not resolved), each
+    #: paired with its resolved root, so a FilePath typed through a link *above* a root (a
+    #: configured root such as /data/x where /data is a link) is still recognised
+    root_spellings: tuple[tuple[Path, Path], ...] = ()
 
     @classmethod
     def of(cls, config: IOCConfig, base_dir: Path) -> "Site":
         folders = tuple((base_dir / f).resolve() for f in config.algorithm_folders)
         screens = ((base_dir / Path(config.screens_dir).expanduser()).resolve()
                    if config.screens_dir else None)
-        roots = tuple((base_dir / Path(r).expanduser()).resolve() for r in config.data_roots)
-        return cls(base_dir, folders, screens, roots)
+        spelled = [Path(os.path.normpath(base_dir / Path(r).expanduser()))
+                   for r in config.data_roots]
+        roots = tuple(p.resolve() for p in spelled)
+        return cls(base_dir, folders, screens, roots,
+                   tuple((s, r) for s, r in zip(spelled, roots) if s != r))
 
     def data_path(self, path: str | Path) -> Path:
         """`path` (absolute, symlinks resolved) if it lies under a data root; otherwise
-        ValueError, so no PV write can make a file writer write elsewhere."""
+        ValueError. For readers that only check a folder once (the FITS driver's Folder); the
+        file writers use `locate` and open through `ndflow.safepath`, which cannot be raced."""
         resolved = Path(path).expanduser()
         if not resolved.is_absolute():
             raise ValueError(f"{path}: give an absolute path")
@@ -98,6 +120,32 @@ class Site:
             raise ValueError(f"{path} is outside the data roots "
                              f"({', '.join(map(str, self.data_roots))})")
         return resolved
+
+    def locate(self, path: str | Path) -> Location:
+        """The data root `path` lies under and the components below it, from the text alone
+        (PathRefused, a ValueError, if none). Nothing is resolved here: the writers open the
+        result with `safepath.open_folder`/`create_file`, one component at a time from the
+        root's descriptor with links refused, so the check and the open are one step."""
+        if not self.data_roots:
+            raise PathRefused("no data_roots configured; file writers write only under those")
+        text = os.path.expanduser(os.fspath(path))
+        if not os.path.isabs(text):
+            raise PathRefused(f"{path}: give an absolute path")
+        roots = {root: root for root in self.data_roots}
+        roots.update({spelled: root for spelled, root in self.root_spellings})
+        try:
+            where = safepath.locate(text, list(roots))
+        except PathRefused:  # named with the roots as resolved
+            raise PathRefused(f"{path} is outside the data roots "
+                              f"({', '.join(map(str, self.data_roots))})") from None
+        return Location(roots[where.root], where.parts)
+
+    @property
+    def read_folders(self) -> tuple[Path, ...]:
+        """The folders a file a PV names (NDAttributesFile) may be read from: the config file's
+        folder and the data roots. Never the IOC's working directory (`ndflow run` without a
+        config uses the built-in config's own folder as its folder)."""
+        return tuple(dict.fromkeys((self.base_dir, *self.data_roots)))
 
     def algorithm_file(self, name: str) -> Path:
         """The file `name` names, if it lies inside a configured algorithm folder (symlinks
@@ -117,8 +165,8 @@ class Site:
 
 
 def inside(path: Path, folders: Iterable[Path]) -> bool:
-    """Whether resolved `path` lies in one of the (resolved) `folders`: the one check behind
-    every path a config or a PV may name."""
+    """Whether resolved `path` lies in one of the (resolved) `folders`. A check only: a file a
+    PV names is opened through `ndflow.safepath`, which makes the check and the open one step."""
     return any(path.is_relative_to(folder) for folder in folders)
 
 
@@ -126,23 +174,27 @@ def default_config_text() -> str:
     return resources.files("ndflow").joinpath("configs/default.yml").read_text()
 
 
+#: the built-in configs' folder: the folder of `ndflow run` without a config file, so nothing
+#: is ever read relative to the IOC's working directory
+BUILTIN_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
 def load_config(path: str | Path | None) -> tuple[IOCConfig, "LineMap"]:
     if path is None:
-        text, name = default_config_text(), "default.yml"
-    else:
-        p = Path(path)
-        try:
-            text = p.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
-        name = str(p)
-    return parse_config(text, name)
+        return parse_config(default_config_text(), "default.yml", BUILTIN_CONFIG_DIR)
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    return parse_config(text, str(p))
 
 
-def parse_config(text: str, name: str = "<config>") -> tuple[IOCConfig, "LineMap"]:
+def parse_config(text: str, name: str = "<config>",
+                 base_dir: Path | None = None) -> tuple[IOCConfig, "LineMap"]:
     try:
         data = yaml.safe_load(text)
-        lines = LineMap(name, yaml.compose(text))
+        lines = LineMap(name, yaml.compose(text), base_dir)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -159,11 +211,14 @@ def parse_config(text: str, name: str = "<config>") -> tuple[IOCConfig, "LineMap
 class LineMap:
     """Remembers the line of every key in a YAML document so errors can point at it."""
 
-    def __init__(self, name: str, root: yaml.Node | None) -> None:
+    def __init__(self, name: str, root: yaml.Node | None, base_dir: Path | None = None) -> None:
         self.name = name
         path = Path(name)
-        #: relative paths in the config are relative to its folder
-        self.base_dir = path.resolve().parent if path.is_file() else Path.cwd()
+        #: relative paths in the config are relative to its folder (given for the built-in
+        #: config; the working directory only for a config given as text, in-process)
+        if base_dir is None:
+            base_dir = path.resolve().parent if path.is_file() else Path.cwd()
+        self.base_dir = base_dir
         self._lines: dict[tuple, int] = {}
         if root is not None:
             self._walk(root, ())

@@ -13,10 +13,14 @@ increments after each file when AutoIncrement=Yes.
 
 What ndflow adds: a file is only ever written under the configured data roots (`data_roots`),
 whatever FilePath, FileName or FileTemplate say, because anyone on the network can write those
-PVs. A refused path, a template that does not take (string, string, integer) in that order, or an
-I/O error (permission, disk full) sets WriteStatus/WriteMessage, closes what was open so the
-frames already written stay readable, and leaves the IOC serving. Missing frames (placeholders for
-lost arrays) reach the writer too; `write_missing` records them.
+PVs. Every output folder and file is opened (or created) relative to a descriptor of its data
+root, one component at a time, with symbolic links refused (`ndflow.safepath`): the containment
+check and the open are one step, so swapping a folder for a link while a writer saves cannot
+lead it out. Formats get their file from `create_file` (a descriptor), `open_output` or
+`open_hdf5`, never by name. A refused path, a template that does not take (string, string,
+integer) in that order, or an I/O error (permission, disk full) sets WriteStatus/WriteMessage,
+closes what was open so the frames already written stay readable, and leaves the IOC serving.
+Missing frames (placeholders for lost arrays) reach the writer too; `write_missing` records them.
 
 Locking (DESIGN.md 3, "Ports own their work"): no CA put waits for a write. `_lock` is the file's
 lock, held across file I/O by the worker and by the thread a put hands its I/O to (Capture,
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import logging
 import os
 import re
@@ -37,14 +42,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, BinaryIO, ClassVar, Mapping
 
+from ndflow import safepath
 from ndflow.busy import Busy, finish
 from ndflow.channels import HANDLED
 from ndflow.ndarray import NDArray
 from ndflow.params import R, RW, W, Param, bool_param, enum_param, int_param, string_param, \
     text_param
 from ndflow.plugin import Plugin
+from ndflow.safepath import Location, PathRefused
 
 SINGLE, CAPTURE, STREAM = 0, 1, 2
 
@@ -178,17 +185,29 @@ class FileWriter(Plugin):
         return value
 
     def _check_path(self, path: str, create: bool) -> bool:
-        """Set FilePathExists_RBV (and WriteMessage when refused); create it if asked."""
+        """Set FilePathExists_RBV (and WriteMessage when refused); create it if asked. The
+        folder is reached (and created) from its data root's descriptor, links refused."""
         ok = False
         try:
-            folder = self._allowed(path)
+            where = self._allowed(path)
             depth = self.values["CreateDirectory"]
-            if create and depth and not folder.is_dir():
-                self._create(folder, depth)
-            ok = folder.is_dir()
-            if not ok:
-                self._error(f"FilePath {path} does not exist" + (
-                    "" if depth else " (set CreateDirectory to create it)"))
+            create_from = _create_from(where, depth) if create and depth else None
+            try:
+                os.close(safepath.open_folder(where, create_from))
+                ok = True
+            except FileNotFoundError as exc:
+                if create_from is not None:
+                    self._error(f"cannot create {where.path}: {exc.filename} does not exist "
+                                f"(CreateDirectory={depth})")
+                else:
+                    self._error(f"FilePath {path} does not exist" + (
+                        "" if depth else " (set CreateDirectory to create it)"))
+            except safepath.NotAFolder as exc:
+                self._error(f"FilePath {path} does not exist ({exc})")
+            except PathRefused as exc:
+                self._error(f"FilePath {path} refused: {exc}")
+            except OSError as exc:
+                self._error(f"FilePath {path}: {exc.strerror}")
         except WriteError as exc:
             self._error(str(exc))
         self.set("FilePathExists_RBV", int(ok))
@@ -196,27 +215,17 @@ class FileWriter(Plugin):
             self.set_many({"WriteStatus": 0, "WriteMessage": ""})
         return ok
 
-    def _allowed(self, path: str | Path) -> Path:
+    def _allowed(self, path: str | Path) -> Location:
+        """Where `path` is: a data root and the components below it (by its text alone; it is
+        opened through `ndflow.safepath`, never by name)."""
         site = self.site
         try:
             if site is None:
-                raise ValueError("no data_roots configured; file writers write only under those")
-            return site.data_path(path)
-        except ValueError as exc:
+                raise PathRefused("no data_roots configured; file writers write only under "
+                                  "those")
+            return site.locate(path)
+        except PathRefused as exc:
             raise WriteError(str(exc)) from None
-
-    @staticmethod
-    def _create(folder: Path, depth: int) -> None:
-        parts = folder.parts
-        must_exist = Path(*parts[: depth + 1]) if depth > 0 else \
-            Path(*parts[: max(1, len(parts) + depth)])
-        if not must_exist.is_dir():
-            raise WriteError(f"cannot create {folder}: {must_exist} does not exist "
-                             f"(CreateDirectory={depth})")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot create {folder}: {exc.strerror}") from None
 
     def _next_file(self, params: Mapping[str, Any]) -> Path:
         v = params
@@ -225,9 +234,62 @@ class FileWriter(Plugin):
         # FileNumber is the live counter: the writer itself moves it on after each file
         name = format_file_name(v["FileTemplate"], v["FilePath"], v["FileName"],
                                 self.values["FileNumber"])
-        path = self._allowed(name)
+        path = self._allowed(name).path
         self.set("FullFileName_RBV", str(path)[:511])
         return path
+
+    # --- the output file: the only way a format gets one ------------------------------------------
+    def create_file(self, path: Path) -> int:
+        """A descriptor (read/write) of the new or truncated regular file `path`, created
+        relative to its folder's descriptor, reached from its data root's descriptor one
+        component at a time with links refused (`ndflow.safepath`). A format writes through
+        this descriptor (or `open_hdf5`), never by the name. The caller closes it."""
+        where = self._allowed(path)
+        try:
+            return safepath.create_file(where)
+        except FileNotFoundError as exc:
+            raise WriteError(f"cannot open {path}: {exc.filename or 'its folder'} does not "
+                             "exist") from None
+        except PathRefused as exc:
+            raise WriteError(f"cannot open {path}: {exc}") from None
+
+    def open_output(self, path: Path) -> BinaryIO:
+        """`create_file` as a buffered binary file object (read/write) whose `name` is `path`,
+        for libraries that write to file objects and want a name (tifffile)."""
+        fd = self.create_file(path)
+        try:
+            raw = io.FileIO(fd, "r+b", closefd=True)
+        except BaseException:
+            os.close(fd)
+            raise
+        raw.name = str(path)  # shown only; nothing reopens it by name
+        return io.BufferedRandom(raw)
+
+    def open_hdf5(self, path: Path, **kw: Any) -> Any:
+        """`h5py.File(..., "w", **kw)` on the file `create_file` made, for HDF5's own (sec2)
+        driver, which takes only a name: it is handed /proc/self/fd/N, which opens the inode
+        behind our descriptor with no folder lookup, and after the open fstat confirms that the
+        descriptor HDF5 holds is that inode. (h5py's file-object driver would avoid the name,
+        but sends every HDF5 read and write through Python, and SWMR is specified for the
+        POSIX drivers; this way SWMR, speed and HDF5's own errno reports stay as they were.)"""
+        import h5py
+
+        fd = self.create_file(path)
+        try:
+            try:
+                name = safepath.fd_path(fd)
+            except PathRefused as exc:
+                raise WriteError(f"cannot open {path}: {exc}") from None
+            file = h5py.File(name, "w", **kw)
+            try:
+                if not safepath.same_file(fd, file.id.get_vfd_handle()):
+                    raise WriteError(f"cannot open {path}: HDF5 opened another file")
+            except BaseException:
+                file.close()
+                raise
+            return file
+        finally:
+            os.close(fd)
 
     def _file_finished(self) -> None:
         if self._open_params["AutoIncrement"]:
@@ -486,6 +548,15 @@ class FileWriter(Plugin):
             self._io.shutdown(wait=False)
         with self._lock:
             self._close()
+
+
+def _create_from(where: Location, depth: int) -> int:
+    """The first component below the root that CreateDirectory=`depth` may create: N>0, the
+    first N parts of the absolute path must exist; N<0, up to |N| parts above the file may be
+    created. Anything at or above the data root must exist already."""
+    total = len(where.root.parts) + len(where.parts)  # parts[0] is "/"
+    must_exist = depth + 1 if depth > 0 else max(1, total + depth)
+    return max(0, must_exist - len(where.root.parts))
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -176,7 +176,8 @@ class HDF5(FileWriter):
     def open_file(self, path: Path, first: NDArray) -> None:
         v = self.values  # a file's layout: the user values when it opens (as ADCore)
         swmr = bool(v["SWMRMode"])
-        self._file = h5py.File(path, "w", libver="latest" if swmr else "earliest")
+        # created under the data root's descriptor, links refused (FileWriter.open_hdf5)
+        self._file = self.open_hdf5(path, libver="latest" if swmr else "earliest")
         self._path = path
         self._size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
         self._rows = 0

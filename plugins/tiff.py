@@ -11,7 +11,7 @@ Any TIFF reader opens the files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import tifffile
@@ -39,13 +39,15 @@ class TIFF(FileWriter):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._path: Path | None = None
+        self._fh: BinaryIO | None = None
 
     def open_file(self, path: Path, first: NDArray) -> None:
-        self._path = path
+        # created under the data root's descriptor (links refused); tifffile writes to the
+        # open file, never to the name
+        self._fh = self.open_output(path)
 
     def write_array(self, array: NDArray) -> None:
-        assert self._path is not None
+        assert self._fh is not None
         data = array.data
         photometric = "minisblack"
         if array.color_mode == RGB1 and data.ndim == 3 and data.shape[-1] == 3:
@@ -56,9 +58,11 @@ class TIFF(FileWriter):
                 (TAG_EPICS_NSEC, "I", 1, array.epics_ts[1], True)]
         for i, attr in enumerate(array.attributes.values()):
             tags.append((TAG_FIRST_ATTRIBUTE + i, "s", 0, f"{attr.name}:{attr.value}", True))
-        tifffile.imwrite(self._path, np.ascontiguousarray(data), photometric=photometric,
+        tifffile.imwrite(self._fh, np.ascontiguousarray(data), photometric=photometric,
                          software=f"ndflow {__version__}", extratags=tags,
                          description=f"NDArray {array.unique_id}", metadata=None)
 
     def close_file(self) -> None:
-        self._path = None
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()

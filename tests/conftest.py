@@ -72,7 +72,7 @@ class IOCProcess:
     """`ndflow run` in a child process, as a user starts it."""
 
     def __init__(self, config: str | None, tmp_path: Path, prefix: str = "13SIM1:",
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, cwd: str | Path | None = None) -> None:
         self.prefix = prefix
         self.port = next(p for p in CA_PORTS if p not in _ports_in_use)
         _ports_in_use.add(self.port)
@@ -88,7 +88,10 @@ class IOCProcess:
         args += ["--prefix", prefix] + (extra or [])
         self.log_path = tmp_path / "ioc.log"
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        # cwd: the folder the IOC starts in (None: this process's), e.g. "/" to show that
+        # nothing is read relative to it
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=cwd)
 
     def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 30) -> None:
         # Low-level libca calls: they leave nothing in pyepics' PV cache, which ophyd's
@@ -141,8 +144,8 @@ def start_ioc(tmp_path):
     started: list[IOCProcess] = []
 
     def start(config: str | None = None, prefix: str = "13SIM1:", ready: str = "cam1:Acquire_RBV",
-              extra: list[str] | None = None) -> IOCProcess:
-        ioc = IOCProcess(config, tmp_path, prefix, extra)
+              extra: list[str] | None = None, cwd: str | Path | None = None) -> IOCProcess:
+        ioc = IOCProcess(config, tmp_path, prefix, extra, cwd)
         started.append(ioc)
         ioc.wait_ready(ready)
         return ioc

@@ -277,7 +277,9 @@ def test_overview_lists_every_instance_with_its_screen(ioc, screens):
     assert opens["cam1:"] == "simDetector.bob"
     assert opens["Stats5:"] == "NDStats.bob" and opens["ROI1:"] == "NDROI.bob"
     assert opens["Probe1:"] == "PROBE.bob"
-    assert len(opens) == 1 + 17 + 1  # the driver, commonPlugins (with image1), the algorithm
+    # the IOC resources, the driver, commonPlugins (with image1), the algorithm
+    assert len(opens) == 1 + 1 + 17 + 1
+    assert opens["IOC:"] == "ndflowIOC.bob"
     pvs = pv_names(root)
     for suffix in ("NDArrayPort_RBV", "EnableCallbacks_RBV", "ArrayRate_RBV", "DroppedArrays_RBV"):
         assert f"$(P)Stats2:{suffix}" in pvs
