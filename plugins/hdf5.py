@@ -274,12 +274,13 @@ class HDF5(FileWriter):
     def _check_room(self, nbytes: int) -> None:
         """Refuse a row that might not fit (see the module docstring: full disk)."""
         need = 2 * nbytes + _CLOSE_MARGIN
-        try:
-            stat = os.statvfs(self._path.parent)
+        try:  # by the open file's handle: a name could have been swapped meanwhile
+            fd = self._file.id.get_vfd_handle()
+            stat = os.fstatvfs(fd)
             free = stat.f_bavail * stat.f_frsize
             if self._size_limit != resource.RLIM_INFINITY:
-                free = min(free, self._size_limit - self._path.stat().st_size)
-        except OSError:
+                free = min(free, self._size_limit - os.fstat(fd).st_size)
+        except (OSError, ValueError, AttributeError):
             return
         if free < need:
             raise WriteError(f"disk full: {max(free, 0) / 1e6:.1f} MB left for "
