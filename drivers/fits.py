@@ -10,7 +10,16 @@ by AcquirePeriod; files that arrive while idle wait in order. A file that cannot
 passed down the graph as a missing frame with that cause, and the driver carries on.
 
 Security: the folder, whether from the config or a CA put on `Folder`, must lie under the
-IOC's data roots, so no client can make the driver read elsewhere.
+IOC's data roots, so no client can make the driver read elsewhere, and nothing below a root is
+looked up through a symbolic link (a local user may be able to plant one there). The folder is
+opened from its data root's descriptor one component at a time with O_NOFOLLOW
+(`ndflow.safepath`) at every scan; it is listed with `os.scandir` on that descriptor and names
+are matched against Pattern with `fnmatch` (no glob, which follows links); each file is opened
+relative to its folder's descriptor with O_NOFOLLOW and handed to astropy as an open file. A
+link named like a FITS file is counted as a bad file ("symbolic link refused"); a link in place
+of a subfolder is not entered; the folder swapped for a link stops the scan with that reason.
+The config's file list and the FTP gateway's uploads (under a data root) are opened the same
+way; only files named on `ndflow replay`'s command line are opened by name.
 
 The watcher thread owns the folder, the pattern and what was seen: a `Folder` or `Pattern` put is
 checked off the event loop and handed to the watcher, which applies it between two scans (and
@@ -22,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -38,8 +49,10 @@ from ndflow.driver import CONTINUOUS, Driver, FrameContext
 from ndflow.graph import PortGraph
 from ndflow.ndarray import EPICS_EPOCH_OFFSET, AttrSource, MissingCause, NDArray, NDAttribute
 from ndflow.params import R, RW, ParamTable, int_param, string_param, text_param
+from ndflow.safepath import LinkRefused, Location, NotAFolder, PathRefused, find, open_folder
+from ndflow.safepath import open_file as open_safely
 
-from .fits_file import FITSError, read_fits
+from .fits_file import FITSError, FITSFrame, read_fits
 from .fits_gateway import GATEWAY_PARAMS, GatewayOptions, build_gateway
 from .ftp_gateway import IngestGateway
 
@@ -59,6 +72,17 @@ FITS_PARAMS = (
     text_param("LastFile_RBV", 256, "", R, group="FITS"),
     text_param("LastError_RBV", 256, "", R, group="FITS"),
 )
+
+
+@dataclass(frozen=True)
+class Source:
+    """A file to read: how it is named, and how it is opened."""
+
+    path: Path  # LastFile_RBV, the FileName/FilePath attributes, the camera folder
+    #: reached from its data root with links refused; None: opened by name (only files named on
+    #: `ndflow replay`'s command line, which no client can choose)
+    where: Location | None = None
+    refused: str = ""  # why it may not be opened at all (it lies outside the data roots)
 
 
 class FITSOptions(BaseModel):
@@ -98,11 +122,14 @@ class FITSDriver(Driver):
         self.values.update({"Pattern": self.options.pattern, "HDU": self.options.hdu,
                             "ImageMode": CONTINUOUS, "AcquireTime": 0.0, "AcquirePeriod": 0.0,
                             "SDKVersion_RBV": _astropy_version()})
-        self._ready: queue.Queue[Path] = queue.Queue()
+        self._ready: queue.Queue[Source] = queue.Queue()
         self._seen: set[Path] = set()
         self._pending: dict[Path, tuple[int, int, float]] = {}  # path -> size, mtime, since
         # owned by the watcher thread once it runs (before: by the thread that starts it)
         self._folder: Path | None = None
+        self._where: Location | None = None  # the folder, as opened: its root and components
+        self._links_told: set[Path] = set()  # links where a subfolder would be: reported
+        self._scan_error = ""  # the last scan failure reported (each is reported once)
         self._pattern: str = self.values["Pattern"]
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()  # a command is waiting, or quit
@@ -110,8 +137,9 @@ class FITSDriver(Driver):
         self._quit = threading.Event()
         if self.options.folder:
             self._folder = self._allowed(self.options.folder, "folder")
+            self._where = self._locate(self._folder, folder=True)
             self.values["Folder"] = str(self._folder)
-        self._listed = [self._allowed(f, "files") for f in self.options.files]
+        self._listed = [self._source(self._allowed(f, "files")) for f in self.options.files]
         self.gateway: IngestGateway | None = None
         self._gateway_dirs: tuple[Path, Path] | None = None
         gw = self.options.gateway
@@ -141,23 +169,49 @@ class FITSDriver(Driver):
         except ValueError as exc:
             raise ValueError(f"{key}: {exc}") from None
 
+    def _locate(self, path: Path, folder: bool = False) -> Location:
+        """`path` (absolute, checked by `_allowed`) as a data root and the components below it,
+        to be opened one at a time with links refused (PathRefused if under no root). Without
+        a site (a driver built by hand) the folder itself, or the file's folder, is the root."""
+        if self.site is None:
+            return Location(path, ()) if folder else Location(path.parent, (path.name,))
+        return self.site.locate(path)
+
+    def _source(self, path: Path) -> Source:
+        """A file under a data root (the config's list, a gateway upload), opened safely."""
+        try:
+            return Source(path, self._locate(path))
+        except PathRefused as exc:
+            return Source(path, refused=str(exc))
+
     async def put_Folder(self, value: str) -> str:
         if not value:
             await self._in_watcher(lambda: self._set_folder(None))
             return ""
         loop = asyncio.get_running_loop()
-        folder = await loop.run_in_executor(None, self._check_folder, value)  # stat, off loop
-        await self._in_watcher(lambda: self._set_folder(folder))
+        folder, where = await loop.run_in_executor(None, self._check_folder, value)  # off loop
+        await self._in_watcher(lambda: self._set_folder(folder, where))
         return str(folder)
 
-    def _check_folder(self, value: str) -> Path:
+    def _check_folder(self, value: str) -> tuple[Path, Location]:
+        """The folder `value` names, if it lies under a data root and can be opened from it
+        with no link on the way (it is opened again the same way at every scan)."""
         try:
             folder = self._allowed(value, "Folder")
         except ValueError as exc:
             raise PutRefused(str(exc)) from None
-        if not folder.is_dir():
-            raise PutRefused(f"Folder {value}: no such folder")
-        return folder
+        try:
+            where = self._locate(folder, folder=True)
+            os.close(open_folder(where))
+        except FileNotFoundError:
+            raise PutRefused(f"Folder {value}: no such folder") from None
+        except NotAFolder:
+            raise PutRefused(f"Folder {value}: not a folder") from None
+        except PathRefused as exc:
+            raise PutRefused(f"Folder {value}: {exc}") from None
+        except OSError as exc:
+            raise PutRefused(f"Folder {value}: {exc.strerror or exc}") from None
+        return folder, where
 
     async def put_Pattern(self, value: str) -> str:
         if not value or value.startswith("/") or ".." in Path(value).parts:
@@ -165,23 +219,35 @@ class FITSDriver(Driver):
         await self._in_watcher(lambda: self._set_pattern(value))
         return value
 
-    def _set_folder(self, folder: Path | None) -> None:
+    def _set_folder(self, folder: Path | None, where: Location | None = None) -> None:
         """Watch `folder` from now on; the files in it now are not new (watcher thread)."""
-        present = self._candidates(folder, self._pattern) if folder is not None else []
-        self._folder = folder
+        if folder is not None and where is None:
+            where = self._locate(folder, folder=True)
+        self._links_told.clear()
+        present = self._present(folder, where, self._pattern)
+        self._folder, self._where = folder, where
         self._pending.clear()
+        self._scan_error = ""
         self._seen.update(present)
         self.message(f"watching {folder}" if folder else "not watching a folder")
 
     def _set_pattern(self, pattern: str) -> None:
         """Look for `pattern` from now on; files it matches now are not new (watcher thread)."""
-        if self._folder is not None:
-            self._seen.update(self._candidates(self._folder, pattern))
+        self._seen.update(self._present(self._folder, self._where, pattern))
         self._pattern = pattern
 
     def _baseline(self, folder: Path | None, pattern: str) -> None:
-        if folder is not None:
-            self._seen.update(self._candidates(folder, pattern))
+        self._seen.update(self._present(folder, self._where, pattern))
+
+    def _present(self, folder: Path | None, where: Location | None, pattern: str) -> list[Path]:
+        """The files (and links) `pattern` matches in the folder now; none if it cannot be
+        listed (the scans will say why)."""
+        if folder is None or where is None:
+            return []
+        try:
+            return [path for path, _, _ in self._candidates(folder, where, pattern)]
+        except (OSError, PathRefused):
+            return []
 
     def _in_watcher(self, fn: Callable[[], None]) -> asyncio.Future:
         """Run `fn` in the watcher thread between two scans (or, with no watcher running, in
@@ -206,9 +272,13 @@ class FITSDriver(Driver):
 
     # --- the watcher -------------------------------------------------------------------------------
     def enqueue(self, paths: Iterable[Path]) -> None:
-        """Read these files next, in this order (the replay API and the config's list)."""
-        for path in paths:
-            self._ready.put(Path(path))
+        """Read these files next, in this order, opened by name: the replay API, for files
+        named on `ndflow replay`'s command line (no client can reach it)."""
+        self._enqueue(Source(Path(path)) for path in paths)
+
+    def _enqueue(self, sources: Iterable[Source]) -> None:
+        for source in sources:
+            self._ready.put(source)
             self.increment("FilesSeen_RBV")
         self.set("FilesQueued_RBV", self._ready.qsize())
 
@@ -223,7 +293,7 @@ class FITSDriver(Driver):
         super().start()
         if self._folder is not None and not self.options.read_existing:
             self._baseline(self._folder, self._pattern)
-        self.enqueue(self._listed)
+        self._enqueue(self._listed)
         if self._gateway_dirs is not None:
             self._start_gateway(*self._gateway_dirs)
         self._watcher = threading.Thread(target=self._watch, name=f"{self.port}-watch",
@@ -241,7 +311,7 @@ class FITSDriver(Driver):
         base = self.site.base_dir if self.site is not None else Path.cwd()
         try:
             self.gateway = build_gateway(gw, base, incoming, spool,
-                                         deliver=lambda path: self.enqueue([path]),
+                                         deliver=self._deliver,
                                          publish=self.set_if_changed)
             self.gateway.start()
         except (OSError, ValueError, RuntimeError) as exc:
@@ -252,6 +322,11 @@ class FITSDriver(Driver):
             self._report(text)
             return
         self.message(f"FTP gateway listening on {gw.listen}")
+
+    def _deliver(self, path: Path) -> None:
+        """A completed upload, under the gateway's incoming folder (a data root's): opened from
+        the root like a watched file, so a link planted in that folder is refused too."""
+        self._enqueue([self._source(Path(path))])
 
     def shutdown(self) -> None:
         self._quit.set()
@@ -271,11 +346,18 @@ class FITSDriver(Driver):
                 return
             try:
                 ready = self._scan()
-            except OSError as exc:  # the folder vanished or went unreadable: say so, keep going
-                self._report(f"cannot scan {self._folder}: {exc.strerror or exc}")
+            except (OSError, PathRefused) as exc:
+                # the folder vanished, went unreadable or was swapped for a link: say so (once
+                # per reason, not at every poll) and keep going
+                reason = getattr(exc, "strerror", None) or str(exc)
+                text = f"cannot scan {self._folder}: {reason}"
+                if text != self._scan_error:
+                    self._scan_error = text
+                    self._report(text)
                 continue
+            self._scan_error = ""
             if ready:
-                self.enqueue(ready)
+                self._enqueue(ready)
 
     def _run_commands(self) -> None:
         while True:
@@ -285,51 +367,89 @@ class FITSDriver(Driver):
                 return
             command()
 
-    def _scan(self) -> list[Path]:
-        folder = self._folder
-        if folder is None:
+    def _scan(self) -> list[Source]:
+        folder, where = self._folder, self._where
+        if folder is None or where is None:
             return []
         now = time.monotonic()
         ready = []
-        for path in self._candidates(folder, self._pattern):
+        for path, st, source in self._candidates(folder, where, self._pattern):
             if path in self._seen:
                 continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:
-                continue
-            state = (st.st_size, st.st_mtime_ns)
+            state = (st.st_size, st.st_mtime_ns)  # the entry's own (lstat): a link is not read
             size, mtime, since = self._pending.get(path, (-1, -1, now))
             if (size, mtime) != state:
                 self._pending[path] = (*state, now)
             elif now - since >= self.options.settle_s:
                 del self._pending[path]
                 self._seen.add(path)
-                ready.append((st.st_mtime_ns, path))
-        return [path for _, path in sorted(ready)]
+                ready.append((st.st_mtime_ns, str(path), source))
+        return [source for *_, source in sorted(ready, key=lambda r: r[:2])]
 
-    @staticmethod
-    def _candidates(folder: Path, pattern: str) -> list[Path]:
-        return [p for p in folder.glob(pattern)
-                if p.is_file() and not p.name.startswith(".")
-                and not p.name.endswith(PARTIAL_SUFFIXES)]
+    def _candidates(self, folder: Path, where: Location,
+                    pattern: str) -> list[tuple[Path, os.stat_result, Source]]:
+        """What `pattern` matches in the folder: regular files, and links named like one (read
+        as refused). The folder is opened from its root with links refused and listed through
+        its descriptor (`safepath.find`); raises OSError or PathRefused if it cannot be."""
+        fd = open_folder(where)
+        try:
+            found = find(fd, pattern)
+        finally:
+            os.close(fd)
+        out = []
+        for entry in found:
+            path = folder.joinpath(*entry.parts)
+            if not entry.matched:  # a link where the pattern would search a subfolder:
+                if path not in self._links_told and len(self._links_told) < 10_000:
+                    self._links_told.add(path)  # not entered, and said once
+                    self._report(f"{'/'.join(entry.parts)}: symbolic link refused "
+                                 f"(not followed)")
+                continue
+            name = entry.parts[-1]
+            if name.startswith(".") or name.endswith(PARTIAL_SUFFIXES):
+                continue
+            out.append((path, entry.stat,
+                        Source(path, Location(where.root, where.parts + entry.parts))))
+        return out
 
     # --- frames ------------------------------------------------------------------------------------
     def produce_frame(self, ctx: FrameContext) -> NDArray | None:
         while not ctx.stopped:
             try:
-                path = self._ready.get(timeout=0.1)
+                source = self._ready.get(timeout=0.1)
             except queue.Empty:
                 continue
             self.set("FilesQueued_RBV", self._ready.qsize())
-            return self.frame_of(path)
+            return self.frame_of(source)
         return None
 
-    def frame_of(self, path: Path) -> NDArray:
+    def _read(self, source: Source) -> FITSFrame:
+        """The FITS image of `source`; FITSError (naming the file, never quoting it) if none."""
+        path, name = source.path, source.path.name
+        hdu, keyword = self.values["HDU"], self.options.camera_keyword
+        if source.refused:
+            raise FITSError(f"{name}: {source.refused}")
+        if source.where is None:
+            return read_fits(path, hdu, keyword)
+        try:
+            fd = open_safely(source.where)
+        except LinkRefused:
+            raise FITSError(f"{name}: symbolic link refused (links are not followed)") from None
+        except FileNotFoundError:
+            raise FITSError(f"{name}: gone before it was read") from None
+        except PathRefused as exc:
+            raise FITSError(f"{name}: {exc}") from None
+        except OSError as exc:
+            raise FITSError(f"{name}: {exc.strerror or type(exc).__name__}") from None
+        with os.fdopen(fd, "rb") as f:
+            return read_fits(path, hdu, keyword, fileobj=f)
+
+    def frame_of(self, source: Source) -> NDArray:
         """The frame of one file, or a missing frame saying why there is none."""
+        path = source.path
         self.set("LastFile_RBV", str(path)[-255:])
         try:
-            fits = read_fits(path, self.values["HDU"], self.options.camera_keyword)
+            fits = self._read(source)
         except FITSError as exc:
             self.increment("FilesFailed_RBV")
             self._report(str(exc), log=False)  # the missing frame is logged with its cause

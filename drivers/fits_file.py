@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from astropy.io import fits
@@ -41,14 +41,20 @@ class FITSFrame:
         return self.data.dtype.newbyteorder("=")
 
 
-def read_fits(path: Path, hdu: str = "auto", camera_keyword: str = "CAMERA") -> FITSFrame:
-    """The image of `hdu` ("auto": the first HDU holding image data; a number; an EXTNAME)."""
+def read_fits(path: Path, hdu: str = "auto", camera_keyword: str = "CAMERA",
+              fileobj: BinaryIO | None = None) -> FITSFrame:
+    """The image of `hdu` ("auto": the first HDU holding image data; a number; an EXTNAME).
+
+    `fileobj`: the file, already open (the driver opens files in a watched folder through
+    `ndflow.safepath`, with links refused); `path` then only names it (messages, the camera
+    folder). Without it the file is opened by `path` (files given on replay's command line)."""
     name = path.name
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message=".*truncated.*")
             warnings.simplefilter("ignore", category=fits.verify.VerifyWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            source = path if fileobj is None else fileobj
+            with fits.open(source, memmap=False, lazy_load_hdus=False) as hdul:
                 index, chosen = _choose(hdul, hdu, name)
                 data = chosen.data
                 header = chosen.header

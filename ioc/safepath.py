@@ -23,6 +23,7 @@ Standard library only, POSIX only (`dir_fd` support); the IOC runs on Linux.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import os
 import stat
 from dataclasses import dataclass
@@ -249,3 +250,150 @@ def has_parent_parts(text: str) -> bool:
     """Whether a path's text has a '..' component (refused outright where names come from a
     client and are relative to a folder)."""
     return ".." in Path(text).parts
+
+
+# --- reading what a folder holds (the FITS driver's watched folder) -------------------------------
+
+class LinkRefused(PathRefused):
+    """A symbolic link where a file was expected: refused, whatever it points to."""
+
+
+def open_file_at(folder: int, name: str, shown: str | Path) -> int:
+    """A read-only, blocking descriptor of the regular file `name` in the open folder `folder`.
+
+    `name` is one component, opened relative to the folder's descriptor with O_NOFOLLOW: a
+    symbolic link is refused (LinkRefused) at the moment of the open, so a file swapped for a
+    link after it was listed is refused too. Anything but a regular file (a FIFO, a device, a
+    folder) is refused (PathRefused); FileNotFoundError if it is gone. `shown` names the file in
+    messages, which never contain what it holds. The caller closes the descriptor."""
+    if not name or name in (".", "..") or "/" in name:
+        raise PathRefused(f"{shown}: not a file name")
+    try:
+        fd = os.open(name, os.O_RDONLY | _FILE_FLAGS, dir_fd=folder)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        refusal = _file_refusal(folder, name, Path(shown), exc)
+        try:
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+        except OSError:
+            is_link = exc.errno == errno.ELOOP
+        if is_link:
+            raise LinkRefused(f"{shown}: symbolic link refused") from None
+        raise refusal from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PathRefused(f"{shown} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file(where: Location) -> int:
+    """A read-only, blocking descriptor of the regular file `where`, reached from its root one
+    component at a time with links refused (`open_folder`, then `open_file_at`): the check and
+    the open are one step. A link as the file itself raises LinkRefused; a link in place of a
+    folder on the way raises PathRefused (from `open_folder`). The caller closes it."""
+    if not where.parts:
+        raise PathRefused(f"{where.root} is a folder, not a file")
+    folder = open_folder(Location(where.root, where.parts[:-1]))
+    try:
+        return open_file_at(folder, where.parts[-1], where.path)
+    finally:
+        os.close(folder)
+
+
+@dataclass(frozen=True)
+class Found:
+    """An entry `find` reports: its components below the folder searched and its lstat."""
+
+    parts: tuple[str, ...]
+    stat: os.stat_result
+    #: whether the whole pattern matched (False: a link in place of a folder the pattern would
+    #: have searched, reported so the caller can say it was not followed)
+    matched: bool = True
+
+    @property
+    def is_link(self) -> bool:
+        return stat.S_ISLNK(self.stat.st_mode)
+
+
+def pattern_parts(pattern: str) -> tuple[str, ...]:
+    """A glob's components: '/'-separated, '' and '.' dropped. '**' (a whole component) matches
+    any number of folders, the others are `fnmatch` patterns matched case-sensitively."""
+    return tuple(p for p in pattern.split("/") if p not in ("", "."))
+
+
+def find(folder: int, pattern: str, max_depth: int = 32) -> list[Found]:
+    """The regular files (and symbolic links) below the open folder `folder` whose path matches
+    the glob `pattern` (as `pathlib.Path.glob` reads it: see `pattern_parts`).
+
+    No name is ever looked up through a link: the listing is `os.scandir` on descriptors, each
+    entry is lstat'ed, and a subfolder is entered by opening it relative to its parent's
+    descriptor with O_NOFOLLOW. A link whose name matches is returned (its own lstat, never its
+    target's) for the caller to refuse; a link in place of a folder the pattern would search is
+    returned with `matched` False and not entered. Folders, FIFOs and devices are not returned.
+    Entries that vanish or cannot be read while listed are skipped, as glob skips them."""
+    pat = pattern_parts(pattern)
+    found: list[Found] = []
+    if pat:
+        _find(folder, (), _closure({0}, pat), pat, max_depth, found)
+    return found
+
+
+def _closure(states: set[int], pat: tuple[str, ...]) -> frozenset[int]:
+    """States (indices into `pat`) reachable without consuming a name: '**' matches nothing."""
+    out: set[int] = set()
+    todo = list(states)
+    while todo:
+        i = todo.pop()
+        if i not in out:
+            out.add(i)
+            if i < len(pat) and pat[i] == "**":
+                todo.append(i + 1)
+    return frozenset(out)
+
+
+def _find(folder: int, below: tuple[str, ...], states: frozenset[int], pat: tuple[str, ...],
+          depth_left: int, found: list[Found]) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in sorted(entries, key=lambda e: e.name):
+        name = entry.name
+        deeper: set[int] = set()
+        whole = False
+        for i in states:
+            if i >= len(pat):
+                continue
+            if pat[i] == "**":
+                deeper.add(i)  # '**' takes this folder too
+            elif fnmatch.fnmatchcase(name, pat[i]):
+                if i + 1 == len(pat):
+                    whole = True
+                else:
+                    deeper.add(i + 1)
+        if not whole and not deeper:
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        parts = below + (name,)
+        if stat.S_ISLNK(st.st_mode):
+            found.append(Found(parts, st, matched=whole))
+        elif stat.S_ISREG(st.st_mode):
+            if whole:
+                found.append(Found(parts, st))
+        elif stat.S_ISDIR(st.st_mode) and deeper and depth_left > 0:
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=folder)
+            except OSError:  # gone, unreadable, or swapped for a link since it was listed
+                continue
+            try:
+                _find(child, parts, _closure(deeper, pat), pat, depth_left - 1, found)
+            finally:
+                os.close(child)

@@ -5,6 +5,7 @@ counted, reported and passed on as missing frames while the driver carries on.""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -253,3 +254,129 @@ def test_folder_outside_the_data_roots_is_refused(ioc, folder):
     assert epics.caput(p + "cam1:Folder", "/etc", wait=True) != 1 or \
         get(p + "cam1:Folder_RBV", as_string=True) == before
     assert get(p + "cam1:Folder_RBV", as_string=True) == before == str(folder / "incoming")
+
+
+SECRET = 4242  # the pixels of files outside the data roots: they must never reach a client
+
+
+def outside_file(where: Path, name: str) -> Path:
+    """A FITS file a client must not be able to read: its pixels SECRET, EXPTIME 999.5 and a
+    header card whose text must never show up in a message."""
+    where.mkdir(parents=True, exist_ok=True)
+    h = header(EXPTIME=(999.5, "exposure time [s]"), PASSWORD=("hunter2", "private"))
+    path = where / name
+    fits.PrimaryHDU(np.full((NY, NX), SECRET, np.uint16), h).writeto(path, overwrite=True)
+    return path
+
+
+def secret_seen(p: str) -> bool:
+    image = np.asarray(get(p + "image1:ArrayData", count=NX * NY, use_monitor=False))
+    return bool(np.any(image == SECRET)) or \
+        get(p + "Attr1:1:Value_RBV", use_monitor=False) == pytest.approx(999.5)
+
+
+def test_a_symlink_in_the_watched_folder_is_refused_not_read(ioc, folder, tmp_path_factory):
+    p = ioc.prefix
+    target = outside_file(tmp_path_factory.mktemp("outside"), "private.fits")
+    seen, read, failed = counts(p)
+    link = folder / "incoming" / "planted.fits"
+    link.symlink_to(target)
+    try:
+        assert wait_for(lambda: counts(p)[2] == failed + 1, timeout=10), counts(p)
+        assert wait_for(lambda: get(p + "cam1:LastError_RBV", as_string=True)
+                        .startswith("planted.fits"), timeout=3)
+        error = get(p + "cam1:LastError_RBV", as_string=True)
+        assert "symbolic link refused" in error, error
+        assert "hunter2" not in error and "PASSWORD" not in error
+        assert not secret_seen(p)
+        # the driver carries on, and the link is never read later
+        drop(folder, "after_link.fits",
+             fits.PrimaryHDU((physical() * 40).astype(np.uint16), header()))
+        assert wait_for(lambda: counts(p) == (seen + 2, read + 1, failed + 1), timeout=10), \
+            counts(p)
+        image = np.asarray(get(p + "image1:ArrayData", count=NX * NY)).reshape(NY, NX)
+        np.testing.assert_array_equal(image, physical() * 40)
+        time.sleep(1.0)
+        assert counts(p) == (seen + 2, read + 1, failed + 1)
+        assert not secret_seen(p)
+        assert get(p + "cam1:DetectorState_RBV", as_string=True) == "Acquire"
+    finally:
+        link.unlink()
+
+
+def test_the_watched_folder_swapped_for_a_symlink_yields_no_frame(ioc, folder,
+                                                                   tmp_path_factory):
+    p = ioc.prefix
+    outside = tmp_path_factory.mktemp("outside_folder")
+    watched = folder / "swapped"
+    watched.mkdir()
+    put(p + "cam1:Folder", str(watched))
+    assert get(p + "cam1:Folder_RBV", as_string=True) == str(watched)
+    try:
+        frames_before = get(p + "cam1:ArrayCounter_RBV", use_monitor=False)
+        seen, read, failed = counts(p)
+        watched.rename(folder / "swapped.real")  # the folder a client named, now a link out
+        watched.symlink_to(outside, target_is_directory=True)
+        for i in range(3):
+            outside_file(outside, f"frame{i}.fits")
+        (outside / "cam01").mkdir()
+        outside_file(outside / "cam01", "nested.fits")
+        time.sleep(2.0)  # several scans and settle times
+        assert counts(p)[1] == read and counts(p)[0] == seen, counts(p)
+        assert get(p + "cam1:ArrayCounter_RBV", use_monitor=False) == frames_before
+        assert not secret_seen(p)
+        error = get(p + "cam1:LastError_RBV", as_string=True)
+        assert "swapped" in error and "symbolic link" in error, error
+        # a link inside the watched folder to a folder outside is not followed either
+        watched.unlink()
+        (folder / "swapped.real").rename(watched)
+        (watched / "cam02").symlink_to(outside, target_is_directory=True)
+        assert wait_for(lambda: get(p + "cam1:LastError_RBV", as_string=True)
+                        == "cam02: symbolic link refused (not followed)", timeout=5)
+        time.sleep(1.5)
+        assert counts(p)[1] == read, counts(p)
+        assert get(p + "cam1:ArrayCounter_RBV", use_monitor=False) == frames_before
+        assert not secret_seen(p)
+    finally:
+        put(p + "cam1:Folder", str(folder / "incoming"))
+
+
+def test_listing_matches_glob_but_never_follows_a_link(tmp_path):
+    """The watcher's listing (`safepath.find`) matches Pattern as `Path.glob` does, but lists
+    through descriptors: a link is reported by its own lstat, never entered, never opened."""
+    from ndflow import safepath
+
+    outside = tmp_path / "outside"
+    target = outside_file(outside, "private.fits")
+    root = tmp_path / "root"
+    for sub in ("cam01", "cam02/night", ".hidden"):
+        (root / sub).mkdir(parents=True)
+    for name in ("a.fits", "b.fits.fz", "c.txt", "cam01/x.fits", "cam02/night/y.fits",
+                 ".hidden/h.fits"):
+        (root / name).write_bytes(b"x")
+    (root / "link.fits").symlink_to(target)
+    (root / "cam03").symlink_to(outside, target_is_directory=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for pattern in ("**/*.fits*", "*.fits", "cam*/*.fits", "cam*/**/*.fits", "*"):
+            found = safepath.find(fd, pattern)
+            files = {"/".join(f.parts) for f in found if f.matched and not f.is_link}
+            globbed = {str(q.relative_to(root)) for q in root.glob(pattern)
+                       if q.is_file() and not q.is_symlink()
+                       and not q.relative_to(root).parts[0] == "cam03"}
+            assert files == globbed, pattern
+            assert all(f.parts[0] != "cam03" or f.parts == ("cam03",) for f in found)
+        links = {"/".join(f.parts): f.matched for f in safepath.find(fd, "**/*.fits*")
+                 if f.is_link}
+        assert links == {"link.fits": True, "cam03": False}
+        with pytest.raises(safepath.LinkRefused, match="link.fits: symbolic link refused"):
+            safepath.open_file_at(fd, "link.fits", "link.fits")
+        # a file listed, then swapped for a link before it is read: refused at the open
+        (root / "a.fits").unlink()
+        (root / "a.fits").symlink_to(target)
+        with pytest.raises(safepath.LinkRefused):
+            safepath.open_file(safepath.Location(root, ("a.fits",)))
+        with pytest.raises(safepath.PathRefused, match="symbolic link"):
+            safepath.open_file(safepath.Location(root, ("cam03", "private.fits")))
+    finally:
+        os.close(fd)
