@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -162,6 +163,8 @@ async def _serve(ioc) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck IOC is doing
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         await ioc.run()
     except asyncio.CancelledError:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,12 @@ class Publisher:
         """Collect `component`'s dirty values at every flush (see Component.collect)."""
         if component not in self._sources:
             self._sources.append(component)
+
+    def ordered(self) -> AbstractContextManager[bool]:
+        """Held (`with publisher.ordered():`) while a component stores an ordered value and posts
+        it to each of its channels, so no other thread's post lands in between. Reentrant:
+        post() takes it again."""
+        return self._lock
 
     def post(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
         with self._lock:

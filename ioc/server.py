@@ -27,6 +27,18 @@ log = logging.getLogger("ndflow.ioc")
 MB = 1024 * 1024
 
 
+def _limit_caproto_batching() -> None:
+    """caproto's circuit holds monitor updates in a batch for up to a latency limit that doubles
+    with every batch while a client is busy, up to MAX_LATENCY (1 s), but sends a put's response
+    at once. Publisher.settle() waits until caproto's queues stay empty for two SEND_SETTLE_S
+    polls; a batch already taken out of them is not seen, so a put-callback could complete
+    tens of ms before its own monitor updates. Capped at SEND_SETTLE_S, a batch is sent within
+    the window settle() waits."""
+    from caproto.server import common
+    from .publisher import SEND_SETTLE_S
+    common.MAX_LATENCY = min(common.MAX_LATENCY, SEND_SETTLE_S)
+
+
 class IOC:
     def __init__(self, config: IOCConfig, lines: LineMap | None = None) -> None:
         self.config = config
@@ -163,6 +175,7 @@ class IOC:
                 component.start()
             tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             if serve:
+                _limit_caproto_batching()
                 context = Context(self.pvdb)
                 self.publisher.context = context
                 tasks.append(asyncio.create_task(context.run(log_pv_names=False),

@@ -69,10 +69,13 @@ class TimeSeries:
                        doc="Publish the time-series waveforms now"),
             int_param(n("TSNumPoints"), self.nchans, W, low=1, high=self.nchans, group=group),
             int_param(n("TSCurrentPoint"), 0, R, group=group),
-            float_param(n("TSTimePerPoint"), 0.0, RW, precision=3, low=0.0, units="s", group=group,
+            # At most a day (ndflow.adcore.MAX_SECONDS): TSNumAverage = AveragingTime /
+            # TimePerPoint must fit its 32-bit PV (2**40 s did not).
+            float_param(n("TSTimePerPoint"), 0.0, RW, precision=3, low=0.0, high=86400.0,
+                        units="s", group=group,
                         doc="Time between input arrays; 0 = one point per array"),
-            float_param(n("TSAveragingTime"), 0.1, RW, precision=3, low=0.0, units="s",
-                        group=group),
+            float_param(n("TSAveragingTime"), 0.1, RW, precision=3, low=0.0, high=86400.0,
+                        units="s", group=group),
             int_param(n("TSNumAverage"), 1, R, group=group),
             float_param(n("TSElapsedTime"), 0.0, R, precision=3, units="s", group=group),
             enum_param(n("TSAcquireMode"), ("Fixed length", "Circ. buffer"), FIXED, RW,
@@ -166,9 +169,12 @@ class TimeSeries:
                 self.stop()
             return 0
         self._reset()
-        self.owner.values[self.name("TSAcquire")] = 1
+        # Armed before any frame can see TSAcquire=1: a frame that fills the last point may stop
+        # (and release) as soon as the value is set; released before the arm, this put would
+        # wait for the next stop, which never comes.
+        waiting = self._busy.arm()
         self.owner.set(self.name("TSAcquire"), 1)
-        return await finish(self._busy.arm(), self.owner.publisher)
+        return await finish(waiting, self.owner.publisher)
 
     def _put_read(self, value: int) -> int:
         self.publish()

@@ -14,9 +14,40 @@ def put(pv: str, value, wait: bool = True, timeout: float = 10.0) -> None:
 
 
 def get(pv: str, **kw):
+    """A read from the IOC. Not pyepics' monitor cache by default: PV.get() stores the reply of
+    a PV's first read over a newer value its monitor delivered meanwhile, so a value that
+    changes while the PV connects can stay stale in the cache for good (a client-side race:
+    the IOC's monitors did deliver it). Tests that watch a value use Monitor."""
+    kw.setdefault("use_monitor", False)
     value = epics.caget(pv, timeout=5, **kw)
     assert value is not None, f"cannot read {pv}"
     return value
+
+
+class Monitor:
+    """A value watched through a pyepics monitor, as ophyd watches it: `value` and `values` come
+    only from the monitor's callbacks, never from a read."""
+
+    _open: dict[str, "Monitor"] = {}
+
+    def __init__(self, pv: str) -> None:
+        self.values: list = []
+        self.pv = epics.PV(pv, auto_monitor=True, callback=self._on_value)
+        assert wait_for(lambda: bool(self.values), 5), f"no monitor update from {pv}"
+
+    @classmethod
+    def of(cls, pv: str) -> "Monitor":
+        """One monitor per PV for the whole session (connected once, before it is needed)."""
+        if pv not in cls._open:
+            cls._open[pv] = cls(pv)
+        return cls._open[pv]
+
+    def _on_value(self, value=None, **_) -> None:
+        self.values.append(value)
+
+    @property
+    def value(self):
+        return self.values[-1]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -23,7 +23,7 @@ import pytest
 import tifffile
 
 from conftest import CA_ENV, NDFLOW, running_ioc, unique_prefix
-from test_acquisition import get, put, ramp, wait_for, wrap
+from test_acquisition import Monitor, get, put, ramp, wait_for, wrap
 
 NX, NY = 64, 48
 ATTRIBUTES_XML = ('<Attributes><Attribute name="Gain" type="PARAM" source="Gain" '
@@ -85,10 +85,11 @@ def capture(p: str, acquire: int, plugin: str = "HDF1:", **settings) -> str:
     wait until the capture ends; returns FullFileName_RBV."""
     for name, value in settings.items():
         put(p + plugin + name, value)
+    # Monitored, as ophyd watches it (connected before the put: see Monitor); every change of
+    # Capture_RBV reaches it in order (tests/test_monitor_stress.py drives 2000 captures).
+    capture_rbv = Monitor.of(p + plugin + "Capture_RBV")
+    capturing = lambda: capture_rbv.value  # noqa: E731
     put(p + plugin + "Capture", 1, wait=False)  # busy: its put-callback ends with the capture
-    # Read, not monitored: about one run in two, the 0 -> 1 monitor update of Capture_RBV
-    # never reached pyepics although a direct read gave 1 (open: see the closing note).
-    capturing = lambda: get(p + plugin + "Capture_RBV", use_monitor=False)  # noqa: E731
     assert wait_for(lambda: capturing() == 1)
     put(p + "cam1:ImageMode", "Multiple")
     put(p + "cam1:NumImages", acquire)
