@@ -277,7 +277,7 @@ class Plugin(ArrayPort):
         values = self.values
         if not values["EnableCallbacks"]:
             return
-        self.increment("FramesReceived_RBV")
+        self._count("FramesReceived_RBV")
         min_time = values["MinCallbackTime"]
         if min_time > 0:  # throttled before queueing, as NDPluginDriver does
             now = time.monotonic()
@@ -285,20 +285,20 @@ class Plugin(ArrayPort):
                 self.increment("FramesThrottled_RBV")
                 return
             self._last_callback = now
-        self._enter(array)
         if array.valid and array.codec.compressed and not self.compression_aware:
             self._refuse_compressed(array)
             return
         if values["BlockingCallbacks"]:
-            try:
-                with self._blocking_lock:
-                    self._handle(array)
+            # Done before this call returns, inside the upstream's own delivery: no in-flight
+            # count needed (a deferred result counts itself, see _handle)
+            with self._blocking_lock:
+                self._handle(array)
+                if self._commands:
                     self._drain_commands()
-            finally:
-                self._leave(array)
             if self._commands:
                 self._try_commands()
             return
+        self._enter(array)  # queued: the acquisition is not processed until this one leaves
         if not self._inbox.offer(array, values["QueueSize"]) and not (
                 values["LossPolicy"] == BLOCK and self._offer_blocking(array)):
             self.increment("DroppedArrays")
@@ -328,13 +328,17 @@ class Plugin(ArrayPort):
         outputs = [array.derive(None, status=FrameStatus(
             MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
         if self.values["BlockingCallbacks"]:
-            try:
-                with self._blocking_lock:
-                    self._finish(array, _as_list(self.process_missing(outputs[0])), None)
-            finally:
-                self._leave(array)
+            with self._blocking_lock:
+                self._finish(array, _as_list(self.process_missing(outputs[0])), None)
         else:
+            self._enter(array)
             self._inbox.put(_PASS, array, outputs)
+
+    def _count(self, name: str) -> None:
+        """increment() for the per-frame counters (plain, coalesced values): one locked add."""
+        with self._count_lock:
+            self.values[name] += 1
+        self._dirty.add(name)
 
     @staticmethod
     def _enter(array: NDArray) -> None:
@@ -357,7 +361,7 @@ class Plugin(ArrayPort):
                 self._frozen_acquisition is not array.acquisition:
             self.freeze(array)
         self._last_input = array
-        self.increment("ArrayCounter")
+        self._count("ArrayCounter")
         self.describe(array, with_type=True)
         start = time.perf_counter()
         if array.valid:
@@ -429,8 +433,9 @@ class Plugin(ArrayPort):
             for out in outputs:
                 if out is not array and out.valid:  # never edit a shared input's list
                     self.attach_attributes(out)
-        if seconds is not None:
-            self.set("ExecutionTime_RBV", seconds * 1e3)
+        if seconds is not None:  # a per-frame status value: stored, published within an interval
+            self.values["ExecutionTime_RBV"] = seconds * 1e3
+            self._dirty.add("ExecutionTime_RBV")
         self._sorter.push(array, outputs)
 
     def _deliver(self, outputs: list[NDArray]) -> None:
