@@ -39,6 +39,7 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from ndflow.busy import Busy
 from ndflow.config import Site
 from ndflow.graph import PortGraph
 from ndflow.ndarray import NDArray
@@ -68,8 +69,8 @@ def run_ndflow(folder: Path, frames: list[np.ndarray], n: int, settings: dict) -
     plugin.site = Site(folder, data_roots=(folder,))
     plugin.values.update({"FilePath": f"{folder}/", "FileName": "ndflow", "FileWriteMode": 2,
                           "NumCapture": n, "LazyOpen": 1, "EnableCallbacks": 1, **settings})
-    plugin._start_capture()
-    plugin.values["Capture"] = 1
+    plugin.freeze()  # the frames are written with the frozen parameters, as the owner takes them
+    assert plugin._start_capture(Busy()), plugin.values["WriteMessage"]
     start = time.perf_counter()
     for i in range(n):
         array = NDArray.from_numpy(frames[i % len(frames)])
