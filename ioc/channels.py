@@ -9,7 +9,10 @@ created on first use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
+import time
 from typing import Any, Awaitable, Callable
 
 import numpy as np
@@ -17,7 +20,7 @@ from caproto import (AccessRights, AlarmSeverity, AlarmStatus, ChannelByte, Chan
                      ChannelEnum, ChannelFloat, ChannelInteger, ChannelShort, ChannelString,
                      ChannelType, SkipWrite, native_type)
 
-from .params import Kind, Param
+from .params import Kind, Param, short_value
 
 log = logging.getLogger("ndflow.ca")
 
@@ -49,23 +52,40 @@ class ParamChannel:
         self._fields: dict[str, ChannelData] = {}
         self.pvname = param.name  # replaced by the full name when the IOC serves the channel
 
-    async def write_from_dbr(self, data: Any, data_type: ChannelType, *args: Any,
-                             **kwargs: Any) -> Any:
-        if self.param.kind is Kind.TEXT and _empty_text(data, data_type):
-            # caproto's char conversion fails on an empty string (pyepics sends `caput pv ""`
-            # as NELM zero bytes): write it as the empty text it is.
-            return await self.write("")
+    async def write_from_dbr(self, data: Any, data_type: ChannelType, metadata: Any = None,
+                             *, flags: int = 0) -> Any:
+        """A client's put. The wire value is decoded here (not by caproto's conversion, which
+        turns NaN into INT_MIN, "" into 0 and a number into character codes) and handed as a
+        plain Python value to the component's put handler, where `Param.coerce` decides."""
+        if data_type in (ChannelType.PUT_ACKS, ChannelType.PUT_ACKT):
+            return await super().write_from_dbr(data, data_type, metadata, flags=flags)
         try:
-            return await super().write_from_dbr(data, data_type, *args, **kwargs)
-        except SkipWrite:
-            raise
+            value = wire_value(self.param, data, data_type)
+        except ValueError as exc:
+            REFUSALS.refuse(log, self.pvname, _shown(data, data_type), str(exc))
+            raise PutRefusedOnWire(f"{self.pvname}: {exc}") from None
+        if self._on_put is None:  # read-only (libca refuses before sending; other clients)
+            REFUSALS.refuse(log, self.pvname, _shown(data, data_type), "read-only PV")
+            raise PutRefusedOnWire(f"{self.pvname}: read-only PV")
+        try:
+            # The put handler runs here rather than in write()'s verify_value, so a refused put
+            # leaves the record's alarm alone (caproto's write() would latch WRITE/MAJOR on it)
+            # and caproto's preprocessing only ever sees the stored form of the value.
+            result = await self._on_put(value)
         except Exception as exc:
-            # caproto answers the client with a CA error; we say in one line what was refused.
+            # handle_put has said what it refused (ndflow_logged); anything else is a put hook
+            # failing: the client gets a CA error and the log one line, never a traceback.
             if not getattr(exc, "ndflow_logged", False):
-                reason = str(exc) or f"value not convertible to {self.data_type.name}"
-                if self.param.kind is Kind.ENUM and not str(exc):
-                    reason += f" (choices 0..{len(self.param.choices) - 1})"
-                log.warning("%s: put refused: %s", self.pvname, reason)
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                REFUSALS.refuse(log, self.pvname, _shown(data, data_type), reason)
+            raise
+        if result is HANDLED:  # the hook has published the value itself
+            return None
+        try:
+            return await self.write(result, flags=flags, verify_value=False)
+        except Exception as exc:  # caproto cannot hold what the handler made of it: a bug
+            REFUSALS.refuse(log, self.pvname, _shown(data, data_type),
+                            f"{type(exc).__name__}: {exc}")
             raise
 
     def check_access(self, hostname: str, username: str) -> AccessRights:
@@ -190,13 +210,20 @@ def make_channel(param: Param, readback: bool, value: Any,
 
 
 def _limits(param: Param) -> dict[str, float]:
+    """A setpoint's limits as a record shows them: HOPR/LOPR as display limits and, when both
+    ends are declared, DRVH/DRVL as control limits (an ao's DBR_CTRL limits, which clients such
+    as ophyd check before writing). Writes outside them are clamped by Param.coerce, not
+    refused by caproto: a client's put never reaches caproto's limit check (write_from_dbr
+    writes the handler's value unverified; verify_value is ours too)."""
     if param.low is None and param.high is None:
         return {}
-    lo = param.low if param.low is not None else 0
-    hi = param.high if param.high is not None else 0
-    # caproto refuses writes outside ctrl limits itself; we clamp in Param.coerce instead, so only
-    # the display limits are declared.
-    return {"lower_disp_limit": lo, "upper_disp_limit": hi}
+    cast = int if param.kind is Kind.INT else float
+    lo = cast(param.low) if param.low is not None else 0
+    hi = cast(param.high) if param.high is not None else 0
+    limits = {"lower_disp_limit": lo, "upper_disp_limit": hi}
+    if param.low is not None and param.high is not None:
+        limits.update(lower_ctrl_limit=lo, upper_ctrl_limit=hi)
+    return limits
 
 
 def _alarm_limits(param: Param) -> dict[str, float]:
@@ -215,12 +242,169 @@ def _empty(param: Param) -> Any:
     return {Kind.INT: 0, Kind.FLOAT: 0.0, Kind.STRING: "", Kind.TEXT: ""}.get(param.kind, 0)
 
 
-def _empty_text(data: Any, data_type: ChannelType) -> bool:
-    """Whether a put's payload is an empty string (all NULs, or "" as DBR_STRING)."""
+# --- caproto: a refused put must not cost the event loop O(channels) ------------------------------
+def _circuit_commands_in_constant_time() -> bool:
+    """caproto answers a refused put with an ErrorResponse, a circuit-level command, and after
+    every such command re-evaluates the state of every channel of that client's circuit: with a
+    client holding 2,000 channels, each refusal cost the event loop ~8 ms, so a fuzzing client
+    could starve every other client. The re-evaluation can only change something when a role of
+    the circuit is DISCONNECTED (caproto's state-triggered transitions all have that circuit
+    state), so it is skipped otherwise: the same states, in constant time. Applied only if
+    caproto's tables still have that shape."""
+    from caproto import _state
+
+    table = getattr(_state, "STATE_TRIGGERED_TRANSITIONS", None)
+    circuit = getattr(_state, "CircuitState", None)
+    if not isinstance(table, dict) or circuit is None or getattr(circuit, "_ndflow", False):
+        return False
+    if any(key[1] is not _state.DISCONNECTED for role in table.values() for key in role):
+        return False
+    original = circuit.process_command_type
+
+    def process_command_type(self: Any, role: Any, command_type: Any) -> None:
+        if _state.DISCONNECTED in self.states.values():
+            return original(self, role, command_type)
+        self._fire_command_triggered_transitions(role, command_type)
+        if _state.DISCONNECTED in self.states.values():  # this command disconnected it
+            for chan in self.channels.values():
+                chan.states.update()
+
+    circuit.process_command_type = process_command_type
+    circuit._ndflow = True
+    return True
+
+
+_circuit_commands_in_constant_time()
+
+
+# --- a put's value off the wire -------------------------------------------------------------------
+_NUMERIC_WIRE = (ChannelType.INT, ChannelType.LONG, ChannelType.FLOAT, ChannelType.DOUBLE,
+                 ChannelType.ENUM, ChannelType.CHAR)
+
+
+class PutRefusedOnWire(ValueError):
+    """A put whose value could not even be read as the PV's kind (logged already)."""
+
+    ndflow_logged = True
+
+
+def wire_value(param: Param, data: Any, data_type: ChannelType) -> Any:
+    """The value a client put, as plain Python: str for DBR_STRING (and DBR_CHAR into a string
+    or text PV), int or float for numbers, a numpy array for a numeric waveform. Raises
+    ValueError for what no rule of `Param.coerce` can read."""
     native = native_type(data_type)
-    if native is ChannelType.CHAR:
-        return not np.asarray(data).any()
+    if native != data_type:  # DBR_STS_/TIME_/CTRL_ types: not puttable (libca refuses them too)
+        raise ValueError(f"a put must use a plain DBR type, not {ChannelType(data_type).name}")
+    kind = param.kind
     if native is ChannelType.STRING:
-        return all(not (d if isinstance(d, bytes) else str(d).encode()).strip(b"\0")
-                   for d in data)
-    return False
+        strings = list(data)
+        if not strings:
+            raise ValueError("empty put (no element)")
+        if kind is Kind.ARRAY:
+            return np.array([_decode(s) for s in strings], dtype=object)  # refused by coerce
+        if len(strings) > 1:
+            raise ValueError(f"{len(strings)} strings for a scalar PV")
+        return _decode(strings[0])
+    numbers = np.asarray(data)
+    if kind in (Kind.STRING, Kind.TEXT) and native is ChannelType.CHAR:
+        return _decode(numbers.astype(np.uint8).tobytes())
+    if native not in _NUMERIC_WIRE:
+        raise ValueError(f"a put of type {ChannelType(native).name} is not supported")
+    if kind is Kind.ARRAY:
+        if numbers.size > param.length:
+            raise ValueError(f"{numbers.size} elements for a waveform of {param.length}")
+        return numbers.astype(numbers.dtype.newbyteorder("="))
+    if numbers.size != 1:
+        raise ValueError("empty put (no element)" if numbers.size == 0 else
+                         f"{numbers.size} values for a scalar PV")
+    return numbers.reshape(-1)[0].item()
+
+
+def _decode(raw: Any) -> str:
+    if isinstance(raw, (bytes, bytearray)):
+        return bytes(raw).split(b"\0", 1)[0].decode("latin-1")
+    return str(raw).split("\0", 1)[0]
+
+
+def _shown(data: Any, data_type: ChannelType) -> str:
+    """A put's value for a log line: the first element, and how many there were."""
+    try:
+        native = native_type(data_type)
+        items = list(data) if native is ChannelType.STRING else np.asarray(data).reshape(-1)
+        if native is ChannelType.CHAR and len(items) > 1:
+            text = _decode(np.asarray(items, dtype=np.uint8).tobytes())
+            return short_value(text)
+        if not len(items):
+            return "(nothing)"
+        first = items[0]
+        first = _decode(first) if isinstance(first, (bytes, bytearray)) else \
+            first.item() if hasattr(first, "item") else first
+        shown = short_value(first)
+        return shown if len(items) == 1 else f"{shown} (+{len(items) - 1} more elements)"
+    except Exception:  # never let describing a bad value fail the refusal
+        return "(undecodable)"
+
+
+# --- one line per PV per few seconds, whatever a client sends -------------------------------------
+class RefusalLog:
+    """Rate-limits what a put costs the log: the first refusal or clamp of a PV is one line
+    naming the PV and the value; further ones within `interval` seconds are counted, and the
+    count is one line when the interval ends (`loop` scheduling) or in front of the next line.
+    So a client hammering a PV with bad values writes at most one line per PV per interval."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}  # PV -> when its current interval began
+        self._held: dict[str, int] = {}  # PV -> lines not written in this interval
+        self._loggers: dict[str, logging.Logger] = {}
+
+    def refuse(self, logger: logging.Logger, pv: str, value: str, reason: str) -> bool:
+        return self.line(logger, pv, f"{pv}: put refused, value {value}: {reason}")
+
+    def line(self, logger: logging.Logger, pv: str, text: str,
+             level: int = logging.WARNING) -> bool:
+        """Log `text` unless `pv` had a line less than `interval` ago; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            since = self._since.get(pv)
+            held_back = since is not None and now - since < self.interval
+            if held_back:
+                held = self._held.get(pv, 0) + 1
+                self._held[pv] = held
+                self._loggers[pv] = logger
+            else:
+                held = self._held.pop(pv, 0)
+                self._loggers.pop(pv, None)
+                self._since[pv] = now
+        if held_back:
+            if held == 1:  # the first line held back in this interval: count it out at its end
+                self._schedule(pv, since + self.interval - now)
+            return False
+        if held:
+            text += f" ({held} more refused or clamped puts of this PV were not logged)"
+        logger.log(level, "%s", text)
+        return True
+
+    def _schedule(self, pv: str, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script calling handle_put): told with the next line
+            return
+        loop.call_later(max(0.0, delay), self.flush, pv)
+
+    def flush(self, pv: str) -> None:
+        """The interval of `pv` is over: say how many lines it held back, and start a new one
+        (so a steady flood is one line per interval)."""
+        with self._lock:
+            held = self._held.pop(pv, 0)
+            logger = self._loggers.pop(pv, log)
+            if held:
+                self._since[pv] = time.monotonic()
+        if held:
+            logger.warning("%s: %d more refused or clamped puts in the last %.0f s were not "
+                           "logged one by one", pv, held, self.interval)
+
+
+#: every component's put refusals and clamps go through this one limiter
+REFUSALS = RefusalLog()

@@ -12,21 +12,28 @@ or refuse it.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import threading
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
-from .channels import HANDLED, ParamChannel, make_channel
+from .channels import HANDLED, REFUSALS, ParamChannel, make_channel
 from .config import Site
-from .params import Access, Kind, Param, ParamTable
+from .params import Access, Kind, Param, ParamTable, short_value
 from .publisher import Publisher
 
 
-class PutRefused(Exception):
-    """Raised by a put hook: the client gets a CA error carrying this message."""
+#: the PV whose put hook is running (in the put's task), for message()
+_PUT_PV: contextvars.ContextVar[str | None] = contextvars.ContextVar("ndflow_put_pv",
+                                                                    default=None)
 
-    ndflow_logged = True  # handle_put has logged it already
+
+class PutRefused(Exception):
+    """Raised by a put hook: the client gets a CA error carrying this message, and handle_put
+    logs it (one line naming the PV and the value)."""
+
+    ndflow_logged = False  # True once handle_put has logged it
 
 
 class PVRegistry(Protocol):
@@ -89,24 +96,34 @@ class Component:
     def set(self, name: str, value: Any) -> None:
         """Change a value from the data path (any thread); it is published within one publish
         interval (at once for ordered values and large arrays)."""
-        self.values[name] = value
         if name in self._immediate:
-            self._post_now(name, value)
+            self._set_now(name, value)
         else:
+            self.values[name] = value
             self._dirty.add(name)
         if name in self._settable:  # the data path changed a setting (AutoOffsetScale)
             self.params_version += 1
 
-    def _post_now(self, name: str, value: Any) -> None:
+    def _set_now(self, name: str, value: Any) -> None:
+        """Store an ordered value and queue it on every channel of its parameter as one step.
+        Two threads may set the same one at once (a put's Capture=1 in the event loop, the
+        worker's Capture=0 at the next frame): done channel by channel, their posts interleave
+        (setpoint 1, setpoint 0, readback 0, readback 1), the readback is left at 1 after the
+        capture ended and the next 1 is skipped as unchanged; and `values` may end with the other
+        thread's value. Under the publisher's (reentrant) lock, a thread that sees the new value
+        in `values` posts after it on every channel."""
         publisher = self.publisher
         if publisher is None:
+            self.values[name] = value
             return
         param = self.params[name]
-        for channel in self._targets.get(name, ()):
-            if param.kind is Kind.ARRAY:
-                publisher.post_array(channel, value)
-            else:
-                publisher.post(channel, channel.to_channel(value), coalesce=False)
+        with publisher.ordered():
+            self.values[name] = value
+            for channel in self._targets.get(name, ()):
+                if param.kind is Kind.ARRAY:
+                    publisher.post_array(channel, value)
+                else:
+                    publisher.post(channel, channel.to_channel(value), coalesce=False)
 
     def collect(self, post: Callable[[ParamChannel, Any], None]) -> None:
         """Hand every value set since the last call to `post` (the publisher, under its lock)."""
@@ -140,11 +157,18 @@ class Component:
 
     def message(self, text: str, level: int = logging.INFO, log: bool = True) -> None:
         """Show a one-line status to operators (StatusMessage_RBV) and in the log (unless the
-        caller logs it its own way)."""
+        caller logs it its own way). A warning or error said by a put hook (a rewiring refused,
+        a path not usable) is a put's refusal: its line names the PV and shares the PV's rate
+        limit with the other refusals (channels.REFUSALS), so a client repeating the put cannot
+        flood the log."""
         if "StatusMessage_RBV" in self.params:
             self.set("StatusMessage_RBV", text[: self.params["StatusMessage_RBV"].length - 1])
         if log:
-            self.log.log(level, "%s", text)
+            pv = _PUT_PV.get()
+            if pv is not None and level >= logging.WARNING:
+                REFUSALS.line(self.log, pv, f"{pv}: {text}", level)
+            else:
+                self.log.log(level, "%s", text)
 
     # --- Channel Access ---------------------------------------------------------------------------
     def build_channels(self, publisher: Publisher) -> dict[str, ParamChannel]:
@@ -213,20 +237,32 @@ class Component:
         return on_put
 
     async def handle_put(self, param: Param, raw: Any) -> Any:
-        pv = f"{self.prefix}{param.name}"
+        """Validate a client's value against its declaration (`Param.coerce`), let the
+        `put_<Name>` hook act on it, store it and update the readbacks. A refusal is a
+        PutRefused (the client gets a CA error carrying its message); a refusal or a clamp is
+        one log line naming the PV and the value, at most one per PV every few seconds
+        (channels.REFUSALS), and shown on StatusMessage_RBV."""
+        pv = self._pv_name(param)
         try:
             value, note = param.coerce(raw)
         except (TypeError, ValueError) as exc:
-            self.log.warning("%s: put of %r refused: %s", pv, _short(raw), exc)
-            raise PutRefused(f"{pv}: {exc}") from None
+            raise self._refused(pv, param, raw, str(exc)) from None
         if note:  # clamped or truncated: the operator sees why the readback differs
-            self.log.warning("%s: %s", pv, note)
+            REFUSALS.line(self.log, pv, f"{pv}: {note}")
             self.message(f"{param.name} {note}", log=False)
         hook = self.put_hooks.get(param.name) or getattr(self, f"put_{param.name}", None)
         if hook is not None:
-            result = hook(value)
-            if inspect.isawaitable(result):
-                result = await result
+            token = _PUT_PV.set(pv)  # what the hook says is about this put (see message())
+            try:
+                result = hook(value)
+                if inspect.isawaitable(result):
+                    result = await result
+            except PutRefused as exc:  # the hook refused the value, with its reason
+                if exc.ndflow_logged:
+                    raise
+                raise self._refused(pv, param, raw, str(exc)) from None
+            finally:
+                _PUT_PV.reset(token)
             if result is HANDLED:
                 return HANDLED
             if result is not None:
@@ -236,6 +272,19 @@ class Component:
         self.after_put(param, value)
         await self._publish_readbacks(param, value)
         return self._setpoint_channel_value(param, value)
+
+    def _pv_name(self, param: Param) -> str:
+        """The full PV name a client wrote (with the IOC's prefix once served)."""
+        channel = self.channels.get(param.setpoint_name or "")
+        name = getattr(channel, "pvname", "")
+        return name if name and name != param.name else f"{self.prefix}{param.name}"
+
+    def _refused(self, pv: str, param: Param, raw: Any, reason: str) -> "PutRefused":
+        REFUSALS.refuse(self.log, pv, short_value(raw), reason)
+        self.message(f"{param.name}: put refused: {reason}", log=False)
+        refusal = PutRefused(f"{pv}: {reason}")
+        refusal.ndflow_logged = True
+        return refusal
 
     def after_put(self, param: Param, value: Any) -> None:
         """Called after any accepted CA write (for components whose parameters are not known
@@ -265,7 +314,7 @@ class Component:
     def periodic(self, elapsed: float) -> None:
         """Called about once a second from the event loop (rates, pool figures)."""
 
+    def threads(self) -> list[threading.Thread]:
+        """The threads this component owns (for its CPU figure)."""
+        return []
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

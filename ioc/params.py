@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
@@ -128,43 +129,86 @@ class Param:
     def coerce(self, value: Any) -> tuple[Any, str | None]:
         """Turn a client's value into the stored form. Returns (value, note) where note says what
         was changed (clamped, truncated) so the caller can log it; raises ValueError when the
-        value cannot be used at all."""
+        value cannot be used at all (TypeError for None and other non-values).
+
+        The rules follow what an EPICS record does with a put, made strict where EPICS would
+        store garbage: numbers (LONG, DOUBLE, ENUM index) refuse NaN, infinities, empty or
+        non-numeric strings; a LONG refuses values outside int32; `low`/`high` clamp like a
+        record's DRVL/DRVH; strings stop at the first NUL and are truncated to the record's
+        size; a char-waveform text PV (paths, file names, templates) refuses a number, which a
+        record would turn into character codes."""
         if self.kind is Kind.INT:
-            if isinstance(value, str):
-                value = float(value.strip())
-            if not isinstance(value, int) and not math.isfinite(float(value)):
-                raise ValueError(f"{value} is not a number")
-            number = int(value)
+            if isinstance(value, (str, bytes, bytearray)):
+                value = _number_from_text(value)
+            try:
+                if not isinstance(value, int) and not math.isfinite(float(value)):
+                    raise ValueError(f"{short_value(value)} is not a number")
+                number = int(value)
+            except OverflowError:
+                raise ValueError(f"{short_value(value)} is outside the 32-bit range of a LONG PV") \
+                    from None
             if not INT32_MIN <= number <= INT32_MAX:
-                raise ValueError(f"{value} is outside the 32-bit range of a LONG PV")
+                raise ValueError(f"{short_value(value)} is outside the 32-bit range of a LONG PV")
             return self._clamp(number)
         if self.kind is Kind.FLOAT:
-            value = float(value)
+            if isinstance(value, (str, bytes, bytearray)):
+                value = _number_from_text(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"{short_value(value)} is not a finite number") from None
             if not math.isfinite(value):
                 raise ValueError(f"{value} is not a finite number")
             return self._clamp(value)
         if self.kind is Kind.ENUM:
+            if isinstance(value, (bytes, bytearray)):
+                value = _text(value)
             if isinstance(value, str):
                 if value in self.choices:
                     return self.choices.index(value), None
                 value = int(value) if value.strip().lstrip("-").isdigit() else value
                 if isinstance(value, str):
-                    raise ValueError(f"{value!r} is not one of {list(self.choices)}")
+                    raise ValueError(f"{short_value(value)} is not one of {list(self.choices)}")
             if not isinstance(value, int) and not math.isfinite(float(value)):
                 raise ValueError(f"{value} is not a choice index")
             index = int(value)
             if not 0 <= index < len(self.choices):
-                raise ValueError(f"index {index} outside 0..{len(self.choices) - 1}")
+                raise ValueError(f"index {short_value(index)} outside 0..{len(self.choices) - 1}")
             return index, None
         if self.kind in (Kind.STRING, Kind.TEXT):
-            if isinstance(value, (bytes, bytearray)):
-                value = bytes(value).split(b"\0", 1)[0].decode("latin-1")
-            value = str(value)
+            if self.kind is Kind.TEXT and isinstance(value, numbers.Number):
+                raise ValueError(f"{self.name} takes text, not the number {short_value(value)}")
+            value = _text(value)
             limit = STRING_MAX - 1 if self.kind is Kind.STRING else self.length - 1
             if len(value) > limit:
                 return value[:limit], f"{len(value)} characters truncated to {limit}"
             return value, None
+        if self.kind is Kind.ARRAY:
+            return self._coerce_array(value)
         return value, None
+
+    def _coerce_array(self, value: Any) -> tuple[Any, str | None]:
+        """A numeric waveform: numbers only; an integer waveform refuses NaN, infinities and
+        values its element type cannot hold (a C cast would wrap them). An array already of
+        the declared type passes untouched."""
+        import numpy as np  # not at import time: the algorithm child imports this module
+
+        target = np.dtype(self.dtype)
+        array = np.asarray(value)
+        if array.dtype == target:
+            return value, None
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"{self.name} takes numbers, not {short_value(value)}")
+        if target.kind in "iu":
+            if array.dtype.kind == "f":
+                if not np.isfinite(array).all():
+                    raise ValueError(f"{self.name}: NaN or infinity in an integer array")
+                array = np.trunc(array)
+            info = np.iinfo(target)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise ValueError(f"{self.name}: values outside {info.min}..{info.max} of "
+                                 f"{target.name}")
+        return array.astype(target), None
 
     def _clamp(self, value: float | int) -> tuple[Any, str | None]:
         if self.low is not None and value < self.low:
@@ -176,6 +220,35 @@ class Param:
     def choice(self, index: int, readback: bool = False) -> str:
         names = self.rbv_choices if (readback and self.rbv_choices) else self.choices
         return names[index]
+
+
+def _number_from_text(value: str | bytes | bytearray) -> float:
+    """A number written as text ("1.5", " 12 ", "1e3"), as EPICS parses a DBR_STRING put into a
+    numeric record; an empty or non-numeric string is refused (EPICS would store 0 or fail)."""
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("an empty string is not a number")
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{short_value(text)} is not a number") from None
+
+
+def _text(value: Any) -> str:
+    """A client's string as stored: bytes decoded as latin-1 (CA strings are 8-bit), and, as
+    in a C string, nothing from the first NUL on."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).split(b"\0", 1)[0].decode("latin-1")
+    return str(value).split("\0", 1)[0]
+
+
+def short_value(value: Any, limit: int = 60) -> str:
+    """repr() of a client's value cut to one readable piece of a log line or CA error."""
+    if isinstance(value, (str, bytes, bytearray)):
+        text = repr(value)
+        return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(value)} characters)"
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
 
 
 # --- terse constructors used by every declaration table -------------------------------------------

@@ -3,6 +3,9 @@
 Contract (docstring): returns (value, note); note says what was clamped or truncated; raises
 ValueError when the value cannot be used at all. Component.handle_put turns TypeError and
 ValueError into a put refusal; anything else escapes as an unexplained error.
+
+Also here, as they are the same rules seen from the wire: how a CA put's value reaches coerce
+(ndflow.channels.wire_value) and the per-PV rate limit of refusal lines (RefusalLog).
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ import math
 import numpy as np
 import pytest
 
-from ndflow.params import (STRING_MAX, Kind, array_param, bool_param, enum_param, float_param,
-                           int_param, string_param, text_param)
+from ndflow.params import (STRING_MAX, Access, Kind, array_param, bool_param, enum_param,
+                           float_param, int_param, string_param, text_param)
 
 INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
@@ -280,3 +283,158 @@ def test_coerce_never_returns_non_finite_numbers():
             except (ValueError, OverflowError):
                 continue
             assert math.isfinite(value)
+
+
+# --- rules added for bad CA puts (refused cleanly, with a reason that fits one log line) ----------
+@pytest.mark.parametrize("p", [I, F])
+@pytest.mark.parametrize("raw", ["", "   ", b"", "\0"])
+def test_empty_string_into_a_number_is_refused(p, raw):
+    """caproto turned "" into 0 before coerce saw it; EPICS' own cvt_st_* too. Refused now."""
+    with pytest.raises(ValueError, match="an empty string is not a number"):
+        p.coerce(raw)
+
+
+@pytest.mark.parametrize("p", [I, F])
+def test_number_as_bytes_is_read_like_a_string(p):
+    assert p.coerce(b"12") == (12, None)
+    assert p.coerce(bytearray(b" 3\0junk")) == (3, None)
+
+
+def test_huge_python_int_is_refused_not_overflow_error():
+    with pytest.raises(ValueError, match="32-bit range"):
+        I.coerce(10 ** 400)
+    with pytest.raises(ValueError, match="not a finite number"):
+        F.coerce(10 ** 400)  # float() raises OverflowError: a refusal, not a crash
+    with pytest.raises(ValueError, match="32-bit range"):
+        I.coerce(1e300)
+
+
+def test_refusals_quote_a_long_value_shortly():
+    for p in (I, F, E):
+        with pytest.raises(ValueError) as info:
+            p.coerce("x" * 10_000)
+        assert len(str(info.value)) < 200 and "10000 characters" in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [123.5, 7, np.float64(1.0), np.int32(3), True, float("nan")])
+def test_text_pv_refuses_a_number(raw):
+    """A char waveform (paths, file names, templates) stored a number as character codes."""
+    t = text_param("FilePath")
+    with pytest.raises(ValueError, match="FilePath takes text, not the number"):
+        t.coerce(raw)
+    assert t.coerce("123.5") == ("123.5", None)  # the same, written as text, is a name
+
+
+def test_string_pv_still_takes_a_number_as_its_text():
+    """A stringout converts a DBR_DOUBLE put to text (EPICS); unchanged."""
+    assert S.coerce(7.5) == ("7.5", None)
+
+
+@pytest.mark.parametrize("p", [S, text_param("FilePath")])
+def test_strings_stop_at_the_first_nul(p):
+    assert p.coerce("/tmp\0garbage") == ("/tmp", None)
+    assert p.coerce("\0") == ("", None)
+
+
+def test_integer_array_refuses_nan_inf_and_values_out_of_its_type():
+    a = array_param("Dimensions", "i4", 10, access=Access.RW)
+    value, note = a.coerce(np.array([1.9, -2.9]))
+    assert value.dtype == np.int32 and list(value) == [1, -2] and note is None
+    for bad in ([1.0, float("nan")], [float("inf")], [2.0 ** 40], [-(2 ** 31) - 1]):
+        with pytest.raises(ValueError):
+            a.coerce(np.array(bad))
+    with pytest.raises(ValueError, match="takes numbers"):
+        a.coerce(np.array(["1"], dtype=object))
+    assert a.coerce([3, 4])[0].dtype == np.int32
+
+
+def test_float_array_keeps_nan():
+    a = array_param("Profile", "f8", 4, access=Access.RW)
+    value, _ = a.coerce(np.array([1, 2], dtype=np.int16))
+    assert value.dtype == np.float64
+    assert math.isnan(a.coerce(np.array([np.nan], dtype=np.float32))[0][0])
+
+
+# --- a put's value off the wire (ndflow.channels.wire_value) --------------------------------------
+def _wire(p, values, ctype):
+    from caproto import ChannelType
+
+    from ndflow.channels import wire_value
+    kind = getattr(ChannelType, ctype)
+    if ctype == "STRING":
+        data = [v.encode() if isinstance(v, str) else v for v in values]
+    else:
+        dtype = {"DOUBLE": ">f8", "LONG": ">i4", "CHAR": "u1", "ENUM": ">u2"}[ctype]
+        data = np.array(values, dtype=dtype)
+    return wire_value(p, data, kind)
+
+
+def test_wire_values_reach_coerce_as_plain_python():
+    assert _wire(I, [float("nan")], "DOUBLE") != _wire(I, [float("nan")], "DOUBLE")  # NaN itself
+    assert _wire(I, [2.0 ** 40], "DOUBLE") == 2.0 ** 40  # not wrapped to a 32-bit int
+    assert _wire(F, [""], "STRING") == ""  # not 0.0
+    assert _wire(E, ["2"], "STRING") == "2"
+    assert _wire(S, list(b"abc\0def"), "CHAR") == "abc"
+    assert _wire(text_param("FilePath"), [123.5], "DOUBLE") == 123.5  # refused by coerce
+    with pytest.raises(ValueError, match="3 values for a scalar PV"):
+        _wire(I, [1, 2, 3], "LONG")
+    with pytest.raises(ValueError, match="empty put"):
+        _wire(F, [], "DOUBLE")
+    with pytest.raises(ValueError, match="2 strings for a scalar PV"):
+        _wire(E, ["a", "b"], "STRING")
+    with pytest.raises(ValueError, match="11 elements for a waveform of 10"):
+        _wire(array_param("Dimensions", "i4", 10, access=Access.RW), [0] * 11, "LONG")
+
+
+def test_wire_refuses_non_plain_dbr_types():
+    from caproto import ChannelType
+
+    from ndflow.channels import wire_value
+    with pytest.raises(ValueError, match="plain DBR type"):
+        wire_value(F, np.array([1.0]), ChannelType.TIME_DOUBLE)
+
+
+# --- one log line per PV per interval (ndflow.channels.RefusalLog) --------------------------------
+def test_refusal_log_rate_limits_per_pv(caplog, monkeypatch):
+    import logging
+
+    from ndflow import channels
+    clock = [100.0]
+    monkeypatch.setattr(channels.time, "monotonic", lambda: clock[0])
+    limiter = channels.RefusalLog(interval=5.0)
+    logger = logging.getLogger("test.refusals")
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        assert limiter.refuse(logger, "P:A", "nan", "not a number")
+        assert not limiter.refuse(logger, "P:A", "inf", "not a number")  # within 5 s: held
+        assert limiter.refuse(logger, "P:B", "1", "other PV")  # each PV has its own limit
+        clock[0] += 4.9
+        assert not limiter.line(logger, "P:A", "P:A: 9 above maximum, clamped to 1")
+        clock[0] += 0.2  # the interval is over: a line, with the count of those held back
+        assert limiter.refuse(logger, "P:A", "''", "an empty string is not a number")
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["P:A: put refused, value nan: not a number",
+                     "P:B: put refused, value 1: other PV",
+                     "P:A: put refused, value '': an empty string is not a number (2 more "
+                     "refused or clamped puts of this PV were not logged)"]
+
+
+def test_refusal_log_counts_held_lines_when_the_interval_ends(caplog):
+    """In the event loop, the count comes when the interval ends, without a further put."""
+    import asyncio
+    import logging
+
+    from ndflow import channels
+    limiter = channels.RefusalLog(interval=0.05)
+    logger = logging.getLogger("test.refusals")
+
+    async def flood():
+        for _ in range(100):
+            limiter.refuse(logger, "P:C", "nan", "not a number")
+        await asyncio.sleep(0.2)
+
+    with caplog.at_level(logging.WARNING, logger="test.refusals"):
+        asyncio.run(flood())
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "P:C: put refused, value nan: not a number"
+    assert lines[1].startswith("P:C: 99 more refused or clamped puts in the last")
+    assert len(lines) == 2
