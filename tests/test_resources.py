@@ -88,11 +88,12 @@ def test_a_capture_that_never_ends_is_bounded_by_the_memory_budget(start_ioc, tm
     rss = psutil.Process(ioc.proc.pid).memory_info().rss / MB
     lost = get(p + "cam1:FramesLost_RBV")
     held = get(p + "HDF1:NumCaptured_RBV")
+    status = get(p + "cam1:StatusMessage_RBV", as_string=True)  # before Stop replaces it
     put(p + "cam1:Acquire", 0)
     put(p + "HDF1:Capture", 0)
     assert rss < baseline + budget * 1.2, (baseline, rss)
     assert lost > 0 and held > 0  # past the budget frames became missing, counted
-    assert "budget" in get(p + "cam1:StatusMessage_RBV", as_string=True)
+    assert "budget" in status, status
 
 
 @pytest.mark.parametrize("policy", ["drop", "block"])
