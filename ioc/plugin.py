@@ -26,12 +26,13 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable, ClassVar, Iterable
 
 from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
 from .graph import GraphError, PortGraph
-from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray, resolve
 from .params import R, bool_param, enum_param, int_param
 from .pool import Block, heap_block
 
@@ -146,7 +147,7 @@ class Plugin(ArrayPort):
         self._last_input: NDArray | None = None
         self._sorter = Sorter(self)
         self._running = False
-        #: the parameters the current frame is processed with (see _freeze)
+        #: the parameters the current frame is processed with (see freeze)
         self.frame_params: dict[str, Any] = dict(self.values)
         self._frozen_version = -1
         self._frozen_acquisition: Acquisition | None = None
@@ -234,18 +235,26 @@ class Plugin(ArrayPort):
                 self._leave(array)
 
     # --- commands that change processing state ---------------------------------------------------------
-    def between_frames(self, fn: Callable[[], None]) -> None:
+    def between_frames(self, fn: Callable[[], None]) -> Future:
         """Run `fn` in this port's owner thread between two frames; never blocks the caller
-        (the event loop). With BlockingCallbacks the owner is whichever thread holds the
-        port: if none does, `fn` runs at once in the caller, so it must be quick (state changes,
-        not processing or I/O)."""
+        (the event loop), which may await the returned future (`busy.until`) to complete a put
+        once it applied. With BlockingCallbacks the owner is whichever thread holds the port:
+        if none does, `fn` runs at once in the caller."""
+        done: Future = Future()
+
+        def command() -> None:
+            try:
+                self._run_command(fn)
+            finally:
+                resolve(done)
         if not self._running:
-            self._run_command(fn)
+            command()
         elif self.values["BlockingCallbacks"]:
-            self._commands.append(fn)
+            self._commands.append(command)
             self._try_commands()
         else:
-            self._inbox.command(fn)
+            self._inbox.command(command)
+        return done
 
     def _try_commands(self) -> None:
         """Run queued blocking-mode commands if no frame is being processed. Whoever appends

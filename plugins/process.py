@@ -44,7 +44,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ndflow.busy import Busy, finish
+from ndflow.busy import Busy, finish, until
 from ndflow.channels import HANDLED
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
 from ndflow.ndarray import NDArray
@@ -300,15 +300,21 @@ class Process(Plugin):
         self._auto.release()
 
     # --- commands -------------------------------------------------------------------------------------
-    def put_SaveBackground(self, value: int) -> int:
-        if value:
-            self._background = self._save("background", "ValidBackground_RBV")
+    async def put_SaveBackground(self, value: int) -> int:
+        if value:  # a frame-sized copy, by the plugin's owner between frames, not on the loop
+            await until(self.between_frames(self._save_background))
         return 0
 
-    def put_SaveFlatField(self, value: int) -> int:
+    async def put_SaveFlatField(self, value: int) -> int:
         if value:
-            self._flat = self._save("flat field", "ValidFlatField_RBV")
+            await until(self.between_frames(self._save_flat))
         return 0
+
+    def _save_background(self) -> None:
+        self._background = self._save("background", "ValidBackground_RBV")
+
+    def _save_flat(self) -> None:
+        self._flat = self._save("flat field", "ValidFlatField_RBV")
 
     def _save(self, what: str, valid_name: str) -> np.ndarray | None:
         last = self._last_output

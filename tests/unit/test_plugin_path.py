@@ -157,8 +157,8 @@ def test_blocking_mode_command_waits_for_the_frame_in_progress():
     assert time.monotonic() - started < 0.05  # the caller never waits
     worker.join()
     assert plugin.during == ["start 1", "end 1", "command"]
-    plugin.between_frames(lambda: plugin.during.append("idle"))  # idle: runs at once
-    assert plugin.during[-1] == "idle"
+    done = plugin.between_frames(lambda: plugin.during.append("idle"))  # idle: runs at once
+    assert plugin.during[-1] == "idle" and done.done()
 
 
 def test_a_put_during_a_frame_applies_from_the_next_frame():
