@@ -122,11 +122,11 @@ class SimDetector(Driver):
         return SIM_TO_ND_COLOR[int(params["ColorMode"])]
 
     # --- parameter writes ---------------------------------------------------------------------------
-    def handle_put(self, param, raw):  # type: ignore[override]
+    def handle_put(self, param, raw, source=None):  # type: ignore[override]
         if param.name in _RESETTING and param.name != "Reset":
             self.values["Reset"] = 1
             self.set("Reset", 1)
-        return super().handle_put(param, raw)
+        return super().handle_put(param, raw, source)
 
     # --- acquisition --------------------------------------------------------------------------------
     def prepare(self, params: dict[str, Any]) -> None:

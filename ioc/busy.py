@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .channels import HANDLED
+from .transport import HANDLED, accepted
 from .ndarray import resolve
 from .publisher import Publisher
 
@@ -43,7 +43,9 @@ class Busy:
 
 
 async def until(future: Future) -> None:
-    """Wait on the event loop for `future`, shielded from a departing client's cancel."""
+    """Wait on the event loop for `future`, shielded from a departing client's cancel. The put
+    is accepted from here on: a client that does not wait for completion is answered now."""
+    accepted()
     await asyncio.shield(asyncio.wrap_future(future))
 
 

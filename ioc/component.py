@@ -5,9 +5,10 @@ data path changes them with `set()`, which costs a dict store and a set insertio
 collects the names marked dirty at most once per publish interval, so a value that changes at every
 frame reaches Channel Access at the publish rate, never the frame rate. Values a client must see
 in order (Acquire_RBV 0->1->0, declared `coalesce=False`) and large arrays are handed to the
-publisher at once. CA writes arrive through `handle_put()`, which validates the value against its
-declaration and then calls an optional `put_<Name>` method so a subclass can act on it, change it
-or refuse it.
+publisher at once. Every transport serves each parameter's PVs with an endpoint of its own
+(`attach()`); a client's write, whatever the protocol, arrives through `handle_put()`, which
+validates the value against its declaration and then calls an optional `put_<Name>` method so a
+subclass can act on it, change it or refuse it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ import logging
 import threading
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
-from .channels import HANDLED, REFUSALS, ParamChannel, make_channel
 from .config import Site
 from .params import Access, Kind, Param, ParamTable, short_value
 from .publisher import Publisher
+from .refusals import REFUSALS
+from .transport import HANDLED, Endpoint, PVSpec, Transport
+
+#: a component's PVs as one transport serves them: suffix -> endpoint
+Served = dict[Transport, dict[str, Endpoint]]
 
 
 #: the PV whose put hook is running (in the put's task), for message()
@@ -30,16 +35,16 @@ _PUT_PV: contextvars.ContextVar[str | None] = contextvars.ContextVar("ndflow_put
 
 
 class PutRefused(Exception):
-    """Raised by a put hook: the client gets a CA error carrying this message, and handle_put
-    logs it (one line naming the PV and the value)."""
+    """Raised by a put hook: the client gets an error carrying this message (a CA error, a
+    failed PVA put), and handle_put logs it (one line naming the PV and the value)."""
 
     ndflow_logged = False  # True once handle_put has logged it
 
 
 class PVRegistry(Protocol):
-    """Where a running component's PVs live (the IOC's pvdb)."""
+    """Where a running component's PVs are served (the IOC's transports)."""
 
-    def add_pvs(self, component: "Component", channels: Mapping[str, ParamChannel]) -> None: ...
+    def add_pvs(self, component: "Component", served: Served) -> None: ...
     def withdraw_pvs(self, component: "Component", suffixes: Iterable[str]) -> None: ...
 
 
@@ -58,8 +63,10 @@ class Component:
         self.params = self.declare()
         self.values: dict[str, Any] = {p.name: p.default for p in self.params}
         self.publisher: Publisher | None = None
-        self._targets: dict[str, list[ParamChannel]] = {}
-        self.channels: dict[str, ParamChannel] = {}  # PV suffix -> channel
+        #: parameter name -> the endpoints (every transport) its value changes are sent to
+        self._targets: dict[str, list[Endpoint]] = {}
+        self.endpoints: dict[str, list[Endpoint]] = {}  # PV suffix -> one per transport
+        self.transports: list[Transport] = []
         self.pv_registry: PVRegistry | None = None
         self.site: "Site | None" = getattr(self, "site", None)  # set by the IOC (folders, roots)
         #: put hooks registered by name, for parameters no `put_<Name>` method can spell
@@ -121,11 +128,11 @@ class Component:
             self.values[name] = value
             for channel in self._targets.get(name, ()):
                 if param.kind is Kind.ARRAY:
-                    publisher.post_array(channel, value)
+                    publisher.post_array(channel, channel.to_wire(value))
                 else:
-                    publisher.post(channel, channel.to_channel(value), coalesce=False)
+                    publisher.post(channel, channel.to_wire(value), coalesce=False)
 
-    def collect(self, post: Callable[[ParamChannel, Any], None]) -> None:
+    def collect(self, post: Callable[[Endpoint, Any], None]) -> None:
         """Hand every value set since the last call to `post` (the publisher, under its lock)."""
         self.before_publish()
         dirty, values = self._dirty, self.values
@@ -138,7 +145,7 @@ class Component:
                 continue
             value = values[name]
             for channel in self._targets.get(name, ()):
-                post(channel, channel.to_channel(value))
+                post(channel, channel.to_wire(value))
 
     def before_publish(self) -> None:
         """Turn per-frame state into values just before they are published (a subclass may
@@ -159,7 +166,7 @@ class Component:
         """Show a one-line status to operators (StatusMessage_RBV) and in the log (unless the
         caller logs it its own way). A warning or error said by a put hook (a rewiring refused,
         a path not usable) is a put's refusal: its line names the PV and shares the PV's rate
-        limit with the other refusals (channels.REFUSALS), so a client repeating the put cannot
+        limit with the other refusals (refusals.REFUSALS), so a client repeating the put cannot
         flood the log."""
         if "StatusMessage_RBV" in self.params:
             self.set("StatusMessage_RBV", text[: self.params["StatusMessage_RBV"].length - 1])
@@ -170,50 +177,61 @@ class Component:
             else:
                 self.log.log(level, "%s", text)
 
-    # --- Channel Access ---------------------------------------------------------------------------
-    def build_channels(self, publisher: Publisher) -> dict[str, ParamChannel]:
-        """Create the caproto channels for every declared parameter (suffix -> channel)."""
+    # --- transports -------------------------------------------------------------------------------
+    def attach(self, publisher: Publisher, transports: list[Transport]) -> Served:
+        """Make every transport's endpoints for every declared parameter; the caller serves
+        them under the IOC's prefix."""
         self.publisher = publisher
-        self.channels = {}
+        self.transports = list(transports)
+        self.endpoints = {}
+        served: Served = {t: {} for t in self.transports}
         for p in self.params:
-            self.channels.update(self._channels_for(p))
+            self._merge(served, self._endpoints_for(p))
         publisher.add_source(self)
-        return self.channels
+        return served
 
-    def _channels_for(self, p: Param) -> dict[str, ParamChannel]:
+    def _merge(self, into: Served, more: Served) -> None:
+        for transport, endpoints in more.items():
+            into.setdefault(transport, {}).update(endpoints)
+            for suffix, endpoint in endpoints.items():
+                self.endpoints.setdefault(suffix, []).append(endpoint)
+
+    def _endpoints_for(self, p: Param) -> Served:
         value = self.values[p.name]
-        channels: dict[str, ParamChannel] = {}
-        targets: list[ParamChannel] = []
+        served: Served = {t: {} for t in self.transports}
+        targets: list[Endpoint] = []
+        views: list[tuple[PVSpec, bool]] = []  # (spec, receives the data path's changes)
         if p.setpoint_name:
-            sp = make_channel(p, False, value, self._put_handler(p))
-            channels[p.setpoint_name] = sp
-            if p.also_setpoint or p.access is Access.W:
-                targets.append(sp)
+            views.append((PVSpec(p.setpoint_name, p, False, self._put_handler(p)),
+                          p.also_setpoint or p.access is Access.W))
         if p.readback_name:
-            rb = make_channel(p, True, value, None)
-            channels[p.readback_name] = rb
-            targets.append(rb)
-        for alias in p.aliases:
-            channels[alias] = make_channel(p, True, value, None)
-            targets.append(channels[alias])
+            views.append((PVSpec(p.readback_name, p, True, None), True))
+        views.extend((PVSpec(alias, p, True, None), True) for alias in p.aliases)
+        for spec, target in views:
+            for transport in self.transports:
+                endpoint = transport.endpoint(spec, value)
+                if endpoint is None:  # a kind this transport does not carry
+                    continue
+                served[transport][spec.suffix] = endpoint
+                if target:
+                    targets.append(endpoint)
         self._targets[p.name] = targets
         if not p.coalesce or (p.kind is Kind.ARRAY and p.length > 64):
             self._immediate = self._immediate | {p.name}
-        return channels
+        return served
 
     # --- parameters that come and go while the IOC runs (algorithm declarations) ------------------
     def add_params(self, params: Iterable[Param], values: Mapping[str, Any]) -> None:
         """Declare more parameters; once serving, their PVs appear at once."""
-        added: dict[str, ParamChannel] = {}
+        added: Served = {}
         for p in params:
             self.params.params[p.name] = p
             if p.setting:
                 self._settable = self._settable | {p.name}
             self.values[p.name] = values.get(p.name, p.default)
             if self.publisher is not None:
-                added.update(self._channels_for(p))
-        self.channels.update(added)
-        if added and self.pv_registry is not None:
+                self._merge(added, self._endpoints_for(p))
+        if any(added.values()) and self.pv_registry is not None:
             self.pv_registry.add_pvs(self, added)
 
     def remove_params(self, names: Iterable[str]) -> None:
@@ -226,22 +244,24 @@ class Component:
             self.values.pop(name, None)
             self._targets.pop(name, None)
             for suffix in p.pv_suffixes:
-                if self.channels.pop(suffix, None) is not None:
+                if self.endpoints.pop(suffix, None) is not None:
                     gone.append(suffix)
         if gone and self.pv_registry is not None:
             self.pv_registry.withdraw_pvs(self, gone)
 
     def _put_handler(self, param: Param):
-        async def on_put(value: Any) -> Any:
-            return await self.handle_put(param, value)
+        async def on_put(value: Any, source: Endpoint | None = None) -> Any:
+            return await self.handle_put(param, value, source)
         return on_put
 
-    async def handle_put(self, param: Param, raw: Any) -> Any:
+    async def handle_put(self, param: Param, raw: Any, source: Endpoint | None = None) -> Any:
         """Validate a client's value against its declaration (`Param.coerce`), let the
         `put_<Name>` hook act on it, store it and update the readbacks. A refusal is a
         PutRefused (the client gets a CA error carrying its message); a refusal or a clamp is
         one log line naming the PV and the value, at most one per PV every few seconds
-        (channels.REFUSALS), and shown on StatusMessage_RBV."""
+        (refusals.REFUSALS), and shown on StatusMessage_RBV. Returns the stored value (the
+        writing endpoint shows it its own way) or HANDLED; every other endpoint of the
+        parameter, on every transport, is updated before the put completes."""
         pv = self._pv_name(param)
         try:
             value, note = param.coerce(raw)
@@ -270,13 +290,13 @@ class Component:
         self.values[param.name] = value
         self.params_version += 1
         self.after_put(param, value)
-        await self._publish_readbacks(param, value)
-        return self._setpoint_channel_value(param, value)
+        await self._publish_readbacks(param, value, source)
+        return value
 
     def _pv_name(self, param: Param) -> str:
         """The full PV name a client wrote (with the IOC's prefix once served)."""
-        channel = self.channels.get(param.setpoint_name or "")
-        name = getattr(channel, "pvname", "")
+        endpoints = self.endpoints.get(param.setpoint_name or "")
+        name = getattr(endpoints[0], "pvname", "") if endpoints else ""
         return name if name and name != param.name else f"{self.prefix}{param.name}"
 
     def _refused(self, pv: str, param: Param, raw: Any, reason: str) -> "PutRefused":
@@ -290,19 +310,18 @@ class Component:
         """Called after any accepted CA write (for components whose parameters are not known
         when the class is written, so they cannot have put_<Name> hooks)."""
 
-    async def _publish_readbacks(self, param: Param, value: Any) -> None:
+    async def _publish_readbacks(self, param: Param, value: Any,
+                                 source: Endpoint | None) -> None:
         """Update the _RBV before the put completes, as an asyn readback record does, so a
         client that reads it right after caput(wait=True) sees the new value, and with it any
-        value the put hook set."""
-        for channel in self._targets.get(param.name, ()):
-            if channel.readback:
-                await channel.publish_value(channel.to_channel(value))
+        value the put hook set. The setpoint's endpoints on the other transports show the new
+        value too (the writing one shows it itself)."""
+        shown = [e for e in self.endpoints.get(param.setpoint_name or "", ()) if e is not source]
+        shown += [e for e in self._targets.get(param.name, ()) if e.readback]
+        for endpoint in shown:
+            await endpoint.publish_value(endpoint.to_wire(value))
         if self.publisher is not None:
             await self.publisher.flush_values()
-
-    def _setpoint_channel_value(self, param: Param, value: Any) -> Any:
-        channel = self.channels.get(param.setpoint_name or "")
-        return channel.to_channel(value) if channel is not None else value
 
     # --- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:

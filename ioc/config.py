@@ -76,6 +76,9 @@ class IOCConfig(_Strict):
     drivers: list[DriverConfig] = Field(min_length=1)
     plugins: list[PluginConfig] = Field(default_factory=list)
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    transports: list[str] = Field(
+        default_factory=lambda: ["ca", "pva"], description="the protocols every PV is served "
+        "over: ca (Channel Access), pva (pvAccess); both by default, as an EPICS 7 IOC with QSRV")
     memory_budget_mb: float = Field(
         -1.0, ge=-1.0, description="what all array pools may hold together (frames in queues, "
         "Capture buffers, deferred processing), in MB; 0 = no limit; -1 = half the machine's "

@@ -37,7 +37,7 @@ from . import shm
 from .adcore import AD_BASE, NDARRAY_BASE
 from .arrayport import ArrayPort
 from .busy import until
-from .channels import HANDLED
+from .transport import HANDLED
 from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
                       NDArray, NDAttribute)

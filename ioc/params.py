@@ -24,6 +24,7 @@ class Kind(enum.Enum):
     STRING = "string"  # stringout/stringin -> DBR_STRING (40 chars)
     TEXT = "text"  # char waveform "long string" -> DBR_CHAR[length]
     ARRAY = "array"  # numeric waveform -> DBR_<dtype>[length]
+    NDARRAY = "ndarray"  # a whole frame with its metadata: NTNDArray over pvAccess (not CA)
 
 
 class Access(enum.Enum):
@@ -110,7 +111,8 @@ class Param:
         """A value a client sets to configure processing: part of the frozen parameter sets.
         Not a readback, an array, or a counter/command the data path drives (also_setpoint:
         ArrayCounter, Acquire, Capture)."""
-        return self.access is not Access.R and not self.also_setpoint and self.kind is not Kind.ARRAY
+        return self.access is not Access.R and not self.also_setpoint and \
+            self.kind not in (Kind.ARRAY, Kind.NDARRAY)
 
     @property
     def record_type(self) -> tuple[str | None, str | None]:
@@ -122,6 +124,7 @@ class Param:
             Kind.STRING: ("stringout", "stringin"),
             Kind.TEXT: ("waveform", "waveform"),
             Kind.ARRAY: ("waveform", "waveform"),
+            Kind.NDARRAY: (None, None),  # no record: NDPluginPva's NTNDArray
         }[self.kind]
         return (out if self.setpoint_name else None, inp if self.readback_name else None)
 
@@ -185,7 +188,7 @@ class Param:
             return value, None
         if self.kind is Kind.ARRAY:
             return self._coerce_array(value)
-        return value, None
+        raise ValueError(f"{self.name} is a frame: clients read it, no put writes it")
 
     def _coerce_array(self, value: Any) -> tuple[Any, str | None]:
         """A numeric waveform: numbers only; an integer waveform refuses NaN, infinities and
@@ -286,6 +289,11 @@ def text_param(name: str, length: int = 256, default: str = "", access: Access =
 
 def array_param(name: str, dtype: str, length: int, access: Access = Access.R, **kw: Any) -> Param:
     return Param(name, Kind.ARRAY, access, None, dtype=dtype, length=length, **kw)
+
+
+def ndarray_param(name: str, **kw: Any) -> Param:
+    """A whole frame with its metadata (NTNDArray over pvAccess), read-only."""
+    return Param(name, Kind.NDARRAY, Access.R, None, **kw)
 
 
 R, RW, W = Access.R, Access.RW, Access.W

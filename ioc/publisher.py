@@ -1,9 +1,9 @@
-"""The publisher sits between the data path and caproto.
+"""The publisher sits between the data path and the transports (Channel Access, pvAccess).
 
-Driver and plugin threads never touch caproto. A component's `set()` only marks a name dirty;
+Driver and plugin threads never touch a transport. A component's `set()` only marks a name dirty;
 a task in the server's event loop collects the dirty names of every component once per interval
-and writes their latest values (coalescing), so a fast detector costs the same publishing work
-as a slow one and cannot push caproto into the overload collapse measured in perf-anchors §3
+and writes their latest values to every endpoint (coalescing), so a fast detector costs the same
+publishing work as a slow one and cannot push a server into the overload collapse measured in perf-anchors §3
 (0 updates/s at 100% CPU). Arrays are posted at once but paced by a byte budget. Values that must
 never be merged (Acquire_RBV going 0->1->0) are queued in order the moment they are set, after
 collecting everything set before them, so nothing set earlier in any thread is overtaken.
@@ -20,14 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from .channels import ParamChannel
+from .transport import Endpoint, Transport
 
 log = logging.getLogger("ndflow.publisher")
-
-try:  # how long caproto's circuit may batch monitor updates before sending them
-    from caproto.server.common import HIGH_LOAD_TIMEOUT as SEND_SETTLE_S
-except ImportError:  # pragma: no cover
-    SEND_SETTLE_S = 0.01
 
 
 class Publisher:
@@ -38,10 +33,10 @@ class Publisher:
         self._lock = threading.RLock()
         self._collecting = False
         self._pending: list[list[Any]] = []  # [channel, value], flushed in order
-        self._position: dict[ParamChannel, int] = {}
+        self._position: dict[Endpoint, int] = {}
         self._barrier = -1  # index of the last entry that must not be overtaken
-        self._arrays: dict[ParamChannel, np.ndarray] = {}
-        self._array_due: dict[ParamChannel, float] = {}
+        self._arrays: dict[Endpoint, np.ndarray] = {}
+        self._array_due: dict[Endpoint, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._array_wake: asyncio.Event | None = None
@@ -49,8 +44,8 @@ class Publisher:
         self._array_wake_requested = False
         self._flush_lock: asyncio.Lock | None = None
         self._sources: list[Any] = []  # components whose dirty values are collected
-        self.posted = 0  # values handed to caproto, for tests and benchmarks
-        self.context: Any = None  # the caproto server Context, to know when updates are sent
+        self.posted = 0  # values handed to the transports, for tests and benchmarks
+        self.transports: list[Transport] = []  # serving: asked when updates have been sent
 
     # --- data-path side (any thread) ------------------------------------------------------------
     def add_source(self, component: Any) -> None:
@@ -64,7 +59,7 @@ class Publisher:
         post() takes it again."""
         return self._lock
 
-    def post(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
+    def post(self, channel: Endpoint, value: Any, coalesce: bool = True) -> None:
         with self._lock:
             if not coalesce:
                 self._collect_locked()  # what was set before this value goes out before it
@@ -72,7 +67,7 @@ class Publisher:
             if not coalesce:
                 self._request_wake()
 
-    def _post_locked(self, channel: ParamChannel, value: Any, coalesce: bool = True) -> None:
+    def _post_locked(self, channel: Endpoint, value: Any, coalesce: bool = True) -> None:
         pos = self._position.get(channel)
         if coalesce and pos is not None and pos > self._barrier:
             self._pending[pos][1] = value
@@ -98,7 +93,7 @@ class Publisher:
             except Exception as exc:  # one component's bad value must not stop the others
                 log.error("cannot collect values of %s: %s", getattr(source, "port", source), exc)
 
-    def post_array(self, channel: ParamChannel, array: np.ndarray) -> None:
+    def post_array(self, channel: Endpoint, array: np.ndarray) -> None:
         """Latest array wins; posted no faster than the byte budget allows."""
         with self._lock:
             self._arrays[channel] = array
@@ -146,15 +141,16 @@ class Publisher:
                 self._loop.call_later(delay, self._array_wake.set)
 
     async def drain(self) -> None:
-        """Publish everything pending now, arrays included, and wait until caproto has handed
-        the resulting monitor updates to the clients' connections. Used before a put-callback
-        completes, so a client that monitors ArrayCounter_RBV sees the final count no later than
-        the completion (caproto sends put responses directly but monitors through queues)."""
+        """Publish everything pending now, arrays included, and wait until the transports have
+        handed the resulting monitor updates to the clients' connections. Used before a
+        put-callback completes, so a client that monitors ArrayCounter_RBV sees the final count
+        no later than the completion (servers send put responses directly but monitors through
+        queues)."""
         await self.flush_values(arrays=True)
 
     async def flush_values(self, arrays: bool = False) -> None:
         """Publish the pending scalar values now (arrays too if asked, else they keep their
-        budget) and wait until they are queued to the clients. Every CA put does this before it
+        budget) and wait until they are queued to the clients. Every put does this before it
         completes, so whatever its hook set (a status message, related readbacks) is visible to
         a client right after."""
         if self._flush_lock is None:
@@ -162,21 +158,10 @@ class Publisher:
         await self._flush(force=arrays)
         await self.settle()
 
-    async def settle(self, timeout: float = 2.0) -> None:
-        """Wait until caproto has handed queued monitor updates to the clients' connections."""
-        ctx = self.context
-        if ctx is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        quiet = 0
-        # An update may sit between caproto's context queue and a circuit queue, or in a circuit's
-        # batch for up to its latency limit: require the queues to stay empty across that limit.
-        while quiet < 2 and loop.time() < deadline:
-            busy = not ctx.subscription_queue.empty() or any(
-                not circuit.subscription_queue.empty() for circuit in list(ctx.circuits))
-            quiet = 0 if busy else quiet + 1
-            await asyncio.sleep(SEND_SETTLE_S if not busy else 0.001)
+    async def settle(self) -> None:
+        """Wait until every transport has handed queued monitor updates to the clients."""
+        if self.transports:
+            await asyncio.gather(*(t.settle() for t in self.transports))
 
     async def _flush(self, force: bool) -> None:
         async with self._flush_lock:
@@ -195,7 +180,7 @@ class Publisher:
 
     async def _flush_arrays(self, force: bool) -> float | None:
         now = time.monotonic()
-        due: list[tuple[ParamChannel, np.ndarray]] = []
+        due: list[tuple[Endpoint, np.ndarray]] = []
         next_delay: float | None = None
         with self._lock:
             for channel in list(self._arrays):
@@ -210,7 +195,7 @@ class Publisher:
             await self._write(channel, array)
         return next_delay
 
-    async def _write(self, channel: ParamChannel, value: Any) -> None:
+    async def _write(self, channel: Endpoint, value: Any) -> None:
         try:
             if not isinstance(value, np.ndarray) and _same(channel.value, value):
                 return

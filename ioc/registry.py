@@ -14,6 +14,7 @@ import importlib
 from importlib.metadata import entry_points
 
 GROUPS = {"drivers": "ndflow.drivers", "plugins": "ndflow.plugins",
+          "transports": "ndflow.transports",
           "screens": "ndflow.screens"}  # screen writers: (components, folder) -> paths
 
 

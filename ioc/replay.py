@@ -67,9 +67,9 @@ def replay(config: IOCConfig, files: list[Path], lines: LineMap | None = None,
            progress: Callable[[int, int, Path], None] | None = None) -> ReplaySummary:
     """Push `files` through the IOC `config` describes; return the per-file outputs. `table`
     (.csv, or .h5/.hdf5) receives one row per file."""
-    from .server import IOC  # the server module pulls in caproto; keep `import ndflow` light
+    from .server import IOC
 
-    ioc = IOC(config, lines)
+    ioc = IOC(config, lines, transports=[])  # nothing is served while replaying
     try:
         summary = asyncio.run(_run(ioc, files, progress))
     finally:

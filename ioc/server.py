@@ -1,7 +1,9 @@
 """The IOC: builds components from a config, wires the port graph and serves every PV.
 
-One asyncio loop runs caproto, the publisher and a once-a-second housekeeping task. Drivers and
-non-blocking plugins run in their own threads and reach Channel Access only through the publisher.
+One asyncio loop runs the transports' servers (Channel Access, pvAccess), the publisher and a
+once-a-second housekeeping task. Drivers and non-blocking plugins run in their own threads and
+reach the transports only through the publisher. The transports are found by name (the config's
+`transports`) through the registry; this module names none of them.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import inspect
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
-from caproto.asyncio.server import Context
 from pydantic import ValidationError
 
 from . import registry
@@ -22,34 +23,28 @@ from .graph import GraphError, PortGraph
 from .plugin import Plugin
 from .publisher import Publisher
 from .resources import Resources
+from .transport import Transport
 
 log = logging.getLogger("ndflow.ioc")
 MB = 1024 * 1024
 
 
-def _limit_caproto_batching() -> None:
-    """caproto's circuit holds monitor updates in a batch for up to a latency limit that doubles
-    with every batch while a client is busy, up to MAX_LATENCY (1 s), but sends a put's response
-    at once. Publisher.settle() waits until caproto's queues stay empty for two SEND_SETTLE_S
-    polls; a batch already taken out of them is not seen, so a put-callback could complete
-    tens of ms before its own monitor updates. Capped at SEND_SETTLE_S, a batch is sent within
-    the window settle() waits."""
-    from caproto.server import common
-    from .publisher import SEND_SETTLE_S
-    common.MAX_LATENCY = min(common.MAX_LATENCY, SEND_SETTLE_S)
-
-
 class IOC:
-    def __init__(self, config: IOCConfig, lines: LineMap | None = None) -> None:
+    def __init__(self, config: IOCConfig, lines: LineMap | None = None,
+                 transports: list[str] | None = None) -> None:
+        """`transports`: the protocols to serve (default: the config's); [] serves nothing."""
         self.config = config
         self.prefix = config.prefix
         self.graph = PortGraph()
         self.publisher = Publisher(config.publish.interval_s,
                                    config.publish.array_mb_per_s * 1e6)
         self.components: list[Component] = []
-        self.pvdb: dict[str, Any] = {}
+        self._names: set[str] = set()  # every PV name served, for duplicates
         self._loop: asyncio.AbstractEventLoop | None = None
         lines = lines or LineMap("<config>", None)
+        self.transports = self._load_transports(
+            config.transports if transports is None else transports, lines)
+        self.publisher.transports = self.transports
         self.site = Site.of(config, lines.base_dir)
         try:
             self._build(config, lines)
@@ -78,6 +73,18 @@ class IOC:
                 known = ", ".join(sorted(self.graph.ports))
                 raise lines.error(("plugins", i, "input"),
                                   f"no port named {cfg.input!r} (known: {known})")
+
+    @staticmethod
+    def _load_transports(names: list[str], lines: LineMap) -> list[Transport]:
+        transports = []
+        for i, name in enumerate(dict.fromkeys(names)):
+            try:
+                transports.append(registry.load("transports", name)())
+            except registry.UnknownComponent as exc:
+                raise lines.error(("transports", i), str(exc)) from None
+            except Exception as exc:
+                raise lines.error(("transports", i), f"cannot load {name!r}: {exc}") from None
+        return transports
 
     def _make(self, lines: LineMap, path: tuple, group: str, kind: str, options: dict,
               **kw: Any) -> Component:
@@ -108,26 +115,30 @@ class IOC:
         except GraphError as exc:
             raise lines.error(path + ("port",), str(exc)) from None
         full = f"{self.prefix}{component.prefix}"
-        for suffix, channel in component.build_channels(self.publisher).items():
-            name = full + suffix
-            if name in self.pvdb:
-                raise lines.error(path + ("prefix",), f"PV {name} defined twice")
-            channel.pvname = name
-            self.pvdb[name] = channel
+        served = component.attach(self.publisher, self.transports)
+        names = {full + suffix for endpoints in served.values() for suffix in endpoints}
+        twice = sorted(names & self._names)
+        if twice:
+            raise lines.error(path + ("prefix",), f"PV {twice[0]} defined twice")
+        self._names |= names
+        for transport, endpoints in served.items():
+            transport.add({full + suffix: e for suffix, e in endpoints.items()})
         component.pv_registry = self
         if component.site is None:
             component.site = self.site
         self.components.append(component)
 
     # --- PVs added and withdrawn at run time (PVRegistry) -----------------------------------------
-    def add_pvs(self, component: Component, channels: Mapping[str, Any]) -> None:
+    def add_pvs(self, component: Component, served: Mapping[Transport, Mapping[str, Any]]) -> None:
         full = f"{self.prefix}{component.prefix}"
 
         def add() -> None:
-            for suffix, channel in channels.items():
-                channel.pvname = full + suffix
-                self.pvdb[full + suffix] = channel
-            log.info("%s: added %d PVs", component.port, len(channels))
+            count = 0
+            for transport, endpoints in served.items():
+                transport.add({full + suffix: e for suffix, e in endpoints.items()})
+                self._names |= {full + suffix for suffix in endpoints}
+                count = max(count, len(endpoints))
+            log.info("%s: added %d PVs", component.port, count)
         self._on_loop(add)
 
     def withdraw_pvs(self, component: Component, suffixes: Iterable[str]) -> None:
@@ -135,14 +146,14 @@ class IOC:
         names = {full + s for s in suffixes}
 
         def withdraw() -> None:
-            # caproto caches record-field channels ("X.DESC") in the pvdb too
-            for key in [k for k in self.pvdb if k.split(".", 1)[0] in names]:
-                del self.pvdb[key]
+            for transport in self.transports:
+                transport.withdraw(names)
+            self._names -= names
             log.info("%s: withdrew %d PVs", component.port, len(names))
         self._on_loop(withdraw)
 
     def _on_loop(self, action: Callable[[], None]) -> None:
-        """Change the pvdb in the event loop's thread, never under caproto's feet."""
+        """Change what is served in the event loop's thread, never under a server's feet."""
         loop = self._loop
         if loop is None or not loop.is_running():
             action()
@@ -151,7 +162,7 @@ class IOC:
 
     # --- queries ----------------------------------------------------------------------------------
     def pv_names(self) -> list[str]:
-        return list(self.pvdb)
+        return sorted(self._names)
 
     @property
     def drivers(self) -> list[Driver]:
@@ -167,7 +178,7 @@ class IOC:
     # --- running ----------------------------------------------------------------------------------
     async def run(self, started: asyncio.Event | None = None, serve: bool = True) -> None:
         """Serve until cancelled; shut every component down on the way out. With
-        `serve=False` everything runs but no CA server (batch replay)."""
+        `serve=False` everything runs but no transport serves (batch replay)."""
         self._loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.publisher.run(), name="publisher")]
         try:
@@ -175,12 +186,11 @@ class IOC:
                 component.start()
             tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
             if serve:
-                _limit_caproto_batching()
-                context = Context(self.pvdb)
-                self.publisher.context = context
-                tasks.append(asyncio.create_task(context.run(log_pv_names=False),
-                                                 name="caproto"))
-                log.info("serving %d PVs with prefix %s", len(self.pvdb), self.prefix)
+                for transport in self.transports:
+                    tasks.append(asyncio.create_task(transport.serve(self._loop),
+                                                     name=transport.name))
+                log.info("serving %d PVs with prefix %s over %s", len(self._names), self.prefix,
+                         ", ".join(t.name for t in self.transports) or "nothing")
             if started is not None:
                 started.set()
             await asyncio.gather(*tasks)

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO, ClassVar, Mapping
 
 from ndflow import safepath
 from ndflow.busy import Busy, finish
-from ndflow.channels import HANDLED
+from ndflow.transport import HANDLED
 from ndflow.ndarray import NDArray
 from ndflow.params import R, RW, W, Param, bool_param, enum_param, int_param, string_param, \
     text_param

@@ -45,7 +45,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ndflow.busy import Busy, finish, until
-from ndflow.channels import HANDLED
+from ndflow.transport import HANDLED
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
 from ndflow.ndarray import NDArray
 from ndflow.params import R, W, Param, bool_param, enum_param, float_param, int_param

@@ -3,7 +3,8 @@
 As in ADCore the waveform has a configured element type and length (ADSimDetector: Int8 /
 UCHAR, 12,000,000 elements) and the frame is converted to that type with C-cast semantics and
 truncated to the length. When the element size matches, the waveform is a read-only view of the
-frame itself, so nothing is copied before caproto serialises it.
+frame itself, so nothing is copied before a transport serialises it (Channel Access, which has
+no unsigned or 64-bit integers, views it as the signed type of the same size).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ndflow.adcore import DATA_TYPES, NUMPY_DTYPES
-from ndflow.channels import WIRE_DTYPES
 from ndflow.dtypes import c_cast
 from ndflow.ndarray import NDArray
 from ndflow.params import ParamTable, array_param
@@ -39,7 +39,6 @@ class StdArrays(Plugin):
                              f"{', '.join(DATA_TYPES)}")
         dtype = NUMPY_DTYPES[DATA_TYPES.index(self.options.data_type)]
         self._element = dtype
-        self._wire = WIRE_DTYPES[dtype.str[1:]]
         super().__init__(*args, **kw)
 
     def declare(self) -> ParamTable:
@@ -51,16 +50,14 @@ class StdArrays(Plugin):
 
     def process(self, array: NDArray) -> None:
         flat = array.data.reshape(-1)[: self.options.nelm]
-        if flat.dtype.itemsize == self._wire.itemsize and flat.dtype.kind in "iu" \
-                and self._wire.kind in "iu":
-            wire = flat.view(self._wire)  # same bits a C cast between equal-size ints gives
-        elif flat.dtype == self._wire:
-            wire = flat.view()
+        element = self._element
+        if flat.dtype == element:
+            value = flat.view()
+        elif flat.dtype.itemsize == element.itemsize and flat.dtype.kind in "iu" \
+                and element.kind in "iu":
+            value = flat.view(element)  # same bits a C cast between equal-size ints gives
         else:
-            wire = c_cast(flat, self._element).view(self._wire) \
-                if self._element.itemsize == self._wire.itemsize else \
-                c_cast(flat, self._element).astype(self._wire)
-        wire.flags.writeable = False
-        self.set("ArrayData", wire)
+            value = c_cast(flat, element)
+        value.flags.writeable = False
+        self.set("ArrayData", value)
         return None
-

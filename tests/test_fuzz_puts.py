@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from epics import ca, dbr
 
-from ndflow.channels import REFUSALS
+from ndflow.refusals import REFUSALS
 from ndflow.component import Component
 from ndflow.config import load_config
 from ndflow.params import Access, Kind, Param

@@ -5,7 +5,7 @@ ValueError when the value cannot be used at all. Component.handle_put turns Type
 ValueError into a put refusal; anything else escapes as an unexplained error.
 
 Also here, as they are the same rules seen from the wire: how a CA put's value reaches coerce
-(ndflow.channels.wire_value) and the per-PV rate limit of refusal lines (RefusalLog).
+(ndflow.ca.channels.wire_value) and the per-PV rate limit of refusal lines (RefusalLog).
 """
 
 from __future__ import annotations
@@ -270,8 +270,16 @@ def test_array_passes_through_untouched():
 
 
 # --- every kind covered ---------------------------------------------------------------------------
+def test_a_frame_parameter_refuses_every_put():
+    from ndflow.params import ndarray_param
+    frame = ndarray_param("Image")
+    for raw in (0, "x", np.zeros(4), None):
+        with pytest.raises((ValueError, TypeError)):
+            frame.coerce(raw)
+
+
 def test_every_kind_is_covered_here():
-    covered = {Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.STRING, Kind.TEXT, Kind.ARRAY}
+    covered = {Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.STRING, Kind.TEXT, Kind.ARRAY, Kind.NDARRAY}
     assert covered == set(Kind), "a new Kind needs coerce tests"
 
 
@@ -355,11 +363,11 @@ def test_float_array_keeps_nan():
     assert math.isnan(a.coerce(np.array([np.nan], dtype=np.float32))[0][0])
 
 
-# --- a put's value off the wire (ndflow.channels.wire_value) --------------------------------------
+# --- a put's value off the wire (ndflow.ca.channels.wire_value) --------------------------------------
 def _wire(p, values, ctype):
     from caproto import ChannelType
 
-    from ndflow.channels import wire_value
+    from ndflow.ca.channels import wire_value
     kind = getattr(ChannelType, ctype)
     if ctype == "STRING":
         data = [v.encode() if isinstance(v, str) else v for v in values]
@@ -389,16 +397,16 @@ def test_wire_values_reach_coerce_as_plain_python():
 def test_wire_refuses_non_plain_dbr_types():
     from caproto import ChannelType
 
-    from ndflow.channels import wire_value
+    from ndflow.ca.channels import wire_value
     with pytest.raises(ValueError, match="plain DBR type"):
         wire_value(F, np.array([1.0]), ChannelType.TIME_DOUBLE)
 
 
-# --- one log line per PV per interval (ndflow.channels.RefusalLog) --------------------------------
+# --- one log line per PV per interval (ndflow.refusals.RefusalLog) --------------------------------
 def test_refusal_log_rate_limits_per_pv(caplog, monkeypatch):
     import logging
 
-    from ndflow import channels
+    from ndflow import refusals as channels
     clock = [100.0]
     monkeypatch.setattr(channels.time, "monotonic", lambda: clock[0])
     limiter = channels.RefusalLog(interval=5.0)
@@ -423,7 +431,7 @@ def test_refusal_log_counts_held_lines_when_the_interval_ends(caplog):
     import asyncio
     import logging
 
-    from ndflow import channels
+    from ndflow import refusals as channels
     limiter = channels.RefusalLog(interval=0.05)
     logger = logging.getLogger("test.refusals")
 

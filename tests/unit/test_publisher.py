@@ -2,7 +2,7 @@
 
 A real Component with declared parameters and real caproto channels, a real Publisher task on an
 asyncio loop; no CA server (nothing here needs a network). What reaches a channel is recorded by
-wrapping its publish_value.
+wrapping its publish_value().
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import threading
 
 import numpy as np
 
+from ndflow.ca import CATransport
 from ndflow.component import Component
 from ndflow.params import R, array_param, bool_param, int_param
 from ndflow.publisher import Publisher
@@ -26,7 +27,8 @@ class Thing(Component):
 def make(interval: float = 0.02):
     publisher = Publisher(interval=interval, array_bytes_per_s=1e6)
     thing = Thing("T", "T:")
-    channels = thing.build_channels(publisher)
+    transport = CATransport()
+    channels = thing.attach(publisher, [transport])[transport]
     written: list[tuple[str, object]] = []
     for suffix, channel in channels.items():
         original = channel.publish_value

@@ -9,24 +9,20 @@ created on first use.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
-import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import numpy as np
 from caproto import (AccessRights, AlarmSeverity, AlarmStatus, ChannelByte, ChannelChar, ChannelData, ChannelDouble,
                      ChannelEnum, ChannelFloat, ChannelInteger, ChannelShort, ChannelString,
                      ChannelType, SkipWrite, native_type)
 
-from .params import Kind, Param, short_value
+from ..params import Kind, Param, short_value
+from ..refusals import REFUSALS
+from ..transport import HANDLED, PVSpec
 
 log = logging.getLogger("ndflow.ca")
 
-HANDLED = object()  # a put hook returns this when it has published the value itself
-
-PutHandler = Callable[[Any], Awaitable[Any]]
 
 _ARRAY_CHANNELS: dict[str, type] = {
     "i1": ChannelByte, "u1": ChannelByte, "i2": ChannelShort, "u2": ChannelShort,
@@ -41,16 +37,20 @@ WIRE_DTYPES: dict[str, np.dtype] = {
 }
 
 
+_CA_KINDS = (Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.STRING, Kind.TEXT, Kind.ARRAY)
+
+
 class ParamChannel:
     """Mixin for the caproto channel classes: writes go to the owning component's put handler,
     read-only channels refuse writes at the access-rights level, and fields answer lookups."""
 
-    def _ndflow_init(self, param: Param, readback: bool, on_put: PutHandler | None) -> None:
-        self.param = param
-        self.readback = readback
-        self._on_put = on_put
+    def _ndflow_init(self, spec: PVSpec) -> None:
+        self.spec = spec
+        self.param = spec.param
+        self.readback = spec.readback
+        self._on_put = spec.on_put
         self._fields: dict[str, ChannelData] = {}
-        self.pvname = param.name  # replaced by the full name when the IOC serves the channel
+        self.pvname = spec.param.name  # replaced by the full name when the IOC serves the channel
 
     async def write_from_dbr(self, data: Any, data_type: ChannelType, metadata: Any = None,
                              *, flags: int = 0) -> Any:
@@ -71,7 +71,7 @@ class ParamChannel:
             # The put handler runs here rather than in write()'s verify_value, so a refused put
             # leaves the record's alarm alone (caproto's write() would latch WRITE/MAJOR on it)
             # and caproto's preprocessing only ever sees the stored form of the value.
-            result = await self._on_put(value)
+            result = await self._on_put(value, self)
         except Exception as exc:
             # handle_put has said what it refused (ndflow_logged); anything else is a put hook
             # failing: the client gets a CA error and the log one line, never a traceback.
@@ -82,7 +82,7 @@ class ParamChannel:
         if result is HANDLED:  # the hook has published the value itself
             return None
         try:
-            return await self.write(result, flags=flags, verify_value=False)
+            return await self.write(self.to_wire(result), flags=flags, verify_value=False)
         except Exception as exc:  # caproto cannot hold what the handler made of it: a bug
             REFUSALS.refuse(log, self.pvname, _shown(data, data_type),
                             f"{type(exc).__name__}: {exc}")
@@ -96,10 +96,10 @@ class ParamChannel:
     async def verify_value(self, value: Any) -> Any:
         if self._on_put is None:
             raise PermissionError("read-only PV")
-        result = await self._on_put(value)
+        result = await self._on_put(value, self)
         if result is HANDLED:
             raise SkipWrite()
-        return result
+        return self.to_wire(result)
 
     async def publish_value(self, value: Any) -> None:
         """Update from the IOC side: no put hook, subscribers notified."""
@@ -111,13 +111,13 @@ class ParamChannel:
         else:
             await self.write(value, verify_value=False)
 
-    def to_channel(self, value: Any) -> Any:
+    def to_wire(self, value: Any) -> Any:
         """Stored parameter value -> what this channel holds."""
         p = self.param
         if p.kind is Kind.ENUM:
             return p.choice(int(value), readback=self.readback)
         if p.kind is Kind.ARRAY:
-            return value
+            return _on_wire(value)
         if p.kind is Kind.INT:
             return int(value)
         if p.kind is Kind.FLOAT:
@@ -175,9 +175,12 @@ def _cls(base: type) -> type:
     return _CLASSES[base]
 
 
-def make_channel(param: Param, readback: bool, value: Any,
-                 on_put: PutHandler | None) -> ParamChannel:
-    """One caproto channel for the setpoint (readback=False) or readback view of `param`."""
+def make_channel(spec: PVSpec, value: Any) -> ParamChannel | None:
+    """One caproto channel for the setpoint or readback view of a parameter (None for a kind
+    Channel Access cannot carry)."""
+    param, readback = spec.param, spec.readback
+    if param.kind not in _CA_KINDS:
+        return None
     kw: dict[str, Any] = {}
     if param.kind is Kind.INT:
         cls = _cls(ChannelInteger)
@@ -203,8 +206,8 @@ def make_channel(param: Param, readback: bool, value: Any,
     if param.alarm is not None and param.kind in (Kind.INT, Kind.FLOAT):
         kw.update(_alarm_limits(param))
     chan = cls.__new__(cls)
-    ParamChannel._ndflow_init(chan, param, readback, on_put)
-    initial = chan.to_channel(value) if value is not None else _empty(param)
+    ParamChannel._ndflow_init(chan, spec)
+    initial = chan.to_wire(value) if value is not None else _empty(param)
     cls.__init__(chan, value=initial, **kw)
     return chan
 
@@ -234,6 +237,20 @@ def _alarm_limits(param: Param) -> dict[str, float]:
     return {name: cast(v) if v is not None else 0 for name, v in (
         ("lower_alarm_limit", a.lolo), ("lower_warning_limit", a.low),
         ("upper_warning_limit", a.high), ("upper_alarm_limit", a.hihi))}
+
+
+def _on_wire(value: Any) -> Any:
+    """An array as a CA waveform holds it: CA has no unsigned or 64-bit integers, so unsigned
+    elements are viewed as the signed type of their size (the bits a C cast gives, no copy) and
+    64-bit integers become doubles."""
+    if not isinstance(value, np.ndarray):
+        return value
+    wire = WIRE_DTYPES.get(value.dtype.str[1:])
+    if wire is None or value.dtype == wire:
+        return value
+    if wire.itemsize == value.dtype.itemsize and wire.kind in "iu":
+        return value.view(wire)
+    return value.astype(wire)
 
 
 def _empty(param: Param) -> Any:
@@ -343,68 +360,3 @@ def _shown(data: Any, data_type: ChannelType) -> str:
         return shown if len(items) == 1 else f"{shown} (+{len(items) - 1} more elements)"
     except Exception:  # never let describing a bad value fail the refusal
         return "(undecodable)"
-
-
-# --- one line per PV per few seconds, whatever a client sends -------------------------------------
-class RefusalLog:
-    """Rate-limits what a put costs the log: the first refusal or clamp of a PV is one line
-    naming the PV and the value; further ones within `interval` seconds are counted, and the
-    count is one line when the interval ends (`loop` scheduling) or in front of the next line.
-    So a client hammering a PV with bad values writes at most one line per PV per interval."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._since: dict[str, float] = {}  # PV -> when its current interval began
-        self._held: dict[str, int] = {}  # PV -> lines not written in this interval
-        self._loggers: dict[str, logging.Logger] = {}
-
-    def refuse(self, logger: logging.Logger, pv: str, value: str, reason: str) -> bool:
-        return self.line(logger, pv, f"{pv}: put refused, value {value}: {reason}")
-
-    def line(self, logger: logging.Logger, pv: str, text: str,
-             level: int = logging.WARNING) -> bool:
-        """Log `text` unless `pv` had a line less than `interval` ago; True if logged."""
-        now = time.monotonic()
-        with self._lock:
-            since = self._since.get(pv)
-            held_back = since is not None and now - since < self.interval
-            if held_back:
-                held = self._held.get(pv, 0) + 1
-                self._held[pv] = held
-                self._loggers[pv] = logger
-            else:
-                held = self._held.pop(pv, 0)
-                self._loggers.pop(pv, None)
-                self._since[pv] = now
-        if held_back:
-            if held == 1:  # the first line held back in this interval: count it out at its end
-                self._schedule(pv, since + self.interval - now)
-            return False
-        if held:
-            text += f" ({held} more refused or clamped puts of this PV were not logged)"
-        logger.log(level, "%s", text)
-        return True
-
-    def _schedule(self, pv: str, delay: float) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a script calling handle_put): told with the next line
-            return
-        loop.call_later(max(0.0, delay), self.flush, pv)
-
-    def flush(self, pv: str) -> None:
-        """The interval of `pv` is over: say how many lines it held back, and start a new one
-        (so a steady flood is one line per interval)."""
-        with self._lock:
-            held = self._held.pop(pv, 0)
-            logger = self._loggers.pop(pv, log)
-            if held:
-                self._since[pv] = time.monotonic()
-        if held:
-            logger.warning("%s: %d more refused or clamped puts in the last %.0f s were not "
-                           "logged one by one", pv, held, self.interval)
-
-
-#: every component's put refusals and clamps go through this one limiter
-REFUSALS = RefusalLog()
