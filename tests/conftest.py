@@ -59,7 +59,28 @@ CA_ENV = {
     "EPICS_CA_MAX_ARRAY_BYTES": "200000000",
     "EPICS_CA_CONN_TMO": "5",
 }
+# pvAccess the same way: each IOC serves PVA on its own TCP port and answers searches on its own
+# UDP port (port + 1); clients search every one of them, never by broadcast.
+PVA_PORTS: list[int] = []
+while len(PVA_PORTS) < len(CA_PORTS):
+    port = free_port_pair()
+    if all(abs(port - other) > 1 for other in CA_PORTS + PVA_PORTS):
+        PVA_PORTS.append(port)
+CA_ENV.update({
+    "EPICS_PVA_AUTO_ADDR_LIST": "NO",
+    "EPICS_PVA_ADDR_LIST": " ".join(f"127.0.0.1:{p + 1}" for p in PVA_PORTS),
+    "EPICS_PVA_BROADCAST_PORT": str(PVA_PORTS[0] + 1),
+    "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
+    "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
+    "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
+})
 os.environ.update(CA_ENV)
+
+
+def pva_env(ca_port: int) -> dict[str, str]:
+    """The pvAccess server ports of the IOC that serves CA on `ca_port`."""
+    port = PVA_PORTS[CA_PORTS.index(ca_port)]
+    return {"EPICS_PVAS_SERVER_PORT": str(port), "EPICS_PVAS_BROADCAST_PORT": str(port + 1)}
 
 REPO = Path(__file__).resolve().parent.parent
 NDFLOW = [sys.executable, "-m", "ndflow.cli"]
@@ -77,7 +98,7 @@ class IOCProcess:
         self.port = next(p for p in CA_PORTS if p not in _ports_in_use)
         _ports_in_use.add(self.port)
         env = {**os.environ, **CA_ENV, "EPICS_CA_SERVER_PORT": str(self.port),
-               "EPICS_CAS_SERVER_PORT": str(self.port)}
+               "EPICS_CAS_SERVER_PORT": str(self.port), **pva_env(self.port)}
         args = list(NDFLOW) + ["run"]
         if config is not None:
             path = tmp_path / "ioc.yml"
