@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if folder is not None:
             config.screens_dir = str(Path(folder).expanduser().resolve()) if folder else ""
         from .server import IOC
-        ioc = IOC(config, lines)
+        serving = args.command == "run" and not args.list_pvs
+        ioc = IOC(config, lines, transports=None if serving else [])  # screens: no transport
     except ConfigError as exc:
         print(f"ndflow: {exc}", file=sys.stderr)
         return 2

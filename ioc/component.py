@@ -124,6 +124,11 @@ class Component:
             self.values[name] = value
             return
         param = self.params[name]
+        if param.kind is Kind.NDARRAY:  # a frame: sent from this thread, nothing coalesced
+            self.values[name] = value
+            for endpoint in self._targets.get(name, ()):
+                endpoint.post_frame(value)
+            return
         with publisher.ordered():
             self.values[name] = value
             for channel in self._targets.get(name, ()):
@@ -216,7 +221,7 @@ class Component:
                 if target:
                     targets.append(endpoint)
         self._targets[p.name] = targets
-        if not p.coalesce or (p.kind is Kind.ARRAY and p.length > 64):
+        if not p.coalesce or (p.kind is Kind.ARRAY and p.length > 64) or p.kind is Kind.NDARRAY:
             self._immediate = self._immediate | {p.name}
         return served
 

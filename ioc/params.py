@@ -14,7 +14,7 @@ import enum
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 class Kind(enum.Enum):
@@ -328,3 +328,29 @@ class ParamTable:
 
     def pv_suffixes(self) -> list[str]:
         return [s for p in self for s in p.pv_suffixes]
+
+
+def initial_values(table: ParamTable, given: Mapping[str, Any],
+                   acts_on_write: Callable[[str], bool] = lambda name: False) -> dict[str, Any]:
+    """A config's `values:` (setpoint PV name -> value, as a client would write it, e.g.
+    {SimMode: Peaks, Gain: 200}) in stored form, keyed by parameter name. ValueError, naming the
+    PV, for a name that is no setpoint, a command that acts when written (`acts_on_write`:
+    Acquire, Capture...), or a value the PV would refuse or clamp."""
+    out: dict[str, Any] = {}
+    for name, value in given.items():
+        param = table.params.get(name)
+        if param is None or not param.writable or param.kind is Kind.NDARRAY:
+            writable = sorted(p.name for p in table if p.writable and p.kind is not Kind.NDARRAY)
+            close = [n for n in writable if n.lower() == str(name).lower().removesuffix("_rbv")]
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ValueError(f"values: {name!r} is not a setpoint PV of this component{hint}")
+        if acts_on_write(name) or param.also_setpoint:
+            raise ValueError(f"values: {name} acts when written; write it from a client")
+        try:
+            stored, note = param.coerce(value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"values: {name}: {exc}") from None
+        if note:
+            raise ValueError(f"values: {name}: {note}")
+        out[name] = stored
+    return out

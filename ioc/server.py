@@ -116,7 +116,7 @@ class IOC:
             raise lines.error(path + ("port",), str(exc)) from None
         full = f"{self.prefix}{component.prefix}"
         served = component.attach(self.publisher, self.transports)
-        names = {full + suffix for endpoints in served.values() for suffix in endpoints}
+        names = {full + suffix for suffix in component.params.pv_suffixes()}
         twice = sorted(names & self._names)
         if twice:
             raise lines.error(path + ("prefix",), f"PV {twice[0]} defined twice")

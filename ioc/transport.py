@@ -86,6 +86,13 @@ class Endpoint(Protocol):
         """Show `value` (already `to_wire`) to clients, with the alarm the declaration implies."""
 
 
+class FrameEndpoint(Endpoint, Protocol):
+    """An endpoint of a frame parameter (Kind.NDARRAY): each frame is posted from the thread
+    that sets it (a plugin's), so the event loop never builds one."""
+
+    def post_frame(self, array: Any) -> None: ...
+
+
 class Transport(Protocol):
     """One protocol serving every component's PVs."""
 

@@ -2,8 +2,9 @@
 
 pvi (Diamond's generator, as used by FastCS and ibek) lays the widgets out on its grid with its
 DLS style and writes one file per screen and sub-screen. Afterwards each file is finished here:
-- the image widget takes its data width and height from the array's `ArraySize0/1_RBV` through
-  Phoebus rules (pvi fixes them at generation time; the frame size changes at run time);
+- the image widget of a CA waveform takes its data width and height from the array's
+  `ArraySize0/1_RBV` through Phoebus rules (pvi fixes them at generation time; the frame size
+  changes at run time); a `pva://` NTNDArray carries its own;
 - menus keep no sample items from pvi's template, so Phoebus takes the choices from the PV;
 - readbacks with alarm limits are marked alarm-sensitive explicitly;
 - a write button's own `pv_name` is its action's PV (pvi leaves its template placeholder there);
@@ -60,7 +61,7 @@ def _finish(text: bytes, alarmed: set[str], macros: dict[str, str] | None) -> st
             _set(widget, "pv_name", widget.findtext("actions/action/pv_name"))
         elif kind == "group":
             widget.set("version", "2.0.0")
-        elif kind == "image":
+        elif kind == "image" and not pv.startswith("pva://"):
             _size_from_pvs(widget, pv)
         elif kind == "combo" and widget.findtext("items_from_pv") != "false":
             _drop(widget, "items")  # pvi's template sample items; Phoebus reads the PV's

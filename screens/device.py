@@ -80,6 +80,8 @@ def signal_of(p: Param) -> ComponentUnion:
     lines = 4 if p.kind is Kind.TEXT and p.length > LONG_TEXT else None
     read = TextRead(format=fmt, lines=lines)
     write = TextWrite(format=fmt)
+    if p.kind is Kind.NDARRAY:  # NTNDArray: Phoebus takes the size and type from the value
+        return SignalR(read_pv="pva://" + pv_name(p.name), read_widget=ImageRead(), **common)
     if p.kind is Kind.ARRAY and p.length > SHORT_ARRAY:
         widget = ImageRead() if p.widget == "image" else ArrayTrace(axis="x")
         return SignalR(read_pv=pv_name(p.readback_name or p.name), read_widget=widget, **common)

@@ -247,6 +247,17 @@ def ca_exists(name: str) -> bool:
         return False
 
 
+def pva_exists(name: str) -> bool:
+    """A fresh pvAccess search (a new client context each time: nothing cached)."""
+    from p4p.client.thread import Context
+    with Context("pva", nt=False) as ctxt:
+        try:
+            ctxt.get(name, timeout=1.0)
+            return True
+        except TimeoutError:
+            return False
+
+
 def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     p = ioc.prefix + "Live:"
     acquire(ioc.prefix)
@@ -257,8 +268,10 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     screen = live_folder / "screens" / "LIVE.bob"
     assert "$(P)$(R)Gain_RBV" in screen.read_text()
     assert "$(P)$(R)Offset" not in screen.read_text()
+    assert not pva_exists(p + "Offset")
     (live_folder / "live.py").write_text(LIVE_V2)
     assert wait_for(lambda: ca_exists(p + "Offset"), timeout=5)
+    assert wait_for(lambda: pva_exists(p + "Offset_RBV"), timeout=5)  # over PVA too
     assert wait_for(lambda: "$(P)$(R)Offset" in screen.read_text(), timeout=5)
     put(p + "Offset", 7.5)
     acquire(ioc.prefix)
@@ -268,6 +281,7 @@ def test_live_reload_adds_and_withdraws_pvs(ioc, live_folder):
     (live_folder / "live.py").write_text(LIVE_V1)
     assert wait_for(lambda: not ca_exists(p + "Offset"), timeout=5)
     assert not ca_exists(p + "Offset_RBV")
+    assert wait_for(lambda: not pva_exists(p + "Offset_RBV"), timeout=5)
     assert wait_for(lambda: "$(P)$(R)Offset" not in screen.read_text(), timeout=5)
 
     loads = get(p + "Loads_RBV")

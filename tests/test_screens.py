@@ -148,6 +148,14 @@ def test_every_screen_is_reachable_and_every_pv_connects(ioc, screens):
                      "ROI4:MinX", "HDF1:FileTemplate", "Probe1:Threshold", "Probe1:Level_RBV",
                      "image1:ArrayData", "Stats1:TSTotal", "Stats1:TS:TSAcquire", "Attr1:1:AttrName"):
         assert ioc.prefix + expected in names, expected
+    pva = {n for n in names if n.startswith("pva://")}
+    assert ioc.prefix + "Pva1:Image" in {n.removeprefix("pva://") for n in pva}
+    names -= pva
+    from p4p.client.thread import Context
+    with Context("pva", nt=False) as ctxt:  # NTNDArray images: Phoebus reads them over PVA
+        for name in sorted(pva):
+            assert ctxt.get(name.removeprefix("pva://"), timeout=10).getID() == \
+                "epics:nt/NTNDArray:1.0", name
     chids = {n: ca.create_channel(n, connect=False, auto_cb=False) for n in sorted(names)}
     try:
         deadline = time.monotonic() + 30

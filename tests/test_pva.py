@@ -1,0 +1,360 @@
+"""pvAccess: every PV of the default IOC over PVA as over CA, the same put path, put completion,
+and `Pva1:Image` as NTNDArray (NDPluginPva), read with p4p and pvapy as independent clients."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import epics
+import numpy as np
+import pytest
+from p4p.client.thread import Context, RemoteError
+
+from ndflow.config import load_config
+from ndflow.params import Kind
+from ndflow.server import IOC
+
+from test_acquisition import get, put, ramp, wait_for, wrap
+
+
+@pytest.fixture(scope="module")
+def pva():
+    with Context("pva", nt=False) as ctxt:
+        yield ctxt
+
+
+def served_pvs(prefix: str) -> list[tuple[str, object, bool]]:
+    """(full name, Param, readback view) of every PV the default IOC declares (in-process)."""
+    config, lines = load_config(None)
+    config.prefix = prefix
+    ioc = IOC(config, lines, transports=[])
+    try:
+        out = []
+        for c in ioc.components:
+            for p in c.params:
+                if p.setpoint_name:
+                    out.append((prefix + c.prefix + p.setpoint_name, p, False))
+                if p.readback_name:
+                    out.append((prefix + c.prefix + p.readback_name, p, True))
+                out += [(prefix + c.prefix + a, p, True) for a in p.aliases]
+        return out
+    finally:
+        ioc.shutdown()
+
+
+# --- every scalar and enum PV: the same over PVA as over CA ---------------------------------------
+def test_every_scalar_and_enum_pv_reads_the_same_over_pva_and_ca(default_ioc, pva):
+    p = default_ioc.prefix
+    pvs = [(n, prm, rb) for n, prm, rb in served_pvs(p)
+           if prm.kind in (Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.STRING)
+           and not n.endswith(("TimeStamp_RBV", "Uptime_RBV", "CPU_RBV", "Mem_RBV", "MemUsed_RBV",
+                               "PoolMem_RBV", "BudgetUse_RBV", "ChildrenMem_RBV",
+                               "ComponentCPU_RBV", "ChildrenCPU_RBV", "ShmMem_RBV"))]
+    assert len(pvs) > 2000, len(pvs)
+    names = [n for n, _, _ in pvs]
+    over_pva = pva.get(names, timeout=20)
+    with_ctrl = {n for n, prm, _ in pvs if prm.kind is Kind.ENUM or prm.low is not None
+                 and prm.high is not None or prm.kind is Kind.FLOAT}
+    ca_values = {n: v for n, v in zip(names, _ca_get_all(names, with_ctrl))}
+    mismatched = []
+    for (name, prm, readback), value in zip(pvs, over_pva):
+        assert not isinstance(value, Exception), f"{name}: {value}"
+        ca_value, ca_ctrl = ca_values[name]
+        if prm.kind is Kind.ENUM:
+            got = value["value.index"]
+            choices = list(value["value.choices"])
+            if choices != list(ca_ctrl["enum_strs"]) or got != ca_value:
+                mismatched.append((name, (got, choices), (ca_value, ca_ctrl["enum_strs"])))
+            continue
+        got = value["value"]
+        same = math.isclose(got, ca_value, rel_tol=1e-12) if prm.kind is Kind.FLOAT else \
+            got == ca_value
+        if not same:
+            mismatched.append((name, got, ca_value))
+        if prm.kind in (Kind.INT, Kind.FLOAT) and prm.low is not None and prm.high is not None:
+            limits = (value["control.limitLow"], value["control.limitHigh"])
+            ca_limits = (ca_ctrl["lower_ctrl_limit"], ca_ctrl["upper_ctrl_limit"])
+            if limits != pytest.approx(ca_limits) or limits != pytest.approx((prm.low, prm.high)):
+                mismatched.append((name, limits, ca_limits))
+            assert value["display.units"] == prm.units
+            if prm.kind is Kind.FLOAT:
+                assert value["display.precision"] == prm.precision == ca_ctrl["precision"]
+    assert not mismatched, f"{len(mismatched)} differ, e.g. {mismatched[:10]}"
+
+
+def _ca_get_all(names: list[str], with_ctrl: set[str]) -> list[tuple[object, dict]]:
+    """Values and control metadata of many PVs over CA, channels connected in parallel."""
+    from epics import ca
+    chids = [ca.create_channel(n, connect=False, auto_cb=False) for n in names]
+    try:
+        for chid in chids:
+            assert ca.connect_channel(chid, timeout=10), ca.name(chid)
+        for chid in chids:
+            ca.get(chid, wait=False)
+        ca.pend_io(10)
+        out = []
+        for name, chid in zip(names, chids):
+            value = ca.get_complete(chid, timeout=10)
+            ctrl = ca.get_ctrlvars(chid, timeout=10) if name in with_ctrl else {}
+            if isinstance(value, bytes):
+                value = value.decode()
+            out.append((value, ctrl))
+        return out
+    finally:
+        for chid in chids:
+            ca.clear_channel(chid)
+
+
+# --- the same put path ----------------------------------------------------------------------------
+def test_pva_puts_are_clamped_and_refused_as_ca_puts(default_ioc, pva):
+    p = default_ioc.prefix
+    # every kind of clamp: a value beyond each declared limit, over CA then over PVA
+    limited = [(n, prm) for n, prm, rb in served_pvs(p) if not rb and prm.kind in
+               (Kind.INT, Kind.FLOAT) and prm.low is not None and prm.high is not None
+               and prm.access.name == "RW" and ":TS" not in n and "Acquire" not in n]
+    assert len(limited) > 20
+    for name, prm in limited[::max(1, len(limited) // 40)]:
+        for beyond in (prm.high + 1e6, prm.low - 1e6):
+            if prm.kind is Kind.INT:
+                beyond = int(max(min(beyond, 2 ** 31 - 1), -2 ** 31))
+            readback = name + "_RBV" if not prm.rbv_name else name[: -len(prm.name)] + prm.rbv_name
+            assert epics.caput(name, beyond, wait=True, timeout=5) == 1, name
+            over_ca = get(readback)
+            epics.caput(name, prm.default if prm.default is not None else 0, wait=True)
+            pva.put(name, beyond, wait=True)
+            over_pva = pva.get(readback)["value"]
+            assert over_pva == over_ca, (name, beyond, over_ca, over_pva)
+            assert over_pva in (prm.low, prm.high), (name, over_pva)
+        epics.caput(name, prm.default if prm.default is not None else 0, wait=True)
+    with pytest.raises(RemoteError, match="not a finite number"):
+        pva.put(p + "cam1:AcquireTime", float("nan"))
+    with pytest.raises(RemoteError, match="read-only"):
+        pva.put(p + "cam1:ArrayCounter_RBV", 3)
+    with pytest.raises(RemoteError, match="outside 0..2"):
+        pva.put(p + "HDF1:FileWriteMode", {"value.index": 9})
+    status = pva.get(p + "HDF1:StatusMessage_RBV")["value"]
+    assert "refused" in bytes(status.astype(np.uint8)).decode(), status
+    # a char waveform path takes text as QSRV serves it: NUL-terminated bytes
+    pva.put(p + "HDF1:FileName", np.frombuffer(b"from_pva\0", dtype=np.int8))
+    assert get(p + "HDF1:FileName_RBV", as_string=True) == "from_pva"
+    # (an int32 field carries int32 on the wire: a client converts 2**40 before sending, as it
+    # would for QSRV; a double into an int goes through the put path as its int value)
+    # the IOC still serves a clean acquisition afterwards, put-completion over PVA
+    put(p + "cam1:ImageMode", "Multiple")
+    put(p + "cam1:NumImages", 3)
+    put(p + "cam1:AcquirePeriod", 0.1)
+    put(p + "cam1:ArrayCounter", 0)
+    started = time.monotonic()
+    pva.put(p + "cam1:Acquire", 1, wait=True, timeout=10)
+    took = time.monotonic() - started
+    assert get(p + "cam1:ArrayCounter_RBV") == 3  # done when the put completed
+    assert took >= 0.2, took  # three frames 0.1 s apart: the put waited for them
+    assert pva.get(p + "cam1:Acquire")["value.index"] == 0
+    # without completion requested, the put returns once the acquisition has started
+    put(p + "cam1:NumImages", 20)
+    started = time.monotonic()
+    pva.put(p + "cam1:Acquire", 1)
+    assert time.monotonic() - started < 1.0
+    assert wait_for(lambda: get(p + "cam1:DetectorState_RBV", as_string=True) == "Acquire", 5)
+    put(p + "cam1:Acquire", 0)
+    put(p + "cam1:AcquirePeriod", 0.0)
+    assert "Traceback" not in default_ioc.log()
+
+
+# --- Pva1:Image -----------------------------------------------------------------------------------
+DATA_TYPES = ["Int8", "UInt8", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+              "Float32", "Float64"]
+NUMPY = dict(zip(DATA_TYPES, ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]))
+
+SMALL_IOC = """
+drivers:
+  - {type: sim, port: SIM1, prefix: "cam1:", options: {max_size_x: 64, max_size_y: 48}}
+plugins:
+  - {type: pva, port: PVA1, prefix: "Pva1:", input: SIM1, blocking: true, enabled: true}
+  - {type: attribute, port: ATTR1, prefix: "Attr1:", input: SIM1, blocking: true, enabled: true}
+  - {type: codec, port: CODEC1, prefix: "Codec1:", input: SIM1, blocking: true, enabled: true}
+  - {type: pva, port: PVA2, prefix: "Pva2:", input: CODEC1, blocking: true, enabled: true}
+"""
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    from conftest import running_ioc
+    with running_ioc(SMALL_IOC, tmp_path_factory.mktemp("pva")) as ioc:
+        p = ioc.prefix
+        for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"), ("Gain", 1.0),
+                            ("AcquireTime", 0.001), ("SimMode", "LinearRamp"),
+                            ("GainRed", 1.0), ("GainGreen", 2.0), ("GainBlue", 3.0)]:
+            put(p + "cam1:" + name, value)
+        yield ioc
+
+
+def frame(pva, name: str):
+    value = pva.get(name, timeout=5)
+    dims = [d["size"] for d in value["dimension"]]
+    return value, np.asarray(value["value"]).reshape(dims[::-1])
+
+
+@pytest.mark.parametrize("data_type", DATA_TYPES)
+@pytest.mark.parametrize("color", ["Mono", "RGB1"])
+def test_pva1_image_is_the_ramp_with_its_metadata(small, pva, data_type, color):
+    p = small.prefix
+    put(p + "cam1:DataType", data_type)
+    put(p + "cam1:ColorMode", color)
+    put(p + "cam1:Reset", 1)
+    put(p + "cam1:Acquire", 1)
+    value, data = frame(pva, p + "Pva1:Image")
+    dtype = np.dtype(NUMPY[data_type])
+    assert data.dtype == dtype
+    expected = ramp(64, 48)
+    if color == "Mono":
+        assert data.shape == (48, 64)
+        np.testing.assert_array_equal(data, wrap(expected, dtype) if dtype.kind in "iu"
+                                      else expected.astype(dtype))
+    else:
+        assert data.shape == (48, 64, 3)  # RGB1: dims [3, x, y]
+        for plane, gain in enumerate((1, 2, 3)):
+            want = np.trunc(gain * expected)
+            np.testing.assert_array_equal(data[..., plane], wrap(want, dtype)
+                                          if dtype.kind in "iu" else want.astype(dtype))
+    # uniqueId, timestamps and attributes as the file writers and Attr1 see them
+    assert value["uniqueId"] == get(p + "cam1:ArrayCounter_RBV")
+    attrs = {a["name"]: a for a in value["attribute"]}
+    assert attrs["ColorMode"]["value"] == {"Mono": 0, "RGB1": 2}[color]
+    stamp = value["timeStamp.secondsPastEpoch"] + value["timeStamp.nanoseconds"] * 1e-9
+    assert abs(stamp - time.time()) < 30
+    data_stamp = value["dataTimeStamp.secondsPastEpoch"] + \
+        value["dataTimeStamp.nanoseconds"] * 1e-9
+    assert abs(data_stamp - stamp) < 1.0
+    assert [d["size"] for d in value["dimension"]] == \
+        ([64, 48] if color == "Mono" else [3, 64, 48])
+    assert value["uncompressedSize"] == data.nbytes
+    assert value["codec.name"] == ""
+
+
+@pytest.mark.parametrize("codec", ["Blosc", "LZ4", "BSLZ4", "JPEG"])
+def test_compressed_frames_go_out_compressed_and_decompress_to_the_original(small, pva, codec):
+    p = small.prefix
+    put(p + "cam1:DataType", "UInt8" if codec == "JPEG" else "UInt16")
+    put(p + "cam1:ColorMode", "Mono")
+    put(p + "Codec1:Mode", "Compress")
+    put(p + "Codec1:Compressor", codec)
+    if codec == "JPEG":
+        put(p + "Codec1:JPEGQuality", 100)
+    put(p + "cam1:Reset", 1)
+    put(p + "cam1:Acquire", 1)
+    plain, original = frame(pva, p + "Pva1:Image")
+    packed = pva.get(p + "Pva2:Image", timeout=5)
+    assert packed["codec.name"] == codec.lower()
+    assert packed["uniqueId"] == plain["uniqueId"]
+    assert packed["compressedSize"] == len(packed["value"]) < original.nbytes
+    assert packed["uncompressedSize"] == original.nbytes
+    data = decompress_wire(packed, original.dtype)
+    if codec == "JPEG":  # lossy even at quality 100: close, not equal
+        assert np.abs(data.astype(int) - original.astype(int)).max() <= 4
+    else:
+        np.testing.assert_array_equal(data.reshape(original.shape), original)
+    put(p + "Codec1:Mode", "Compress")
+
+
+def decompress_wire(value, dtype: np.dtype) -> np.ndarray:
+    """Decode an NTNDArray's compressed bytes as ADCore's pvaDriver would (ADCore's wire bytes:
+    a Blosc frame, a bare LZ4 block, bitshuffle/LZ4 blocks with no header, a JPEG file), the
+    element type from codec.parameters (pvData ScalarType)."""
+    import struct
+
+    import imagecodecs
+    from ndflow.plugins.codec import bshuf_block_elements, decode_bslz4
+    raw = np.asarray(value["value"]).astype(np.uint8).tobytes()
+    assert value["codec.parameters"] == {"i1": 1, "u1": 5, "i2": 2, "u2": 6}[dtype.str[1:]]
+    size, name = value["uncompressedSize"], value["codec.name"]
+    if name == "blosc":
+        plain = imagecodecs.blosc_decode(raw)
+    elif name == "lz4":
+        plain = imagecodecs.lz4_decode(raw, out=size)
+    elif name == "bslz4":
+        header = struct.pack(">QI", size, bshuf_block_elements(dtype.itemsize) * dtype.itemsize)
+        return decode_bslz4(np.frombuffer(header + raw, np.uint8), dtype, size // dtype.itemsize)
+    else:
+        assert name == "jpeg"
+        return np.asarray(imagecodecs.jpeg8_decode(raw))
+    return np.frombuffer(plain, dtype=dtype)
+
+
+def test_pvapy_reads_the_same_frame(small, pva):
+    import pvaccess
+    p = small.prefix
+    put(p + "cam1:DataType", "UInt16")
+    put(p + "cam1:ColorMode", "Mono")
+    put(p + "cam1:Reset", 1)
+    put(p + "cam1:Acquire", 1)
+    _, data = frame(pva, p + "Pva1:Image")
+    channel = pvaccess.Channel(p + "Pva1:Image")
+    obj = channel.get("")
+    values = obj["value"][0]["ushortValue"]
+    dims = [d["size"] for d in obj["dimension"]]
+    np.testing.assert_array_equal(np.asarray(values).reshape(dims[::-1]), data)
+    assert obj["uniqueId"] == get(p + "cam1:ArrayCounter_RBV")
+
+
+def test_pvname_rbv_names_the_image_pv(small):
+    p = small.prefix
+    assert get(p + "Pva1:PvName_RBV", as_string=True) == p + "Pva1:Image"
+    assert get(p + "Pva1:PluginType_RBV", as_string=True) == "NDPluginPva"
+
+
+# --- ophyd-async with every signal over pva:// ----------------------------------------------------
+def test_ophyd_async_simdetector_over_pva_counts_five_frames_into_hdf5(default_ioc, tmp_path):
+    import asyncio
+
+    import h5py
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from ophyd_async.core import StaticFilenameProvider, StaticPathProvider
+    from ophyd_async.epics.adcore import ADWriterFactory
+    from ophyd_async.epics.adsimdetector import SimDetector
+
+    p = default_ioc.prefix
+    put(p + "cam1:Acquire", 0)
+    for name, value in [("SizeX", 128), ("SizeY", 64), ("MinX", 0), ("MinY", 0),
+                        ("DataType", "UInt16"), ("ColorMode", "Mono"),
+                        ("SimMode", "LinearRamp"), ("Gain", 1.0), ("AcquireTime", 0.01),
+                        ("AcquirePeriod", 0.0), ("Reset", 1)]:
+        put(p + "cam1:" + name, value)
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    docs: list[tuple[str, dict]] = []
+    RE = RunEngine({}, call_returns_result=True)
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+
+    async def make() -> SimDetector:
+        path_provider = StaticPathProvider(StaticFilenameProvider("over_pva"), folder)
+        det = SimDetector("pva://" + p, ADWriterFactory.hdf(path_provider), name="det")
+        await det.connect(timeout=10)
+        return det
+
+    det = asyncio.run_coroutine_threadsafe(make(), RE.loop).result(30)
+    # every signal of the device goes over pvAccess
+    sources = [sig.source for sig in _signals(det)]
+    assert sources and all(s.startswith("pva://") for s in sources), sources[:5]
+    RE(count([det], num=5))
+    assert docs[-1][1]["exit_status"] == "success"
+    with h5py.File(folder / "over_pva.h5") as f:
+        data = f["/entry/data/data"]
+        assert data.shape == (5, 64, 128)
+        ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]
+        np.testing.assert_array_equal(np.diff(ids), 1)
+        first = int(ids[0])
+        for row in (0, 4):
+            frame = int(ids[row]) - first + 1
+            np.testing.assert_array_equal(data[row], wrap(ramp(128, 64, inc=10, frame=frame), "u2"))
+
+
+def _signals(device):
+    from ophyd_async.core import Signal
+    for _, child in device.children():
+        if isinstance(child, Signal):
+            yield child
+        else:
+            yield from _signals(child)
