@@ -358,3 +358,59 @@ def _signals(device):
             yield child
         else:
             yield from _signals(child)
+
+
+# --- the same frame as the file writer sees it ----------------------------------------------------
+HDF_IOC = """
+data_roots: ["{root}"]
+drivers:
+  - {{type: sim, port: SIM1, prefix: "cam1:", options: {{max_size_x: 40, max_size_y: 30}}}}
+plugins:
+  - {{type: pva, port: PVA1, prefix: "Pva1:", input: SIM1, blocking: true, enabled: true}}
+  - {{type: hdf5, port: HDF1, prefix: "HDF1:", input: SIM1, blocking: true, enabled: true}}
+"""
+ATTRIBUTES = ('<Attributes>'  # under the 256 characters of NDAttributesFile
+              '<Attribute name="Gain" type="PARAM" source="Gain" datatype="DOUBLE" '
+              'description="camera gain"/>'
+              '<Attribute name="Frames" type="PARAM" source="ArrayCounter" datatype="INT"/>'
+              '<Attribute name="Label" type="CONST" source="bl 7" datatype="STRING"/>'
+              '</Attributes>')
+
+
+def test_pva_frame_carries_what_hdf5_records_for_it(start_ioc, tmp_path, pva):
+    import h5py
+    from conftest import unique_prefix
+    p = unique_prefix()
+    start_ioc(HDF_IOC.format(root=tmp_path), prefix=p)
+    for name, value in [("ImageMode", "Single"), ("WaitForPlugins", "Yes"), ("Gain", 2.5),
+                        ("NDAttributesFile", ATTRIBUTES), ("DataType", "UInt16")]:
+        put(p + "cam1:" + name, value)
+    for name, value in [("FilePath", str(tmp_path)), ("FileName", "same"),
+                        ("FileTemplate", "%s%s.h5"), ("FileWriteMode", "Single"),
+                        ("AutoSave", "Yes"), ("AutoIncrement", "No")]:
+        put(p + "HDF1:" + name, value)
+    assert get(p + "cam1:NDAttributesStatus", as_string=True) == "Attributes file OK", \
+        get(p + "cam1:NDAttributesFile", as_string=True)
+    put(p + "cam1:Acquire", 1)
+    value, data = frame(pva, p + "Pva1:Image")
+    attrs = {a["name"]: a for a in value["attribute"]}
+    with h5py.File(tmp_path / "same.h5") as f:
+        np.testing.assert_array_equal(f["/entry/data/data"][...].reshape(data.shape), data)
+        nd = f["/entry/instrument/NDAttributes"]
+        assert value["uniqueId"] == int(nd["NDArrayUniqueId"][0])
+        # timeStamp is the EPICS time stamp, dataTimeStamp the array's, both on the POSIX epoch
+        assert value["timeStamp.secondsPastEpoch"] == int(nd["NDArrayEpicsTSSec"][0]) + 631152000
+        assert value["timeStamp.nanoseconds"] == int(nd["NDArrayEpicsTSnSec"][0])
+        data_ts = value["dataTimeStamp.secondsPastEpoch"] + \
+            value["dataTimeStamp.nanoseconds"] * 1e-9
+        assert data_ts - 631152000 == pytest.approx(float(nd["NDArrayTimeStamp"][0]), abs=1e-6)
+        for name in ("Gain", "Frames", "Label"):
+            stored = nd[name][()]
+            stored = stored[0] if getattr(stored, "shape", ()) else stored
+            stored = stored.decode() if isinstance(stored, bytes) else stored
+            assert attrs[name]["value"] == stored, name
+    assert attrs["Gain"]["value"] == 2.5 and attrs["Gain"]["descriptor"] == "camera gain"
+    assert attrs["Gain"]["sourceType"] == 1 and attrs["Gain"]["source"] == "Gain"  # PARAM
+    assert attrs["Label"]["sourceType"] == 4 and attrs["Label"]["value"] == "bl 7"  # CONST
+    assert [d["size"] for d in value["dimension"]] == [40, 30]
+    assert [d["binning"] for d in value["dimension"]] == [1, 1]
