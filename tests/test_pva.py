@@ -414,3 +414,49 @@ def test_pva_frame_carries_what_hdf5_records_for_it(start_ioc, tmp_path, pva):
     assert attrs["Label"]["sourceType"] == 4 and attrs["Label"]["value"] == "bl 7"  # CONST
     assert [d["size"] for d in value["dimension"]] == [40, 30]
     assert [d["binning"] for d in value["dimension"]] == [1, 1]
+
+
+# --- a fuzzing client over PVA --------------------------------------------------------------------
+def test_fuzz_every_writable_pv_over_pva(default_ioc, pva):
+    """Extreme values of each PV's own wire type (a PVA client converts other types to it before
+    sending): every put answers, a success or an error, within its timeout; afterwards every
+    plugin still processes, an acquisition with put-completion over PVA works and the log has
+    no traceback."""
+    from test_fuzz_puts import BUSY, declared_targets
+    p = default_ioc.prefix
+    targets = [t for t in declared_targets(p) if not t.busy and t.param.kind is not Kind.ARRAY]
+    long_text = np.frombuffer(b"x" * 10_000 + b"\0", dtype=np.int8)
+    rounds = {
+        Kind.FLOAT: [math.nan, math.inf, -math.inf, 1e300, -1e300],
+        Kind.INT: [2 ** 31 - 1, -(2 ** 31), 0],
+        Kind.ENUM: [{"value.index": 99}, {"value.index": -1}, {"value.index": 2 ** 31 - 1}],
+        Kind.STRING: ["x" * 10_000, "", "\0abc"],
+        Kind.TEXT: [long_text, np.zeros(1, np.int8), np.frombuffer(b"../../etc\0", np.int8)],
+    }
+    answered = refused = 0
+    for i in range(max(len(v) for v in rounds.values())):
+        batch = [(t.pv, rounds[t.param.kind][i]) for t in targets
+                 if i < len(rounds[t.param.kind]) and t.param.name.rsplit(":", 1)[-1] not in BUSY]
+        for start in range(0, len(batch), 200):
+            names, values = zip(*batch[start:start + 200])
+            results = pva.put(list(names), list(values), throw=False, timeout=10)
+            for name, result in zip(names, results):
+                assert not isinstance(result, TimeoutError), f"put to {name} did not answer"
+                assert result is None or isinstance(result, RemoteError), (name, result)
+                answered += 1
+                refused += result is not None
+    assert answered > 2000 and refused > 500, (answered, refused)
+    # every plugin still works and an acquisition completes with put-completion over PVA
+    put(p + "cam1:Acquire", 0)
+    for name, value in [("ImageMode", "Single"), ("DataType", "UInt8"), ("ColorMode", "Mono"),
+                        ("SizeX", 64), ("SizeY", 64), ("MinX", 0), ("MinY", 0), ("BinX", 1),
+                        ("BinY", 1), ("AcquireTime", 0.001), ("AcquirePeriod", 0.0),
+                        ("WaitForPlugins", "Yes"), ("NumImages", 1)]:
+        put(p + "cam1:" + name, value)
+    put(p + "Stats1:EnableCallbacks", "Enable")
+    put(p + "Stats1:ComputeStatistics", "Yes")
+    put(p + "Stats1:NDArrayPort", "SIM1")
+    before = get(p + "Stats1:ArrayCounter_RBV")
+    pva.put(p + "cam1:Acquire", 1, wait=True, timeout=10)
+    assert wait_for(lambda: get(p + "Stats1:ArrayCounter_RBV") == before + 1, 5)
+    assert "Traceback" not in default_ioc.log()
