@@ -36,6 +36,8 @@ class DriverConfig(_Strict):
     loss_policy: Literal["drop", "pause"] = Field(
         "drop", description="frames the pipeline cannot take: dropped (counted), or the "
         "acquisition pauses until there is room (LossPolicy)")
+    asg: str = Field("DEFAULT", description="the access security group of its PVs (ASG in "
+                     "the access_security file)")
     options: dict[str, Any] = Field(default_factory=dict, description="driver-specific")
 
 
@@ -53,6 +55,8 @@ class PluginConfig(_Strict):
         "make the upstream wait (LossPolicy)")
     max_threads: int = Field(1, ge=1, le=64)
     pool_mb: float = Field(0.0, ge=0)
+    asg: str = Field("DEFAULT", description="the access security group of its PVs (ASG in "
+                     "the access_security file)")
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -61,6 +65,14 @@ class PublishConfig(_Strict):
                               description="shortest time between two updates of one PV")
     array_mb_per_s: float = Field(400.0, gt=0,
                                   description="byte budget for posting large waveforms")
+
+
+class AccessSecurityConfig(_Strict):
+    file: str = Field("", description="an EPICS access security file (ACF: UAG, HAG, ASG, "
+                      "RULE), relative to this file; empty: every client may read and write")
+    client_ip: bool = Field(False, description="match HAGs against the client's address (HAG "
+                            "names resolved), as EPICS' asCheckClientIP, not the host name the "
+                            "client reports")
 
 
 class IOCConfig(_Strict):
@@ -79,6 +91,7 @@ class IOCConfig(_Strict):
     transports: list[str] = Field(
         default_factory=lambda: ["ca", "pva"], description="the protocols every PV is served "
         "over: ca (Channel Access), pva (pvAccess); both by default, as an EPICS 7 IOC with QSRV")
+    access_security: AccessSecurityConfig = Field(default_factory=AccessSecurityConfig)
     memory_budget_mb: float = Field(
         -1.0, ge=-1.0, description="what all array pools may hold together (frames in queues, "
         "Capture buffers, deferred processing), in MB; 0 = no limit; -1 = half the machine's "
