@@ -37,6 +37,7 @@ from . import shm
 from .adcore import AD_BASE, NDARRAY_BASE
 from .arrayport import ArrayPort
 from .busy import until
+from .refusals import REFUSALS
 from .transport import HANDLED
 from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
@@ -402,8 +403,10 @@ class Driver(ArrayPort):
             self.describe(frame, with_type=False)
         else:
             acquisition.note_lost(counter, failed=False)
-            self.message(f"frame {counter} missing: {frame.status.missing.value} "
-                         f"{frame.status.message}".rstrip(), logging.WARNING)
+            text = f"frame {counter} missing: {frame.status.missing.value} " \
+                   f"{frame.status.message}".rstrip()
+            self.message(text, log=False)  # every frame on the status; the log rate-limited
+            REFUSALS.line(self.log, f"{self.port}:missing", f"{self.port}: {text}")
         acquisition.frames += 1
         if not params["ArrayCallbacks"]:
             return

@@ -11,6 +11,15 @@ Capture and WriteFile are busy records: a put-callback of 1 completes when the c
 is over. The file name is C `sprintf(FileTemplate, FilePath, FileName, FileNumber)`; FileNumber
 increments after each file when AutoIncrement=Yes.
 
+Stopping (ndflow's DrainOnStop, Yes by default): ADCore's Capture=0 closes the file at once, and the
+frames still waiting in the plugin's queue are lost (ADCore#469). With DrainOnStop=Yes, Capture=0
+puts a mark in the queue behind the frames (and placeholders) already in it; the worker writes
+them, reaches the mark, and only then stops the capture and closes the file (Capture mode: writes
+the buffer), so every frame that reached the writer before Capture=0 is in the file. The put
+completes then; frames that arrive after it are not taken. With No, Capture=0 stops at once
+(ADCore). NumCapture=0 in Capture mode holds frames until memory is full: the first frame the
+pools or the IOC's memory budget refuse ends the capture (with its row), as a full buffer does.
+
 What ndflow adds: a file is only ever written under the configured data roots (`data_roots`),
 whatever FilePath, FileName or FileTemplate say, because anyone on the network can write those
 PVs. Every output folder and file is opened (or created) relative to a descriptor of its data
@@ -22,12 +31,22 @@ integer) in that order, or an I/O error (permission, disk full) sets WriteStatus
 closes what was open so the frames already written stay readable, and leaves the IOC serving.
 Missing frames (placeholders for lost arrays) reach the writer too; `write_missing` records them.
 
+Errors: a put that cannot do what it asks (a FilePath that is outside the data roots, missing or
+a link, a Capture=1 that cannot start, a WriteFile that fails) is refused: the client gets the
+reason as a put error (PutRefused), WriteStatus/WriteMessage show it, and the log has one line,
+rate-limited per PV. A refused FilePath is still stored, as ADCore stores it (with
+FilePathExists_RBV=0), so a client that ignores put errors cannot write into the folder it meant
+to leave. Errors of the data path (a write failing at every frame) are logged at most once per
+writer every few seconds, with the count of those held back.
+
 Locking (DESIGN.md 3, "Ports own their work"): no CA put waits for a write. `_lock` is the file's
 lock, held across file I/O by the worker and by the thread a put hands its I/O to (Capture,
 WriteFile and the FilePath checks run, in the order the puts came, in the writer's one I/O thread
-while the event loop awaits them; HDF5's FlushNow in an executor); the event loop never takes it. `_state_lock` guards the capture buffer and whether a capture is on, is never held
-across I/O, and is all that FreeCapture and the stopping half of Capture=0 take. Frames are
-written with the parameters the base froze for them (`frame_params`).
+while the event loop awaits them; a draining Capture=0 in the worker, at its mark, and a
+Capture=1 waits for it; HDF5's FlushNow in an executor); the event loop never takes it.
+`_state_lock` guards the capture buffer and whether a capture is on, is never held across I/O,
+and is all that FreeCapture and the stopping half of Capture=0 take. Frames are written with the
+parameters the base froze for them (`frame_params`).
 """
 
 from __future__ import annotations
@@ -40,17 +59,18 @@ import os
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar, Mapping
 
 from ndflow import safepath
 from ndflow.busy import Busy, finish
+from ndflow.component import PutRefused
 from ndflow.transport import HANDLED
-from ndflow.ndarray import NDArray
-from ndflow.params import R, RW, W, Param, bool_param, enum_param, int_param, string_param, \
-    text_param
-from ndflow.plugin import Plugin
+from ndflow.ndarray import MissingCause, NDArray
+from ndflow.params import INT32_MAX, R, RW, W, Param, bool_param, enum_param, int_param, \
+    string_param, text_param
+from ndflow.plugin import Inbox, Plugin
 from ndflow.safepath import Location, PathRefused
 
 SINGLE, CAPTURE, STREAM = 0, 1, 2
@@ -76,7 +96,9 @@ NDFILE: tuple[Param, ...] = (
     enum_param("FileWriteMode", ("Single", "Capture", "Stream"), 0, RW, group="File"),
     bool_param("Capture", "Done", "Capture", 0, RW, coalesce=False, also_setpoint=True,
                group="File"),
-    int_param("NumCapture", 1, RW, low=0, group="File"),
+    int_param("NumCapture", 1, RW, low=0, high=INT32_MAX, group="File",
+              doc="frames per capture; 0 = no limit (Stream: until Capture=0; Capture: until "
+                  "memory is full, see the IOC's memory budget)"),
     int_param("NumCaptured_RBV", 0, R, group="File"),
     bool_param("FreeCapture", "Done", "Free", 0, W, group="File"),
     bool_param("DeleteDriverFile", "No", "Yes", 0, RW, group="File"),
@@ -84,7 +106,17 @@ NDFILE: tuple[Param, ...] = (
     text_param("WriteMessage", 256, "", R, group="File"),
     bool_param("LazyOpen", "No", "Yes", 0, RW, group="File"),
     string_param("TempSuffix", "", RW, group="File"),
+    # ndflow: ADCore's Capture=0 loses the frames still queued (ADCore#469)
+    bool_param("DrainOnStop", "No", "Yes", 1, RW, group="File",
+               doc="Yes: Capture=0 completes once the frames queued before it are written, "
+                   "then the file closes. No: stop at once; queued frames are not written "
+                   "(ADCore)"),
 )
+
+#: an Inbox item: a function run in line with the frames (see _MarkedInbox)
+_MARK = "mark"
+#: a writer logs a data-path error (or a note) at most once per this many seconds, per topic
+_LOG_INTERVAL = 5.0
 
 _CONVERSION = re.compile(r"%([-+ #0]*)(\d+|\*)?(?:\.(\d+|\*))?([hlL]*)([a-zA-Z%])")
 _TEMPLATE_ARGS = ("s", "s", "d")
@@ -92,6 +124,49 @@ _TEMPLATE_ARGS = ("s", "s", "d")
 
 class WriteError(Exception):
     """A file could not be written; the message is what WriteMessage shows."""
+
+
+class _MarkedInbox(Inbox):
+    """The plugin's Inbox, plus marks: a function queued in line, behind every frame and
+    placeholder already queued, that the worker runs when it gets there (as it runs a
+    between_frames command: `get` hands it over as a callable)."""
+
+    def mark(self, fn: Any) -> None:
+        self.put(_MARK, fn)
+
+    def get(self, timeout: float) -> Any:
+        item = super().get(timeout)
+        if isinstance(item, tuple) and item[0] == _MARK:
+            return item[1]
+        return item
+
+
+class RateLimitedLog:
+    """One line per topic every `interval` seconds at `level`; the lines held back meanwhile
+    are counted in the next one, so something failing (or clamped) at every frame cannot
+    flood the log."""
+
+    def __init__(self, logger: logging.Logger, level: int,
+                 interval: float = _LOG_INTERVAL) -> None:
+        self.logger = logger
+        self.level = level
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._since: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def line(self, topic: str, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            since = self._since.get(topic)
+            if since is not None and now - since < self.interval:
+                self._held[topic] = self._held.get(topic, 0) + 1
+                return
+            held = self._held.pop(topic, 0)
+            self._since[topic] = now
+        if held:
+            text += f" ({held} more like it in the last {self.interval:.0f} s not logged)"
+        self.logger.log(self.level, "%s", text)
 
 
 def format_file_name(template: str, path: str, name: str, number: int) -> str:
@@ -126,6 +201,9 @@ class FileWriter(Plugin):
     compression_aware = True
 
     def __init__(self, *args: Any, **kw: Any) -> None:
+        # One worker, as ADCore's NDPluginFile: rows go in order, and a DrainOnStop mark is
+        # reached only once every frame before it is written
+        kw["max_threads"] = 1
         super().__init__(*args, **kw)
         self.values["FileTemplate"] = f"%s%s_%3.3d{self.extension}"
         self._lock = threading.RLock()  # the open file: held across I/O, never on the loop
@@ -139,6 +217,13 @@ class FileWriter(Plugin):
         self._io: ThreadPoolExecutor | None = None  # puts' file work, one at a time, in order
         self._opened_at = 0.0
         self._bytes = 0
+        self._inbox = _MarkedInbox()  # before start(): no worker serves the base's yet
+        self._capture_puts = 0  # Capture puts so far: each one's number (see put_Capture)
+        self._capture_seq = 0  # the number of the put that started the capture on (or last on)
+        self._stopped_at = 0  # the number of the latest Capture=0 that has taken effect
+        self._in_line_ops: set[Future] = set()  # Capture puts' work queued in line, pending
+        self._errors = RateLimitedLog(self.log, logging.ERROR)
+        self.notes = RateLimitedLog(self.log, logging.WARNING)  # a format's clamps at open
 
     # --- what a format provides -------------------------------------------------------------------
     def open_file(self, path: Path, first: NDArray) -> None:
@@ -175,45 +260,63 @@ class FileWriter(Plugin):
     # --- FilePath and names (the folder is checked and created off the event loop) ------------
     async def put_FilePath(self, value: str) -> str:
         path = value if value.endswith("/") or not value else value + "/"
-        await self._off_loop(self._check_path, path, True)
+        if not path:  # no folder: nothing can be written until one is given (not an error)
+            self.set("FilePathExists_RBV", 0)
+            return path
+        reason = await self._off_loop(self._check_path, path, True)
+        if reason is not None:
+            # Stored all the same, as ADCore stores it (FilePathExists_RBV=0): a client that
+            # does not look at put errors (pyepics' caput) must not go on writing into the
+            # folder it meant to leave. Then refused: the client gets the reason, the log one
+            # line (rate-limited per PV by handle_put).
+            param = self.params["FilePath"]
+            self.values["FilePath"] = path
+            self.params_version += 1
+            await self._publish_readbacks(param, path, None)
+            raise PutRefused(reason)
         return path
 
     async def put_CreateDirectory(self, value: int) -> int:
         self.values["CreateDirectory"] = value
         if self.values["FilePath"]:
-            await self._off_loop(self._check_path, self.values["FilePath"], True)
+            reason = await self._off_loop(self._check_path, self.values["FilePath"], True)
+            if reason is not None:  # the value is fine; the folder is still unusable
+                self.message(reason, logging.WARNING)  # rate-limited: said within the put
         return value
 
-    def _check_path(self, path: str, create: bool) -> bool:
-        """Set FilePathExists_RBV (and WriteMessage when refused); create it if asked. The
-        folder is reached (and created) from its data root's descriptor, links refused."""
-        ok = False
+    def _check_path(self, path: str, create: bool) -> str | None:
+        """Set FilePathExists_RBV (and WriteStatus/WriteMessage when refused); create it if
+        asked. The folder is reached (and created) from its data root's descriptor, links
+        refused. Returns why the folder cannot be used, or None; logs nothing (the put that
+        asked says it, rate-limited)."""
+        reason = None
         try:
             where = self._allowed(path)
             depth = self.values["CreateDirectory"]
             create_from = _create_from(where, depth) if create and depth else None
             try:
                 os.close(safepath.open_folder(where, create_from))
-                ok = True
             except FileNotFoundError as exc:
                 if create_from is not None:
-                    self._error(f"cannot create {where.path}: {exc.filename} does not exist "
-                                f"(CreateDirectory={depth})")
+                    reason = (f"cannot create {where.path}: {exc.filename} does not exist "
+                              f"(CreateDirectory={depth})")
                 else:
-                    self._error(f"FilePath {path} does not exist" + (
-                        "" if depth else " (set CreateDirectory to create it)"))
+                    reason = f"FilePath {path} does not exist" + (
+                        "" if depth else " (set CreateDirectory to create it)")
             except safepath.NotAFolder as exc:
-                self._error(f"FilePath {path} does not exist ({exc})")
+                reason = f"FilePath {path} does not exist ({exc})"
             except PathRefused as exc:
-                self._error(f"FilePath {path} refused: {exc}")
+                reason = f"FilePath {path} refused: {exc}"
             except OSError as exc:
-                self._error(f"FilePath {path}: {exc.strerror}")
+                reason = f"FilePath {path}: {exc.strerror}"
         except WriteError as exc:
-            self._error(str(exc))
-        self.set("FilePathExists_RBV", int(ok))
-        if ok and self.values["WriteStatus"]:
+            reason = str(exc)
+        self.set("FilePathExists_RBV", int(reason is None))
+        if reason is not None:
+            self._fail(reason)
+        elif self.values["WriteStatus"]:
             self.set_many({"WriteStatus": 0, "WriteMessage": ""})
-        return ok
+        return reason
 
     def _allowed(self, path: str | Path) -> Location:
         """Where `path` is: a data root and the components below it (by its text alone; it is
@@ -295,20 +398,32 @@ class FileWriter(Plugin):
         if self._open_params["AutoIncrement"]:
             self.set("FileNumber", self.values["FileNumber"] + 1)
 
-    def _error(self, message: str) -> None:
+    def _fail(self, message: str) -> None:
+        """Show a failure on WriteStatus/WriteMessage and StatusMessage_RBV, without logging
+        it (a put refusing with it is logged by handle_put)."""
         self.set_many({"WriteStatus": 1, "WriteMessage": message[:255]})
-        self.message(message, logging.ERROR)
+        self.message(message, log=False)
+
+    def _error(self, message: str) -> None:
+        """A failure of the data path (or of work a put handed over and does not refuse for):
+        shown as `_fail` does, and logged at most once per few seconds."""
+        self._fail(message)
+        self._errors.line("write", message)
 
     # --- writing --------------------------------------------------------------------------------------
-    def _write_files(self, arrays: list[NDArray], params: Mapping[str, Any]) -> bool:
+    def _write_files(self, arrays: list[NDArray], params: Mapping[str, Any],
+                     log: bool = True) -> str | None:
         """Write `arrays` to one file (or one file each), reporting failure on the PVs (file
-        lock held)."""
+        lock held); returns the failure, or None. `log`=False: the caller (a put that refuses
+        with it) has it said."""
         if not arrays:
-            return True
+            return None
+        report = self._error if log else self._fail
         valid = [a for a in arrays if a.valid]
         if not valid:
-            self._error(f"none of the {len(arrays)} captured arrays is valid: no file written")
-            return False
+            message = f"none of the {len(arrays)} captured arrays is valid: no file written"
+            report(message)
+            return message
         groups = [arrays] if self.multiple_arrays else [[a] for a in valid]
         try:
             for group in groups:
@@ -317,10 +432,10 @@ class FileWriter(Plugin):
                     self._write_one(array)
                 self._close()
         except WriteError as exc:
-            self._error(str(exc))
+            report(str(exc))
             self._close()
-            return False
-        return True
+            return str(exc)
+        return None
 
     def _open_for(self, first: NDArray, params: Mapping[str, Any]) -> None:
         path = self._next_file(params)
@@ -389,10 +504,20 @@ class FileWriter(Plugin):
                 self._buffer.append(array)
                 held = len(self._buffer)
                 self.set("NumCaptured_RBV", held)
-                if not params["NumCapture"] or held < params["NumCapture"]:
+                limit = params["NumCapture"]
+                # NumCapture=0: as many as memory holds. The first frame refused for memory
+                # (the buffer holds the pool, or the IOC's budget is reached) ends it, with
+                # its row: placeholders cost no pixels but would pile up without end.
+                memory_full = not limit and array.status.missing is MissingCause.NO_MEMORY
+                if not memory_full and (not limit or held < limit):
                     return
                 self._capturing = False  # full: this capture ends with this array
+                kept = sum(1 for a in self._buffer if a.valid)
                 arrays = self._take_buffer() if params["AutoSave"] else []
+            if memory_full:
+                self.message(f"Capture ended: memory full with {kept} frames held (NumCapture 0 "
+                             f"holds what memory allows; {array.status.message or 'no memory'})",
+                             logging.WARNING)
             with self._lock:  # the buffer is out of reach of FreeCapture while written
                 self._write_files(arrays, params)
                 self._end_capture()
@@ -441,51 +566,111 @@ class FileWriter(Plugin):
         self._capture.release()
 
     # --- busy records (event-loop thread; file work in an executor, awaited) ---------------------
+    # Capture puts run in two lanes: the I/O thread (starts, and stops without DrainOnStop), and
+    # in line with the frames, through the worker (a DrainOnStop stop; and a start put while an
+    # in-line stop is pending, so that it begins right behind it and takes the frames that come
+    # after its put). Each put has a number, in the order the puts came, so the lanes cannot
+    # undo each other: a stop ends only a capture an earlier put started, and a start does not
+    # begin once a later stop has taken effect.
     async def put_Capture(self, value: int) -> Any:
+        self._capture_puts += 1
+        seq = self._capture_puts
         if not value:
+            if self.values["DrainOnStop"] and self._running and self._workers:
+                return await self._drain_then_stop(seq)
             with self._state_lock:  # no frame is taken from now on
                 self._capturing = False
+                self._stopped_at = seq
                 arrays = self._take_buffer() if self.values["FileWriteMode"] == CAPTURE and \
                     self.values["AutoSave"] else []
             # completes once the file is written and closed, as in ADCore
-            await self._off_loop(self._stop_capture, arrays)
+            await self._off_loop(self._stop_capture, arrays, seq)
             return HANDLED
         if self.values["FileWriteMode"] == SINGLE:
-            self._error("Capture needs FileWriteMode Capture or Stream")
-            return HANDLED
+            message = "Capture needs FileWriteMode Capture or Stream"
+            self._fail(message)
+            raise PutRefused(message)
         # This capture's own completion, armed before it starts (it may end at once) and
         # installed by the start, so the end of a capture before it cannot complete this put.
         busy = Busy()
         waiting = busy.arm()
-        if not await self._off_loop(self._start_capture, busy):
+        if self._in_line_ops:  # a stop still draining: begin right behind it
+            outcome = await asyncio.shield(asyncio.wrap_future(
+                self._in_line(self._begin_capture, busy, seq)))
+        else:
+            outcome = await self._off_loop(self._begin_capture, busy, seq)
+        if outcome is not True:
             busy.release()
-            return HANDLED
+            if outcome is None:  # a later Capture=0 took effect first: over before it began
+                return HANDLED
+            raise PutRefused(outcome or "the capture could not start")
         return await finish(waiting, self.publisher)
 
+    def _in_line(self, fn: Any, *args: Any) -> Future:
+        """Run `fn(*args)` in the worker, in line behind the frames queued now (a mark); its
+        result in the returned future, which stays in `_in_line_ops` until done."""
+        result: Future = Future()
+        self._in_line_ops.add(result)
+        result.add_done_callback(self._in_line_ops.discard)
+
+        def run() -> None:
+            try:
+                result.set_result(fn(*args))
+            except BaseException as exc:  # the put that waits says it
+                result.set_exception(exc)
+        self._inbox.mark(run)
+        return result
+
+    async def _drain_then_stop(self, seq: int) -> Any:
+        """Capture=0 with DrainOnStop: a mark goes into the queue behind the frames already in
+        it; the worker writes them, then stops the capture when it reaches the mark (Capture
+        mode: writes the buffer with AutoSave) and closes the file. The put completes then.
+        Frames queued after the mark find the capture over and are not taken."""
+        def stop() -> None:
+            with self._state_lock:
+                self._stopped_at = max(self._stopped_at, seq)
+                if self._capture_seq > seq:  # a capture a later put started: not ours to end
+                    return
+                self._capturing = False
+                arrays = self._take_buffer() if self.values["FileWriteMode"] == CAPTURE \
+                    and self.values["AutoSave"] else []
+            self._stop_capture(arrays, seq)
+        return await finish(self._in_line(stop), self.publisher)
+
     def _start_capture(self, busy: Busy) -> bool:
+        """Start a capture now (the reason on WriteMessage if it cannot)."""
+        return self._begin_capture(busy, self._capture_puts) is True
+
+    def _begin_capture(self, busy: Busy, seq: int) -> bool | str | None:
+        """Start the capture put number `seq`: True; the reason it cannot start (the put
+        refuses with it, and WriteMessage shows it); None if a later Capture=0 has already
+        taken effect (nothing to start)."""
         with self._lock:
             with self._state_lock:
+                if self._stopped_at > seq:
+                    return None
                 self._capturing = False
                 self._buffer = []
+                self._capture_seq = seq
             self._close()
             self._early_missing = []
             self.set("NumCaptured_RBV", 0)
             v = dict(self.values)  # a put's work: the values as the client left them
             mode = v["FileWriteMode"]
-            started = True
+            failure = ""
             last = self._last_input
-            if mode == STREAM and not self._check_path(v["FilePath"], create=True):
-                started = False
-            elif mode == STREAM and not v["LazyOpen"] and last is not None and last.valid \
-                    and self.multiple_arrays:
+            if mode == STREAM:
+                failure = self._check_path(v["FilePath"], create=True) or ""
+            if not failure and mode == STREAM and not v["LazyOpen"] and last is not None and \
+                    last.valid and self.multiple_arrays:
                 try:
                     self._open_for(last, v)
                 except WriteError as exc:
-                    self._error(str(exc))
-                    started = False
-            if not started:
+                    failure = str(exc)
+                    self._fail(failure)
+            if failure:
                 self._end_capture()  # a capture running until now has ended too
-                return False
+                return failure
             previous, self._capture = self._capture, busy
             previous.release()  # a capture running until now restarts, as in ADCore
             self.set("Capture", 1)
@@ -493,8 +678,12 @@ class FileWriter(Plugin):
                 self._capturing = True
             return True
 
-    def _stop_capture(self, arrays: list[NDArray]) -> None:
+    def _stop_capture(self, arrays: list[NDArray], seq: int | None = None) -> None:
+        """The end of the capture Capture=0 put number `seq` stops (None: whichever is on):
+        write what it held, close the file. A capture a later put started is left alone."""
         with self._lock:
+            if seq is not None and self._capture_seq > seq:
+                return
             self._write_files(arrays, dict(self.values))
             self._close()
             self._end_capture()
@@ -503,27 +692,35 @@ class FileWriter(Plugin):
         if not value:
             return 0
         self.set("WriteFile", 1)
-        await self._off_loop(self._write_now)
-        self.set("WriteFile", 0)
+        try:
+            failure = await self._off_loop(self._write_now)
+        finally:
+            self.set("WriteFile", 0)
+        if failure is not None:
+            raise PutRefused(failure)
         return HANDLED
 
-    def _write_now(self) -> None:
+    def _write_now(self) -> str | None:
+        """WriteFile's work (I/O thread): the failure, or None."""
         v = dict(self.values)
         mode = v["FileWriteMode"]
+        failure: str | None
         if mode == CAPTURE:
             with self._state_lock:
                 arrays = self._take_buffer()
             with self._lock:
-                self._write_files(arrays, v)
-        elif mode == SINGLE:
+                return self._write_files(arrays, v, log=False)
+        if mode == SINGLE:
             last = self._last_input
             if last is None or not last.valid:
-                self._error("WriteFile: no array received yet")
-                return
-            with self._lock:
-                self._write_files([last], v)
+                failure = "WriteFile: no array received yet"
+            else:
+                with self._lock:
+                    return self._write_files([last], v, log=False)
         else:
-            self._error("WriteFile does nothing in Stream mode (use Capture)")
+            failure = "WriteFile does nothing in Stream mode (use Capture)"
+        self._fail(failure)
+        return failure
 
     def put_FreeCapture(self, value: int) -> int:
         if value:
@@ -534,12 +731,16 @@ class FileWriter(Plugin):
 
     def put_ReadFile(self, value: int) -> int:
         if value:
-            self._error(f"{self.plugin_type}: reading files back is not supported")
+            message = f"{self.plugin_type}: reading files back is not supported"
+            self._fail(message)
+            raise PutRefused(message)
         return 0
 
     def put_FileFormat(self, value: int) -> int:
         if value:
-            self._error("FileFormat: only the first choice is supported")
+            message = "FileFormat: only the first choice is supported"
+            self._fail(message)
+            raise PutRefused(message)
         return 0
 
     def shutdown(self) -> None:

@@ -25,6 +25,13 @@ datasets exist. Readers may open it while it grows; they see frames up to the la
 (NumFramesFlush, FlushNow, and the close). Attributes that first appear after the file was opened
 are not stored (SWMR cannot add datasets), and a warning names them.
 
+Chunks and FillValue, fitted when a file opens (the frame's size and type are known only then),
+each fitting said on StatusMessage_RBV and logged at most once per few seconds: frames per chunk
+(NumFramesChunks, declared up to 2**20) at most the frames the file will hold (NumCapture; 1 in
+Single mode), and a chunk within HDF5's limits (2**32-1 elements, 4 GiB; HDF5 accepts a bigger
+chunk at creation and fails at the first write, which allocates it whole); FillValue clamped to
+the data type's range and truncated for integers, as HDF5 converts (a cast would wrap -5 to 251).
+
 A full disk: HDF5 cannot recover from a failed write (the library may crash when the file is
 closed afterwards). So before each row the writer checks the room left: free space on the file
 system and the process's file-size limit. It stops with "disk full" while there is still room
@@ -41,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import resource
 import time
@@ -55,7 +63,7 @@ from ndflow.ndarray import Acquisition, MissingCause, NDArray
 from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
     string_param, text_param
 from ndflow.plugins.codec import BLOSC_CNAMES, BLOSC_COMPRESSORS
-from ndflow.plugins.file_writer import FileWriter, WriteError
+from ndflow.plugins.file_writer import SINGLE, FileWriter, WriteError
 
 ATTR_GROUP = "/entry/instrument/NDAttributes"
 COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
@@ -67,17 +75,32 @@ _CLOSE_MARGIN = 64 * 1024
 _ATTRIBUTE_BLOCK = 64
 #: files whose writes failed inside HDF5: kept open forever, because closing them can crash
 _ABANDONED: list[Any] = []
+#: HDF5's limits for one chunk: 2**32-1 elements and 4 GiB. The library accepts a bigger chunk
+#: when the dataset is created and fails at the first write (it allocates whole chunks), so the
+#: chunk shape is fitted when the file opens (_chunks).
+CHUNK_MAX_BYTES = 2 ** 32 - 1
+CHUNK_MAX_ELEMENTS = 2 ** 32 - 1
+#: declared maximum of a chunk setting (rows, columns, frames or attribute values per chunk):
+#: chunk sizes are fitted to the frame and to CHUNK_MAX_BYTES when a file opens anyway; this
+#: keeps what a client can ask for in a range that means something (a million frames of a
+#: 1-pixel detector per chunk is 8 MB)
+CHUNK_SETTING_MAX = 2 ** 20
 
 HDF5_PARAMS = (
     enum_param("FileFormat", ("HDF5", "Invalid"), 0, RW, rbv_choices=("HDF5", "Undefined"),
                group="File"),
     bool_param("FlushNow", "Done", "Flush", 0, W, group="HDF5"),
     bool_param("ChunkSizeAuto", "No", "Yes", 1, RW, group="Chunking"),
-    int_param("NumRowChunks", 0, RW, low=0, group="Chunking"),
-    int_param("NumColChunks", 0, RW, low=0, group="Chunking"),
-    *(int_param(f"ChunkSize{i}", 0, RW, low=0, group="Chunking") for i in range(2, 10)),
-    int_param("NumFramesChunks", 0, RW, low=0, group="Chunking"),
-    int_param("NDAttributeChunk", 0, RW, low=0, group="Chunking"),
+    int_param("NumRowChunks", 0, RW, low=0, high=CHUNK_SETTING_MAX, group="Chunking",
+              doc="rows per chunk (0: all); at most the frame's, and within HDF5's 4 GiB"),
+    int_param("NumColChunks", 0, RW, low=0, high=CHUNK_SETTING_MAX, group="Chunking",
+              doc="columns per chunk (0: all); at most the frame's"),
+    *(int_param(f"ChunkSize{i}", 0, RW, low=0, high=CHUNK_SETTING_MAX, group="Chunking")
+      for i in range(2, 10)),
+    int_param("NumFramesChunks", 0, RW, low=0, high=CHUNK_SETTING_MAX, group="Chunking",
+              doc="frames per chunk (0: 1); at most NumCapture, and within HDF5's 4 GiB per "
+                  "chunk (fitted when the file opens, said on StatusMessage_RBV)"),
+    int_param("NDAttributeChunk", 0, RW, low=0, high=CHUNK_SETTING_MAX, group="Chunking"),
     int_param("BoundaryAlign", 0, RW, low=0, units="bytes", group="Chunking"),
     int_param("BoundaryThreshold", 1, RW, low=0, units="bytes", group="Chunking"),
     int_param("NumFramesFlush", 0, RW, low=0, group="Chunking",
@@ -101,7 +124,9 @@ HDF5_PARAMS = (
     int_param("BloscLevel", 5, RW, low=0, high=9, group="Compression"),
     int_param("JPEGQuality", 90, RW, low=1, high=100, group="Compression"),
     bool_param("DimAttDatasets", "No", "Yes", 0, RW, group="HDF5"),
-    float_param("FillValue", 0.0, RW, precision=1, group="HDF5"),
+    float_param("FillValue", 0.0, RW, precision=1, group="HDF5",
+                doc="what the rows of lost frames hold; clamped to the data type's range when "
+                    "the file opens (integers truncated, as HDF5 converts)"),
     text_param("XMLFileName", 2048, "", RW, group="Layout"),
     bool_param("XMLValid_RBV", "No", "Yes", 1, R, group="Layout"),
     text_param("XMLErrorMsg_RBV", 256, "", R, group="Layout"),
@@ -228,26 +253,64 @@ class HDF5(FileWriter):
         shape = tuple(d.size for d in reversed(first.dims))
         dtype = first.dtype if first.dtype is not None else np.dtype("u1")
         self._direct = first.codec.compressed
+        notes: dict[str, str] = {}  # settings this file cannot use as they stand
         if self._direct:
             chunks = (1, *shape)
             filters = _codec_filter(first)
         else:
-            chunks = self._chunks(shape)
+            chunks = self._chunks(shape, dtype.itemsize, notes)
             filters = self._filter()
+        requested = self.values["FillValue"]
+        fill, note = fill_value(requested, dtype)
+        if note:
+            notes["FillValue"] = f"FillValue {requested:g} {note}"
+        if notes:  # on StatusMessage_RBV, and logged once per topic every few seconds (files
+            # may open at every frame)
+            self.message("; ".join(notes.values()), log=False)
+            for topic, text in notes.items():
+                self.notes.line(topic, text)
         dataset = group.create_dataset(
             "data", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks,
-            fillvalue=np.asarray(self.values["FillValue"]).astype(dtype), **filters)
+            fillvalue=fill, **filters)
         dataset.attrs["signal"] = 1
         return dataset
 
-    def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+    def _chunks(self, shape: tuple[int, ...], itemsize: int,
+                notes: dict[str, str]) -> tuple[int, ...]:
+        """The chunk shape: the settings, fitted to the frame, to the frames the file will
+        hold (NumCapture; 1 in Single mode) and to HDF5's limits per chunk, each fitting said
+        in `notes` (HDF5 would take a 4 GiB chunk at creation and fail at the first write, or
+        write gigabytes of fill for a few frames)."""
         v = self.values
-        frames = max(1, v["NumFramesChunks"])
+        requested = max(1, v["NumFramesChunks"])
         if v["ChunkSizeAuto"] or len(shape) < 2:
-            return (frames, *shape)
-        rows = min(v["NumRowChunks"] or shape[-2], shape[-2])
-        cols = min(v["NumColChunks"] or shape[-1], shape[-1])
-        return (frames, *shape[:-2], rows, cols)
+            frame = list(shape)
+        else:
+            frame = [*shape[:-2], min(v["NumRowChunks"] or shape[-2], shape[-2]),
+                     min(v["NumColChunks"] or shape[-1], shape[-1])]
+        frames = requested
+        said = []
+        held = 1 if v["FileWriteMode"] == SINGLE else v["NumCapture"]
+        if held and frames > held:
+            frames = held
+            said.append(f"NumFramesChunks {requested} > the {held} frames of a file: "
+                        f"{frames} per chunk")
+        limit = min(CHUNK_MAX_ELEMENTS, CHUNK_MAX_BYTES // max(1, itemsize))
+        fitted = list(frame)
+        for axis in range(len(fitted)):  # a frame bigger than a chunk may be: fewer rows first
+            others = math.prod(fitted) // fitted[axis]
+            fitted[axis] = max(1, min(fitted[axis], limit // others))
+        if fitted != frame:
+            said.append(f"a chunk of one frame {tuple(frame)} is over HDF5's 4 GiB: "
+                        f"{tuple(fitted)}")
+        most = max(1, limit // math.prod(fitted))
+        if frames > most:
+            said.append(f"{frames} frames of {math.prod(fitted) * itemsize} bytes per chunk "
+                        f"are over HDF5's 4 GiB: {most} per chunk")
+            frames = most
+        if said:
+            notes["chunks"] = "chunking fitted: " + "; ".join(said)
+        return (frames, *fitted)
 
     def _filter(self) -> dict[str, Any]:
         v = self.values
@@ -435,6 +498,28 @@ def acquisition_record(acquisition: Acquisition) -> dict[str, Any]:
     return {"driver": json.dumps(scalars(acquisition.params)),
             "pipeline": json.dumps(pipeline), "frames": acquisition.frames,
             "state": acquisition.state.name}
+
+
+def fill_value(value: float, dtype: np.dtype) -> tuple[Any, str | None]:
+    """FillValue as a dataset of `dtype` holds it, and what was changed: clamped to the type's
+    range and, for integers, truncated toward zero, as HDF5's own conversion does (numpy's cast
+    would wrap -5 to 251 in a UInt8 and make 1e30 whatever the platform gives)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        number = min(max(int(value), int(info.min)), int(info.max))  # value is finite
+        fill = dtype.type(number)
+        if number != value:
+            kind = "truncated" if info.min <= value <= info.max else "clamped"
+            return fill, f"{kind} to {number} for {dtype.name} data"
+        return fill, None
+    if dtype.kind == "f":
+        info = np.finfo(dtype)
+        number = min(max(value, float(info.min)), float(info.max))
+        if number != value:
+            return dtype.type(number), f"clamped to {number:g} for {dtype.name} data"
+        return dtype.type(value), None
+    return np.zeros((), dtype)[()], None
 
 
 def _attr_dtype(value: Any) -> np.dtype:

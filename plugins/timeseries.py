@@ -21,6 +21,7 @@ acquiring, at stop, and whenever TSRead is written.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Sequence
@@ -29,10 +30,12 @@ import numpy as np
 
 from ndflow.busy import Busy, finish
 from ndflow.component import Component
-from ndflow.params import R, RW, W, Param, array_param, bool_param, enum_param, float_param, \
-    int_param
+from ndflow.params import INT32_MAX, R, RW, W, Param, array_param, bool_param, enum_param, \
+    float_param, int_param
 
 FIXED = 0  # TSAcquireMode "Fixed length" (1 is "Circ. buffer")
+#: arrays averaged into one point at most: TSNumAverage is a 32-bit PV
+MAX_AVERAGE = INT32_MAX
 
 
 class TimeSeries:
@@ -69,13 +72,17 @@ class TimeSeries:
                        doc="Publish the time-series waveforms now"),
             int_param(n("TSNumPoints"), self.nchans, W, low=1, high=self.nchans, group=group),
             int_param(n("TSCurrentPoint"), 0, R, group=group),
-            # At most a day (ndflow.adcore.MAX_SECONDS): TSNumAverage = AveragingTime /
-            # TimePerPoint must fit its 32-bit PV (2**40 s did not).
+            # At most a day (ndflow.adcore.MAX_SECONDS). TSNumAverage = AveragingTime /
+            # TimePerPoint must fit its 32-bit PV: a declared limit cannot say "0, or at least
+            # x", so a tiny TimePerPoint (1e-300) is taken and the count is capped at
+            # MAX_AVERAGE (_compute_num_average), the readback showing the time it makes.
             float_param(n("TSTimePerPoint"), 0.0, RW, precision=3, low=0.0, high=86400.0,
                         units="s", group=group,
                         doc="Time between input arrays; 0 = one point per array"),
             float_param(n("TSAveragingTime"), 0.1, RW, precision=3, low=0.0, high=86400.0,
-                        units="s", group=group),
+                        units="s", group=group,
+                        doc="Time averaged into one point: a whole number of TSTimePerPoint, "
+                            f"at most {MAX_AVERAGE} of them"),
             int_param(n("TSNumAverage"), 1, R, group=group),
             float_param(n("TSElapsedTime"), 0.0, R, precision=3, units="s", group=group),
             enum_param(n("TSAcquireMode"), ("Fixed length", "Circ. buffer"), FIXED, RW,
@@ -214,12 +221,21 @@ class TimeSeries:
         self.owner.set(self.name("TSCurrentPoint"), 0)
 
     def _compute_num_average(self) -> float:
+        """ADCore's round(AveragingTime / TimePerPoint), at least 1 and at most MAX_AVERAGE
+        (1e-300 s per point would make 1e299, inf for a denormal): the averaging time
+        actually used is what the readback shows."""
         per_point = self.owner.values[self.name("TSTimePerPoint")]
         if per_point <= 0:
             number, actual = 1, self._averaging_requested
         else:
-            number = max(1, int(self._averaging_requested / per_point + 0.5))
+            ratio = self._averaging_requested / per_point + 0.5  # may be inf: not int()-ed
+            number = max(1, int(ratio)) if ratio < MAX_AVERAGE else MAX_AVERAGE
             actual = per_point * number
+            if number == MAX_AVERAGE:
+                self.owner.message(
+                    f"{self.name('TSNumAverage')} capped at {MAX_AVERAGE}: averaging "
+                    f"{self._averaging_requested:g} s over points {per_point:g} s apart; "
+                    f"TSAveragingTime is {actual:g} s", logging.WARNING)
         self.owner.values[self.name("TSAveragingTime")] = actual
         self.owner.set(self.name("TSAveragingTime"), actual)
         self.owner.set(self.name("TSNumAverage"), number)

@@ -6,6 +6,7 @@ for the compressed ones) and tifffile, in this process or in a second one.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
@@ -13,14 +14,17 @@ import resource
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import epics
 import h5py
 import hdf5plugin
 import numpy as np
+import psutil
 import pytest
 import tifffile
+from epics import ca, dbr
 
 from conftest import CA_ENV, NDFLOW, running_ioc, unique_prefix
 from test_acquisition import Monitor, get, put, ramp, wait_for, wrap
@@ -78,6 +82,37 @@ def p(ioc):
 
 def text(pv: str) -> str:
     return get(pv, as_string=True)
+
+
+def put_status(pv: str, value: str | float) -> int | None:
+    """A put-callback's CA status (dbr.ECA_NORMAL if the IOC took the put), which
+    epics.caput(wait=True) drops: with it a refused put reads as done. A str goes as characters
+    (a char-waveform PV such as FilePath), a number as DBR_DOUBLE. None: no answer in 10 s."""
+    chid = ca.create_channel(pv, connect=False, auto_cb=False)
+    assert ca.connect_channel(chid, timeout=5), f"cannot connect {pv}"
+    result: dict[str, int] = {}
+
+    def done(args) -> None:
+        result["status"] = args.status
+    callback = dbr.make_callback(done, dbr.event_handler_args)
+    if isinstance(value, str):
+        raw = value.encode() + b"\0"
+        ftype, data = dbr.CHAR, (ctypes.c_ubyte * len(raw))(*raw)
+    else:
+        ftype, data = dbr.DOUBLE, (ctypes.c_double * 1)(value)
+    usr = ctypes.py_object(0)
+    assert ca.libca.ca_array_put_callback(ftype, len(data), chid, data, callback,
+                                          usr) == dbr.ECA_NORMAL
+    ca.flush_io()
+    deadline = time.monotonic() + 10
+    while "status" not in result and time.monotonic() < deadline:
+        ca.poll(evt=1e-3, iot=0.01)
+    return result.get("status")
+
+
+def refused(status: int | None) -> bool:
+    """A put the IOC answered with a CA error."""
+    return status is not None and status != dbr.ECA_NORMAL
 
 
 def capture(p: str, acquire: int, plugin: str = "HDF1:", **settings) -> str:
@@ -221,7 +256,10 @@ def test_tiff_writes_one_readable_file_per_frame(ioc, p):
 
 
 def test_bad_paths_and_templates_are_reported_and_nothing_is_written(ioc, p, tmp_path):
-    put(p + "HDF1:FilePath", "/etc")
+    # refused with a CA error carrying the reason (pyepics' caput would not tell); stored as
+    # ADCore stores it, so nothing goes on being written into the folder before
+    assert refused(put_status(p + "HDF1:FilePath", "/etc"))
+    assert text(p + "HDF1:FilePath_RBV") == "/etc/"
     assert get(p + "HDF1:FilePathExists_RBV") == 0
     assert "outside the data roots" in text(p + "HDF1:WriteMessage")
     assert text(p + "HDF1:WriteStatus") == "Write error"
@@ -233,7 +271,7 @@ def test_bad_paths_and_templates_are_reported_and_nothing_is_written(ioc, p, tmp
     put(p + "HDF1:FilePath", str(blocker / "sub"))
     assert get(p + "HDF1:FilePathExists_RBV") == 0
     put(p + "HDF1:FileWriteMode", "Stream")
-    put(p + "HDF1:Capture", 1)  # refused at once: the put completes
+    assert refused(put_status(p + "HDF1:Capture", 1))  # at once
     assert get(p + "HDF1:Capture_RBV") == 0
     assert "does not exist" in text(p + "HDF1:WriteMessage")
 
@@ -373,3 +411,207 @@ def test_empty_text_puts_are_accepted(ioc, p):
     assert get(p + "HDF1:XMLValid_RBV") == 1
     put(p + "HDF1:FileName", "")
     assert text(p + "HDF1:FileName_RBV") == ""
+    # no folder is not a bad folder: taken (nothing can be written until one is given)
+    assert put_status(p + "HDF1:FilePath", "") == dbr.ECA_NORMAL
+    assert text(p + "HDF1:FilePath_RBV") == "" and get(p + "HDF1:FilePathExists_RBV") == 0
+
+
+# --- DrainOnStop, bad puts that cannot flood the log, declared limits -----------------------------
+DRAIN_FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    """An HDF5 writer slower than its driver: 512x512 UInt16 noise (incompressible) through
+    zlib level 9 takes some 20 ms a frame, the simulator makes one in a few, so an unpaced
+    acquisition leaves frames waiting in HDF1's queue (room for all of them: none dropped)."""
+    folder = tmp_path_factory.mktemp("slow")
+    root = folder / "data"
+    root.mkdir()
+    cfg = textwrap.dedent(f"""
+        data_roots: ["{root}"]
+        memory_budget_mb: 24
+        drivers:
+          - {{type: sim, port: SIM1, prefix: "cam1:",
+             options: {{max_size_x: 512, max_size_y: 512, data_type: UInt16}}}}
+        plugins:
+          - {{type: hdf5, port: FileHDF1, prefix: "HDF1:", input: SIM1, enabled: true,
+             queue_size: {DRAIN_FRAMES + 10}}}
+        """)
+    with running_ioc(cfg, folder) as ioc:
+        ioc.root = root
+        p = ioc.prefix
+        for name, value in [("SimMode", "Offset&Noise"), ("Noise", 30000), ("AcquireTime", 0),
+                            ("AcquirePeriod", 0), ("WaitForPlugins", "No")]:
+            put(p + "cam1:" + name, value)
+        yield ioc
+
+
+@pytest.mark.parametrize("drain", ["Yes", "No"])
+def test_capture_0_writes_the_frames_already_queued_with_drain_on_stop(slow, drain):
+    """Capture=0 right after an unpaced acquisition, while HDF1 still has frames queued:
+    DrainOnStop=Yes (the default) writes every one of them before the file closes and the put
+    completes; No (ADCore) stops at once and they are not in the file."""
+    p, h = slow.prefix, slow.prefix + "HDF1:"
+    assert text(h + "DrainOnStop_RBV") == "Yes"  # the default
+    put(p + "cam1:ArrayCounter", 0)
+    for name, value in [("FilePath", str(slow.root)), ("FileName", f"drain{drain}"),
+                        ("FileWriteMode", "Stream"), ("NumCapture", 0),
+                        ("Compression", "zlib"), ("ZLevel", 9), ("LazyOpen", "Yes"),
+                        ("DrainOnStop", drain)]:
+        put(h + name, value)
+    put(h + "Capture", 1, wait=False)
+    assert wait_for(lambda: get(h + "Capture_RBV") == 1)
+    put(p + "cam1:ImageMode", "Multiple")
+    put(p + "cam1:NumImages", DRAIN_FRAMES)
+    put(p + "cam1:Acquire", 1)  # done once acquired: HDF1 is still writing
+    written_at_stop = get(h + "NumCaptured_RBV")
+    put(h + "Capture", 0, timeout=30)
+    assert get(h + "Capture_RBV") == 0
+    assert get(h + "DroppedArrays") == 0  # every frame was queued
+    assert written_at_stop < DRAIN_FRAMES, "HDF1 kept up: nothing was queued at Capture=0"
+    with h5py.File(text(h + "FullFileName_RBV")) as f:
+        ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]
+        status = f["/entry/instrument/NDAttributes/NDArrayStatus"][:]
+        rows = f["/entry/data/data"].shape[0]
+    assert rows == len(ids) and (status == 0).all()
+    if drain == "Yes":  # every frame of the acquisition, in order
+        assert list(ids) == list(range(1, DRAIN_FRAMES + 1))
+    else:  # the first frames only: those queued at Capture=0 were not written
+        assert rows < DRAIN_FRAMES and list(ids) == list(range(1, rows + 1))
+    assert get(h + "NumCaptured_RBV") == rows
+    put(h + "DrainOnStop", "Yes")
+    put(h + "Compression", "None")
+
+
+def test_capture_1_right_after_a_draining_capture_0_takes_the_next_frames(slow):
+    """Capture=0 (draining) and at once Capture=1, then a second acquisition: the new capture
+    begins right behind the stop, so the first file holds the first acquisition and the
+    second file the second one, every frame of each."""
+    p, h = slow.prefix, slow.prefix + "HDF1:"
+    put(p + "cam1:ArrayCounter", 0)
+    for name, value in [("FilePath", str(slow.root)), ("FileName", "back_to_back"),
+                        ("FileNumber", 1), ("FileWriteMode", "Stream"), ("NumCapture", 0),
+                        ("Compression", "zlib"), ("ZLevel", 9), ("LazyOpen", "Yes"),
+                        ("DrainOnStop", "Yes")]:
+        put(h + name, value)
+    put(h + "Capture", 1, wait=False)
+    assert wait_for(lambda: get(h + "Capture_RBV") == 1)
+    put(p + "cam1:ImageMode", "Multiple")
+    put(p + "cam1:NumImages", DRAIN_FRAMES // 2)
+    put(p + "cam1:Acquire", 1)
+    put(h + "Capture", 0, wait=False)  # the queue still holds frames of the first acquisition
+    put(h + "Capture", 1, wait=False)
+    put(p + "cam1:Acquire", 1)
+    assert wait_for(lambda: get(h + "NumCaptured_RBV") == DRAIN_FRAMES // 2, timeout=20)
+    put(h + "Capture", 0, timeout=30)
+    half = DRAIN_FRAMES // 2
+    for number, first in ((1, 1), (2, half + 1)):
+        with h5py.File(slow.root / f"back_to_back_{number:03d}.h5") as f:
+            ids = f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]
+        assert list(ids) == list(range(first, first + half)), number
+    put(h + "Compression", "None")
+
+
+def test_capture_mode_with_num_capture_0_ends_when_memory_is_full(slow):
+    """NumCapture=0 in Capture mode, Capture=1 while acquiring unpaced: frames are held until
+    the IOC's memory budget (24 MB: some 40 frames of 512 kB) refuses the next one; that one
+    ends the capture with its row, the file is written (AutoSave) and the put completes. The
+    process does not grow past the budget while frames keep coming."""
+    p, h = slow.prefix, slow.prefix + "HDF1:"
+    for name, value in [("FilePath", str(slow.root)), ("FileName", "full"),
+                        ("FileWriteMode", "Capture"), ("NumCapture", 0), ("AutoSave", "Yes")]:
+        put(h + name, value)
+    rss = psutil.Process(slow.proc.pid).memory_info().rss
+    put(h + "Capture", 1, wait=False)
+    assert wait_for(lambda: get(h + "Capture_RBV") == 1)
+    put(p + "cam1:ImageMode", "Continuous")
+    put(p + "cam1:Acquire", 1, wait=False)
+    try:
+        assert wait_for(lambda: get(h + "Capture_RBV") == 0, timeout=20), \
+            f"the capture never ended; {get(h + 'NumCaptured_RBV')} held"
+        time.sleep(1)  # frames keep coming: not taken
+        grown = psutil.Process(slow.proc.pid).memory_info().rss - rss
+    finally:
+        put(p + "cam1:Acquire", 0)
+    assert "memory full" in text(h + "StatusMessage_RBV")
+    assert text(h + "WriteStatus") == "Write OK"
+    with h5py.File(text(h + "FullFileName_RBV")) as f:
+        status = f["/entry/instrument/NDAttributes/NDArrayStatus"][:]
+        missing = f["/entry/ndflow/missing"][:]
+    held = int((status == 0).sum())
+    assert 10 <= held <= 48  # what 24 MB holds of 512 kB frames (less what the driver has)
+    assert status[-1] != 0  # the frame that found memory full ends it, with its cause
+    assert missing["cause"][-1].decode() == "no memory in pool"
+    assert grown < 100 * 2 ** 20, f"grew {grown / 2 ** 20:.0f} MB"
+
+
+def test_bad_paths_are_refused_and_logged_once(slow, tmp_path):
+    """A client repeating a bad FilePath (outside the roots, missing, a link) or a Capture=1
+    that cannot start gets a CA error with each put, and the log one line per PV."""
+    p, h = slow.prefix, slow.prefix + "HDF1:"
+    (slow.root / "real").mkdir(exist_ok=True)
+    link = slow.root / "link"
+    link.symlink_to(slow.root / "real", target_is_directory=True)
+    put(h + "FileWriteMode", "Stream")
+    put(h + "CreateDirectory", 0)
+    cases = {"/etc/flood": "outside the data roots", str(slow.root / "nowhere"): "does not exist",
+             str(link): "symbolic link"}
+    for path, reason in cases.items():
+        statuses = [put_status(h + "FilePath", path) for _ in range(20)]
+        assert all(refused(s) for s in statuses), (path, statuses)  # each refused, answered
+        assert text(h + "FilePath_RBV") == path + "/"
+        assert get(h + "FilePathExists_RBV") == 0
+        assert reason in text(h + "WriteMessage")
+    assert all(refused(put_status(h + "Capture", 1)) for _ in range(10))
+    assert get(h + "Capture_RBV") == 0
+    # the folder that was missing, created on CreateDirectory: usable again
+    put(h + "FilePath", str(slow.root / "nowhere"))
+    put(h + "CreateDirectory", -1)
+    assert get(h + "FilePathExists_RBV") == 1 and (slow.root / "nowhere").is_dir()
+    log = slow.log()
+    path_lines = [line for line in log.splitlines() if "HDF1:FilePath:" in line]
+    capture_lines = [line for line in log.splitlines() if "HDF1:Capture:" in line]
+    assert len(path_lines) == 1 and "put refused" in path_lines[0], path_lines
+    assert len(capture_lines) == 1 and "put refused" in capture_lines[0], capture_lines
+    assert " ERROR " not in log, log
+
+
+def test_chunk_sizes_and_fill_value_are_fitted_when_the_file_opens(ioc, p):
+    """NumFramesChunks is declared up to 2**20 (2**31-1 clamps), fitted to the frames a file
+    holds (NumCapture) and to HDF5's 4 GiB per chunk, which h5py takes at creation and fails on
+    at the first write; FillValue is clamped to the data type. Each fitting is said on
+    StatusMessage_RBV, and the files open and read back."""
+    h = p + "HDF1:"
+    put(h + "ChunkSizeAuto", "No")
+    put(h + "NumFramesChunks", 2 ** 31 - 1)
+    assert get(h + "NumFramesChunks_RBV") == 2 ** 20
+    path = capture(p, 3, FileName="chunks", FileWriteMode="Stream", NumCapture=3,
+                   FillValue=1e30)
+    with h5py.File(path) as f:
+        data = f["/entry/data/data"]
+        assert data.chunks == (3, NY, NX)  # not 2**20 frames of fill for 3 frames
+        assert data.fillvalue == 65535  # 1e30 clamped to UInt16
+        np.testing.assert_array_equal(data[:], frames(3))
+    assert os.path.getsize(path) < 200_000
+    assert "FillValue 1e+30 clamped to 65535" in text(h + "StatusMessage_RBV")
+
+    # Unlimited capture: 2**20 frames of 6 kB would be a 6 GiB chunk. The file opens at once
+    # (LazyOpen No) and closes with no frame written, so nothing that big is ever allocated.
+    put(h + "FillValue", -5)
+    put(h + "NumCapture", 0)
+    put(h + "LazyOpen", "No")
+    put(h + "FileName", "chunks_unlimited")
+    put(h + "Capture", 1, wait=False)
+    assert wait_for(lambda: get(h + "Capture_RBV") == 1)
+    message = text(h + "StatusMessage_RBV")
+    put(h + "Capture", 0)
+    most = (2 ** 32 - 1) // (NX * NY * 2)
+    assert f"over HDF5's 4 GiB: {most} per chunk" in message, message
+    with h5py.File(text(h + "FullFileName_RBV")) as f:
+        data = f["/entry/data/data"]
+        assert data.chunks == (most, NY, NX) and data.shape == (0, NY, NX)
+        assert data.fillvalue == 0  # -5 clamped, not wrapped to 65531
+    for name, value in [("ChunkSizeAuto", "Yes"), ("NumFramesChunks", 0), ("FillValue", 0)]:
+        put(h + name, value)
+    assert "Traceback" not in ioc.log()
