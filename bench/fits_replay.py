@@ -75,7 +75,7 @@ def main() -> None:
         begun = time.perf_counter()
         summary = replay(config, files, lines)
         total = time.perf_counter() - begun
-        hfd = [row["FOCUS:Hfd_RBV"] for row in summary.rows]
+        hfd = [row["Focus:Hfd_RBV"] for row in summary.rows]
         same = bool(np.allclose(hfd, bare_hfd, equal_nan=True))
         print(json.dumps({"case": "ndflow replay (FITS -> focus.py -> field.py)",
                           "files": summary.files, "seconds": round(summary.seconds, 3),

@@ -22,7 +22,7 @@ from ndflow.adcore import AD_BASE, DATA_TYPES, NDARRAY_BASE, NUMPY_DTYPES
 from ndflow.driver import Driver, FrameContext
 from ndflow.graph import PortGraph
 from ndflow.ndarray import MissingCause, NDArray, NDDimension, region_transform
-from ndflow.params import RW, enum_param, float_param, int_param
+from ndflow.params import RW, enum_param, float_param, initial_values, int_param
 
 SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
 SIM_TO_ND_COLOR = (0, 2, 3, 4)  # index of the sim's ColorMode choice -> ADCore NDColorMode
@@ -71,6 +71,9 @@ class SimOptions(BaseModel):
     max_size_x: int = Field(1024, ge=1, le=65536)
     max_size_y: int = Field(1024, ge=1, le=65536)
     data_type: str = Field("UInt8", description="initial DataType: " + ", ".join(DATA_TYPES))
+    values: dict[str, Any] = Field(
+        default_factory=dict, description="initial values of its PVs, by setpoint name, as a "
+        "client would write them (e.g. {SimMode: Peaks, Gain: 200})")
 
 
 def wrap_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -110,6 +113,9 @@ class SimDetector(Driver):
         })
         self.params.override("MinX", high=opts.max_size_x - 1)
         self.params.override("MinY", high=opts.max_size_y - 1)
+        self.values.update(initial_values(
+            self.params, opts.values,
+            lambda name: hasattr(self, f"put_{name}") or name in self.put_hooks))
         self._raw: np.ndarray | None = None
         self._background: np.ndarray | None = None
         self._sine_counter = np.zeros(2, dtype=np.int64)

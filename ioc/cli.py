@@ -8,6 +8,7 @@ import faulthandler
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, registry
@@ -22,12 +23,14 @@ class OneLineErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("caproto") and "beacon" in str(record.msg):
-            # Nobody listening on the beacon port (no caRepeater) is normal on a closed host.
+            # Nobody listening on the beacon port (no caRepeater) is normal on a closed host:
+            # clients still find the IOC by search. Said once, and not as a warning.
             if OneLineErrors._beacon_warned:
                 return False
             OneLineErrors._beacon_warned = True
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "cannot send CA beacons (no CA repeater listening?); not repeated"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = ("cannot send CA beacons (no CA repeater listening; normal without "
+                          "caRepeater: clients find the IOC by search); not repeated")
             record.args, record.exc_info, record.exc_text = (), None, None
             return True
         if record.name.startswith("caproto") and "Invalid write request" in str(record.msg):
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("files", nargs="+", help="files, in the order to replay them")
     replay.add_argument("--table", metavar="PATH",
                         help="write the algorithms' outputs per file here (.csv or .h5)")
-    replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (on a terminal) or progress lines (otherwise)")
     for p in (run, screens, replay):  # replay: its summary says what happened
         p.add_argument("--log-level", default="WARNING" if p is replay else "INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -135,7 +139,8 @@ def _replay(args: argparse.Namespace) -> int:
     if table is not None and table.suffix.lower() not in (".csv", ".h5", ".hdf5"):
         print(f"ndflow: --table {table}: give a .csv or .h5 file", file=sys.stderr)
         return 2
-    show = None if args.no_progress or not sys.stderr.isatty() else _progress_bar
+    show = None if args.no_progress else _progress_bar if sys.stderr.isatty() else \
+        ProgressLines()
     try:
         config, lines = load_config(args.config)
         summary = replay(config, files, lines, table, show)
@@ -146,7 +151,7 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"ndflow: cannot write {exc.filename or table}: {exc.strerror or exc}",
               file=sys.stderr)
         return 1
-    if show is not None:
+    if show is _progress_bar:
         print(file=sys.stderr)
     print(summary.text() + (f"; table: {table}" if table else ""))
     return 0 if summary.frames == summary.files else 1
@@ -157,6 +162,24 @@ def _progress_bar(done: int, total: int, path: Path) -> None:
     filled = width * done // total
     print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {path.name[-40:]:40}",
           end="", file=sys.stderr, flush=True)
+
+
+class ProgressLines:
+    """Replay's progress where no bar can redraw (a log, a pipe, CI): a line after the first
+    file, then at most one every `interval` seconds, each a complete line."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.began = time.monotonic()
+        self.due = 0.0  # the first file is reported at once
+
+    def __call__(self, done: int, total: int, path: Path) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.interval
+        print(f"ndflow replay: {done}/{total} files after {now - self.began:.0f} s, "
+              f"last {path.name}", file=sys.stderr, flush=True)
 
 
 async def _serve(ioc) -> int:

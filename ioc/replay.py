@@ -4,7 +4,8 @@ server, for algorithm development away from the telescope.
 The IOC is built from the same config and runs the same code: each file is one Acquire of the
 file-reading driver, written through the same put path a CA client uses, and completes (with
 WaitForPlugins) when every plugin, Python algorithms included, has processed it. After each file
-the algorithms' outputs are read off their parameters into one table row. Every plugin has
+the algorithms' outputs are read off their parameters into one table row, a column per output
+named as its PV below the IOC prefix (`Focus:Hfd_RBV`). Every plugin has
 its callbacks enabled (replay exists to run them); file writers still write only when
 captured; the driver's folder watching and FTP gateway stay off.
 """
@@ -48,7 +49,7 @@ class ReplaySummary:
     files: int = 0
     frames: int = 0
     missing: Counter = field(default_factory=Counter)  # cause -> files
-    algorithm_failures: Counter = field(default_factory=Counter)  # port -> files
+    algorithm_failures: Counter = field(default_factory=Counter)  # plugin prefix -> files
     seconds: float = 0.0
     columns: list[str] = field(default_factory=list)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -58,7 +59,7 @@ class ReplaySummary:
         parts = [f"{self.files} files in {self.seconds:.1f} s ({rate:.1f}/s): "
                  f"{self.frames} frames"]
         parts += [f"{n} {cause}" for cause, n in self.missing.items()]
-        parts += [f"{port} failed on {n}" for port, n in self.algorithm_failures.items()]
+        parts += [f"{prefix} failed on {n}" for prefix, n in self.algorithm_failures.items()]
         return ", ".join(parts)
 
 
@@ -100,7 +101,7 @@ async def _run(ioc: Any, files: list[Path],
                             ("ArrayCallbacks", 1)):
             await put(driver, name, value)
         summary = ReplaySummary(columns=["file", "unique_id", "status"] + [
-            f"{p.port}:{name}" for p, names in algorithms.items() for name in names])
+            column(p, name) for p, names in algorithms.items() for name in names])
         begun = time.monotonic()
         for i, path in enumerate(files):
             failed_before = {p.port: _failures(p) for p in algorithms}
@@ -120,6 +121,11 @@ async def _run(ioc: Any, files: list[Path],
 async def put(component: Component, name: str, value: Any) -> None:
     """Write a parameter through the CA put path (hooks, clamping, readbacks)."""
     await component.handle_put(component.params[name], value)
+
+
+def column(plugin: Plugin, name: str) -> str:
+    """A table column: the output's PV name without the IOC prefix, as a user knows it."""
+    return f"{plugin.prefix}{name}"
 
 
 def _outputs(plugin: Plugin) -> list[str]:
@@ -144,10 +150,10 @@ def _row(path: Path, driver: Driver, algorithms: dict[Plugin, list[str]],
     for plugin, names in algorithms.items():
         failed = _failures(plugin) > failed_before[plugin.port]
         if failed:
-            summary.algorithm_failures[plugin.port] += 1
+            summary.algorithm_failures[plugin.prefix] += 1
         ok = status.valid and not failed
         for name in names:
-            row[f"{plugin.port}:{name}"] = plugin.values.get(name) if ok else None
+            row[column(plugin, name)] = plugin.values.get(name) if ok else None
     return row
 
 

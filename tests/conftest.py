@@ -17,6 +17,10 @@ from typing import Iterator
 
 import pytest
 
+# pyepics uses epicscorelibs' libca, as ophyd and aioca do. Import it before anything imports
+# epics.ca, or ophyd's import warns that it had no effect.
+import epicscorelibs.path.pyepics  # noqa: F401,E402
+
 
 def free_port_pair() -> int:
     """A port free for both TCP and UDP, with port+1 free too (repeater/beacons)."""

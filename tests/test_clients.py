@@ -54,19 +54,25 @@ def test_ophyd_simdetector_with_image_plugin(default_ioc):
 
 
 def test_ophyd_async_simdetector_connects_and_reads(default_ioc):
+    from aioca import purge_channel_caches
     from ophyd_async.epics.adcore import ADImageMode, ADState
     from ophyd_async.epics.adsimdetector import SimDetector
 
     async def run() -> tuple:
         det = SimDetector(default_ioc.prefix, name="det")
-        await det.connect(timeout=10)
-        await det.driver.image_mode.set(ADImageMode.SINGLE)
-        await det.driver.acquire_time.set(0.01)
-        await det.driver.acquire.set(True)  # put-callback: waits for the acquisition
-        return (await det.driver.detector_state.get_value(),
-                await det.driver.array_counter.get_value(),
-                await det.driver.manufacturer.get_value(),
-                await det.driver.image_mode.get_value())
+        try:
+            await det.connect(timeout=10)
+            await det.driver.image_mode.set(ADImageMode.SINGLE)
+            await det.driver.acquire_time.set(0.01)
+            await det.driver.acquire.set(True)  # put-callback: waits for the acquisition
+            return (await det.driver.detector_state.get_value(),
+                    await det.driver.array_counter.get_value(),
+                    await det.driver.manufacturer.get_value(),
+                    await det.driver.image_mode.get_value())
+        finally:
+            # aioca's channels outlive asyncio.run()'s loop: closed here, or the IOC going
+            # away later calls back into the closed loop ("Event loop is closed")
+            purge_channel_caches()
 
     state, counter, manufacturer, mode = asyncio.run(run())
     assert state == ADState.IDLE

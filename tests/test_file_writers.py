@@ -336,7 +336,8 @@ def test_disk_full_keeps_the_frames_already_written(tmp_path):
     proc = subprocess.Popen(NDFLOW + ["run", str(tmp_path / "ioc.yml"), "--prefix", p],
                             env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=cap)
     try:
-        assert wait_for(lambda: epics.caget(p + "cam1:Acquire_RBV", timeout=0.5) is not None,
+        assert wait_for(lambda: epics.caget(p + "cam1:Acquire_RBV", timeout=5,
+                                                connection_timeout=0.5) is not None,
                         timeout=30)
         put(p + "cam1:AcquireTime", 0.001)
         put(p + "cam1:WaitForPlugins", "Yes")

@@ -197,6 +197,32 @@ def test_focus_figure_of_merit_grows_with_defocus_and_alarms(ioc):
     assert get(p + "Py4:Fwhm_RBV.HIGH") == 8.0
 
 
+def test_status_message_describes_the_latest_frame(ioc):
+    """Issue 18: no message outlives the condition that caused it; the log has a line when the
+    condition begins and one when it ends, not one per frame."""
+    p = ioc.prefix
+    status = p + "Py4:StatusMessage_RBV"
+    peaks(p, 2, num=(3, 2), start=(24, 24))
+    put(p + "cam1:Gain", 0)  # an empty frame: no stars
+    acquire(p, 3)
+    last = get(p + "image1:UniqueId_RBV")
+    first = last - 2
+    assert wait_for(lambda: get(status, as_string=True) ==
+                    f"frame {last}: no stars above threshold (since frame {first})"), \
+        get(status, as_string=True)
+    put(p + "cam1:Gain", 1)
+    acquire(p)
+    assert wait_for(lambda: get(status, as_string=True) == f"frame {last + 1}: OK"), \
+        get(status, as_string=True)
+    acquire(p)  # stays: it says when the frames became fine again
+    assert get(p + "image1:UniqueId_RBV") == last + 2
+    assert get(status, as_string=True) == f"frame {last + 1}: OK"
+    log = [line for line in ioc.log().splitlines() if "ndflow.PY4: frame" in line]
+    assert log[-2:] == [log[-2][:24] + f"WARNING ndflow.PY4: frame {first}: no stars above "
+                        "threshold", log[-1][:24] + f"INFO ndflow.PY4: frame {last + 1}: OK "
+                        "again (after: no stars above threshold)"], log
+
+
 def wait_running(p: str, plugin: str) -> None:
     assert wait_for(lambda: get(p + plugin + "ChildState_RBV", as_string=True) == "Running",
                     timeout=15), get(p + plugin + "LastError_RBV")
@@ -310,7 +336,10 @@ def test_generated_screens_name_only_served_pvs(ioc, live_folder):
         pvs = {w.findtext("pv_name") for w in root.iter("widget") if w.findtext("pv_name")}
         for pv in pvs:
             name = pv.replace("$(P)", ioc.prefix).replace("$(R)", r)
-            assert epics.caget(name, timeout=3, as_string=True) is not None, (path.name, name)
+            # pyepics' caget takes the connection's time off `timeout`: keep it above
+            # connection_timeout, or a slow connection makes it negative (a warning, and None)
+            value = epics.caget(name, timeout=8, connection_timeout=3, as_string=True)
+            assert value is not None, (path.name, name)
 
 
 def test_output_images_reach_the_next_stage_intact(ioc):

@@ -155,8 +155,10 @@ def test_sigterm_and_ctrl_c_shut_down_cleanly(tmp_path):
                                 env={**os.environ, **CA_ENV,
                                      "EPICS_CA_SERVER_PORT": os.environ["EPICS_CA_SERVER_PORT"]})
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and epics.caget(prefix + "cam1:Acquire_RBV",
-                                                          timeout=0.5) is None:
+        # caget takes the connection's time off `timeout`: a short connection_timeout, not a
+        # short timeout (that went negative while the IOC started: a warning per try)
+        while time.monotonic() < deadline and epics.caget(
+                prefix + "cam1:Acquire_RBV", timeout=5, connection_timeout=0.5) is None:
             pass
         put(prefix + "cam1:ImageMode", "Continuous")
         put(prefix + "cam1:Acquire", 1, wait=False)

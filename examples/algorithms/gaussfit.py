@@ -1,9 +1,11 @@
 """Gaussian-plus-constant fits to a beam's x and y profiles (needs scipy), and the profiles.
 
 x profile = sum over rows (length nx), y profile = sum over columns (RGB: colour axis averaged
-first), each fitted with a * exp(-(x - c)**2 / (2 * s**2)) + b by scipy.optimize.curve_fit from
-moment estimates of profile - min(profile). A failed fit gives FitOk 0, a warning, and the moment
-estimates instead. Amplitudes are in summed counts, centres and widths in pixels.
+first), each fitted with a * exp(-(x - c)**2 / (2 * s**2)) + b by scipy.optimize.curve_fit from a
+first guess: b = min(profile), c = where the profile is highest, a = max - min, and s from the
+width of the run of points above half that height around c (a small beam in a large noisy frame
+is found as well as one that fills it). A failed fit gives FitOk 0, a warning, and the first
+guess instead. Amplitudes are in summed counts, centres and widths in pixels.
 """
 
 import math
@@ -22,22 +24,26 @@ def gaussian(x, amplitude, center, sigma, offset):
     return amplitude * np.exp(-0.5 * ((x - center) / sigma) ** 2) + offset
 
 
-def moments(x, profile):
-    """(amplitude, center, sigma, offset) from the moments of profile - min(profile)."""
+def first_guess(x, profile):
+    """(amplitude, center, sigma, offset): the highest point above the lowest, and the width of
+    the run of points around it above half its height."""
     offset = profile.min()
-    weights = profile - offset
-    total = weights.sum()
-    if not total > 0:
+    above = profile - offset
+    peak = int(np.argmax(above))
+    amplitude = above[peak]
+    if not amplitude > 0:
         return np.array([0.0, (x.size - 1) / 2, 0.0, offset])
-    center = (weights * x).sum() / total
-    return np.array([weights.max(), center, np.sqrt((weights * (x - center) ** 2).sum() / total),
-                     offset])
+    low = np.flatnonzero(above < amplitude / 2)  # the run ends at the nearest low point each side
+    left = low[low < peak].max(initial=-1) + 1
+    right = low[low > peak].min(initial=x.size) - 1
+    sigma = max((right - left + 1) / FWHM_PER_SIGMA, 0.5)
+    return np.array([amplitude, x[peak], sigma, offset])
 
 
 def fit(profile, max_iterations):
     """((amplitude, center, |sigma|), error message or "")."""
     x = np.arange(profile.size, dtype=np.float64)
-    guess = moments(x, profile)
+    guess = first_guess(x, profile)
     if not guess[2] > 0:
         return guess[:3], "flat profile"
     scale = np.abs(profile).max()  # fit a profile of order 1: better conditioned

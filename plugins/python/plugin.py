@@ -25,8 +25,9 @@ from ndflow.algorithm import INPUT_GROUP, OUTPUT_GROUP
 from ndflow.config import Site
 from ndflow.graph import PortGraph
 from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDimension
-from ndflow.params import (AlarmLimits, Access, Kind, Param, R, W, bool_param, enum_param,
-                           float_param, int_param, string_param, text_param)
+from ndflow.params import (AlarmLimits, Access, Kind, Param, ParamTable, R, W, bool_param,
+                           enum_param, float_param, initial_values, int_param, string_param,
+                           text_param)
 from ndflow.plugin import DEFERRED, Outputs, Plugin
 from ndflow.screens.bob import write_files
 from ndflow.screens.generate import component_files
@@ -72,6 +73,10 @@ class PythonOptions(BaseModel):
                                 "(overlaps hand-over with processing)")
     start_timeout_s: float = Field(30.0, gt=0)
     watch: bool = Field(True, description="reload when the file changes")
+    values: dict[str, Any] = Field(
+        default_factory=dict, description="initial values of the algorithm's inputs, by PV name "
+        "(e.g. {CaptureFrames: 3}), as a client would write them; they replace the file's "
+        "defaults whenever an input is (re)declared")
 
     @field_validator("python")
     @classmethod
@@ -108,6 +113,12 @@ class PythonPlugin(Plugin):
         self.inputs_version = 0  # bumped on every input change; lanes resend when it moves
         self._lane_counter = itertools.count()
         self._file_stamp = _stamp(self.file)
+        #: the frame problem StatusMessage_RBV shows (None: it shows something else, which no
+        #: frame outcome replaces), and the frame it began with; see _frame_status()
+        self._problem: str | None = None
+        self._problem_since = 0
+        self._status_lock = threading.Lock()
+        self._values_error: str | None = None  # options.values refused by a declared input
         spec = ChildSpec(port, options.python or default_python(), self.file,
                          options.class_name, options.memory_mb, options.timeout_s,
                          options.start_timeout_s)
@@ -116,6 +127,15 @@ class PythonPlugin(Plugin):
         self.lanes[0].start(wait=True)
         for lane in self.lanes[1:]:
             lane.start(wait=False)
+        with self._decl_lock:  # declared: a config value naming no input is a config mistake
+            unknown = [n for n in options.values if n not in self._attr_of]
+            mistake = self._values_error or (
+                f"values: {unknown[0]!r} is not an input of {self.file.name} (inputs: "
+                f"{', '.join(self._attr_of) or 'none'})" if self._decls and unknown else None)
+        if mistake:
+            for lane in self.lanes:
+                lane.close()
+            raise ValueError(mistake)
 
     # --- the frame path -------------------------------------------------------------------------
     def process(self, array: NDArray) -> Outputs:
@@ -142,27 +162,34 @@ class PythonPlugin(Plugin):
         outputs: Outputs
         if status in ("ok", "warning"):
             self.increment("FramesOK_RBV")
-            self._publish_outputs(reply.get("outputs") or {})
-            if status == "warning" and reply.get("message"):
-                self.message(f"frame {array.unique_id}: {reply['message']}", logging.WARNING)
+            problems = self._publish_outputs(reply.get("outputs") or {})
+            if status == "warning":
+                problems.insert(0, reply.get("message") or "process() reported a warning")
             outputs = self._output_array(array, reply, image)
+            self._frame_status(array.unique_id, "; ".join(problems) or None)
         else:
             message = reply.get("message") or "process() reported an error"
             self.increment("FramesFailed_RBV")
-            self._error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
+            self._last_error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
             outputs = self._failed(array, MissingCause.PROCESSING_ERROR, message)
+            self._frame_status(array.unique_id, message)
         self.set("FrameTime_RBV", float(reply.get("t", 0.0)) * 1e3)
         self.complete(array, outputs, seconds)  # ExecutionTime_RBV: hand-over to result
 
     def lane_lost(self, lane: Lane, array: NDArray, cause: MissingCause, message: str,
                   timed_out: bool) -> None:
         self.increment("FramesTimedOut_RBV" if timed_out else "FramesFailed_RBV")
+        self._frame_status(array.unique_id, message)
         self.complete(array, self._failed(array, cause, message))
 
     def lane_died(self, lane: Lane, message: str, output: str) -> None:
         self.increment("Restarts_RBV")
         tail = [line for line in output.splitlines() if line.strip()][-40:]
-        self._error(f"worker {lane.index}: {message}; restarting", "\n".join(tail))
+        text = f"worker {lane.index}: {message}; restarting"
+        self._last_error(text, "\n".join(tail))
+        with self._status_lock:  # over once a frame is processed again (or the child loads)
+            self._problem, self._problem_since = text, 0
+            self.message(text[:255], logging.WARNING)
 
     def lane_load_error(self, lane: Lane, reply: dict[str, Any]) -> None:
         kept = " (previous version still running)" if reply.get("running") else ""
@@ -174,13 +201,14 @@ class PythonPlugin(Plugin):
             try:
                 self._apply_declarations(reply.get("declarations", []))
             except ValueError as exc:
-                self._error(f"{self.file.name}: {exc}", "")
+                if not (self._values_error and not self._running):  # else: a config error
+                    self._error(f"{self.file.name}: {exc}", "")
                 return
             self.set("AlgorithmClass_RBV", str(reply.get("class", ""))[:39])
             self.set("Loads_RBV", max(self.values["Loads_RBV"], int(reply.get("loads", 0))))
         if lane.index == 0:
-            self.message(f"loaded {reply.get('class')} from {self.file.name} "
-                         f"(pid {reply.get('pid')})")
+            self._say(f"loaded {reply.get('class')} from {self.file.name} "
+                      f"(pid {reply.get('pid')})")
 
     def lane_state(self, lane: Lane) -> None:
         states = [ln.state for ln in self.lanes]
@@ -194,7 +222,8 @@ class PythonPlugin(Plugin):
 
     # --- declarations -> parameters -------------------------------------------------------------
     def _apply_declarations(self, declarations: list[dict[str, Any]]) -> None:
-        """Make the parameters match the child's declarations; PVs follow while serving."""
+        """Make the parameters match the child's declarations; PVs follow while serving. A new
+        or changed input starts at the config's value (options.values), else its default."""
         wanted: dict[str, tuple[Param, dict[str, Any]]] = {}
         taken = {s for p in self.params if p.name not in self._decls for s in p.pv_suffixes}
         for d in declarations:
@@ -213,7 +242,17 @@ class PythonPlugin(Plugin):
             for name in stale:
                 self._decls.pop(name)
         if fresh:
-            self.add_params([p for p, _ in fresh], {p.name: p.default for p, _ in fresh})
+            params = [p for p, _ in fresh]
+            configured = {n: v for n, v in self.options.values.items()
+                          if any(p.name == n and p.writable for p in params)}
+            table = {p.name: p for p in params}
+            values = {p.name: p.default for p in params}
+            try:
+                values.update(initial_values(ParamTable(table), configured))
+            except ValueError as exc:
+                self._values_error = str(exc)
+                raise
+            self.add_params(params, values)
             for p, d in fresh:
                 self._decls[p.name] = d
         self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
@@ -235,7 +274,7 @@ class PythonPlugin(Plugin):
         return 0
 
     def reload(self) -> None:
-        self.message(f"reloading {self.file.name}")
+        self._say(f"reloading {self.file.name}")
         for lane in self.lanes:
             lane.reload()
 
@@ -248,8 +287,9 @@ class PythonPlugin(Plugin):
             return param.choices[int(value)]
         return value
 
-    def _publish_outputs(self, outputs: dict[str, Any]) -> None:
-        values = {}
+    def _publish_outputs(self, outputs: dict[str, Any]) -> list[str]:
+        """Publish the outputs; returns what was wrong with any of them."""
+        values, problems = {}, []
         with self._decl_lock:
             for attr, value in outputs.items():
                 name = self._out_param.get(attr)
@@ -258,8 +298,10 @@ class PythonPlugin(Plugin):
                 try:
                     values[name] = output_value(self.params[name], value)
                 except (TypeError, ValueError) as exc:
-                    self._error(f"output {attr}: {exc}", "")
+                    problems.append(f"output {attr}: {exc}")
+                    self._last_error(problems[-1], "")
             self.set_if_changed(values)  # as an ai record: monitors only when it changes
+        return problems
 
     def _output_array(self, array: NDArray, reply: dict[str, Any],
                       image: np.ndarray | None) -> Outputs:
@@ -287,10 +329,43 @@ class PythonPlugin(Plugin):
         return out
 
     def _error(self, text: str, traceback: str) -> None:
+        """A problem that lasts until the file loads again (no frame outcome replaces it)."""
+        self._last_error(text, traceback)
+        self._say(text, logging.WARNING)
+
+    def _last_error(self, text: str, traceback: str) -> None:
         self.set("LastError_RBV", text[:255])
         if traceback:
             self.set("Traceback_RBV", traceback[-4095:])
-        self.message(text[:255], logging.WARNING)
+
+    def _say(self, text: str, level: int = logging.INFO) -> None:
+        """A status that is not about one frame: shown until the next one."""
+        with self._status_lock:
+            self._problem = None
+            self.message(text[:255], level)
+
+    def _frame_status(self, unique_id: int, problem: str | None) -> None:
+        """StatusMessage_RBV describes the latest frame: while frames have a problem, the latest
+        one's number, the problem and the frame it began with; the first frame without one
+        says so ("frame 9: OK"), and that stays until something else happens. The log gets a
+        line when the problem begins, changes or ends, not one per frame."""
+        with self._status_lock:
+            before = self._problem
+            if problem is None:
+                if before is None:
+                    return
+                self._problem = None
+                self.message(f"frame {unique_id}: OK", log=False)
+                self.log.info("frame %d: OK again (after: %s)", unique_id, before)
+                return
+            if problem != before:
+                self._problem, self._problem_since = problem, unique_id
+                self.log.warning("frame %d: %s", unique_id, problem)
+            since = self._problem_since
+            text = f"frame {unique_id}: {problem}"
+            if since and since != unique_id:
+                text += f" (since frame {since})"
+            self.message(text[:255], log=False)
 
     # --- screen ------------------------------------------------------------------------------------
     @property
