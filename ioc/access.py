@@ -64,9 +64,11 @@ class Policy:
     source: str = "<no file>"
     _addresses: dict[str, frozenset[str]] = field(default_factory=dict)
 
-    def access(self, group: str, user: str, host: str, level: int = 0) -> Access:
-        """What `user` on `host` (a reported host name, or an address with client_ip) may do
-        with a PV of `group` and security level `level`."""
+    def access(self, group: str, user: str, host: str, level: int = 0,
+               address: bool = False) -> Access:
+        """What `user` on `host` may do with a PV of `group` and security level `level`.
+        `host` is the name the client reported, or (`address`, or with client_ip) its address,
+        matched against the HAG names resolved."""
         rules = self.groups.get(group)
         if rules is None:
             rules = self.groups.get("DEFAULT", [])
@@ -76,13 +78,13 @@ class Policy:
                 continue
             if rule.uags and not any(user in self.uags.get(u, ()) for u in rule.uags):
                 continue
-            if rule.hags and not any(self._host_in(h, host) for h in rule.hags):
+            if rule.hags and not any(self._host_in(h, host, address) for h in rule.hags):
                 continue
             best = rule.access
         return best
 
-    def _host_in(self, hag: str, host: str) -> bool:
-        if self.client_ip:
+    def _host_in(self, hag: str, host: str, address: bool = False) -> bool:
+        if self.client_ip or address:
             if hag not in self._addresses:
                 self._addresses[hag] = frozenset(a for name in self.hags.get(hag, ())
                                                  for a in _addresses_of(name))
@@ -252,3 +254,27 @@ def load(path: Path, client_ip: bool = False) -> Policy:
 
 def groups_used(policy: Policy) -> Iterable[str]:
     return policy.groups.keys()
+
+
+class AccessSecurity:
+    """The IOC's access rules, as every transport asks them, and their reload (a PV)."""
+
+    def __init__(self, path: Path | None = None, client_ip: bool = False) -> None:
+        self.path = path
+        self.client_ip = client_ip
+        self.policy = load(path, client_ip) if path is not None else OPEN
+        #: called after a reload, so transports can tell connected clients their new rights
+        self.listeners: list = []
+
+    def access(self, group: str, user: str, host: str, level: int = 0,
+               address: bool = False) -> Access:
+        return self.policy.access(group, user, host, level, address)
+
+    def reload(self) -> str:
+        """Read the file again; a file that no longer parses leaves the rules in force."""
+        if self.path is None:
+            return "no access security file: every client may read and write"
+        self.policy = load(self.path, self.client_ip)  # ACFError: the caller shows it
+        for listener in list(self.listeners):
+            listener()
+        return f"{self.path.name}: {len(self.policy.groups)} groups loaded"

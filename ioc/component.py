@@ -67,6 +67,7 @@ class Component:
         self._targets: dict[str, list[Endpoint]] = {}
         self.endpoints: dict[str, list[Endpoint]] = {}  # PV suffix -> one per transport
         self.transports: list[Transport] = []
+        self.asg = "DEFAULT"  # the access security group of its PVs (config key asg)
         self.pv_registry: PVRegistry | None = None
         self.site: "Site | None" = getattr(self, "site", None)  # set by the IOC (folders, roots)
         #: put hooks registered by name, for parameters no `put_<Name>` method can spell
@@ -207,11 +208,11 @@ class Component:
         targets: list[Endpoint] = []
         views: list[tuple[PVSpec, bool]] = []  # (spec, receives the data path's changes)
         if p.setpoint_name:
-            views.append((PVSpec(p.setpoint_name, p, False, self._put_handler(p)),
+            views.append((PVSpec(p.setpoint_name, p, False, self._put_handler(p), self.asg),
                           p.also_setpoint or p.access is Access.W))
         if p.readback_name:
-            views.append((PVSpec(p.readback_name, p, True, None), True))
-        views.extend((PVSpec(alias, p, True, None), True) for alias in p.aliases)
+            views.append((PVSpec(p.readback_name, p, True, None, self.asg), True))
+        views.extend((PVSpec(alias, p, True, None, self.asg), True) for alias in p.aliases)
         for spec, target in views:
             for transport in self.transports:
                 endpoint = transport.endpoint(spec, value)

@@ -20,7 +20,9 @@ import psutil
 
 from . import shm
 from .component import Component
-from .params import R, RW, float_param, int_param, text_param
+from .access import ACFError, AccessSecurity
+from .component import PutRefused
+from .params import R, RW, W, bool_param, float_param, int_param, text_param
 from .pool import BUDGET
 
 MB = 1024 * 1024
@@ -47,6 +49,11 @@ RESOURCE_PARAMS = (
     text_param("ComponentCPU_RBV", 4096, "{}", R, group="CPU",
                doc="JSON: CPU % of each driver's and plugin's own threads"),
     float_param("Uptime_RBV", 0.0, R, precision=0, units="s", group="CPU"),
+    bool_param("ACFReload", "Done", "Reload", 0, W, group="Access security",
+               doc="read the access security file again (a file that does not parse leaves "
+                   "the rules in force)"),
+    text_param("ACFStatus_RBV", 256, "", R, group="Access security",
+               doc="the access security file loaded, or why it was not"),
 )
 
 
@@ -56,9 +63,11 @@ class Resources(Component):
     PARAMS = (RESOURCE_PARAMS,)
 
     def __init__(self, components: Iterable[Component], budget_mb: float = 0.0,
-                 prefix: str = "IOC:") -> None:
+                 prefix: str = "IOC:", access: AccessSecurity | None = None) -> None:
         super().__init__("IOC", prefix)
         self.components = list(components)
+        self.access = access or AccessSecurity()
+        self.values["ACFStatus_RBV"] = _acf_status(self.access)
         self.values["MemBudget"] = budget_mb
         BUDGET.max_bytes = int(budget_mb * MB)
         self._process = psutil.Process(os.getpid())
@@ -66,6 +75,19 @@ class Resources(Component):
         self._children: dict[int, psutil.Process] = {}
         self._thread_cpu: dict[int, float] = {}  # thread ident -> CPU seconds at last refresh
         self._started = time.monotonic()
+
+    async def put_ACFReload(self, value: int) -> int:
+        """Reload the access security file; the rules change for every transport at once."""
+        if not value:
+            return 0
+        try:
+            status = self.access.reload()
+        except ACFError as exc:
+            self.set("ACFStatus_RBV", f"not reloaded: {exc}"[:255])
+            raise PutRefused(f"access security file not reloaded: {exc}") from None
+        self.set("ACFStatus_RBV", status[:255])
+        self.message(status)
+        return 0
 
     def put_MemBudget(self, value: float) -> float:
         BUDGET.max_bytes = int(value * MB)
@@ -125,3 +147,9 @@ class Resources(Component):
             usage[component.port] = round(100.0 * spent / elapsed, 1) if elapsed > 0 else 0.0
         self._thread_cpu = seen
         return usage
+
+
+def _acf_status(access: AccessSecurity) -> str:
+    if access.path is None:
+        return "no access security file: every client may read and write"
+    return f"{access.path.name}: {len(access.policy.groups)} groups loaded"

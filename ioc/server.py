@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from pathlib import Path
 import logging
 from typing import Any, Callable, Iterable, Mapping
 
@@ -22,6 +23,7 @@ from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
 from .publisher import Publisher
+from .access import ACFError, AccessSecurity
 from .resources import Resources
 from .transport import Transport
 
@@ -46,6 +48,9 @@ class IOC:
             config.transports if transports is None else transports, lines)
         self.publisher.transports = self.transports
         self.site = Site.of(config, lines.base_dir)
+        self.access = self._load_access(config, lines)
+        for transport in self.transports:
+            transport.access = self.access
         try:
             self._build(config, lines)
         except ConfigError:
@@ -57,7 +62,7 @@ class IOC:
             self._add(self._make(lines, ("drivers", i), "drivers", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,
                                  pool_bytes=int(cfg.pool_mb * MB),
-                                 loss_policy=cfg.loss_policy), lines, ("drivers", i))
+                                 loss_policy=cfg.loss_policy), lines, ("drivers", i), cfg.asg)
         for i, cfg in enumerate(config.plugins):
             self._add(self._make(lines, ("plugins", i), "plugins", cfg.type, cfg.options,
                                  port=cfg.port, prefix=cfg.prefix, graph=self.graph,
@@ -65,14 +70,24 @@ class IOC:
                                  enabled=cfg.enabled, blocking=cfg.blocking,
                                  queue_size=cfg.queue_size, max_threads=cfg.max_threads,
                                  loss_policy=cfg.loss_policy,
-                                 pool_bytes=int(cfg.pool_mb * MB)), lines, ("plugins", i))
-        resources = Resources(list(self.components), _budget_mb(config.memory_budget_mb))
+                                 pool_bytes=int(cfg.pool_mb * MB)), lines, ("plugins", i), cfg.asg)
+        resources = Resources(list(self.components), _budget_mb(config.memory_budget_mb),
+                              access=self.access)
         self._add(resources, lines, ("memory_budget_mb",))
         for i, cfg in enumerate(config.plugins):
             if cfg.input and cfg.input not in self.graph.ports:
                 known = ", ".join(sorted(self.graph.ports))
                 raise lines.error(("plugins", i, "input"),
                                   f"no port named {cfg.input!r} (known: {known})")
+
+    @staticmethod
+    def _load_access(config: IOCConfig, lines: LineMap) -> AccessSecurity:
+        acf = config.access_security
+        path = (lines.base_dir / Path(acf.file).expanduser()) if acf.file else None
+        try:
+            return AccessSecurity(path, acf.client_ip)
+        except ACFError as exc:
+            raise lines.error(("access_security", "file"), str(exc)) from None
 
     @staticmethod
     def _load_transports(names: list[str], lines: LineMap) -> list[Transport]:
@@ -109,7 +124,9 @@ class IOC:
         except (ValueError, TypeError) as exc:
             raise lines.error(path + ("options",), str(exc)) from None
 
-    def _add(self, component: Component, lines: LineMap, path: tuple) -> None:
+    def _add(self, component: Component, lines: LineMap, path: tuple,
+             asg: str = "DEFAULT") -> None:
+        component.asg = asg
         try:
             self.graph.add(component)
         except GraphError as exc:

@@ -61,6 +61,8 @@ class PVSpec:
     param: Param
     readback: bool  # a readback view: read-only, shows the readback choices
     on_put: PutHandler | None  # None: read-only
+    asg: str = "DEFAULT"  # its access security group (ndflow.access)
+    asl: int = 0  # its access security level (a record's VAL field: ASL0)
 
 
 class Endpoint(Protocol):
@@ -93,10 +95,23 @@ class FrameEndpoint(Endpoint, Protocol):
     def post_frame(self, array: Any) -> None: ...
 
 
+class DrainAware(Endpoint, Protocol):
+    """An endpoint that can say when its updates have left the transport's queues (optional:
+    the publisher treats an endpoint without `sent` as always ready). The publisher posts a
+    large array only once the previous update of that endpoint has left, so arrays are paced by
+    what the clients drain."""
+
+    async def sent(self) -> None:
+        """Return once no update published so far waits in the transport's queues: each
+        subscribed client's connection has written it or is writing it."""
+
+
 class Transport(Protocol):
     """One protocol serving every component's PVs."""
 
     name: str
+    #: the IOC's access rules (ndflow.access.AccessSecurity), set before serving
+    access: Any
 
     def endpoint(self, spec: PVSpec, value: Any) -> Endpoint | None:
         """Make the endpoint for `spec` holding `value` (a stored value), or None if this

@@ -29,6 +29,7 @@ from p4p import Type, Value
 from p4p.nt import NTEnum, NTScalar
 from p4p.server import raw
 
+from ..access import Access
 from ..params import Kind, Param, short_value
 from ..refusals import REFUSALS
 from ..transport import HANDLED, PVSpec, accepting
@@ -81,6 +82,7 @@ class PVAEndpoint:
         self.choices = _choices(spec)
         self.type = _type_of(spec.param)
         self.value = self.to_wire(value) if value is not None else _empty(spec.param)
+        self.transport = transport
         self.pv = _LoopSharedPV(lambda: transport.loop,
                                 handler=self,  # read-only PVs refuse puts with our message
                                 initial=self._initial())
@@ -147,6 +149,14 @@ class PVAEndpoint:
         except (ValueError, TypeError, KeyError) as exc:
             REFUSALS.refuse(log, self.pvname, "(undecodable)", str(exc))
             op.done(error=f"{self.pvname}: {exc}")
+            return
+        user, host = _client(op)
+        rights = self.transport.access.access(self.spec.asg, user, host, self.spec.asl,
+                                              address=True)
+        if rights < Access.WRITE:  # the access security rules, as over CA
+            REFUSALS.refuse(log, self.pvname, short_value(value),
+                            f"no write access for {user}@{host}")
+            op.done(error=f"{self.pvname}: no write access")
             return
         on_put = self.spec.on_put
         if on_put is None:
@@ -277,6 +287,21 @@ def wire_value(p: Param, value: Value) -> Any:
     if isinstance(v, np.ndarray):
         raise ValueError(f"{v.size} values for a scalar PV")
     return v
+
+
+def _client(op: Any) -> tuple[str, str]:
+    """(user, host) of a put: the account the client authenticated as and its address (PVA has
+    no reported host name; QSRV matches HAGs against the peer's address too)."""
+    try:
+        user = op.account() or ""
+    except Exception:
+        user = ""
+    try:
+        peer = op.peer() or ""
+    except Exception:
+        peer = ""
+    host = peer.rsplit(":", 1)[0].strip("[]") if peer else ""
+    return user, host
 
 
 def _blocking(request: Value) -> bool:

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from p4p.server import Server, StaticProvider
 
+from ..access import AccessSecurity
 from ..transport import PVSpec
 from .endpoints import PVAEndpoint, make_endpoint
 
@@ -33,6 +34,7 @@ class PVATransport:
         self.endpoints: dict[str, PVAEndpoint] = {}
         self.server: Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.access = AccessSecurity()  # the IOC's rules, set before serving
 
     def endpoint(self, spec: PVSpec, value: Any) -> PVAEndpoint | None:
         return make_endpoint(spec, value, self)
