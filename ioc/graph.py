@@ -63,7 +63,9 @@ class PortGraph:
             if port not in self.ports:
                 known = ", ".join(sorted(self.ports)) or "none"
                 raise GraphError(f"no port named {port!r} (known: {known})")
-            if port == plugin.port or self.ports[port] in self._downstream_of(plugin.port):
+            # by port name: a plugin with several inputs (Gather) listens through one
+            # listener per input, each carrying the plugin's port name
+            if port == plugin.port or port in {c.port for c in self._downstream_of(plugin.port)}:
                 raise GraphError(f"connecting {plugin.port} to {port} would make a loop")
             self._sources[plugin] = (port, address)
             self._rebuild()
