@@ -285,8 +285,9 @@ def test_overview_lists_every_instance_with_its_screen(ioc, screens):
     assert opens["cam1:"] == "simDetector.bob"
     assert opens["Stats5:"] == "NDStats.bob" and opens["ROI1:"] == "NDROI.bob"
     assert opens["Probe1:"] == "PROBE.bob"
-    # the IOC resources, the driver, commonPlugins (with image1 and Pva1), the algorithm
-    assert len(opens) == 1 + 1 + 18 + 1
+    # the IOC resources, the driver, commonPlugins (with image1, image2, Pva1 and Pos1), the
+    # algorithm
+    assert len(opens) == 1 + 1 + 28 + 1
     assert opens["Pva1:"] == "NDPva.bob"
     assert opens["IOC:"] == "ndflowIOC.bob"
     pvs = pv_names(root)
