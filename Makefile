@@ -15,8 +15,9 @@ $(BIN)/.ndflow-installed: pyproject.toml
 run: $(BIN)/.ndflow-installed
 	$(BIN)/ndflow run $(ARGS)
 
+# two workers, each test file on one worker (a module's IOC is shared by its tests)
 test: $(BIN)/.ndflow-installed
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(ARGS)
 
 bench: $(BIN)/.ndflow-installed
 	$(BIN)/python bench/image_rate.py $(ARGS)

@@ -22,12 +22,26 @@ import pytest
 import epicscorelibs.path.pyepics  # noqa: F401,E402
 
 
+#: under pytest-xdist each worker takes its ports from its own range, so two workers (separate
+#: processes that each pick ports here) never pick the same one
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw-1")[2:] or -1)
+_next_port = 20000 + 3000 * _WORKER if _WORKER >= 0 else None
+
+
+def _candidate() -> int:
+    global _next_port
+    if _next_port is None:  # one process: any free port the kernel gives
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    _next_port += 7
+    return _next_port
+
+
 def free_port_pair() -> int:
     """A port free for both TCP and UDP, with port+1 free too (repeater/beacons)."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _candidate()
         if port > 65000:
             continue
         try:

@@ -380,7 +380,15 @@ def test_fuzz_every_writable_pv(default_ioc):
     results = client.wait(list(keys))
     assert all(v is not None for v in results.values()), "a restoring put did not complete"
     restored = client.read(changed)
-    not_restored = [t.pv for t in changed if not same_or_equal(t, restored[t.pv], original[t.pv])]
+    late = [t for t in changed if not same_or_equal(t, restored[t.pv], original[t.pv])]
+    deadline = time.monotonic() + 3.0
+    while late and time.monotonic() < deadline:
+        # a value linked to another PV (an overlay following its ROI, as commonPlugins links
+        # them) takes its source's restored value within a second
+        time.sleep(0.25)
+        again = client.read(late)
+        late = [t for t in late if not same_or_equal(t, again[t.pv], original[t.pv])]
+    not_restored = [t.pv for t in late]
     assert not not_restored, f"not restored: {not_restored[:10]}"
 
     assert not failures, f"{len(failures)} puts broke their declaration's rule:\n" + \

@@ -291,6 +291,7 @@ def test_pvapy_reads_the_same_frame(small, pva):
     put(p + "cam1:Acquire", 1)
     _, data = frame(pva, p + "Pva1:Image")
     channel = pvaccess.Channel(p + "Pva1:Image")
+    channel.setTimeout(10.0)  # a loaded 2-core machine: pvapy's default is a few seconds
     obj = channel.get("")
     values = obj["value"][0]["ushortValue"]
     dims = [d["size"] for d in obj["dimension"]]
