@@ -52,22 +52,18 @@ Deliberate differences:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ndflow import safepath
-from ndflow.config import Site
 from ndflow.dtypes import c_cast
 from ndflow.ndarray import NDArray, NDDimension, xyz_dims
 from ndflow.params import R, W, Param, bool_param, int_param, text_param
 from ndflow.plugin import Plugin
-from ndflow.safepath import PathRefused
+from ndflow.plugins.pv_files import FileRefused, read_pv_file, strict_json
 
 #: a bad-pixel file larger than this is refused (a 4k x 4k detector with 1 % bad pixels is
 #: 170k entries, about 7 MB)
@@ -78,40 +74,6 @@ _COORD_LIMIT = 2 ** 31  # coordinates and offsets must fit a 32-bit int
 _MEDIAN_CHUNK = 1 << 22
 
 SET, REPLACE, MEDIAN = "Set", "Replace", "Median"
-
-
-class FileRefused(ValueError):
-    """A file a PV named cannot be used; the message says why (one line, no file contents)."""
-
-
-def read_pv_file(name: str, site: Site | None, what: str, max_bytes: int) -> bytes:
-    """The bytes of the file `name` (a PV's value) if it lies in one of the site's read
-    folders: no '..', no symbolic links, a regular file of at most `max_bytes`. A relative name
-    is relative to the config file's folder. FileRefused says why not."""
-    name = name.strip()
-    if not name:
-        raise FileRefused("no file name")
-    folders = list(site.read_folders) if site is not None else []
-    where_text = ", ".join(map(str, folders)) or "no folder"
-    if safepath.has_parent_parts(name):
-        raise FileRefused(f"{name}: '..' is not allowed in {what} names")
-    path = Path(name)
-    if not path.is_absolute():
-        if site is None:
-            raise FileRefused(f"{name}: give an absolute path")
-        path = site.base_dir / path
-    try:
-        where = safepath.locate(path, folders, f"the {what} folders")
-    except PathRefused:
-        raise FileRefused(f"{name}: {what}s are read only from {where_text}") from None
-    try:
-        return safepath.read_file(where, max_bytes)
-    except FileNotFoundError:
-        raise FileRefused(f"{name}: no such file") from None
-    except PathRefused as exc:  # names the path itself
-        raise FileRefused(str(exc)) from None
-    except OSError as exc:
-        raise FileRefused(f"{name}: {exc.strerror or exc}") from None
 
 
 # --- the file ------------------------------------------------------------------------------------
@@ -151,19 +113,7 @@ def _pair(value: Any, where: str, low: int = -_COORD_LIMIT,
 def parse_bad_pixels(text: str | bytes) -> list[BadPixel]:
     """The entries of an ADCore bad-pixel JSON document, in ADCore's order (by y, then x), a
     pixel listed twice keeping its first entry. FileRefused names the entry that is wrong."""
-    def refuse_constant(name: str) -> Any:
-        raise FileRefused(f"{name} is not a number JSON allows")
-    try:
-        doc = json.loads(text, parse_constant=refuse_constant)
-    except FileRefused:
-        raise
-    except UnicodeDecodeError:
-        raise FileRefused("not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise FileRefused(f"not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno})") \
-            from None
-    except RecursionError:
-        raise FileRefused("not valid JSON (nested too deeply)") from None
+    doc = strict_json(text)
     if not isinstance(doc, dict) or "Bad pixels" not in doc:
         raise FileRefused('the top level must be an object with a "Bad pixels" list')
     entries = doc["Bad pixels"]

@@ -50,7 +50,6 @@ Deliberate differences:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -66,7 +65,7 @@ from ndflow.ndarray import AttrSource, NDArray, NDAttribute
 from ndflow.params import R, RW, STRING_MAX, W, Param, bool_param, int_param, string_param, \
     text_param
 from ndflow.plugin import Plugin
-from ndflow.plugins.badpixel import FileRefused, read_pv_file
+from ndflow.plugins.pv_files import FileRefused, read_pv_file, strict_json
 from ndflow.transport import HANDLED
 
 #: a positions file larger than this is refused (1 M positions of 3 axes are about 50 MB of XML)
@@ -183,19 +182,7 @@ def parse_xml(data: str | bytes, quote: bool = True) -> Positions:
 
 def parse_json(data: str | bytes, quote: bool = True) -> Positions:
     """{"dimensions": [names], "positions": [{name: value} | [values], ...]}."""
-    def refuse_constant(name: str) -> Any:
-        raise FileRefused(f"{name} is not a number JSON allows")
-    try:
-        doc = json.loads(data, parse_constant=refuse_constant)
-    except FileRefused:
-        raise
-    except UnicodeDecodeError:
-        raise FileRefused("not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise FileRefused(f"not valid JSON ({exc.msg}, line {exc.lineno}, column {exc.colno})") \
-            from None
-    except RecursionError:
-        raise FileRefused("not valid JSON (nested too deeply)") from None
+    doc = strict_json(data)
     if not isinstance(doc, dict) or not isinstance(doc.get("dimensions"), list) or \
             not isinstance(doc.get("positions"), list):
         raise FileRefused('JSON positions need an object with a "dimensions" list and a '
