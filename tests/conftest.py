@@ -132,7 +132,9 @@ class IOCProcess:
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                      cwd=cwd)
 
-    def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 30) -> None:
+    def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 60) -> None:
+        # 60 s: the default IOC (6,000 PVs over two transports, 200 screens) starts in ~8 s on
+        # a quiet machine, several times that with both test workers busy
         # Low-level libca calls: they leave nothing in pyepics' PV cache, which ophyd's
         # shim would otherwise pick up as a plain epics.PV.
         from epics import ca
@@ -165,7 +167,7 @@ class IOCProcess:
 
 
 @contextmanager
-def running_ioc(config: str | None, folder: Path, timeout: float = 30,
+def running_ioc(config: str | None, folder: Path, timeout: float = 60,
                 ready: str = "cam1:Acquire_RBV") -> Iterator[IOCProcess]:
     """An IOC for a module's tests (its own prefix); on exit, its log must hold no traceback."""
     ioc = IOCProcess(config, folder, unique_prefix())

@@ -388,6 +388,17 @@ def test_fuzz_every_writable_pv(default_ioc):
         time.sleep(0.25)
         again = client.read(late)
         late = [t for t in late if not same_or_equal(t, again[t.pv], original[t.pv])]
+    if late:
+        # coupled values (an overlay's PositionX and CenterX, each computed from the other and
+        # SizeX, as in ADCore) restored before their partner: restore them once more, now that
+        # every partner holds its original value
+        keys = {}
+        for t in late:
+            how, value, count = restore_form(t, original[t.pv])
+            keys[client.put(t.pv, how, value, count=count)] = t.pv
+        assert all(v is not None for v in client.wait(list(keys)).values())
+        again = client.read(late)
+        late = [t for t in late if not same_or_equal(t, again[t.pv], original[t.pv])]
     not_restored = [t.pv for t in late]
     assert not not_restored, f"not restored: {not_restored[:10]}"
 

@@ -34,7 +34,7 @@ import pytest
 from conftest import running_ioc
 from test_acquisition import get, put, wait_for
 
-REPETITIONS = 500  # put-callbacks per busy record; each must show as 1 then 0 on every monitor
+REPETITIONS = 250  # put-callbacks per busy record (the make-test budget); each must show as 1 then 0 on every monitor
 FRAME_PERIOD_S = 0.002
 #: busy record (put 1 to it) -> the PVs whose monitors must see every 1 and 0: readback, setpoint
 BUSY = {

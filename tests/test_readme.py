@@ -96,8 +96,9 @@ class Session:
 
     # --- substitutions ------------------------------------------------------------------------
     def forward(self, text: str) -> str:
-        text = text.replace(README_PREFIX, self.prefix).replace(".venv/bin/", f"{VENV_BIN}/")
+        # /tmp first: the checkout itself (VENV_BIN) may lie under /tmp
         text = re.sub(r"(?<![\w.-])/tmp/(?=[\w.-])", f"{self.tmp}/tmp/", text)
+        text = text.replace(README_PREFIX, self.prefix).replace(".venv/bin/", f"{VENV_BIN}/")
         for name, path in self.files.items():
             text = re.sub(rf"(?<![\w/.-]){re.escape(name)}\b", str(path), text)
         return text

@@ -62,10 +62,10 @@ class PVATransport:
     async def serve(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.server = Server(providers=[self.provider])
-        log.info("pvAccess server on %s", ", ".join(
-            f"{k}={v}" for k, v in sorted(self.server.conf().items())
-            if k in ("EPICS_PVAS_SERVER_PORT", "EPICS_PVAS_BROADCAST_PORT",
-                     "EPICS_PVAS_INTF_ADDR_LIST")))
+        conf = self.server.conf()
+        log.info("pvAccess on TCP port %s, searches on UDP port %s, interfaces %s",
+                 conf.get("EPICS_PVAS_SERVER_PORT"), conf.get("EPICS_PVAS_BROADCAST_PORT"),
+                 conf.get("EPICS_PVAS_INTF_ADDR_LIST"))
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
