@@ -556,8 +556,8 @@ class IngestGateway:
         return (host, port)
 
     def counters(self) -> GatewayCounters:
-        queued = len(self._spool) if self._spool is not None else self._idle_queued
-        with self._lock:
+        with self._lock:  # queued and forwarded change together (see _forward_loop)
+            queued = len(self._spool) if self._spool is not None else self._idle_queued
             return GatewayCounters(self._uploads, self._forwarded, queued, self._failures,
                                    self._state, self._last_error, self._last_file)
 
@@ -701,10 +701,12 @@ class IngestGateway:
                     self._count(failures=1, error=message)
                     continue
                 if self._attempt(lambda ftp: self._send(ftp, entry)):
-                    self._spool.remove(entry)
+                    with self._lock:  # leaves the queue and counts as forwarded as one step
+                        self._spool.remove(entry)
+                        self._forwarded += 1
+                    self._notify()
                     log.info("forwarded %s (#%d) to %s", entry.path, entry.seq,
                              self._upstream.address)
-                    self._count(forwarded=1)
                     backoff = self._retry_s
                 elif not self._stopping.is_set():
                     # Back off even if cameras keep uploading: they must not hammer the archive.
