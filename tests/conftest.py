@@ -205,9 +205,11 @@ def default_ioc(tmp_path_factory):
     channels cached by the client from an earlier module cannot alias it."""
     prefix = f"T{os.getpid() % 1000}M{next(_prefix_counter)}:"
     ioc = IOCProcess(None, tmp_path_factory.mktemp("ioc"), prefix)
-    ioc.wait_ready()
-    yield ioc
-    ioc.stop()
+    try:
+        ioc.wait_ready()
+        yield ioc
+    finally:  # an IOC that did not get ready is stopped too, never left behind
+        ioc.stop()
 
 
 def unique_prefix() -> str:
