@@ -32,7 +32,6 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 
 class Access(enum.IntEnum):
@@ -251,9 +250,6 @@ def load(path: Path, client_ip: bool = False) -> Policy:
         raise ACFError(f"{path}: not a text file") from None
     return parse(text, str(path), client_ip)
 
-
-def groups_used(policy: Policy) -> Iterable[str]:
-    return policy.groups.keys()
 
 
 class AccessSecurity:

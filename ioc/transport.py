@@ -95,17 +95,6 @@ class FrameEndpoint(Endpoint, Protocol):
     def post_frame(self, array: Any) -> None: ...
 
 
-class DrainAware(Endpoint, Protocol):
-    """An endpoint that can say when its updates have left the transport's queues (optional:
-    the publisher treats an endpoint without `sent` as always ready). The publisher posts a
-    large array only once the previous update of that endpoint has left, so arrays are paced by
-    what the clients drain."""
-
-    async def sent(self) -> None:
-        """Return once no update published so far waits in the transport's queues: each
-        subscribed client's connection has written it or is writing it."""
-
-
 class Transport(Protocol):
     """One protocol serving every component's PVs."""
 
