@@ -101,9 +101,10 @@ class DrainAware(Endpoint, Protocol):
     large array only once the previous update of that endpoint has left, so arrays are paced by
     what the clients drain."""
 
-    async def sent(self) -> None:
-        """Return once no update published so far waits in the transport's queues: each
-        subscribed client's connection has written it or is writing it."""
+    def sent(self) -> Awaitable[None] | None:
+        """None if no update published so far waits in the transport's queues (each
+        subscribed client's connection has written it or is writing it); else an awaitable
+        (best an asyncio.Future: no task is made for it) done once none does."""
 
 
 class Transport(Protocol):
