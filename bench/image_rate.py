@@ -1,40 +1,56 @@
-"""Image-rate benchmark: ndflow's image1:ArrayData against a bare caproto waveform server.
+"""Image-rate benchmark: ndflow's image1:ArrayData against pythonSoftIOC and bare caproto.
 
 What is measured
 ----------------
 For each frame size (default 1024x1024 and 4096x4096 UInt16), one after another on loopback:
 
+``softioc``
+    The reference, measured first: pythonSoftIOC (EPICS base's RSRV C server) with one
+    ``WaveformIn`` record of NX*NY Int16 (CA DBR_SHORT, as ``image1:ArrayData``), posted as fast
+    as the server can with ``.set()`` from an asyncio dispatcher coroutine (two alternating
+    preallocated arrays, element 0 changed on every post, ``await asyncio.sleep(0)`` between
+    posts); a ``longIn`` PostCount counts the posts.
+
 ``ndflow``
     The real IOC (``python -m ndflow.cli run``) with a sim driver (``cam1:``) feeding a
     StdArrays plugin (``image1:``, Int16 waveform of NX*NY elements), acquiring Continuous with
-    AcquireTime = AcquirePeriod = 0 in LinearRamp mode. Over the window we record the driver's
-    frame rate (ArrayCounter_RBV of cam1), the plugin's (ArrayCounter_RBV of image1), the
-    monitor updates/s a pyepics client actually receives on ``image1:ArrayData``, the payload
-    MB/s that represents, and the CPU used by the server process and by this (client) process,
-    100% meaning one core.
+    AcquireTime = AcquirePeriod = 0 in LinearRamp mode, serving its default transports. Over the
+    window we record the driver's frame rate (ArrayCounter_RBV of cam1), the plugin's
+    (ArrayCounter_RBV of image1), the monitor updates/s a pyepics client actually receives on
+    ``image1:ArrayData``, the payload MB/s that represents, the updates/s a second pyepics monitor
+    receives on ``cam1:ArrayCounter_RBV`` at the same time (scalars must keep flowing while
+    images stream; at most 1/interval = 50/s), and the CPU used by the server process and by
+    this (client) process, 100% meaning one core.
+
+``ndflow_paced``
+    The same IOC with the driver's AcquirePeriod set so that it makes frames at 2x
+    (``--paced-factor``) the updates/s softioc delivered in this run: the CA path is still
+    offered more frames than softioc sent, but the simulated detector no longer spends most of
+    a core making frames nobody receives (on a 2-core machine the free-running sim driver, the
+    server's CA path and the pyepics client compete for the same CPU; softioc's producer only
+    copies a ready array). At most ``paced_factor`` x softioc by construction.
 
 ``caproto_bare_paced`` / ``caproto_bare_tight``
-    The baseline: a caproto server with nothing but one NX*NY int16 waveform, whose startup hook
-    posts two alternating preallocated arrays (element 0 changed on every post). *Paced* posts at
-    the update rate ndflow delivered (at least 1/s), so both servers are asked for the same work;
-    *tight* posts as fast as the event loop allows (``await asyncio.sleep(0)`` between posts).
-    The client side is the same pyepics monitor and the same counting window.
+    A caproto server with nothing but one NX*NY int16 waveform, whose startup hook posts two
+    alternating preallocated arrays. *Paced* posts at the update rate ndflow delivered (at least
+    1/s); *tight* posts as fast as the event loop allows (``await asyncio.sleep(0)`` between
+    posts).
 
 Why
 ---
-caproto has an overload collapse: when a server posts large arrays faster than its circuits can
-serialise and send them, the subscription queues fill, the event loop spends itself on queue
-management and clients receive (next to) nothing -- 0 updates/s at 100% CPU. The tight bare
-loop is there to show that collapse. ndflow's design avoids it: drivers and plugins never call
-caproto; they hand values to the publisher, which coalesces (latest value wins) and paces array
-posts by a byte budget, so a detector producing frames far faster than CA can carry them should
-still deliver a steady stream of monitor updates. The paced baseline is the fair comparison (what
-bare caproto achieves when someone else does the pacing); the ratio against the best baseline
-shows the cost of everything ndflow adds.
+EPICS users compare against an EPICS base IOC, so the headline is ndflow / softioc. RSRV sends
+from C threads without the GIL; caproto sends from its asyncio event loop and has an overload
+collapse: when a server posts large arrays faster than its circuits can send them, the
+subscription queues fill, the event loop spends itself on queue management and clients receive
+(next to) nothing -- 0 updates/s at 100% CPU (the tight bare loop shows it). ndflow avoids it:
+drivers and plugins never call caproto; they hand values to the publisher, which coalesces
+(latest value wins) and posts the next array of a PV only once the previous update has left for
+the clients, so the rate follows what the clients drain. The paced bare caproto shows what
+caproto achieves when someone else does the pacing.
 
 Output: one JSON object per line per measurement on stdout, then a summary line
-``{"summary": true, "ratios": {...}, ...}`` with ndflow monitor updates/s divided by the
-baseline's. Progress goes to stderr.
+``{"summary": true, "ratios": {...}, ...}`` with ndflow monitor updates/s divided by each
+baseline's (``ndflow_vs_softioc`` is the headline). Progress goes to stderr.
 
 Usage::
 
@@ -146,6 +162,39 @@ async def post_forever(async_lib):
 run({prefix + "ArrayData": data, prefix + "PostCount": count}, startup_hook=post_forever)
 '''
 
+SOFTIOC_SERVER = '''\
+"""pythonSoftIOC (RSRV) waveform server: PREFIX ArrayData (N int16) and PostCount; posts forever."""
+import asyncio
+import sys
+
+import numpy as np
+from softioc import asyncio_dispatcher, builder, softioc
+
+prefix, n = sys.argv[1], int(sys.argv[2])
+arrays = [np.zeros(n, dtype=np.int16), np.ones(n, dtype=np.int16)]
+dispatcher = asyncio_dispatcher.AsyncioDispatcher()
+builder.SetDeviceName(prefix.rstrip(":"))
+data = builder.WaveformIn("ArrayData", initial_value=arrays[0])
+count = builder.longIn("PostCount", initial_value=0)
+builder.LoadDatabase()
+softioc.iocInit(dispatcher, enable_pva=False)
+
+
+async def post_forever():
+    i = 0
+    while True:
+        array = arrays[i & 1]
+        array[0] = i & 0x7FFF
+        data.set(array)
+        i += 1
+        count.set(i)
+        await asyncio.sleep(0)
+
+
+dispatcher(post_forever)
+softioc.non_interactive_ioc()
+'''
+
 
 # --- server processes ----------------------------------------------------------------------------
 
@@ -247,16 +296,17 @@ def cpu_seconds(process: psutil.Process) -> float:
 class Snapshot:
     t: float
     updates: int
+    scalar_updates: int
     server_cpu: float
     client_cpu: float
     counters: dict[str, float | None]
 
 
 def snapshot(monitor: MonitorCounter, server: psutil.Process, client: psutil.Process,
-             counters: dict[str, str]) -> Snapshot:
+             counters: dict[str, str], scalar: MonitorCounter | None = None) -> Snapshot:
     values = {key: _number(epics.caget(name, timeout=2.0)) for key, name in counters.items()}
-    return Snapshot(time.monotonic(), monitor.updates, cpu_seconds(server), cpu_seconds(client),
-                    values)
+    return Snapshot(time.monotonic(), monitor.updates, scalar.updates if scalar else 0,
+                    cpu_seconds(server), cpu_seconds(client), values)
 
 
 def _number(value: Any) -> float | None:
@@ -264,18 +314,22 @@ def _number(value: Any) -> float | None:
 
 
 def measure(monitor: MonitorCounter, server: Server, window: float,
-            counters: dict[str, str]) -> dict[str, Any]:
-    """Rates over one window: monitor updates, MB/s, CPU, and the delta/s of each counter PV."""
+            counters: dict[str, str], scalar: MonitorCounter | None = None) -> dict[str, Any]:
+    """Rates over one window: monitor updates, MB/s, CPU, and the delta/s of each counter PV
+    (and of the scalar monitor's updates, if there is one)."""
     server_ps, client_ps = psutil.Process(server.proc.pid), psutil.Process()
-    start = snapshot(monitor, server_ps, client_ps, counters)
+    start = snapshot(monitor, server_ps, client_ps, counters, scalar)
     time.sleep(window)
-    end = snapshot(monitor, server_ps, client_ps, counters)
+    end = snapshot(monitor, server_ps, client_ps, counters, scalar)
     elapsed = end.t - start.t
     updates_per_s = (end.updates - start.updates) / elapsed
     result: dict[str, Any] = {
         "window_s": round(elapsed, 3),
         "monitor_updates_per_s": round(updates_per_s, 2),
     }
+    if scalar is not None:
+        result["scalar_monitor_updates_per_s"] = round(
+            (end.scalar_updates - start.scalar_updates) / elapsed, 2)
     for key in counters:
         a, b = start.counters[key], end.counters[key]
         result[key] = None if a is None or b is None else round((b - a) / elapsed, 2)
@@ -285,7 +339,8 @@ def measure(monitor: MonitorCounter, server: Server, window: float,
 
 
 FIELD_ORDER = ("driver_fps", "image1_fps", "server_posts_per_s", "monitor_updates_per_s",
-               "mb_per_s", "server_cpu_pct", "client_cpu_pct", "window_s")
+               "mb_per_s", "scalar_monitor_updates_per_s", "server_cpu_pct", "client_cpu_pct",
+               "window_s")
 
 
 def with_payload(result: dict[str, Any], elements: int) -> dict[str, Any]:
@@ -297,31 +352,35 @@ def with_payload(result: dict[str, Any], elements: int) -> dict[str, Any]:
 
 # --- the cases -------------------------------------------------------------------------------------
 
-def run_ndflow(nx: int, ny: int, workdir: Path, warmup: float, window: float) -> dict[str, Any]:
+def run_ndflow(nx: int, ny: int, workdir: Path, warmup: float, window: float,
+               period: float = 0.0) -> dict[str, Any]:
+    """The real IOC; the sim driver's AcquirePeriod is `period` (0: as fast as it can)."""
     prefix = next_prefix("BENCH")
     config = workdir / f"ndflow_{nx}x{ny}.yml"
     config.write_text(ndflow_config(nx, ny))
     args = [sys.executable, "-m", "ndflow.cli", "run", str(config), "--prefix", prefix,
             "--log-level", "WARNING"]
     server = start_server(args, workdir / f"ndflow_{prefix[:-1]}.log", prefix + "cam1:Acquire_RBV")
-    monitor = None
+    monitor = scalar = None
     try:
         cam = prefix + "cam1:"
         for suffix, value in (("ImageMode", "Continuous"), ("AcquireTime", 0),
-                              ("AcquirePeriod", 0), ("SimMode", "LinearRamp")):
+                              ("AcquirePeriod", period), ("SimMode", "LinearRamp")):
             if epics.caput(cam + suffix, value, wait=True, timeout=5) is None:
                 raise RuntimeError(f"caput {cam + suffix} = {value!r} failed")
         monitor = MonitorCounter(prefix + "image1:ArrayData")
+        scalar = MonitorCounter(cam + "ArrayCounter_RBV")
         epics.caput(cam + "Acquire", 1, wait=False)
         time.sleep(warmup)
         result = measure(monitor, server, window, {
             "driver_fps": cam + "ArrayCounter_RBV",
             "image1_fps": prefix + "image1:ArrayCounter_RBV",
-        })
+        }, scalar)
         epics.caput(cam + "Acquire", 0, wait=True, timeout=5)
     finally:
-        if monitor is not None:
-            monitor.close()
+        for counter in (monitor, scalar):
+            if counter is not None:
+                counter.close()
         server.stop()
     return with_payload(result, nx * ny)
 
@@ -346,6 +405,25 @@ def run_bare(nx: int, ny: int, rate: float, workdir: Path, warmup: float,
     return with_payload(result, nx * ny)
 
 
+def run_softioc(nx: int, ny: int, workdir: Path, warmup: float, window: float) -> dict[str, Any]:
+    """pythonSoftIOC posting as fast as it can."""
+    prefix = next_prefix("SOFT")
+    script = workdir / "softioc_server.py"
+    script.write_text(SOFTIOC_SERVER)
+    args = [sys.executable, str(script), prefix, str(nx * ny)]
+    server = start_server(args, workdir / f"softioc_{prefix[:-1]}.log", prefix + "PostCount")
+    monitor = None
+    try:
+        monitor = MonitorCounter(prefix + "ArrayData")
+        time.sleep(warmup)
+        result = measure(monitor, server, window, {"server_posts_per_s": prefix + "PostCount"})
+    finally:
+        if monitor is not None:
+            monitor.close()
+        server.stop()
+    return with_payload(result, nx * ny)
+
+
 # --- driver --------------------------------------------------------------------------------------
 
 def emit(record: dict[str, Any]) -> None:
@@ -356,31 +434,55 @@ def progress(message: str) -> None:
     print(f"[image_rate] {message}", file=sys.stderr, flush=True)
 
 
-def ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b > 0 else None
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
 
 
-def bench_size(size: int, workdir: Path, warmup: float, window: float) -> dict[str, dict[str, Any]]:
+CASES = ("softioc", "ndflow", "ndflow_paced", "caproto_bare_paced", "caproto_bare_tight")
+
+
+def bench_size(size: int, workdir: Path, warmup: float, window: float,
+               cases: tuple[str, ...] = CASES, paced_factor: float = 2.0
+               ) -> dict[str, dict[str, Any]]:
     nx = ny = size
     frame = f"{nx}x{ny} UInt16"
     results: dict[str, dict[str, Any]] = {}
 
-    progress(f"{frame}: ndflow")
-    results["ndflow"] = {"case": "ndflow", "frame": frame,
-                         **run_ndflow(nx, ny, workdir, warmup, window)}
-    emit(results["ndflow"])
+    if "softioc" in cases:
+        progress(f"{frame}: pythonSoftIOC (RSRV) posting as fast as it can")
+        results["softioc"] = {"case": "softioc", "frame": frame,
+                              **run_softioc(nx, ny, workdir, warmup, window)}
+        emit(results["softioc"])
 
-    rate = max(1.0, results["ndflow"]["monitor_updates_per_s"])
-    progress(f"{frame}: bare caproto paced at {rate:.2f} posts/s")
-    results["caproto_bare_paced"] = {"case": "caproto_bare_paced", "frame": frame,
-                                     "post_rate_target": rate,
-                                     **run_bare(nx, ny, rate, workdir, warmup, window)}
-    emit(results["caproto_bare_paced"])
+    if "ndflow" in cases:
+        progress(f"{frame}: ndflow, driver free-running")
+        results["ndflow"] = {"case": "ndflow", "frame": frame, "acquire_period_s": 0.0,
+                             **run_ndflow(nx, ny, workdir, warmup, window)}
+        emit(results["ndflow"])
 
-    progress(f"{frame}: bare caproto tight loop")
-    results["caproto_bare_tight"] = {"case": "caproto_bare_tight", "frame": frame,
-                                     **run_bare(nx, ny, 0.0, workdir, warmup, window)}
-    emit(results["caproto_bare_tight"])
+    soft = results.get("softioc", {}).get("monitor_updates_per_s")
+    if "ndflow_paced" in cases and soft:
+        period = round(1.0 / (paced_factor * soft), 6)
+        progress(f"{frame}: ndflow, driver at {1 / period:.0f} frames/s "
+                 f"({paced_factor} x softioc's updates/s)")
+        results["ndflow_paced"] = {"case": "ndflow_paced", "frame": frame,
+                                   "acquire_period_s": period,
+                                   **run_ndflow(nx, ny, workdir, warmup, window, period)}
+        emit(results["ndflow_paced"])
+
+    if "caproto_bare_paced" in cases:
+        rate = max(1.0, results.get("ndflow", {}).get("monitor_updates_per_s", 1.0))
+        progress(f"{frame}: bare caproto paced at {rate:.2f} posts/s")
+        results["caproto_bare_paced"] = {"case": "caproto_bare_paced", "frame": frame,
+                                         "post_rate_target": rate,
+                                         **run_bare(nx, ny, rate, workdir, warmup, window)}
+        emit(results["caproto_bare_paced"])
+
+    if "caproto_bare_tight" in cases:
+        progress(f"{frame}: bare caproto tight loop")
+        results["caproto_bare_tight"] = {"case": "caproto_bare_tight", "frame": frame,
+                                         **run_bare(nx, ny, 0.0, workdir, warmup, window)}
+        emit(results["caproto_bare_tight"])
     return results
 
 
@@ -389,20 +491,39 @@ def summarize(all_results: dict[str, dict[str, dict[str, Any]]], warmup: float,
     ratios: dict[str, dict[str, float | None]] = {}
     headline: dict[str, dict[str, Any]] = {}
     for key, res in all_results.items():
-        nd = res["ndflow"]["monitor_updates_per_s"]
-        paced = res["caproto_bare_paced"]["monitor_updates_per_s"]
-        tight = res["caproto_bare_tight"]["monitor_updates_per_s"]
-        ratios[key] = {"ndflow_vs_bare_paced": ratio(nd, paced),
-                       "ndflow_vs_bare_best": ratio(nd, max(paced, tight))}
+        def get(case: str, field: str) -> Any:
+            return res.get(case, {}).get(field)
+
+        nd = get("ndflow", "monitor_updates_per_s")
+        nd_paced = get("ndflow_paced", "monitor_updates_per_s")
+        soft = get("softioc", "monitor_updates_per_s")
+        paced = get("caproto_bare_paced", "monitor_updates_per_s")
+        tight = get("caproto_bare_tight", "monitor_updates_per_s")
+        bare = [v for v in (paced, tight) if v is not None]
+        ratios[key] = {"ndflow_vs_softioc": ratio(nd, soft),
+                       "ndflow_paced_vs_softioc": ratio(nd_paced, soft),
+                       "ndflow_vs_bare_paced": ratio(nd, paced),
+                       "ndflow_vs_bare_best": ratio(nd, max(bare) if bare else None)}
         headline[key] = {
-            "ndflow_driver_fps": res["ndflow"]["driver_fps"],
-            "ndflow_image1_fps": res["ndflow"]["image1_fps"],
+            "ndflow_driver_fps": get("ndflow", "driver_fps"),
+            "ndflow_image1_fps": get("ndflow", "image1_fps"),
             "ndflow_updates_per_s": nd,
-            "ndflow_mb_per_s": res["ndflow"]["mb_per_s"],
-            "ndflow_server_cpu_pct": res["ndflow"]["server_cpu_pct"],
+            "ndflow_mb_per_s": get("ndflow", "mb_per_s"),
+            "ndflow_scalar_monitor_updates_per_s": get("ndflow", "scalar_monitor_updates_per_s"),
+            "ndflow_server_cpu_pct": get("ndflow", "server_cpu_pct"),
+            "ndflow_client_cpu_pct": get("ndflow", "client_cpu_pct"),
+            "ndflow_paced_driver_fps": get("ndflow_paced", "driver_fps"),
+            "ndflow_paced_updates_per_s": nd_paced,
+            "ndflow_paced_server_cpu_pct": get("ndflow_paced", "server_cpu_pct"),
+            "ndflow_paced_client_cpu_pct": get("ndflow_paced", "client_cpu_pct"),
+            "softioc_updates_per_s": soft,
+            "softioc_mb_per_s": get("softioc", "mb_per_s"),
+            "softioc_server_posts_per_s": get("softioc", "server_posts_per_s"),
+            "softioc_server_cpu_pct": get("softioc", "server_cpu_pct"),
+            "softioc_client_cpu_pct": get("softioc", "client_cpu_pct"),
             "bare_paced_updates_per_s": paced,
             "bare_tight_updates_per_s": tight,
-            "bare_tight_server_posts_per_s": res["caproto_bare_tight"]["server_posts_per_s"],
+            "bare_tight_server_posts_per_s": get("caproto_bare_tight", "server_posts_per_s"),
         }
     return {"summary": True, "ratios": ratios, "headline": headline,
             "warmup_s": warmup, "window_s": window, "cpu_count": os.cpu_count(),
@@ -432,13 +553,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before the window, s")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check: 2 s window, 1 s warm-up")
+    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES),
+                        help="which servers to measure (default all; ndflow_paced needs softioc)")
+    parser.add_argument("--paced-factor", type=float, default=2.0,
+                        help="ndflow_paced: the driver's frame rate as a multiple of softioc's "
+                             "updates/s (default 2)")
     args = parser.parse_args(argv)
     warmup, window = (1.0, 2.0) if args.quick else (args.warmup, args.window)
 
     all_results: dict[str, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="ndflow-bench-") as tmp:
         for size in args.sizes:
-            all_results[f"{size}x{size}"] = bench_size(size, Path(tmp), warmup, window)
+            all_results[f"{size}x{size}"] = bench_size(size, Path(tmp), warmup, window,
+                                                       tuple(args.cases), args.paced_factor)
     emit(summarize(all_results, warmup, window))
     return 0
 

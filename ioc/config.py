@@ -63,8 +63,9 @@ class PluginConfig(_Strict):
 class PublishConfig(_Strict):
     interval_s: float = Field(0.02, gt=0, le=1.0,
                               description="shortest time between two updates of one PV")
-    array_mb_per_s: float = Field(400.0, gt=0,
-                                  description="byte budget for posting large waveforms")
+    array_mb_per_s: float = Field(0.0, ge=0, le=1e6,
+                                  description="a cap on the rate of large waveforms, MB/s per "
+                                  "PV (0: none; they are paced by what the clients drain)")
 
 
 class AccessSecurityConfig(_Strict):

@@ -4,9 +4,18 @@ Driver and plugin threads never touch a transport. A component's `set()` only ma
 a task in the server's event loop collects the dirty names of every component once per interval
 and writes their latest values to every endpoint (coalescing), so a fast detector costs the same
 publishing work as a slow one and cannot push a server into the overload collapse measured in perf-anchors §3
-(0 updates/s at 100% CPU). Arrays are posted at once but paced by a byte budget. Values that must
-never be merged (Acquire_RBV going 0->1->0) are queued in order the moment they are set, after
-collecting everything set before them, so nothing set earlier in any thread is overtaken.
+(0 updates/s at 100% CPU). Values that must never be merged (Acquire_RBV going 0->1->0) are queued
+in order the moment they are set, after collecting everything set before them, so nothing set
+earlier in any thread is overtaken.
+
+Arrays (large waveforms) are paced by what the clients drain: the latest array of a PV is posted as
+soon as the previous update of that PV has left the transport's queues for every client (the
+endpoint's optional `sent()`, see transport.DrainAware), so a fast detector never fills a
+transport's queues and a slow client gets fewer, newer images. An endpoint without `sent()` never
+waits for a drain, but gets the latest array at most once per interval, as a scalar would, and
+within `undrained_bytes_per_s` (not once per frame: building each one costs the event loop a
+copy). An optional byte budget (`array_bytes_per_s`, None: none) caps the rate of every array PV
+on top.
 """
 
 from __future__ import annotations
@@ -26,17 +35,29 @@ log = logging.getLogger("ndflow.publisher")
 
 
 class Publisher:
-    def __init__(self, interval: float = 0.02, array_bytes_per_s: float = 400e6) -> None:
+    #: the longest wait for an array's previous update to leave (a client that stopped reading
+    #: must not stop the images of the others); then the next one is posted anyway
+    array_wait_s = 0.5
+    #: an endpoint that cannot tell when its updates have left gets an array at most once per
+    #: interval and at most this many bytes per second (building each one costs a copy)
+    undrained_bytes_per_s = 400e6
+
+    def __init__(self, interval: float = 0.02, array_bytes_per_s: float | None = None) -> None:
         self.interval = interval
-        self.array_bytes_per_s = array_bytes_per_s
+        self.array_bytes_per_s = array_bytes_per_s  # None or <= 0: no budget, paced by drain
         # reentrant: a component's collect() may set (and so post) values while collected
         self._lock = threading.RLock()
         self._collecting = False
         self._pending: list[list[Any]] = []  # [channel, value], flushed in order
         self._position: dict[Endpoint, int] = {}
         self._barrier = -1  # index of the last entry that must not be overtaken
-        self._arrays: dict[Endpoint, np.ndarray] = {}
-        self._array_due: dict[Endpoint, float] = {}
+        self._arrays: dict[Endpoint, np.ndarray] = {}  # the latest array not yet posted
+        self._array_due: dict[Endpoint, float] = {}  # not posted again before (budget)
+        # posted, its update not yet out of the transport's queues: the endpoint's sent()
+        # awaitable and the timer that stops waiting for it
+        self._in_flight: dict[Endpoint, tuple[Any, asyncio.TimerHandle]] = {}
+        self._hooked: dict[Endpoint, Any] = {}  # the last awaitable given a done-callback
+        self._array_timer: float | None = None  # when the armed array-pass timer fires
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._array_wake: asyncio.Event | None = None
@@ -94,9 +115,14 @@ class Publisher:
                 log.error("cannot collect values of %s: %s", getattr(source, "port", source), exc)
 
     def post_array(self, channel: Endpoint, array: np.ndarray) -> None:
-        """Latest array wins; posted no faster than the byte budget allows."""
+        """Latest array wins; posted once the previous one has left (and the budget allows)."""
         with self._lock:
             self._arrays[channel] = array
+            if channel in self._in_flight:
+                return  # posted when the previous one has left
+            timer = self._array_timer
+            if timer is not None and timer <= self._array_due.get(channel, 0.0):
+                return  # not due yet, and a pass is armed for before it is
             if not self._array_wake_requested and self._loop is not None:
                 self._array_wake_requested = True
                 self._loop.call_soon_threadsafe(self._array_wake.set)
@@ -127,18 +153,114 @@ class Publisher:
                     self._wake_requested = False
         finally:
             arrays.cancel()
+            with self._lock:
+                waits, self._in_flight = list(self._in_flight.values()), {}
+                self._hooked.clear()
+                self._loop = None
+            for _, timer in waits:
+                timer.cancel()
 
+    # --- arrays -----------------------------------------------------------------------------------
     async def _run_arrays(self) -> None:
-        """Arrays are paced by the byte budget alone, not by the scalar interval."""
+        """One pass posts every pending array whose endpoint is ready: its previous update has
+        left the transport's queues (`sent()`), and the budget (or, for an endpoint that cannot
+        tell, the interval) allows. Not paced by the scalar interval."""
         while True:
             await self._array_wake.wait()
             self._array_wake.clear()
             with self._lock:
                 self._array_wake_requested = False
             async with self._flush_lock:
-                delay = await self._flush_arrays(force=False)
+                delay = await self._post_arrays(force=False)
             if delay is not None:
-                self._loop.call_later(delay, self._array_wake.set)
+                fires = time.monotonic() + delay
+                with self._lock:
+                    if self._array_timer is not None and self._array_timer <= fires:
+                        continue
+                    self._array_timer = fires
+                self._loop.call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        with self._lock:
+            self._array_timer = None
+        self._wake_arrays()
+
+    def _wake_arrays(self) -> None:
+        """(event loop) Run the array pass again."""
+        with self._lock:
+            self._array_wake_requested = True
+        self._array_wake.set()
+
+    async def _post_arrays(self, force: bool) -> float | None:
+        """Post the pending arrays that are ready (all of them if `force`, under the flush
+        lock); the delay until the budget lets the next one go, if one waits for it."""
+        now = time.monotonic()
+        due: list[tuple[Endpoint, np.ndarray]] = []
+        next_delay: float | None = None
+        with self._lock:
+            for channel in list(self._arrays):
+                if not force:
+                    if channel in self._in_flight:
+                        continue  # _sent runs a pass once the previous one has left
+                    wait = self._array_due.get(channel, 0.0) - now
+                    if wait > 0:
+                        next_delay = wait if next_delay is None else min(next_delay, wait)
+                        continue
+                due.append((channel, self._arrays.pop(channel)))
+        budget = self.array_bytes_per_s
+        for channel, array in due:
+            sent = getattr(channel, "sent", None)
+            wait = 0.0  # the drain paces it
+            if sent is None:  # no drain to go by: as a scalar, and no more bytes than this
+                wait = max(self.interval, array.nbytes / self.undrained_bytes_per_s)
+            if budget is not None and budget > 0:
+                wait = max(wait, array.nbytes / budget)
+            if wait > 0:
+                with self._lock:
+                    self._array_due[channel] = now + wait
+            await self._write(channel, array)
+            if sent is not None:
+                self._watch(channel, sent)
+        return next_delay
+
+    def _watch(self, channel: Endpoint, sent: Any) -> None:
+        """Hold the channel's next array until this update has left the transport's queues."""
+        if channel in self._in_flight:  # a forced post while one was under way: the wait
+            return  # already running covers the newest update too
+        try:
+            waiter = sent()
+        except Exception as exc:  # a transport's bug must not stop the images
+            log.error("%s: cannot tell whether the array has left: %s", channel.param.name, exc)
+            return
+        if waiter is None:
+            return  # nothing queued: ready now
+        if not isinstance(waiter, asyncio.Future):
+            waiter = asyncio.ensure_future(waiter)
+        if waiter.done():
+            return
+        timer = self._loop.call_later(self.array_wait_s, self._sent, channel, waiter)
+        with self._lock:
+            self._in_flight[channel] = (waiter, timer)
+        if self._hooked.get(channel) is not waiter:  # an endpoint may hand out one future
+            self._hooked[channel] = waiter  # until it is done: one callback on it is enough
+            waiter.add_done_callback(lambda _: self._sent(channel, waiter))
+
+    def _sent(self, channel: Endpoint, waiter: Any) -> None:
+        """The update has left (or the wait for a client that stopped reading ended: it must
+        not stop the images of the others): the next array may go."""
+        with self._lock:
+            if waiter.done() and self._hooked.get(channel) is waiter:
+                del self._hooked[channel]
+            entry = self._in_flight.get(channel)
+            if entry is None or entry[0] is not waiter:
+                return
+            del self._in_flight[channel]
+            again = channel in self._arrays
+        entry[1].cancel()
+        if isinstance(waiter, asyncio.Task) and not waiter.done():
+            waiter.cancel()  # a coroutine's wait we started, given up
+        if again:
+            self._wake_arrays()
 
     async def drain(self) -> None:
         """Publish everything pending now, arrays included, and wait until the transports have
@@ -174,26 +296,9 @@ class Publisher:
             # Arrays first: when Acquire_RBV goes to Done, the last image must already be out,
             # since ophyd's SingleTrigger reads the image as soon as it sees Done.
             if force or ordered:
-                await self._flush_arrays(True)
+                await self._post_arrays(force=True)
             for channel, value in pending:
                 await self._write(channel, value)
-
-    async def _flush_arrays(self, force: bool) -> float | None:
-        now = time.monotonic()
-        due: list[tuple[Endpoint, np.ndarray]] = []
-        next_delay: float | None = None
-        with self._lock:
-            for channel in list(self._arrays):
-                ready_at = self._array_due.get(channel, 0.0)
-                if force or ready_at <= now:
-                    due.append((channel, self._arrays.pop(channel)))
-                else:
-                    wait = ready_at - now
-                    next_delay = wait if next_delay is None else min(next_delay, wait)
-        for channel, array in due:
-            self._array_due[channel] = now + array.nbytes / self.array_bytes_per_s
-            await self._write(channel, array)
-        return next_delay
 
     async def _write(self, channel: Endpoint, value: Any) -> None:
         try:

@@ -95,6 +95,18 @@ class FrameEndpoint(Endpoint, Protocol):
     def post_frame(self, array: Any) -> None: ...
 
 
+class DrainAware(Endpoint, Protocol):
+    """An endpoint that can say when its updates have left the transport's queues (optional:
+    the publisher treats an endpoint without `sent` as always ready). The publisher posts a
+    large array only once the previous update of that endpoint has left, so arrays are paced by
+    what the clients drain."""
+
+    def sent(self) -> Awaitable[None] | None:
+        """None if no update published so far waits in the transport's queues (each
+        subscribed client's connection has written it or is writing it); else an awaitable
+        (best an asyncio.Future: no task is made for it) done once none does."""
+
+
 class Transport(Protocol):
     """One protocol serving every component's PVs."""
 

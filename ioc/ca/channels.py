@@ -9,7 +9,9 @@ created on first use.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from typing import Any
 
 import numpy as np
@@ -39,6 +41,11 @@ WIRE_DTYPES: dict[str, np.dtype] = {
 
 _CA_KINDS = (Kind.INT, Kind.FLOAT, Kind.ENUM, Kind.STRING, Kind.TEXT, Kind.ARRAY)
 
+#: an array at least this large (bytes on the wire) goes out without caproto's second copy
+WIRE_VIEW_MIN_BYTES = 4096
+#: what caproto may hold queued per subscription of a waveform, in bytes (>= 2 updates)
+ARRAY_BACKLOG_BYTES = 8_000_000
+
 
 class ParamChannel:
     """Mixin for the caproto channel classes: writes go to the owning component's put handler,
@@ -51,6 +58,13 @@ class ParamChannel:
         self._on_put = spec.on_put
         self._fields: dict[str, ChannelData] = {}
         self.pvname = spec.param.name  # replaced by the full name when the IOC serves the channel
+        # Where this channel's updates are on their way to the clients (see `sent`, maintained
+        # by the server's context and circuits): updates in the context's queue not yet handed
+        # to the circuits, and per circuit the queue position of its latest update.
+        self._ca_context: Any = None
+        self._ca_unsent = 0
+        self._ca_marks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._ca_waiter: asyncio.Future | None = None
 
     async def write_from_dbr(self, data: Any, data_type: ChannelType, metadata: Any = None,
                              *, flags: int = 0) -> Any:
@@ -110,6 +124,51 @@ class ParamChannel:
                              severity=AlarmSeverity(severity))
         else:
             await self.write(value, verify_value=False)
+
+    def sent(self) -> asyncio.Future | None:
+        """None if no update published so far waits in caproto's queues, else a future done
+        once none does: each subscribed circuit has taken it to write, which it does only once
+        everything before it has gone to the socket. The publisher posts the next array then,
+        so arrays are paced by what the clients drain, with at most one update waiting behind
+        the one being written."""
+        if self._ca_drained():
+            return None
+        waiter = self._ca_waiter
+        if waiter is None or waiter.done():
+            self._ca_waiter = waiter = asyncio.get_running_loop().create_future()
+            self._ca_context.ndflow_waiting.add(self)
+        return waiter
+
+    def _ca_drained(self) -> bool:
+        if self._ca_unsent:
+            return False
+        marks = self._ca_marks
+        for circuit, position in list(marks.items()):
+            if circuit.subscription_queue.gets >= position or not circuit.connected:
+                del marks[circuit]
+            else:
+                return False
+        return True
+
+    def _ca_wake(self) -> bool:
+        """Resolve the future of `sent` if drained; True when none is left waiting."""
+        if not self._ca_drained():
+            return False
+        waiter, self._ca_waiter = self._ca_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        return True
+
+    async def _read(self, data_type: Any) -> Any:
+        """caproto converts the value to the wire's (big-endian) form here, once per update and
+        DBR type; it would convert it again for every subscriber's EventAddResponse (a second
+        copy of the whole array). A large result is marked as already in wire form, so the
+        second conversion hands it on as it is (see `_wire_passthrough`)."""
+        metadata, values = await super()._read(data_type)
+        if type(values) is np.ndarray and values.ndim == 1 and \
+                values.nbytes >= WIRE_VIEW_MIN_BYTES:
+            values = values.view(WireArray)
+        return metadata, values
 
     def to_wire(self, value: Any) -> Any:
         """Stored parameter value -> what this channel holds."""
@@ -200,7 +259,7 @@ def make_channel(spec: PVSpec, value: Any) -> ParamChannel | None:
     else:
         base = _ARRAY_CHANNELS[np.dtype(param.dtype).str[1:]]
         cls = _cls(base)
-        kw.update(max_length=param.length)
+        kw.update(max_length=param.length, max_subscription_backlog=_array_backlog(param))
         if base is not ChannelByte:
             kw.update(units=param.units)
     if param.alarm is not None and param.kind in (Kind.INT, Kind.FLOAT):
@@ -210,6 +269,15 @@ def make_channel(spec: PVSpec, value: Any) -> ParamChannel | None:
     initial = chan.to_wire(value) if value is not None else _empty(param)
     cls.__init__(chan, value=initial, **kw)
     return chan
+
+
+def _array_backlog(param: Param) -> int:
+    """How many updates of a waveform caproto keeps queued per subscription before dropping
+    the oldest (it keeps each of them alive until then): 1000 by default, 2 GB for a 1M Int16
+    image. The publisher sends an array only once the previous one has left, so a few are
+    plenty; older ones of a client that lags are dropped (latest wins, as the publisher does)."""
+    nbytes = param.length * WIRE_DTYPES[np.dtype(param.dtype).str[1:]].itemsize
+    return int(max(2, min(100, ARRAY_BACKLOG_BYTES // max(nbytes, 1))))
 
 
 def _limits(param: Param) -> dict[str, float]:
@@ -257,6 +325,40 @@ def _empty(param: Param) -> Any:
     if param.kind is Kind.ARRAY:
         return np.zeros(1, dtype=WIRE_DTYPES[np.dtype(param.dtype).str[1:]])
     return {Kind.INT: 0, Kind.FLOAT: 0.0, Kind.STRING: "", Kind.TEXT: ""}.get(param.kind, 0)
+
+
+# --- caproto: a large array is converted to its wire form once ------------------------------------
+class WireArray(np.ndarray):
+    """A waveform's value already in wire form (big-endian, the DBR's element type), as
+    ParamChannel._read made it for one update."""
+
+
+def _wire_passthrough() -> bool:
+    """caproto's EventAddResponse converts its data with backend.python_to_epics, which always
+    copies (`astype`) even when the array is already what the wire needs. A WireArray is handed
+    on as it is (a plain view, contiguous). Every other value keeps caproto's conversion. Done
+    once; again if a backend was selected since (select_backend replaces the function)."""
+    from caproto._backend import backend
+
+    current = backend.python_to_epics
+    if current is None or getattr(current, "_ndflow", False):
+        return False
+
+    def python_to_epics(dtype: Any, values: Any, *, byteswap: bool = True,
+                        convert_from: Any = None) -> Any:
+        if type(values) is WireArray:
+            plain = values.view(np.ndarray)
+            if plain.dtype == backend.type_map.get(dtype):
+                return plain if plain.flags.c_contiguous else np.ascontiguousarray(plain)
+            values = plain  # another DBR type than it was made for: caproto converts
+        return current(dtype, values, byteswap=byteswap, convert_from=convert_from)
+
+    python_to_epics._ndflow = True  # type: ignore[attr-defined]
+    backend.python_to_epics = python_to_epics
+    return True
+
+
+_wire_passthrough()
 
 
 # --- caproto: a refused put must not cost the event loop O(channels) ------------------------------

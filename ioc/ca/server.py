@@ -2,34 +2,336 @@
 
 caproto looks every search up in the plain `pvdb` dict handed to its Context, so PVs added and
 withdrawn while serving (an algorithm's reload) are dict changes made in the event loop's thread.
+
+Our circuits differ from caproto's in how they send and in what they tell:
+- caproto sends a batch by joining its buffers into one bytes object (a copy of a whole image)
+  and writing that; ours hand the buffers to the socket as they are (`os.writev`, a large batch
+  from a sender thread), so an image costs one conversion to big-endian and the kernel's copy;
+- caproto waits up to 10 ms for more updates before sending a batch; ours send what is queued
+  (the publisher hands its updates over in bursts already);
+- they count what of their queue they have taken to write and what they have written: the
+  publisher posts an array's next update once the last one has been taken by every circuit
+  (`ParamChannel.sent`), and a put completes once the updates queued before its response have
+  been written (`settle`), so its client sees them first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Iterable, Mapping
 
+from caproto import MAX_TOTAL_SUBSCRIPTION_BACKLOG
+from caproto.asyncio.server import Context as _CaprotoContext
+from caproto.asyncio.server import VirtualCircuit as _CaprotoCircuit
+
+from ..params import Kind
 from ..transport import PVSpec
 from .channels import ParamChannel, make_channel
 
 log = logging.getLogger("ndflow.ca")
 
-try:  # how long caproto's circuit may batch monitor updates before sending them
-    from caproto.server.common import HIGH_LOAD_TIMEOUT as SEND_SETTLE_S
-except ImportError:  # pragma: no cover
-    SEND_SETTLE_S = 0.01
-
 
 def _limit_caproto_batching() -> None:
-    """caproto's circuit holds monitor updates in a batch for up to a latency limit that doubles
-    with every batch while a client is busy, up to MAX_LATENCY (1 s), but sends a put's response
-    at once. settle() waits until caproto's queues stay empty for two SEND_SETTLE_S polls; a
-    batch already taken out of them is not seen, so a put-callback could complete tens of ms
-    before its own monitor updates. Capped at SEND_SETTLE_S, a batch is sent within the window
-    settle() waits."""
+    """caproto's circuit may hold a batch of monitor updates (while more are queued) for up to a
+    latency limit that doubles with every batch while a client is busy, up to MAX_LATENCY (1 s).
+    Ours never waits for more than is queued, but a batch taken while updates keep coming is
+    still bounded by that limit: capped at 10 ms, as caproto starts."""
     from caproto.server import common
-    common.MAX_LATENCY = min(common.MAX_LATENCY, SEND_SETTLE_S)
+    common.MAX_LATENCY = min(common.MAX_LATENCY, common.HIGH_LOAD_TIMEOUT)
+
+
+#: buffers smaller than this are joined before the write (one iovec); larger ones go as they are
+_JOIN_BELOW = 16384
+#: buffers per writev (Linux allows 1024)
+_IOV_MAX = 512
+
+
+class _CountingQueue(asyncio.Queue):
+    """An asyncio.Queue that counts what went in and out, so a position in it can be waited
+    for. `clear` (which caproto calls on an overflowing circuit) drops everything queued."""
+
+    def __init__(self, maxsize: int = 0, context: Any = None) -> None:
+        super().__init__(maxsize)
+        self.context = context
+        self.puts = 0
+        self.gets = 0
+
+    def put_nowait(self, item: Any) -> None:
+        super().put_nowait(item)
+        self.puts += 1
+        if self.context is not None:  # the context's queue: SubscriptionUpdate items
+            entry = _entry_of(item)
+            if entry is not None:
+                entry._ca_unsent += 1
+                entry._ca_context = self.context
+
+    def get_nowait(self) -> Any:
+        item = super().get_nowait()
+        self.gets += 1
+        return item
+
+    def clear(self) -> None:
+        """Drop everything queued (caproto does on an overflowing circuit; asyncio.Queue has
+        no clear()): counted as taken."""
+        dropped = self.qsize()
+        self._queue.clear()  # type: ignore[attr-defined]
+        self.gets += dropped
+
+
+def _entry_of(update: Any) -> ParamChannel | None:
+    try:
+        entry = update[0][0].db_entry
+    except (IndexError, TypeError, AttributeError):
+        return None
+    return entry if isinstance(entry, ParamChannel) else None
+
+
+class _Circuit(_CaprotoCircuit):
+    """caproto's asyncio circuit, sending without copying large buffers and counting how much
+    of its subscription queue it has taken to send (`subscription_queue.gets`: every update up
+    to that queue position is written, being written, or dropped as superseded) and how much
+    has been written (`ndflow_sent`).
+
+    A large batch (an image) is written to the socket by a sender thread, as RSRV's send
+    threads do: the kernel's copy of a few MB and the receiving client it wakes (which on
+    loopback takes the CPU from the writer) then cost that thread, not the event loop, which
+    meanwhile prepares the next update and serves the other clients. The thread writes to its
+    own duplicate of the socket's descriptor, closed once no write is under way, so a
+    descriptor number the loop has closed and reused is never written to."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subscription_queue = _CountingQueue(MAX_TOTAL_SUBSCRIPTION_BACKLOG)
+        self.ndflow_sent = 0  # every update up to this queue position is written (or dropped)
+        self._fd: int | None = None  # our duplicate of the socket's descriptor
+        self._writing: Any = None  # the sender thread's write under way (a Future)
+        transport = getattr(getattr(self.client, "writer", None), "transport", None)
+        if transport is not None:
+            # drain() returns once the buffer is empty, not below 64 KiB: the circuit takes
+            # its next update only once the last one has gone to the socket, and that one can
+            # go straight to the socket
+            transport.set_write_buffer_limits(high=0)
+            sock = transport.get_extra_info("socket")
+            if sock is not None and hasattr(os, "writev"):  # POSIX
+                self._fd = os.dup(sock.fileno())
+
+    async def get_from_sub_queue(self, timeout: float | None = None) -> Any:
+        """The subscription loop's next update, or None if there is none now (caproto asks
+        with a timeout while it has a batch in hand, to gather more for up to 10 ms: the
+        publisher already hands over its updates in bursts, so a batch is what is queued, sent
+        at once). It takes one only once the batch before has been written (it awaits the
+        send's drain), so a channel whose update has been taken by every circuit has nothing
+        left waiting behind the writes."""
+        queue = self.subscription_queue
+        if not queue.empty():
+            item = queue.get_nowait()
+        elif timeout is not None:
+            return None
+        else:  # no batch in hand: all taken before has been written (or dropped as superseded)
+            self._sent_through(queue.gets)
+            item = await queue.get()
+        if self.context.ndflow_waiting:
+            self.context.ndflow_notify()
+        return item
+
+    async def send(self, *commands: Any) -> None:
+        taken = self.subscription_queue.gets
+        await super().send(*commands)
+        if asyncio.current_task() is self._sub_task:  # a batch of the subscription loop
+            self._sent_through(taken)
+
+    def _sent_through(self, position: int) -> None:
+        if position > self.ndflow_sent:
+            self.ndflow_sent = position
+            if self.context.ndflow_settlers:
+                self.context.ndflow_settle_check()
+
+    async def _on_disconnect(self) -> None:
+        try:
+            await super()._on_disconnect()
+        finally:
+            self._close_fd()
+            self.context.ndflow_notify()
+            self.context.ndflow_settle_check()
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        writing = self._writing
+        if writing is not None and not writing.done():  # the thread still writes to it
+            writing.add_done_callback(lambda _: os.close(fd))
+        else:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:
+            self._close_fd()
+        except Exception:
+            pass
+
+    async def _send_buffers(self, *buffers: Any) -> None:
+        """Write the buffers of one batch with as few copies as possible: straight to the
+        socket (writev; a large batch from the sender thread) when nothing is waiting in the
+        connection's buffer, and only what the socket did not take is copied into that
+        buffer."""
+        client = self.client
+        writer = client.writer
+        transport = writer.transport
+        parts = _parts(buffers)
+        async with client.send_lock:
+            fd = self._fd
+            if fd is not None and parts and transport.get_write_buffer_size() == 0 \
+                    and not transport.is_closing():
+                if sum(len(part) for part in parts) >= SENDER_THREAD_BYTES:
+                    self._writing = _sender().submit(_write_now, fd, parts)
+                    written = await asyncio.wrap_future(self._writing)
+                else:
+                    written = _write_now(fd, parts)
+                parts = _after(parts, written)
+            for part in parts:  # what the socket did not take: the transport buffers it
+                writer.write(part)
+            await writer.drain()
+
+
+#: a batch at least this large is written by the sender thread
+SENDER_THREAD_BYTES = 256 * 1024
+_SENDER: Any = None
+
+
+def _sender() -> Any:
+    """The thread that writes large batches (one for every circuit: a write never blocks, it
+    takes what the socket accepts now)."""
+    global _SENDER
+    if _SENDER is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _SENDER = ThreadPoolExecutor(1, thread_name_prefix="ndflow-ca-send")
+    return _SENDER
+
+
+def _write_now(fd: int, parts: list[memoryview]) -> int:
+    """Write as much of `parts` as the (non-blocking) socket takes now; the bytes written."""
+    done = 0
+    while parts:
+        chunk = parts[:_IOV_MAX]
+        try:
+            written = os.writev(fd, chunk)
+        except (BlockingIOError, InterruptedError):
+            break
+        done += written
+        parts = _after(parts, written)
+        if written < sum(len(part) for part in chunk):
+            break
+    return done
+
+
+def _parts(buffers: Iterable[Any]) -> list[memoryview]:
+    """The buffers as byte views, small neighbours joined (a batch of scalar updates is a few
+    hundred 16-byte headers and small payloads), large ones as they are."""
+    parts: list[memoryview] = []
+    small: list[Any] = []
+    for buf in buffers:
+        view = buf if isinstance(buf, memoryview) else memoryview(buf)
+        if view.ndim != 1 or view.format != "B" or view.itemsize != 1:
+            view = view.cast("B")
+        if not view.nbytes:
+            continue
+        if view.nbytes < _JOIN_BELOW:
+            small.append(view)
+            continue
+        if small:
+            parts.append(memoryview(b"".join(small)))
+            small = []
+        parts.append(view)
+    if small:
+        parts.append(memoryview(b"".join(small)))
+    return parts
+
+
+def _after(parts: list[memoryview], written: int) -> list[memoryview]:
+    """What remains of `parts` once the first `written` bytes have gone."""
+    for i, part in enumerate(parts):
+        if written < len(part):
+            return ([part[written:]] if written else [part]) + parts[i + 1:]
+        written -= len(part)
+    return []
+
+
+class _Context(_CaprotoContext):
+    """caproto's asyncio context with our circuits, knowing which channels wait for their
+    updates to leave (`ParamChannel.sent`)."""
+
+    CircuitClass = _Circuit
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.subscription_queue = _CountingQueue(context=self)
+        self.ndflow_waiting: set[ParamChannel] = set()
+        self.ndflow_dispatched = 0  # items of subscription_queue handed to the circuits
+        self.ndflow_settlers: list[tuple[Any, asyncio.Future]] = []
+
+    async def _subscription_queue_iteration(self, sub_specs: Any, *args: Any) -> None:
+        entry = getattr(sub_specs[0], "db_entry", None) if sub_specs else None
+        try:
+            await super()._subscription_queue_iteration(sub_specs, *args)
+        finally:
+            self.ndflow_dispatched += 1
+            if isinstance(entry, ParamChannel):
+                entry._ca_unsent = max(0, entry._ca_unsent - 1)
+                if self.ndflow_waiting:
+                    self.ndflow_notify()
+            if self.ndflow_settlers:
+                self.ndflow_settle_check()
+
+    async def _subscription_queue_send(self, sub_spec: Any, sub: Any, *args: Any,
+                                       **kwargs: Any) -> None:
+        queue = sub.circuit.subscription_queue
+        before = getattr(queue, "puts", None)
+        await super()._subscription_queue_send(sub_spec, sub, *args, **kwargs)
+        entry = sub.db_entry
+        if before is not None and queue.puts != before and isinstance(entry, ParamChannel) \
+                and entry.param.kind is Kind.ARRAY:  # what the publisher asks sent() about
+            entry._ca_marks[sub.circuit] = queue.puts  # its update is at this position
+
+    def ndflow_notify(self) -> None:
+        """Something has left (or a circuit went away): wake the channels now drained."""
+        if self.ndflow_waiting:
+            self.ndflow_waiting = {channel for channel in self.ndflow_waiting
+                                   if not channel._ca_wake()}
+
+    async def ndflow_settle(self) -> None:
+        """Return once every monitor update queued so far has been written to its client's
+        socket (or dropped as superseded, or its circuit has gone)."""
+        target = self.subscription_queue.puts
+        await self._ndflow_until(lambda: self.ndflow_dispatched >= target)
+        marks = [(circuit, circuit.subscription_queue.puts) for circuit in list(self.circuits)
+                 if hasattr(circuit, "ndflow_sent")]
+        await self._ndflow_until(lambda: all(
+            circuit.ndflow_sent >= mark or not circuit.connected for circuit, mark in marks))
+
+    async def _ndflow_until(self, done: Any) -> None:
+        if done():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.ndflow_settlers.append((done, waiter))
+        try:
+            await waiter
+        finally:
+            if not waiter.done():  # cancelled (a timeout)
+                self.ndflow_settlers = [(d, w) for d, w in self.ndflow_settlers if w is not waiter]
+
+    def ndflow_settle_check(self) -> None:
+        waiting = []
+        for done, waiter in self.ndflow_settlers:
+            if waiter.done():
+                continue
+            if done():
+                waiter.set_result(None)
+            else:
+                waiting.append((done, waiter))
+        self.ndflow_settlers = waiting
 
 
 class CATransport:
@@ -59,23 +361,21 @@ class CATransport:
         return [name for name in self.pvdb if "." not in name]
 
     async def serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        from caproto.asyncio.server import Context
+        from .channels import _wire_passthrough
         _limit_caproto_batching()
-        self.context = Context(self.pvdb)
+        _wire_passthrough()  # again, in case a caproto backend was selected since import
+        self.context = _Context(self.pvdb)
         await self.context.run(log_pv_names=False)
 
     async def settle(self, timeout: float = 2.0) -> None:
-        """Wait until caproto has handed queued monitor updates to the clients' connections."""
+        """Wait until caproto has written the monitor updates queued so far to the clients'
+        sockets, so a put's response sent next reaches its client after them (at most
+        `timeout`: a client that stopped reading must not hold every put)."""
         ctx = self.context
         if ctx is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        quiet = 0
-        # An update may sit between caproto's context queue and a circuit queue, or in a circuit's
-        # batch for up to its latency limit: require the queues to stay empty across that limit.
-        while quiet < 2 and loop.time() < deadline:
-            busy = not ctx.subscription_queue.empty() or any(
-                not circuit.subscription_queue.empty() for circuit in list(ctx.circuits))
-            quiet = 0 if busy else quiet + 1
-            await asyncio.sleep(SEND_SETTLE_S if not busy else 0.001)
+        try:
+            async with asyncio.timeout(timeout):
+                await ctx.ndflow_settle()
+        except TimeoutError:
+            pass

@@ -154,3 +154,138 @@ def test_a_withdrawn_parameter_is_skipped_not_fatal():
         assert channels["Counter_RBV"].value == 3
         task.cancel()
     asyncio.run(main())
+
+
+# --- arrays paced by what the clients drain -------------------------------------------------------
+class Gate:
+    """An endpoint's sent(): returns once opened (the previous update has left)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.waits = 0
+
+    async def sent(self) -> None:
+        self.waits += 1
+        await self.event.wait()
+
+
+def test_an_array_waits_until_the_previous_one_has_left_and_the_latest_wins():
+    async def main():
+        publisher, thing, channels, written = make()
+        publisher.array_bytes_per_s = None  # paced by the drain alone
+        gate = Gate()
+        channels["Image"].sent = gate.sent
+        task = await run_publisher(publisher)
+        thing.set("Image", np.full(1000, 1, dtype=np.uint8))
+        await asyncio.sleep(0.05)
+        images = [v[0] for s, v in written if s == "Image"]
+        assert images == [1] and gate.waits == 1
+        for i in range(2, 50):  # the clients have not drained the first one
+            thing.set("Image", np.full(1000, i, dtype=np.uint8))
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.05)
+        assert [v[0] for s, v in written if s == "Image"] == [1]
+        gate.event.set()  # it has left: the latest one goes, at once
+        await asyncio.sleep(0.01)
+        assert [v[0] for s, v in written if s == "Image"] == [1, 49]
+        task.cancel()
+    asyncio.run(main())
+
+
+def test_arrays_follow_the_drain_not_a_budget():
+    async def main():
+        publisher, thing, channels, written = make()
+        publisher.array_bytes_per_s = None
+        channels["Image"].sent = Gate().sent  # never drains...
+        publisher.array_wait_s = 0.05  # ...so each wait ends after this: ~20/s
+        task = await run_publisher(publisher)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(150):  # 0.3 s of frames
+            thing.set("Image", np.full(1000, i, dtype=np.uint8))
+            await asyncio.sleep(0.002)
+        elapsed = loop.time() - start
+        await asyncio.sleep(0.06)
+        images = [v[0] for s, v in written if s == "Image"]
+        assert 3 <= len(images) <= elapsed / 0.05 + 2, (len(images), elapsed)
+        assert images[-1] == 149
+
+        async def drained():  # a client that drains at once: (nearly) every frame goes out
+            return None
+        channels["Image"].sent = drained
+        await asyncio.sleep(0.06)  # the last wait for the stuck one ends
+        written.clear()
+        for i in range(50):
+            thing.set("Image", np.full(1000, i, dtype=np.uint8))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.02)
+        images = [v[0] for s, v in written if s == "Image"]
+        assert len(images) >= 25 and images[-1] == 49, images
+        task.cancel()
+    asyncio.run(main())
+
+
+def test_a_scalar_keeps_flowing_while_an_array_waits_for_its_drain():
+    async def main():
+        publisher, thing, channels, written = make(interval=0.01)
+        publisher.array_bytes_per_s = None
+        channels["Image"].sent = Gate().sent  # stuck client
+        publisher.array_wait_s = 10.0
+        task = await run_publisher(publisher)
+        for i in range(1, 21):
+            thing.set("Image", np.full(1000, i, dtype=np.uint8))
+            thing.set("Counter_RBV", i)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)
+        counters = [v for s, v in written if s == "Counter_RBV"]
+        assert len(counters) >= 5 and counters[-1] == 20, counters
+        assert len([s for s, v in written if s == "Image"]) == 1
+        task.cancel()
+    asyncio.run(main())
+
+
+def test_an_endpoint_that_cannot_tell_its_drain_gets_an_array_once_per_interval():
+    class Plain:  # an endpoint with no sent(): never waits, gets the latest each interval
+        def __init__(self, spec, value):
+            self.spec, self.param, self.readback = spec, spec.param, spec.readback
+            self.pvname = spec.suffix
+            self.value = value
+            self.posted = []
+
+        def to_wire(self, value):
+            return value
+
+        async def publish_value(self, value):
+            self.value = value
+            self.posted.append(value)
+
+    class PlainTransport:
+        name = "plain"
+
+        def __init__(self):
+            self.endpoints = {}
+
+        def endpoint(self, spec, value):
+            self.endpoints[spec.suffix] = Plain(spec, value)
+            return self.endpoints[spec.suffix]
+
+    async def main():
+        publisher = Publisher(interval=0.05)
+        thing = Thing("T", "T:")
+        transport = PlainTransport()
+        thing.attach(publisher, [transport])
+        image = transport.endpoints["Image"]
+        task = await run_publisher(publisher)
+        await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i in range(100):  # 0.3 s of frames at ~330/s
+            thing.set("Image", np.full(1000, i, dtype=np.uint8))
+            await asyncio.sleep(0.003)
+        elapsed = loop.time() - start
+        await asyncio.sleep(0.08)
+        assert 3 <= len(image.posted) <= elapsed / 0.05 + 2, (len(image.posted), elapsed)
+        assert image.posted[-1][0] == 99
+        task.cancel()
+    asyncio.run(main())
+
