@@ -195,11 +195,6 @@ def test_every_busy_transition_reaches_the_monitor_in_order(run):
                           f"{run.elapsed:.1f} s:\n" + "\n".join(problems))
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "caproto's circuit batches monitor updates for up to its latency limit (10 ms, doubling per "
-    "batch under load up to CAPROTO_SERVER_MAX_LATENCY_SEC = 1 s) while a put response is sent "
-    "at once; Publisher.settle() sees caproto's queues empty once the batch is taken out of "
-    "them, so the completion can overtake the put's monitor updates by tens of ms"))
 def test_put_callback_completes_after_its_monitor_updates(run):
     """DESIGN.md: values a client relies on are flushed in order before completion is
     signalled. So when a put-callback of 1 completes, the monitors already hold its 1 and 0."""
