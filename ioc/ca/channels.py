@@ -10,6 +10,7 @@ created on first use.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import weakref
 from typing import Any
@@ -19,11 +20,19 @@ from caproto import (AccessRights, AlarmSeverity, AlarmStatus, ChannelByte, Chan
                      ChannelEnum, ChannelFloat, ChannelInteger, ChannelShort, ChannelString,
                      ChannelType, SkipWrite, native_type)
 
+from ..access import OPEN, Access, AccessSecurity
 from ..params import Kind, Param, short_value
 from ..refusals import REFUSALS
 from ..transport import HANDLED, PVSpec
 
 log = logging.getLogger("ndflow.ca")
+
+#: the address of the client whose command the current task handles (set by our circuits):
+#: caproto asks `check_access` with the reported host and user names only
+CLIENT_ADDRESS: contextvars.ContextVar[str] = contextvars.ContextVar("ndflow_ca_client",
+                                                                    default="")
+_RIGHTS = {Access.NONE: AccessRights.NO_ACCESS, Access.READ: AccessRights.READ,
+           Access.WRITE: AccessRights.READ | AccessRights.WRITE}
 
 
 _ARRAY_CHANNELS: dict[str, type] = {
@@ -102,10 +111,35 @@ class ParamChannel:
                             f"{type(exc).__name__}: {exc}")
             raise
 
+    #: the IOC's access rules (set by the transport when it serves the channel)
+    ca_access: AccessSecurity | None = None
+
     def check_access(self, hostname: str, username: str) -> AccessRights:
+        """The EPICS access security rules for this client (caproto asks at channel creation
+        and before every read and write): matched against the host name the client reported,
+        or against its address with `client_ip` (asCheckClientIP)."""
+        rights = self.policy_rights(hostname, username)
         if self._on_put is None:
-            return AccessRights.READ
-        return AccessRights.READ | AccessRights.WRITE
+            rights &= AccessRights.READ
+        return rights
+
+    def policy_rights(self, hostname: str, username: str) -> AccessRights:
+        """What the access security rules grant this client on this record."""
+        security = self.ca_access
+        policy = security.policy if security is not None else OPEN
+        address = CLIENT_ADDRESS.get() if policy.client_ip else ""
+        return _RIGHTS[policy.access(self.spec.asg, username or "", address or hostname or "",
+                                     self.spec.asl, address=bool(address))]
+
+    async def auth_write(self, hostname: str, username: str, data: Any, data_type: Any,
+                         metadata: Any, *, flags: int = 0, user_address: Any = None) -> Any:
+        rights = self.check_access(hostname, username)
+        if AccessRights.WRITE not in rights and self._on_put is not None:
+            # one line in the log, as for any refused put; the client gets a CA error
+            REFUSALS.refuse(log, self.pvname, _shown(data, data_type),
+                            f"no write access for {username}@{hostname}")
+        return await super().auth_write(hostname, username, data, data_type, metadata,
+                                        flags=flags, user_address=user_address)
 
     async def verify_value(self, value: Any) -> Any:
         if self._on_put is None:
@@ -188,7 +222,10 @@ class ParamChannel:
         if field in ("", "VAL"):
             return self
         if field not in self._fields:
-            self._fields[field] = self._make_field(field)
+            chan = self._make_field(field)
+            # the record's access security group rules its fields too
+            chan.check_access = self.policy_rights  # type: ignore[method-assign]
+            self._fields[field] = chan
         return self._fields[field]
 
     def _make_field(self, field: str) -> ChannelData:

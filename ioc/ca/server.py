@@ -22,13 +22,15 @@ import logging
 import os
 from typing import Any, Iterable, Mapping
 
+import caproto as ca
 from caproto import MAX_TOTAL_SUBSCRIPTION_BACKLOG
 from caproto.asyncio.server import Context as _CaprotoContext
 from caproto.asyncio.server import VirtualCircuit as _CaprotoCircuit
 
+from ..access import AccessSecurity
 from ..params import Kind
 from ..transport import PVSpec
-from .channels import ParamChannel, make_channel
+from .channels import CLIENT_ADDRESS, ParamChannel, make_channel
 
 log = logging.getLogger("ndflow.ca")
 
@@ -116,6 +118,27 @@ class _Circuit(_CaprotoCircuit):
             sock = transport.get_extra_info("socket")
             if sock is not None and hasattr(os, "writev"):  # POSIX
                 self._fd = os.dup(sock.fileno())
+
+    async def _process_command(self, command: Any) -> Any:
+        # the access rules may match the client's address (client_ip): caproto's check_access
+        # is told only the names the client reported, so the address rides in the task's context
+        CLIENT_ADDRESS.set(self.circuit.address[0] if self.circuit.address else "")
+        return await super()._process_command(command)
+
+    async def ndflow_rights_changed(self) -> None:
+        """Tell this client its rights on every channel it has open (the rules were reloaded),
+        as EPICS does after asInit: it learns at once that a put would now be refused."""
+        CLIENT_ADDRESS.set(self.circuit.address[0] if self.circuit.address else "")
+        updates = []
+        for chan in list(self.circuit.channels.values()):
+            try:
+                entry = self.context[chan.name]
+            except KeyError:  # withdrawn since
+                continue
+            rights = entry.check_access(self.client_hostname, self.client_username)
+            updates.append(ca.AccessRightsResponse(cid=chan.cid, access_rights=rights))
+        if updates:
+            await self.send(*updates)
 
     async def get_from_sub_queue(self, timeout: float | None = None) -> Any:
         """The subscription loop's next update, or None if there is none now (caproto asks
@@ -342,6 +365,31 @@ class CATransport:
     def __init__(self) -> None:
         self.pvdb: dict[str, Any] = {}
         self.context: Any = None
+        self._access = AccessSecurity()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def access(self) -> AccessSecurity:
+        """The IOC's access rules: every channel answers caproto's check_access from them."""
+        return self._access
+
+    @access.setter
+    def access(self, security: AccessSecurity) -> None:
+        self._access = security
+        for channel in self.pvdb.values():
+            if isinstance(channel, ParamChannel):
+                channel.ca_access = security
+        security.listeners.append(self._rights_changed)
+
+    def _rights_changed(self) -> None:
+        """After a reload (called in the event loop's thread): every connected client is told
+        its rights anew."""
+        context, loop = self.context, self._loop
+        if context is None or loop is None:
+            return
+        for circuit in list(context.circuits):
+            if isinstance(circuit, _Circuit):
+                loop.create_task(circuit.ndflow_rights_changed())
 
     def endpoint(self, spec: PVSpec, value: Any) -> ParamChannel | None:
         return make_channel(spec, value)
@@ -349,6 +397,7 @@ class CATransport:
     def add(self, endpoints: Mapping[str, ParamChannel]) -> None:
         for name, channel in endpoints.items():
             channel.pvname = name
+            channel.ca_access = self._access
             self.pvdb[name] = channel
 
     def withdraw(self, names: Iterable[str]) -> None:
@@ -364,6 +413,7 @@ class CATransport:
         from .channels import _wire_passthrough
         _limit_caproto_batching()
         _wire_passthrough()  # again, in case a caproto backend was selected since import
+        self._loop = loop
         self.context = _Context(self.pvdb)
         await self.context.run(log_pv_names=False)
 
