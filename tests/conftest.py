@@ -107,6 +107,19 @@ NDFLOW = [sys.executable, "-m", "ndflow.cli"]
 _ports_in_use: set[int] = set()
 
 
+def _die_with_parent() -> None:
+    """Runs in the IOC's process before exec: the kernel sends it SIGTERM when the test process
+    dies, so an IOC is never left behind by a pytest that was killed (timeout, ^C twice), which
+    teardown cannot cover. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class IOCProcess:
     """`ndflow run` in a child process, as a user starts it."""
 
@@ -130,7 +143,7 @@ class IOCProcess:
         # cwd: the folder the IOC starts in (None: this process's), e.g. "/" to show that
         # nothing is read relative to it
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=cwd)
+                                     cwd=cwd, preexec_fn=_die_with_parent)
 
     def wait_ready(self, pv_suffix: str = "cam1:Acquire_RBV", timeout: float = 60) -> None:
         # 60 s: the default IOC (6,000 PVs over two transports, 200 screens) starts in ~8 s on
