@@ -1,0 +1,128 @@
+"""Scale-out on MPI: `mpiexec -n N ndflow run CONFIG` is one IOC made of N ranks.
+
+Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
+
+- **Same IOC everywhere.** Every rank builds the same IOC from the same config, so every port,
+  parameter and default exists on every rank. Only the *control* rank serves transports
+  (CA/PVA): clients see one IOC with the names of a single-process one. The `cluster:` section
+  (`ndflow.cluster.config`) gives the roles: the control rank (PVs, run state, and in this
+  version the driver: it is also the acquisition rank) and the *processing* ranks (the plugin
+  graph). Without the section nothing here is imported, nor is mpi4py; with one rank the plain
+  IOC runs.
+- **Puts mirrored.** A put accepted on the control rank's plugin is sent, in order, to the same
+  plugin on every processing rank, which applies it through its own `handle_put` (the same
+  validation and hooks). Two values are per rank: a file writer's FileName gets `_r<rank>` (each
+  rank writes its own file) and NumCapture is 0 there (the control rank ends the capture when
+  the total over ranks is reached).
+- **Frames dispatched.** The driver's delivery on the control rank is replaced by the
+  dispatcher: each frame goes whole to one processing rank, strict round robin over an ordering
+  or by credit (least busy first), as a small pickled header and its pixel buffer with the
+  uppercase (buffer) API (`wire`, `link`). On the processing rank the frame enters the plugin
+  graph through the driver's port, as if that rank's driver had made it. Frames of one
+  acquisition carry its id; the rank keeps a copy of the acquisition so its plugins and files
+  record it as in one process.
+- **Order and completeness.** A lookup table records frame -> (rank, local index); ranks
+  acknowledge what they received; a reorder stage gives the contiguous prefix in unique-id
+  order and turns a frame not acknowledged within `window_s` into a missing frame (timeout,
+  naming the rank) on the acquisition (`dispatch`). A frame the dispatcher cannot place within
+  the window (every rank full) is sent as a placeholder (dropped, with its cause), so the rank's
+  sinks record it in its place.
+- **One IOC to clients.** Processing ranks report their plugins' changed values every
+  `report_interval_s`; the control rank's plugins show the aggregate (sum of counts and rates,
+  mean of times, the latest frame's status values) and each rank's own values under
+  `$(P)R<rank>:<plugin prefix>` (`views`). Acquire's put-completion with WaitForPlugins=Yes
+  waits for every rank: a rank holds the acquisition's in-flight count until it reports the
+  acquisition's frames have left its plugins.
+- **Files.** Each processing rank's writer writes its own file; when a capture ends the control
+  rank writes the master HDF5 file named by its own FilePath/FileName/FileTemplate: a virtual
+  dataset in global order over the rank files, the NDAttributes and the missing rows
+  (`master`). Its FullFileName_RBV names the master, so ophyd-async's stream resource does.
+- **Threads.** Every MPI call is made in one thread per rank (`link.Link`; needs
+  MPI_THREAD_SERIALIZED); the event loop only queues messages. On a processing rank a feeder
+  thread hands received frames to the plugins, so a blocking plugin never stalls MPI.
+
+What MPI does not give: a rank that dies usually takes the job down (MPICH aborts the others);
+a rank that stops answering is reported (`Cluster:SilentRanks_RBV`) and its outstanding frames
+become missing, but it cannot be replaced while the job runs. User algorithms still run in
+supervised children inside each rank, so their crashes never reach MPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+from .config import ClusterConfig, check_roles
+
+__all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
+
+
+def launched_size() -> int:
+    """The number of ranks the MPI launcher started, from its environment (no MPI import):
+    1 when not started by a launcher."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        value = os.environ.get(name)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
+    """Serve this rank's part of the IOC until stopped (`ndflow run` under mpiexec).
+    `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
+    from mpi4py import MPI
+
+    from .node import ControlNode
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    cluster: ClusterConfig = config.cluster
+    check_roles(cluster, size, lines)
+    _tag_logs(rank)
+    control = rank == cluster.control
+    ioc = make_ioc(None if control else [])  # only the control rank serves transports
+    node: Any = None
+    if control:
+        node = ControlNode(ioc, cluster, comm)
+        node.install()
+        write_screens(ioc)
+    return asyncio.run(_serve(ioc, node, cluster, comm, control))
+
+
+async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control: bool) -> int:
+    from .node import ProcessingNode
+
+    log = logging.getLogger("ndflow.cluster")
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    if not control:
+        node = ProcessingNode(ioc, cluster, comm, loop)
+        node.install()
+    runner = asyncio.create_task(ioc.run(serve=control))
+    try:
+        if control:
+            log.info("control rank of %d: processing ranks %s, %s dispatch", comm.Get_size(),
+                     node.workers, cluster.dispatch)
+            await runner
+        else:
+            stopped = asyncio.create_task(node.stopped.wait())
+            await asyncio.wait({runner, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        log.info("shut down")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        node.stop()
+    return 0
+
+
+def _tag_logs(rank: int) -> None:
+    """Every log line says which rank wrote it (mpiexec merges the ranks' output)."""
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s R{rank} %(levelname)s %(name)s: %(message)s"))
