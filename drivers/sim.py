@@ -7,6 +7,13 @@ out of it, binned by summing as NDArrayPool::convert does. LinearRamp starts at
 frame until a simulation parameter changes (ResetImage). Integer types wrap like C casts.
 ndflow addition: Offset and Noise (a uniform [0, Noise) background) are added in every mode,
 and SimMode Offset&Noise is that background alone.
+
+ndflow addition, multi-channel frames (ndflow.channels; EIGER2's two thresholds): with
+NumChannels C > 1 (ColorMode Mono) each frame is (C, SizeY, SizeX), channels named
+`options.channel_names` or threshold_1..C. Channel 1 is the ordinary frame above; channel j is
+    channel_j = (type)(channel_1 * ChannelGain**(j-1) + (j-1) * ChannelOffset)
+computed in float64 from channel 1's pixels and cast as a C cast (truncate, wrap; saturating at
+the int64 range), so a higher threshold counts ChannelGain times fewer photons.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ndflow import __version__
 from ndflow.adcore import AD_BASE, DATA_TYPES, NDARRAY_BASE, NUMPY_DTYPES
+from ndflow.channels import MAX_CHANNELS, check_names, default_names
 from ndflow.driver import Driver, FrameContext
 from ndflow.graph import PortGraph
 from ndflow.ndarray import MissingCause, NDArray, NDDimension, region_transform
-from ndflow.params import RW, enum_param, float_param, initial_values, int_param
+from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 
 SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
 SIM_TO_ND_COLOR = (0, 2, 3, 4)  # index of the sim's ColorMode choice -> ADCore NDColorMode
@@ -62,6 +70,17 @@ SIM_PARAMS = (
         float_param(f"{axis}Sine2Phase", 90.0, precision=2, group="Sine"),
     )),
 )
+#: ndflow: multi-channel frames (module docstring); applied at the next acquisition
+CHANNEL_PARAMS = (
+    int_param("NumChannels", 1, low=1, high=MAX_CHANNELS, group="Channels",
+              doc="channels per frame (ColorMode Mono): 1 = an ordinary frame"),
+    float_param("ChannelGain", 0.5, precision=3, low=0.0, high=10.0, group="Channels",
+                doc="channel j = channel 1 * ChannelGain**(j-1) + (j-1) * ChannelOffset"),
+    float_param("ChannelOffset", 0.0, precision=1, low=-1e9, high=1e9, group="Channels",
+                doc="added (j-1) times to channel j"),
+    text_param("ChannelNames_RBV", 256, "", R, group="Channels",
+               doc="the channel names of the last acquisition, space separated"),
+)
 # Writing any of these recomputes the base image (simDetector::writeInt32/writeFloat64).
 _RESETTING = {p.name for p in SIM_PARAMS} | {"DataType", "ColorMode"}
 
@@ -74,6 +93,14 @@ class SimOptions(BaseModel):
     values: dict[str, Any] = Field(
         default_factory=dict, description="initial values of its PVs, by setpoint name, as a "
         "client would write them (e.g. {SimMode: Peaks, Gain: 200})")
+    channel_names: list[str] = Field(
+        default_factory=list, max_length=MAX_CHANNELS, description="names of channels "
+        "1..NumChannels (identifiers); missing ones are threshold_<j>")
+
+    @field_validator("channel_names")
+    @classmethod
+    def _identifiers(cls, names: list[str]) -> list[str]:
+        return list(check_names(names))
 
 
 def wrap_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -89,7 +116,7 @@ def scalar_cast(value: float, dtype: np.dtype) -> Any:
 
 class SimDetector(Driver):
     screen = "simDetector"
-    PARAMS = (NDARRAY_BASE, AD_BASE, SIM_PARAMS)
+    PARAMS = (NDARRAY_BASE, AD_BASE, SIM_PARAMS, CHANNEL_PARAMS)
     kind = "sim"
     Options = SimOptions
     manufacturer = "Simulated detector"
@@ -102,6 +129,8 @@ class SimDetector(Driver):
         opts = options or SimOptions()
         if opts.data_type not in DATA_TYPES:
             raise ValueError(f"data_type {opts.data_type!r} is not one of {', '.join(DATA_TYPES)}")
+        given = tuple(opts.channel_names)
+        self.channel_names = given + default_names(MAX_CHANNELS)[len(given):]
         self.values.update({
             "MaxSizeX_RBV": opts.max_size_x, "MaxSizeY_RBV": opts.max_size_y,
             "SizeX": opts.max_size_x, "SizeY": opts.max_size_y,
@@ -149,6 +178,12 @@ class SimDetector(Driver):
             if value != params[name]:
                 self.set(name, value)
         params.update(fixes)
+        channels = int(p.get("NumChannels", 1))
+        if channels > 1 and int(p["ColorMode"]) != 0:
+            self.message(f"NumChannels {channels} needs ColorMode Mono: this acquisition makes "
+                         "1 channel")
+            params["NumChannels"] = channels = 1
+        self.set("ChannelNames_RBV", " ".join(self.channel_names[:channels]))
 
     def produce_frame(self, ctx: FrameContext) -> NDArray | None:
         p = ctx.params
@@ -273,7 +308,8 @@ class SimDetector(Driver):
         if cached is None or cached[0] is not p:  # worked out once per acquisition
             cached = self._region = (p, _Region.of(p, self._raw.ndim))
         r = cached[1]
-        out = self.pool.alloc(r.shape, dtype)
+        channels = int(p.get("NumChannels", 1))
+        out = self.pool.alloc(r.shape if channels == 1 else (channels, *r.shape), dtype)
         if out is None:
             return NDArray.missing(MissingCause.NO_MEMORY, self.pool.last_refusal)
         region = self._raw[r.index]
@@ -281,9 +317,13 @@ class SimDetector(Driver):
             region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
         if r.flips is not None:
             region = region[r.flips]
-        np.copyto(out, region, casting="unsafe")
-        return NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
-                       transform=r.transform)
+        np.copyto(out if channels == 1 else out[0], region, casting="unsafe")
+        if channels == 1:
+            return NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
+                           transform=r.transform)
+        fill_channels(out, float(p["ChannelGain"]), float(p["ChannelOffset"]))
+        return NDArray(out, dims=[*r.dims, NDDimension(channels)], transform=r.transform,
+                       channels=self.channel_names[:channels])
 
 
 @dataclass(frozen=True)
@@ -330,6 +370,17 @@ class _Region:
         return cls(color, x0, y0, nx, ny, bx, by, rx, ry, x_axis, y_axis, shape, tuple(index),
                    tuple(flips) if (rx or ry) else None, tuple(dims),
                    region_transform(x0, y0, bx, by, nx, ny, rx, ry))
+
+
+def fill_channels(frame: np.ndarray, gain: float, offset: float) -> None:
+    """Channels 2..C of a (C, H, W) frame from channel 1 (the module docstring's formula)."""
+    first = frame[0].astype(np.float64)
+    for j in range(1, frame.shape[0]):
+        values = first * gain ** j + j * offset
+        if frame.dtype.kind != "f":
+            values = np.clip(np.trunc(values), -2.0 ** 63, 2.0 ** 63 - 2048)
+        frame[j] = values.astype(np.int64).astype(frame.dtype) if frame.dtype.kind != "f" \
+            else values.astype(frame.dtype)
 
 
 def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:

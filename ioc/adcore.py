@@ -48,6 +48,29 @@ def data_type_index(dtype: np.dtype) -> int:
     return NUMPY_DTYPES.index(np.dtype(dtype).newbyteorder("="))
 
 
+#: ADCore's `AsynIO` asyn record (NDArrayBase: every driver and plugin), with the fields clients
+#: and ADCore's screens read (`AsynIO.CNCT` on every .bob), declared as PVs of their own so they
+#: come from this declaration on every transport. ndflow has no asyn layer: a port is always
+#: connected and enabled, so CNCT/PCNCT/ENBL/AUCT are read-only (a Disconnect is refused with no
+#: write access, as a record with ASL1 refuses it); PORT and ADDR say which port this is; the
+#: trace and I/O settings are stored as a record stores them, and no I/O is done with them (the
+#: record's VAL is unused, as in asyn).
+ASYN_RECORD: tuple[Param, ...] = (
+    int_param("AsynIO", 0, W, group="Asyn", doc="the asyn record (VAL unused, as in asyn)"),
+    string_param("AsynIO.PORT", "", R, group="Asyn", doc="asyn port (the component's port)"),
+    int_param("AsynIO.ADDR", 0, R, group="Asyn"),
+    enum_param("AsynIO.PCNCT", ("Disconnect", "Connect"), 1, R, group="Asyn"),
+    enum_param("AsynIO.CNCT", ("Disconnect", "Connect"), 1, R, group="Asyn"),
+    enum_param("AsynIO.ENBL", ("Disable", "Enable"), 1, R, group="Asyn"),
+    enum_param("AsynIO.AUCT", ("noAutoConnect", "autoConnect"), 1, R, group="Asyn"),
+    enum_param("AsynIO.TMOD", ("Write/Read", "Write", "Read", "Flush", "NoI/O"), 0, W,
+               group="Asyn", doc="transfer mode (stored; the record does no I/O here)"),
+    float_param("AsynIO.TMOT", 1.0, W, low=0.0, high=MAX_SECONDS, units="s",
+                group="Asyn"),
+    int_param("AsynIO.TMSK", 1, W, group="Asyn", doc="trace mask (stored)"),
+    text_param("AsynIO.ERRS", 100, "", R, group="Asyn", doc="the last error (none: no I/O)"),
+)
+
 NDARRAY_BASE: tuple[Param, ...] = (
     string_param("ADCoreVersion_RBV", ADCORE_VERSION, R, group="Info"),
     string_param("DriverVersion_RBV", "Unknown", R, group="Info"),
@@ -99,6 +122,7 @@ NDARRAY_BASE: tuple[Param, ...] = (
     bool_param("PreAllocBuffers", "Done", "Allocate", 0, W, group="Buffers"),
     int_param("NumPreAllocBuffers", 100, RW, low=0, high=MAX_QUEUE, group="Buffers"),
     int_param("NumQueuedArrays", 0, R, group="Buffers"),
+    *ASYN_RECORD,
 )
 
 AD_BASE: tuple[Param, ...] = (

@@ -129,7 +129,10 @@ class ArrayPort(Component):
 
     # --- distribution -----------------------------------------------------------------------------
     def emit(self, array: NDArray) -> None:
-        for plugin in self.graph.subscribers(self.port, 0):
+        graph = self.graph
+        for plugin in graph.subscribers(self.port, 0):
+            plugin.receive(array)
+        for plugin in graph.addressed(self.port):  # each cuts out its channel (ndflow.channels)
             plugin.receive(array)
 
     # --- housekeeping -----------------------------------------------------------------------------

@@ -6,8 +6,11 @@ of a file. `$(NAME)` macros are expanded from NDAttributesMacros ("NAME=value,OT
 
 Sources: PARAM reads one of the port's own parameters by its PV name (`Gain`, `ArrayCounter`;
 ADCore's drvInfo strings such as GAIN are not known here), CONST is the source text itself.
-EPICS_PV and FUNCT need a CA client or compiled functions inside the IOC and are refused with a
-message naming the attribute.
+EPICS_PV is the latest value of a PV of this IOC or any other (`NAME` over Channel Access,
+`pva://NAME` over pvAccess), kept by a monitor (`ndflow.pvwatch`): a frame takes what is there
+and never waits on the network; before the first update the value is NaN (DOUBLE) or None.
+FUNCT needs compiled functions inside the IOC and is refused with a message naming the
+attribute.
 
 Security: the PV is writable by anyone on the network. So a file name is read only from the
 configured folders (`Site.read_folders`: the config file's folder and the data roots; never the
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 from xml.parsers import expat
 
-from . import safepath
+from . import pvwatch, safepath
 from .ndarray import AttrSource, NDAttribute
 from .safepath import PathRefused
 
@@ -88,9 +91,27 @@ def load(value: str, macros: str, folders: Iterable[Path], base: Path | None,
     """The attributes an NDAttributesFile value stands for: inline XML, or a file read from
     `folders` (a relative name: from `base`, the config file's folder)."""
     if value.lstrip().startswith("<"):
-        return parse(expand_macros(value, macros), known_params)
+        return _watched(parse(expand_macros(value, macros), known_params))
     name = value.strip()
     data = read_file(name, folders, base)
+    return _watched(_load_file(name, data, macros, known_params))
+
+
+def _watched(specs: list[AttributeSpec]) -> list[AttributeSpec]:
+    """Start the monitors of the EPICS_PV attributes now (off the frame path; never waits),
+    so the first frames already find values."""
+    for spec in specs:
+        if spec.source_type is AttrSource.EPICS_PV:
+            try:
+                pvwatch.shared().watch(spec.source)
+            except pvwatch.PVNameError:  # the only refusal left: too many names
+                raise AttributesError(XML_SYNTAX_ERROR, "EPICS_PV: at most "
+                                      f"{pvwatch.MAX_PVS} PVs are monitored at once") from None
+    return specs
+
+
+def _load_file(name: str, data: bytes, macros: str,
+               known_params: Callable[[str], bool]) -> list[AttributeSpec]:
     try:
         # Is it XML with <Attributes> at the top, before anything of it may be shown? Macros
         # are plain text to XML, so the file as stored must already be well formed.
@@ -181,12 +202,21 @@ def parse(xml_text: str, known_params: Callable[[str], bool],
             source_type = AttrSource.PARAM
         elif kind == "CONST":
             source_type = AttrSource.CONST
-        elif kind in ("EPICS_PV", "FUNCT"):
+        elif kind == "EPICS_PV":
+            try:
+                pvwatch.check_name(source)
+            except pvwatch.PVNameError as exc:
+                raise AttributesError(XML_SYNTAX_ERROR, f"{what}: " + (
+                    str(exc) if quote else "the source is not a PV name")) from None
+            source_type = AttrSource.EPICS_PV
+            source = source.strip()
+        elif kind == "FUNCT":
             raise AttributesError(XML_SYNTAX_ERROR, f"{what}: type {kind} is not "
-                                  "supported by ndflow (use PARAM or CONST)")
+                                  "supported by ndflow (use PARAM, CONST or EPICS_PV)")
         else:
             raise AttributesError(XML_SYNTAX_ERROR, f"{what}: unknown type"
-                                  + (f" {kind!r}" if quote else "") + " (use PARAM or CONST)")
+                                  + (f" {kind!r}" if quote else "")
+                                  + " (use PARAM, CONST or EPICS_PV)")
         datatype = element.get("datatype", element.get("dbrtype", "DOUBLE")).strip().upper()
         if datatype.startswith("DBR_"):
             datatype = {"DBR_STRING": "STRING", "DBR_LONG": "INT", "DBR_SHORT": "INT",
@@ -200,7 +230,18 @@ def attach(specs: Iterable[AttributeSpec], values: Mapping[str, Any],
            attributes: dict[str, NDAttribute]) -> None:
     """Add the attributes to an array's attribute dict, reading PARAM values now."""
     for spec in specs:
-        raw = values.get(spec.source) if spec.source_type is AttrSource.PARAM else spec.source
+        if spec.source_type is AttrSource.EPICS_PV:
+            latest = pvwatch.shared().latest(spec.source)  # a dict lookup: never waits
+            if latest is None:  # not connected yet
+                value = float("nan") if spec.datatype.upper() == "DOUBLE" else None
+                attributes[spec.name] = NDAttribute(spec.name, value, spec.description,
+                                                    spec.source_type, spec.source)
+                continue
+            raw = latest[0]
+        elif spec.source_type is AttrSource.PARAM:
+            raw = values.get(spec.source)
+        else:
+            raw = spec.source
         try:
             value = spec.convert(raw)
         except (TypeError, ValueError):

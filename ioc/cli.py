@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import faulthandler
+import gc
 import logging
 import signal
 import sys
@@ -92,7 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             config.screens_dir = str(Path(folder).expanduser().resolve()) if folder else ""
         from .server import IOC
         serving = args.command == "run" and not args.list_pvs
-        ioc = IOC(config, lines, transports=None if serving else [])  # screens: no transport
+        if serving and config.cluster is not None:
+            from . import cluster  # mpi4py only with a cluster section, under a launcher
+            if cluster.launched_size() > 1:
+                return cluster.run(config, lines, lambda t: IOC(config, lines, transports=t),
+                                   write_screens)
+        ioc = _build(lambda: IOC(config, lines, transports=None if serving else []))
     except ConfigError as exc:
         print(f"ndflow: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +112,21 @@ def main(argv: list[str] | None = None) -> int:
             ioc.shutdown()
     write_screens(ioc)
     return asyncio.run(_serve(ioc))
+
+
+def _build(make):  # type: ignore[no-untyped-def]
+    """Build the IOC with the cyclic garbage collector paused, then freeze what was built.
+
+    Building the default IOC allocates ~400,000 objects that live as long as the IOC (every PV's
+    channels and endpoints); the collector's passes over them took ~60% of the build (6.7 s
+    against 2.4 s without). Frozen (`gc.freeze`), they are no longer traversed by later full
+    collections either, so those do not pause the event loop for a scan of every PV."""
+    gc.disable()
+    try:
+        return make()
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 def write_screens(ioc) -> bool:

@@ -85,6 +85,8 @@ class Component:
         self.log = logging.getLogger(f"ndflow.{port}")
         if "PortName_RBV" in self.params:
             self.values["PortName_RBV"] = port
+        if "AsynIO.PORT" in self.params:  # the asyn record's port (adcore.ASYN_RECORD)
+            self.values["AsynIO.PORT"] = port
 
     def declare(self) -> ParamTable:
         return ParamTable.of(*self.PARAMS)

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import safepath
+from .cluster.config import ClusterConfig
 from .safepath import Location, PathRefused
 
 
@@ -97,6 +98,9 @@ class IOCConfig(_Strict):
         -1.0, ge=-1.0, description="what all array pools may hold together (frames in queues, "
         "Capture buffers, deferred processing), in MB; 0 = no limit; -1 = half the machine's "
         "memory")
+    cluster: ClusterConfig | None = Field(
+        None, description="one IOC over several MPI ranks (`mpiexec -n N ndflow run`): the "
+        "ranks' roles and the frame dispatch (ndflow.cluster); absent: one process, no MPI")
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ class Site:
     #: paired with its resolved root, so a FilePath typed through a link *above* a root (a
     #: configured root such as /data/x where /data is a link) is still recognised
     root_spellings: tuple[tuple[Path, Path], ...] = ()
+    #: the effective IOC configuration as JSON, written once into each file (static metadata)
+    config_json: str = ""
 
     @classmethod
     def of(cls, config: IOCConfig, base_dir: Path) -> "Site":
@@ -121,7 +127,8 @@ class Site:
                    for r in config.data_roots]
         roots = tuple(p.resolve() for p in spelled)
         return cls(base_dir, folders, screens, roots,
-                   tuple((s, r) for s, r in zip(spelled, roots) if s != r))
+                   tuple((s, r) for s, r in zip(spelled, roots) if s != r),
+                   config.model_dump_json())
 
     def data_path(self, path: str | Path) -> Path:
         """`path` (absolute, symlinks resolved) if it lies under a data root; otherwise

@@ -370,7 +370,8 @@ class Driver(ArrayPort):
         seen: set[str] = set()
         frontier = [self.port]
         while frontier:  # every plugin downstream, through the graph as it is now
-            for plugin in self.graph.subscribers(frontier.pop(), 0):
+            port = frontier.pop()
+            for plugin in self.graph.subscribers(port, 0) + self.graph.addressed(port):
                 if plugin.port in seen:
                     continue
                 seen.add(plugin.port)

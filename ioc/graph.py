@@ -26,12 +26,20 @@ class PortGraph:
         # (port, address) -> listeners; replaced whole on every change so the data path can read
         # it without taking the lock.
         self._listeners: dict[tuple[str, int], tuple["Plugin", ...]] = {}
+        # port -> listeners at an address > 0 (a channel of a multi-channel frame, see
+        # ndflow.channels): they get every array too and pick their channel themselves
+        self._addressed: dict[str, tuple["Plugin", ...]] = {}
 
     def _rebuild(self) -> None:
         listeners: dict[tuple[str, int], list["Plugin"]] = {}
         for plugin, src in self._sources.items():
             listeners.setdefault(src, []).append(plugin)
         self._listeners = {k: tuple(v) for k, v in listeners.items()}
+        addressed: dict[str, list["Plugin"]] = {}
+        for (port, address), plugins in listeners.items():
+            if address:
+                addressed.setdefault(port, []).extend(plugins)
+        self._addressed = {k: tuple(v) for k, v in addressed.items()}
 
     def add(self, component: "Component") -> None:
         if component.port in self.ports:
@@ -52,6 +60,10 @@ class PortGraph:
 
     def subscribers(self, port: str, address: int = 0) -> tuple["Plugin", ...]:
         return self._listeners.get((port, address), ())
+
+    def addressed(self, port: str) -> tuple["Plugin", ...]:
+        """Listeners of `port` at any address > 0 (NDArrayAddress J: channel J)."""
+        return self._addressed.get(port, ())
 
     def connect(self, plugin: "Plugin", port: str, address: int = 0) -> None:
         """Make `plugin` receive the arrays of `port`; refuse unknown ports and cycles."""

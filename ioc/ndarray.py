@@ -78,6 +78,50 @@ class Codec:
         return bool(self.name)
 
 
+@dataclass(frozen=True, eq=False)
+class RadialProfile:
+    """A radial background: mean and standard deviation of the pixel values per radius bin
+    around `centre` (x, y), bins of equal width from 0 to `radius_max`. Kept with a sparse frame
+    (Lima2's SMX sparse format) so the background the pixels were cut against is not lost."""
+
+    centre: tuple[float, float]
+    radius_max: float
+    avg: np.ndarray  # float32, one per bin
+    std: np.ndarray  # float32, one per bin
+
+    @property
+    def nbins(self) -> int:
+        return int(self.avg.size)
+
+
+@dataclass(frozen=True, eq=False)
+class SparsePayload:
+    """A sparse frame (Lima2's plain sparse format): the kept pixels of a dense frame of
+    `shape`, as flat C-order `index` (uint32) and `intensity` (the dense element type); every
+    other pixel is 0 (or the `background` profile, when densified with it). An NDArray carrying
+    one has `data` = `intensity` and keeps the dense `dims`, as a compressed array does."""
+
+    index: np.ndarray
+    intensity: np.ndarray
+    shape: tuple[int, ...]
+    background: RadialProfile | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.intensity.dtype
+
+    @property
+    def dense_nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.intensity.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: index, intensity and the background profile."""
+        extra = self.background.avg.nbytes + self.background.std.nbytes \
+            if self.background is not None else 0
+        return int(self.index.nbytes + self.intensity.nbytes + extra)
+
+
 class MissingCause(enum.Enum):
     DETECTOR_FAULT = "detector fault"
     DROPPED = "overrun/dropped"
@@ -259,6 +303,12 @@ class NDArray:
     status: FrameStatus = VALID
     acquisition: Acquisition | None = None
     color_mode: int = 0  # index into COLOR_MODES
+    #: a sparse frame: `data` is its intensity, `dims` the dense layout (ndflow.sparse)
+    sparse: SparsePayload | None = None
+    #: names of the channels of a multi-channel frame (EIGER2 thresholds, ...): numpy axis 0
+    #: (the slowest dim, dims[-1]) holds them, so `data` is (C, H, W). Empty: one channel, the
+    #: frame as ADCore knows it (Mono or RGB by color_mode). See ndflow.channels.
+    channels: tuple[str, ...] = ()
 
     @classmethod
     def from_numpy(cls, data: np.ndarray, color_mode: int = 0, **kw: Any) -> "NDArray":
@@ -285,6 +335,10 @@ class NDArray:
         new = NDArray(data, self.unique_id, self.timestamp, self.epics_ts, dims,
                       dict(self.attributes), self.codec, changes.pop("transform", self.transform),
                       self.status, self.acquisition, self.color_mode)
+        # a sparse payload goes with its own intensity array; other data is a new frame
+        new.sparse = changes.pop("sparse", self.sparse if data is not None and
+                                 data is self.data else None)
+        new.channels = self.channels
         for k, v in changes.items():
             setattr(new, k, v)
         return new
@@ -315,11 +369,15 @@ class NDArray:
         """Uncompressed size in bytes (ArraySize_RBV)."""
         if self.codec.compressed:
             return int(np.prod([d.size for d in self.dims])) * np.dtype(self.codec.dtype).itemsize
+        if self.sparse is not None:
+            return self.sparse.dense_nbytes
         return int(self.data.nbytes) if self.data is not None else 0
 
     @property
     def compressed_size(self) -> int:
-        """Bytes actually held (CompressedSize_RBV)."""
+        """Bytes actually held (CompressedSize_RBV); a sparse frame's index and profile too."""
+        if self.sparse is not None:
+            return self.sparse.nbytes
         return int(self.data.nbytes) if self.data is not None else 0
 
     def xyz_sizes(self) -> tuple[int, int, int]:

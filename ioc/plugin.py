@@ -31,10 +31,13 @@ from typing import Any, Callable, ClassVar, Iterable
 
 from .adcore import NDARRAY_BASE, PLUGIN_BASE
 from .arrayport import ArrayPort
+from .channels import address_problem, channel_view
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray, resolve
 from .params import R, bool_param, enum_param, int_param
 from .pool import Block, heap_block
+from .refusals import REFUSALS
+from .sparse import densify_array
 
 #: process() returns this when the result comes later, through complete() (child processes)
 DEFERRED = object()
@@ -124,6 +127,13 @@ class Plugin(ArrayPort):
     #: False: compressed arrays are refused, as NDPluginDriver does for plugins that are not
     #: compression-aware (only Codec, the file writers and StdArrays-like sinks accept them)
     compression_aware: ClassVar[bool] = False
+    #: False: a sparse frame (NDArray.sparse) is densified before process(), so a plugin never
+    #: reads its intensity list as an image; True: process() gets it as it is
+    sparse_aware: ClassVar[bool] = False
+    #: False: a multi-channel frame (NDArray.channels) at NDArrayAddress 0 is refused with a
+    #: status message (set the address to a channel); True: process() gets all channels, (C,
+    #: H, W). At address J every plugin gets channel J alone (ndflow.channels)
+    channels_aware: ClassVar[bool] = False
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, input_port: str = "",
                  input_address: int = 0, enabled: bool = False, queue_size: int = 20,
@@ -297,6 +307,11 @@ class Plugin(ArrayPort):
         if array.valid and array.codec.compressed and not self.compression_aware:
             self._refuse_compressed(array)
             return
+        if array.valid and (array.channels or values["NDArrayAddress"]):
+            problem = address_problem(array, values["NDArrayAddress"], self.channels_aware)
+            if problem is not None:
+                self._refuse(array, problem, "channel layout", rate_limited=True)
+                return
         if values["BlockingCallbacks"]:
             # Done before this call returns, inside the upstream's own delivery: no in-flight
             # count needed (a deferred result counts itself, see _handle)
@@ -329,13 +344,20 @@ class Plugin(ArrayPort):
         return self._running and bool(v["EnableCallbacks"]) and v["LossPolicy"] == BLOCK
 
     def _refuse_compressed(self, array: NDArray) -> None:
-        self.message(f"array {array.unique_id} is compressed ({array.codec.name}); "
-                     f"{self.plugin_type} needs uncompressed arrays (add a Codec "
-                     f"plugin in Decompress mode upstream)", logging.WARNING)
+        self._refuse(array, f"array {array.unique_id} is compressed ({array.codec.name}); "
+                            f"{self.plugin_type} needs uncompressed arrays (add a Codec "
+                            f"plugin in Decompress mode upstream)", "compressed input")
+
+    def _refuse(self, array: NDArray, text: str, cause: str, rate_limited: bool = False) -> None:
+        """`array` cannot be processed here: said on the status, passed on as a placeholder
+        (`rate_limited`: logged at most once per few seconds, as it repeats every frame)."""
+        self.message(text, logging.WARNING, log=not rate_limited)
+        if rate_limited:
+            REFUSALS.line(self.log, f"{self.port}:{cause}", f"{self.port}: {text}")
         self._mark_lost(array, failed=True)
         self.increment("ArrayCounter")  # handled: it becomes a processing-error placeholder
         outputs = [array.derive(None, status=FrameStatus(
-            MissingCause.PROCESSING_ERROR, f"{self.port}: compressed input"))]
+            MissingCause.PROCESSING_ERROR, f"{self.port}: {cause}"))]
         if self.values["BlockingCallbacks"]:
             with self._blocking_lock:
                 self._finish(array, _as_list(self.process_missing(outputs[0])), None)
@@ -365,17 +387,34 @@ class Plugin(ArrayPort):
         if array.acquisition is not None and array.valid:
             array.acquisition.note_lost(array.unique_id, failed)
 
+    def _channel(self, array: NDArray) -> NDArray:
+        """Channel NDArrayAddress of a multi-channel frame (checked in receive(); the address
+        may have changed since, then the frame becomes a placeholder here)."""
+        address = self.values["NDArrayAddress"]
+        problem = address_problem(array, address, self.channels_aware)
+        if problem is None:
+            return channel_view(array, address)
+        self.message(problem, logging.WARNING, log=False)
+        REFUSALS.line(self.log, f"{self.port}:channel layout", f"{self.port}: {problem}")
+        self._mark_lost(array, failed=True)
+        return array.derive(None, status=FrameStatus(MissingCause.PROCESSING_ERROR,
+                                                     f"{self.port}: channel layout"))
+
     def _handle(self, array: NDArray) -> None:
         if self._frozen_version != self.params_version or \
                 self._frozen_acquisition is not array.acquisition:
             self.freeze(array)
         self._last_input = array
+        if array.channels and array.valid and (self.values["NDArrayAddress"] or
+                                               not self.channels_aware):
+            array = self._channel(array)  # channel J alone, a view (or refused)
         self._count("ArrayCounter")
         self.describe(array, with_type=True)
         start = time.perf_counter()
         if array.valid:
             try:
-                result = self.process(array)
+                result = self.process(array if array.sparse is None or self.sparse_aware
+                                      else densify_array(array))
                 if result is DEFERRED:
                     self._enter(array)  # left again in complete()
                     return

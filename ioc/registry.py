@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 GROUPS = {"drivers": "ndflow.drivers", "plugins": "ndflow.plugins",
           "transports": "ndflow.transports",
+          "pvclients": "ndflow.pvclients",  # PV monitors for EPICS_PV attributes (pvwatch)
           "screens": "ndflow.screens"}  # screen writers: (components, folder) -> paths
 
 

@@ -145,6 +145,12 @@ class IOC:
             component.site = self.site
         self.components.append(component)
 
+    def add_component(self, component: Component) -> None:
+        """Serve one more component, built outside the config (the cluster's per-rank views
+        and status), before the IOC runs."""
+        lines = LineMap("<cluster>", None)
+        self._add(component, lines, ())
+
     # --- PVs added and withdrawn at run time (PVRegistry) -----------------------------------------
     def add_pvs(self, component: Component, served: Mapping[Transport, Mapping[str, Any]]) -> None:
         full = f"{self.prefix}{component.prefix}"

@@ -58,6 +58,7 @@ class Attribute(Plugin):
     screen = "NDPluginAttribute"
     kind = "attribute"
     plugin_type = "NDPluginAttribute"
+    channels_aware = True  # reads attributes, never pixels
     Options = AttributeOptions
 
     def __init__(self, *args: Any, options: AttributeOptions | None = None, **kw: Any) -> None:

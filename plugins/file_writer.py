@@ -68,6 +68,7 @@ from ndflow.busy import Busy, finish
 from ndflow.component import PutRefused
 from ndflow.transport import HANDLED
 from ndflow.ndarray import MissingCause, NDArray
+from ndflow.sparse import densify_array
 from ndflow.params import INT32_MAX, R, RW, W, Param, bool_param, enum_param, int_param, \
     string_param, text_param
 from ndflow.plugin import Inbox, Plugin
@@ -374,16 +375,46 @@ class FileWriter(Plugin):
         behind our descriptor with no folder lookup, and after the open fstat confirms that the
         descriptor HDF5 holds is that inode. (h5py's file-object driver would avoid the name,
         but sends every HDF5 read and write through Python, and SWMR is specified for the
-        POSIX drivers; this way SWMR, speed and HDF5's own errno reports stay as they were.)"""
+        POSIX drivers; this way SWMR, speed and HDF5's own errno reports stay as they were.)
+        Writers given the same path share one file (`ndflow.plugins.h5share`): the result is
+        an h5py.File whose close() gives back this writer's share."""
+        from ndflow.plugins import h5share
+
+        # Several writers may target one file (HDF1's images and Table1's rows): the registry
+        # creates it once, later writers join it, the last close closes it (h5share).
+        where = self._allowed(path)
+        try:
+            return h5share.open_shared(
+                str(where), self.port, getattr(self, "_opening_acquisition", None),
+                str(kw.get("libver", "earliest")),
+                lambda: self._hdf5_at(path, self.create_file(path), "w", None, **kw),
+                lambda accept: self._hdf5_at(path, self._existing_file(where), "r+", accept,
+                                             **kw))
+        except h5share.SharedFileError as exc:
+            raise WriteError(f"cannot open {path}: {exc}") from None
+
+    def _existing_file(self, where: Location) -> int:
+        """A descriptor of the existing regular file `where` (links refused), for reopening a
+        shared file read-write (the open of /proc/self/fd/N sets the access mode)."""
+        try:
+            return safepath.open_file(where)
+        except (FileNotFoundError, PathRefused) as exc:
+            raise WriteError(f"cannot reopen {where.path}: {exc}") from None
+
+    @staticmethod
+    def _hdf5_at(path: Path, fd: int, mode: str, accept: Any, **kw: Any) -> Any:
+        """h5py.File(mode) on the file behind descriptor `fd` (closed here), checked to be it;
+        None if `accept(fd)` refuses it (a shared file replaced since it was closed)."""
         import h5py
 
-        fd = self.create_file(path)
         try:
+            if accept is not None and not accept(fd):
+                return None
             try:
                 name = safepath.fd_path(fd)
             except PathRefused as exc:
                 raise WriteError(f"cannot open {path}: {exc}") from None
-            file = h5py.File(name, "w", **kw)
+            file = h5py.File(name, mode, **kw)
             try:
                 if not safepath.same_file(fd, file.id.get_vfd_handle()):
                     raise WriteError(f"cannot open {path}: HDF5 opened another file")
@@ -439,6 +470,10 @@ class FileWriter(Plugin):
 
     def _open_for(self, first: NDArray, params: Mapping[str, Any]) -> None:
         path = self._next_file(params)
+        # the acquisition the file opens for: writers of one acquisition may share an HDF5
+        # file (open_hdf5, ndflow.plugins.h5share)
+        self._opening_acquisition = first.acquisition.id if first.acquisition else None
+        self._open_params = params  # what open_file sees too (Nexus: one array or rows)
         try:
             self.open_file(path, first)
         except WriteError:
@@ -664,7 +699,7 @@ class FileWriter(Plugin):
             if not failure and mode == STREAM and not v["LazyOpen"] and last is not None and \
                     last.valid and self.multiple_arrays:
                 try:
-                    self._open_for(last, v)
+                    self._open_for(last if self.sparse_aware else densify_array(last), v)
                 except WriteError as exc:
                     failure = str(exc)
                     self._fail(failure)
@@ -716,6 +751,8 @@ class FileWriter(Plugin):
                 failure = "WriteFile: no array received yet"
             else:
                 with self._lock:
+                    # the last input as received: densified here for a dense-only format
+                    last = last if self.sparse_aware else densify_array(last)
                     return self._write_files([last], v, log=False)
         else:
             failure = "WriteFile does nothing in Stream mode (use Capture)"

@@ -110,6 +110,7 @@ class Gather(Plugin):
     screen = "NDGather8"
     kind = "gather"
     plugin_type = "NDPluginGather"
+    channels_aware = True  # passes arrays on unchanged
     Options = GatherOptions
 
     def __init__(self, *args: Any, options: GatherOptions | None = None, **kw: Any) -> None:

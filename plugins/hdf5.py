@@ -3,7 +3,9 @@
 Layout: the frames in `/entry/data/data` (one row per array, the first axis growing), each
 NDAttribute in `/entry/instrument/NDAttributes/<name>` (one value per row), plus ADCore's
 NDArrayUniqueId, NDArrayTimeStamp, NDArrayEpicsTSSec and NDArrayEpicsTSnSec there. This is what
-ophyd-async and ophyd's file handlers read.
+ophyd-async and ophyd's file handlers read. A file whose first frame is sparse (a Sparse
+plugin upstream) holds Lima2's CSR datasets `/entry/data/{index,intensity,frame_ptr}` instead
+of `data` (see ndflow.plugins.sparse_csr); the rest of the layout is the same.
 
 What ndflow adds: a lost frame still takes its row. The row holds FillValue,
 `NDAttributes/NDArrayStatus` is non-zero (the code of the cause), and `/entry/ndflow/missing`
@@ -64,6 +66,7 @@ from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_par
     string_param, text_param
 from ndflow.plugins.codec import BLOSC_CNAMES, BLOSC_COMPRESSORS
 from ndflow.plugins.file_writer import SINGLE, FileWriter, WriteError
+from ndflow.plugins.sparse_csr import CSRRows
 
 ATTR_GROUP = "/entry/instrument/NDAttributes"
 COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
@@ -147,6 +150,10 @@ class HDF5(FileWriter):
     extension = ".h5"
 
     plugin_type = f"NDFileHDF5 ver{h5py.version.hdf5_version}"
+    sparse_aware = True  # sparse frames are written in Lima2's CSR layout (sparse_csr)
+    #: multi-channel frames are rows of (N, C, H, W), as Lima2's files; `data` attribute
+    #: `channels` names axis 1
+    channels_aware = True
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -154,6 +161,7 @@ class HDF5(FileWriter):
         self._path = Path()
         self._size_limit = resource.RLIM_INFINITY  # the process's file-size limit
         self._data: h5py.Dataset | None = None
+        self._csr: CSRRows | None = None  # a file of sparse frames: its CSR rows instead
         self._attrs: dict[str, h5py.Dataset] = {}
         self._missing: h5py.Dataset | None = None
         self._perform: h5py.Dataset | None = None
@@ -161,6 +169,7 @@ class HDF5(FileWriter):
         self._attr_rows = 0  # rows already in the attribute datasets
         self._pending: list[dict[str, Any]] = []  # attribute rows not yet written
         self._direct = False
+        self._file_channels: tuple[str, ...] = ()  # NDArray.channels of the open file's frames
         self._ignored: set[str] = set()
         self._since_flush = 0
         self._acquisitions: dict[int, Acquisition] = {}  # of the frames in the open file
@@ -216,7 +225,9 @@ class HDF5(FileWriter):
         entry.attrs["NX_class"] = "NXentry"
         data_group = entry.require_group("data")
         data_group.attrs["NX_class"] = "NXdata"
-        self._data = self._create_data(data_group, first)
+        self._csr = CSRRows.create(data_group, first, self._filter()) \
+            if first.sparse is not None else None
+        self._data = self._create_data(data_group, first) if self._csr is None else None
         group = f.require_group(ATTR_GROUP)
         self._attrs = {}
         standard = {"NDArrayUniqueId": np.int32, "NDArrayTimeStamp": np.float64,
@@ -228,7 +239,9 @@ class HDF5(FileWriter):
             f"{code} {cause.value}" for cause, code in _MISSING_CODES.items())
         if v["StoreAttr"]:
             for attr in first.attributes.values():
-                if attr.name not in self._attrs:
+                if np.ndim(attr.value):  # 1-D results (profiles): the table writer's (Table1)
+                    self._ignored.add(attr.name)
+                elif attr.name not in self._attrs:
                     dataset = self._series(group, attr.name, _attr_dtype(attr.value))
                     dataset.attrs["description"] = attr.description
                     dataset.attrs["source"] = attr.source
@@ -273,6 +286,10 @@ class HDF5(FileWriter):
             "data", shape=(0, *shape), maxshape=(None, *shape), dtype=dtype, chunks=chunks,
             fillvalue=fill, **filters)
         dataset.attrs["signal"] = 1
+        self._file_channels = first.channels
+        if first.channels:
+            dataset.attrs["channels"] = list(first.channels)
+            dataset.attrs["channel_axis"] = 1
         return dataset
 
     def _chunks(self, shape: tuple[int, ...], itemsize: int,
@@ -370,7 +387,12 @@ class HDF5(FileWriter):
         self._check_room(array.compressed_size)
         row = self._grow()
         data = self._data
-        if self._direct:
+        if self._csr is not None:
+            self._csr.write(array)
+        elif array.sparse is not None:
+            raise WriteError(f"array {array.unique_id} is sparse but the file holds dense "
+                             "frames; start a new file")
+        elif self._direct:
             if not array.codec.compressed:
                 raise WriteError(f"array {array.unique_id} is not compressed but the file "
                                  "holds pre-compressed frames; start a new file")
@@ -383,6 +405,9 @@ class HDF5(FileWriter):
             if frame.shape != data.shape[1:]:
                 raise WriteError(f"array {array.unique_id} has shape {frame.shape}, the file "
                                  f"{data.shape[1:]}; start a new file")
+            if array.channels != self._file_channels:
+                raise WriteError(f"array {array.unique_id} has channels {array.channels}, "
+                                 f"the file {self._file_channels}; start a new file")
             data[row] = frame
         self._write_attributes(array, row, 0)
         if self._perform is not None:
@@ -391,11 +416,13 @@ class HDF5(FileWriter):
         self._after_row()
 
     def write_missing(self, array: NDArray) -> None:
-        if self._data is None:
+        if self._data is None and self._csr is None:
             return
         self._check_room(1024)
         self._note_acquisition(array)
         row = self._grow()  # the row keeps the fill value
+        if self._csr is not None:
+            self._csr.write_missing()
         cause = array.status.missing
         self._write_attributes(array, row, _MISSING_CODES.get(cause, 127) if cause else 127)
         missing = self._missing
@@ -407,7 +434,8 @@ class HDF5(FileWriter):
 
     def _grow(self) -> int:
         row = self._rows
-        self._data.resize((row + 1, *self._data.shape[1:]))
+        if self._data is not None:  # a sparse file's rows grow as they are written
+            self._data.resize((row + 1, *self._data.shape[1:]))
         self._rows = row + 1
         return row
 
@@ -463,7 +491,8 @@ class HDF5(FileWriter):
                 self.increment("SWMRCbCounter_RBV")
 
     def abandon_file(self) -> None:
-        _ABANDONED.append((self._file, self._data, self._attrs, self._missing, self._perform))
+        _ABANDONED.append((self._file, self._data, self._attrs, self._missing, self._perform,
+                           self._csr))
         self._file = None
         self._pending = []
         self.close_file()
@@ -475,6 +504,7 @@ class HDF5(FileWriter):
                 self._record_acquisitions()
         f, self._file = self._file, None
         self._data = None
+        self._csr = None
         self._attrs = {}
         self._missing = None
         self._perform = None

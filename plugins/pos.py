@@ -279,6 +279,7 @@ class PosPlugin(Plugin):
     screen = "NDPos"
     kind = "pos"
     plugin_type = "NDPositionPlugin"
+    channels_aware = True  # adds attributes, passes the pixels on
     PARAMS = Plugin.PARAMS + (POS_PARAMS,)
 
     def __init__(self, *args: Any, **kw: Any) -> None:

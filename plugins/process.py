@@ -28,28 +28,49 @@ Follows ADCore's NDPluginProcess.cpp and NDProcess.template:
   follow; it then returns to Done, which completes a put-callback. As in ADCore the maximum
   assumes an unsigned type (a signed output wraps) and only the _RBVs show the new values.
 
+- ReadBackgroundTIFFSeq / ReadFlatFieldTIFFSeq (ADCore: sseq records that point NDArrayPort at
+  the `Proc1:TIFF:` reader, make it read its file, save it as background/flat and restore the
+  port): a write of any value, or of their `.PROC` field as ADCore's screens do, reads the TIFF
+  file named by `TIFF:FilePath`, `TIFF:FileName`, `TIFF:FileTemplate` and `TIFF:FileNumber`
+  (ADCore's `Proc1:TIFF:` PV names, formatted as NDFile formats them) and puts it in force as
+  the background or flat field. The file is read only under the data roots (no '..', no links,
+  a regular file; ndflow.safepath), with tifffile, and its decoded size is checked before
+  decoding; a file that cannot be used refuses the put with the reason (the previous background
+  or flat stays). ndflow stores the file's pixels as they are, where ADCore's sequence passes
+  them through this plugin first (so with corrections enabled ADCore would store a corrected
+  file); no rewiring happens, so PortBackup only stores what a client writes.
+
 Deliberate differences: a write of 0 to SaveBackground/SaveFlatField does nothing (ADCore saves
 on any write); NumFilter < 1 is refused with a message and set to 1 (ADCore keeps the value and
-uses 1, while NumFilterRecip becomes inf). ReadBackgroundTIFFSeq, ReadFlatFieldTIFFSeq and
-PortBackup (database sequences that route a TIFF reader's array into SaveBackground) are not
-served: wire a TIFF reader's port to this plugin and write SaveBackground instead.
+uses 1, while NumFilterRecip becomes inf).
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import tifffile
+
+from ndflow import safepath
+from ndflow.component import PutRefused
 
 from ndflow.busy import Busy, finish, until
 from ndflow.transport import HANDLED
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
 from ndflow.ndarray import NDArray
-from ndflow.params import R, W, Param, bool_param, enum_param, float_param, int_param
+from ndflow.params import R, W, Param, bool_param, enum_param, float_param, int_param, \
+    string_param, text_param
 from ndflow.plugin import Plugin
+from ndflow.plugins.file_writer import WriteError, format_file_name
+
+#: the largest background/flat TIFF read (file bytes, and decoded bytes)
+MAX_TIFF_BYTES = 1 << 30
 
 FILTER_TYPES = ("RecursiveAve", "Average", "Sum", "Difference", "RecursiveAveDiff", "CopyToFilter")
 PRESET_COEFFICIENTS = ("OC1", "OC2", "OC3", "OC4", "FC1", "FC2", "FC3", "FC4", "RC1", "RC2")
@@ -113,6 +134,22 @@ PROCESS_PARAMS: tuple[Param, ...] = (
     *(float_param(name, value, precision=2, group="Filter",
                   also_setpoint=name in PRESET_COEFFICIENTS)
       for name, value in DEFAULT_COEFFICIENTS.items()),
+    # ADCore's sseq records and the Proc1:TIFF: file-name PVs they read through
+    int_param("ReadBackgroundTIFFSeq", 0, W, group="Background",
+              doc="read the TIFF file named by TIFF:* as the background"),
+    int_param("ReadBackgroundTIFFSeq.PROC", 0, W, group="Background",
+              doc="processing the sequence (ADCore's screens write .PROC)"),
+    int_param("ReadFlatFieldTIFFSeq", 0, W, group="Flat field",
+              doc="read the TIFF file named by TIFF:* as the flat field"),
+    int_param("ReadFlatFieldTIFFSeq.PROC", 0, W, group="Flat field"),
+    string_param("PortBackup", "", W, group="TIFF file"),
+    text_param("TIFF:FilePath", 256, "", group="TIFF file",
+               doc="folder of the background/flat TIFF (under a data root)"),
+    text_param("TIFF:FileName", 256, "", group="TIFF file"),
+    text_param("TIFF:FileTemplate", 256, "%s%s_%3.3d.tif", group="TIFF file",
+               doc="C printf format taking FilePath, FileName, FileNumber"),
+    int_param("TIFF:FileNumber", 1, group="TIFF file"),
+    text_param("TIFF:FullFileName_RBV", 512, "", R, group="TIFF file"),
 )
 
 
@@ -199,6 +236,11 @@ def correct(data: np.ndarray, v: Mapping[str, Any], background: np.ndarray | Non
     return data
 
 
+def _folder(value: str) -> str:
+    """TIFF:FilePath stored with a trailing '/', as NDFile stores FilePath."""
+    return value if not value or value.endswith("/") else value + "/"
+
+
 class Process(Plugin):
     screen = "NDProcess"
     PARAMS = Plugin.PARAMS + (PROCESS_PARAMS,)
@@ -218,6 +260,11 @@ class Process(Plugin):
         self._filter = RecursiveFilter()
         self._filter_lock = threading.Lock()
         self._auto = Busy()  # AutoOffsetScale=1 put-callbacks
+        for name in ("ReadBackgroundTIFFSeq", "ReadBackgroundTIFFSeq.PROC"):
+            self.put_hooks[name] = self._read_background_tiff
+        for name in ("ReadFlatFieldTIFFSeq", "ReadFlatFieldTIFFSeq.PROC"):
+            self.put_hooks[name] = self._read_flat_tiff
+        self.put_hooks["TIFF:FilePath"] = _folder
 
     # --- processing ---------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray | None:
@@ -335,3 +382,58 @@ class Process(Plugin):
         self.set_many(filter_preset(self.values["FilterType"], value))
         return value
 
+    # --- ReadBackgroundTIFFSeq / ReadFlatFieldTIFFSeq ----------------------------------------------
+    async def _read_background_tiff(self, value: int) -> int:
+        await self._read_tiff("background", "ValidBackground_RBV", "_background")
+        return 0
+
+    async def _read_flat_tiff(self, value: int) -> int:
+        await self._read_tiff("flat field", "ValidFlatField_RBV", "_flat")
+        return 0
+
+    async def _read_tiff(self, what: str, valid_name: str, slot: str) -> None:
+        """Read the TIFF file the TIFF:* PVs name (off the event loop) and put it in force
+        between frames; a file that cannot be used refuses the put with the reason."""
+        v = self.values
+        try:
+            name = format_file_name(v["TIFF:FileTemplate"], v["TIFF:FilePath"],
+                                    v["TIFF:FileName"], v["TIFF:FileNumber"])
+        except WriteError as exc:
+            raise PutRefused(f"{what} not read: {exc}") from None
+        self.set("TIFF:FullFileName_RBV", name[:511])
+        try:
+            pixels = await asyncio.to_thread(self._load_tiff, name)
+        except ValueError as exc:  # PathRefused and the reasons below
+            raise PutRefused(f"{what} not read: {exc}") from None
+
+        def install() -> None:
+            setattr(self, slot, pixels)
+            self.set(valid_name, 1)
+        await until(self.between_frames(install))
+        self.message(f"{what} read from {name} ({'x'.join(map(str, pixels.shape[::-1]))})")
+
+    def _load_tiff(self, name: str) -> np.ndarray:
+        """The first image of the TIFF file `name` as float64; only under the data roots."""
+        if self.site is None:
+            raise ValueError("no data_roots configured; TIFF files are read only under those")
+        where = self.site.locate(name)  # PathRefused (a ValueError) outside the roots
+        try:
+            data = safepath.read_file(where, MAX_TIFF_BYTES)
+        except FileNotFoundError:
+            raise ValueError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise ValueError(f"{name}: {exc.strerror or exc}") from None
+        try:
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                page = tif.pages[0]
+                nbytes = int(np.prod(page.shape)) * np.dtype(page.dtype).itemsize
+                pixels = page.asarray() if nbytes <= MAX_TIFF_BYTES else None
+        except Exception as exc:  # tifffile's errors; never quoted (they show file bytes)
+            raise ValueError(f"{name}: not a readable TIFF file ({type(exc).__name__})") \
+                from None
+        if pixels is None:
+            raise ValueError(f"{name}: {nbytes} bytes decoded is more than {MAX_TIFF_BYTES}")
+        if pixels.dtype.kind not in "iuf" or pixels.size == 0:
+            raise ValueError(f"{name}: {pixels.dtype} image; a background or flat field "
+                             "needs numbers")
+        return np.asarray(pixels, dtype=np.float64)

@@ -85,6 +85,7 @@ class Scatter(Plugin):
     screen = "NDScatter"
     kind = "scatter"
     plugin_type = "NDPluginScatter"
+    channels_aware = True  # passes arrays on unchanged
     PARAMS = Plugin.PARAMS + (SCATTER_PARAMS,)
 
     def __init__(self, *args: Any, **kw: Any) -> None:

@@ -24,6 +24,13 @@ negative cursor is clamped to 0 (ADCore's unsigned clamp sends it to the far edg
 where rounding makes the variance slightly negative. For 3-D arrays centroid results are 0 and
 no profiles are published, as ADCore's centroid/profile code refuses ndims > 2.
 
+Multi-channel frames (ndflow.channels, e.g. EIGER2's two thresholds) at NDArrayAddress 0: the
+PVs, the time series and the unsuffixed attributes are channel 1's, exactly as for that channel
+alone; the ten statistics of every channel j are in the waveforms `Channel<Result>_RBV`
+(element j-1, e.g. ChannelTotal_RBV, ChannelSigma_RBV) and the attributes `<Result>_<name>`
+(Total_threshold_2). Centroid, profiles and histogram stay channel 1's: for another channel's,
+set NDArrayAddress to it (the plugin then sees that channel alone).
+
 Speed: one blocked pass converts cache-sized row blocks to float64 and takes sum, sum of
 squares, profiles and threshold moments from them; min/max come from argmin/argmax.
 """
@@ -39,7 +46,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ndflow.ndarray import AttrSource, NDArray, NDAttribute, xyz_dims
+from ndflow.channels import MAX_CHANNELS
+from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension, xyz_dims
 from ndflow.params import R, RW, W, Param, ParamTable, array_param, bool_param, float_param, \
     int_param
 from ndflow.plugin import Plugin
@@ -188,6 +196,16 @@ def statistics(data: np.ndarray, sums: Scan, x_axis: int, y_axis: int | None,
     return results
 
 
+def channel_statistics(data: np.ndarray, bgd_width: int) -> list[dict[str, float]]:
+    """The ten statistics of each channel of a (C, H, W) frame, each plane as a 2-D image."""
+    return [statistics(plane, scan(plane), 1, 0, bgd_width) for plane in data]
+
+
+def _channel_pv(name: str) -> str:
+    """The per-channel waveform of a statistics result (SigmaValue's PV is Sigma_RBV)."""
+    return f"Channel{'Sigma' if name == 'SigmaValue' else name}_RBV"
+
+
 def centroid(sums: Scan) -> dict[str, float]:
     """Centroid results from the threshold profiles and M11, as doComputeCentroidT does."""
     results = dict.fromkeys(CENTROID, 0.0)
@@ -318,6 +336,7 @@ class Stats(Plugin):
     kind = "stats"
     plugin_type = "NDPluginStats"
     Options = StatsOptions
+    channels_aware = True  # statistics per channel (module docstring)
 
     def __init__(self, *args: Any, options: StatsOptions | None = None, **kw: Any) -> None:
         self.options = options or StatsOptions()
@@ -325,6 +344,7 @@ class Stats(Plugin):
         super().__init__(*args, **kw)
         self.ts.attach(self)
         self._image_size: tuple[int, int] | None = None  # (nx, ny) of the last 1-D/2-D array
+        self._shown_channels = 1  # channels in the per-channel waveforms
         self.values["HistogramX_RBV"] = self._histogram_x()
 
     def declare(self) -> ParamTable:
@@ -360,6 +380,11 @@ class Stats(Plugin):
             *(int_param(name, 0, W, group="Statistics", doc="Write to zero results")
               for name in RESETS),
             *self.ts.params(),
+            int_param("NumChannels_RBV", 1, R, group="Channels",
+                      doc="channels of the last frame (ndflow: multi-channel frames)"),
+            *(array_param(_channel_pv(name), "f8", MAX_CHANNELS, group="Channels",
+                          doc=f"{name} of each channel of the last multi-channel frame")
+              for name in STATISTICS),
         ]
         for p in params:
             table.params[p.name] = p
@@ -420,6 +445,45 @@ class Stats(Plugin):
 
     # --- data path ------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray:
+        if len(array.channels) > 1:
+            return self._process_channels(array)
+        if self._shown_channels != 1:
+            self._show_channels([])
+        return self._process_one(array)
+
+    def _process_channels(self, array: NDArray) -> NDArray:
+        """All channels of a multi-channel frame: channel 1 as a frame of its own, then the
+        statistics of every channel (module docstring)."""
+        dims = [NDDimension(d.size, d.offset, d.binning, d.reverse) for d in array.dims[:-1]]
+        first = self._process_one(array.derive(array.data[0], dims=dims, channels=()))
+        out = array.derive(array.data)
+        out.attributes = first.attributes
+        if not self.frame_params["ComputeStatistics"] or array.data.size == 0:
+            self._show_channels([], len(array.channels))
+            return out
+        width = int(self.frame_params["BgdWidth"])
+        per_channel = [{name: first.attributes[name].value for name in STATISTICS}]
+        per_channel += channel_statistics(array.data[1:], width)
+        for label, results in zip(array.channels, per_channel):
+            for name, source in STATISTICS.items():
+                key = f"{name}_{label}"
+                out.attributes[key] = NDAttribute(key, results[name], f"{name} of {label} "
+                                                  "(Stats)", AttrSource.PARAM, source)
+        self._show_channels(per_channel)
+        return out
+
+    def _show_channels(self, per_channel: list[dict[str, float]], count: int = 0) -> None:
+        """The per-channel waveforms (empty for a single-channel frame, or when statistics
+        are off) and the frame's channel count."""
+        self._shown_channels = max(1, count or len(per_channel))
+        values: dict[str, Any] = {"NumChannels_RBV": self._shown_channels}
+        for name in STATISTICS:
+            wave = np.array([r[name] for r in per_channel], dtype=np.float64)
+            wave.flags.writeable = False
+            values[_channel_pv(name)] = wave
+        self.set_many(values)
+
+    def _process_one(self, array: NDArray) -> NDArray:
         v = self.frame_params
         data = array.data
         if data.size == 0:
@@ -493,6 +557,10 @@ class Stats(Plugin):
             if name in published:
                 out.attributes[name] = NDAttribute(name, published[name], f"{name} (Stats)",
                                                    AttrSource.PARAM, source)
+        for name, value in published.items():  # profiles, histogram: 1-D attributes (Table1)
+            if isinstance(value, np.ndarray) and name.endswith("_RBV"):
+                out.attributes[name[:-4]] = NDAttribute(name[:-4], value, f"{name[:-4]} (Stats)",
+                                                        AttrSource.PARAM, name)
         return out  # the base adds this plugin's own NDAttributesFile attributes
 
     def periodic(self, elapsed: float) -> None:

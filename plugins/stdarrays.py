@@ -30,6 +30,8 @@ class StdArrays(Plugin):
     screen = "NDStdArrays"
     kind = "stdarrays"
     plugin_type = "NDPluginStdArrays"
+    #: address 0: all channels, channel-major (ArraySize0/1/2 = W, H, C); J: channel J
+    channels_aware = True
     Options = StdArraysOptions
 
     def __init__(self, *args: Any, options: StdArraysOptions | None = None, **kw: Any) -> None:

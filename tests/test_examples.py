@@ -11,6 +11,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import scipy.ndimage
 from caproto.sync import client as ca_sync
 
 from conftest import NDFLOW, REPO, running_ioc
@@ -25,7 +26,8 @@ SPOT = (400, 300)  # where the config puts the sim's peak
 @pytest.fixture(scope="module")
 def examples_ioc(tmp_path_factory):
     folder = tmp_path_factory.mktemp("examples")
-    with running_ioc(ioc_config(EXAMPLES, folder), folder, timeout=60) as ioc:
+    # 120 s: five algorithm children load one after the other, one of them importing pyFAI
+    with running_ioc(ioc_config(EXAMPLES, folder), folder, timeout=120) as ioc:
         yield ioc
 
 
@@ -63,7 +65,19 @@ def test_the_first_three_frames_give_every_algorithm_a_result(examples_ioc):
         assert get(p + "Py4:Stars_RBV") >= 1
         hfd = get(p + "Py4:Hfd_RBV")
         assert math.isfinite(hfd) and 5 < hfd < 10  # below its HIGH limit: no alarm
-        for plugin in ("Py1:", "Py2:", "Py3:", "Py4:"):
+        # Py5: pyFAI's I(r) about the spot is its radial profile: highest in the first bin,
+        # down to the noise floor (mean 2) 15 px out; far out, in the corners, few pixels make
+        # a bin and the solid-angle correction raises them
+        radial_px = np.asarray(get(p + "Py5:Radial_RBV")) / 0.075
+        intensity = np.asarray(get(p + "Py5:Intensity_RBV"))
+        assert intensity[0] > 100 and np.argmax(intensity) == 0
+        assert (intensity[(radial_px > 15) & (radial_px < 300)] < 3).all()
+        assert get(p + "Py5:RingRadius_RBV") < radial_px[1]
+        # Py6: the Gaussian-smoothed frame's peak, on numpy here (cupy where there is a GPU)
+        assert get(p + "Py6:BackendUsed_RBV", as_string=True) in ("numpy", "cupy")
+        smoothed = scipy.ndimage.gaussian_filter(image.astype(np.float32), 2.0, mode="nearest")
+        assert get(p + "Py6:Peak_RBV") == pytest.approx(float(smoothed.max()), rel=1e-4)
+        for plugin in ("Py1:", "Py2:", "Py3:", "Py4:", "Py5:", "Py6:"):
             assert get(p + plugin + "StatusMessage_RBV", as_string=True).startswith("loaded "), \
                 plugin  # no frame had a problem to report
     log = examples_ioc.log()

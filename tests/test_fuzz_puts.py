@@ -196,8 +196,11 @@ class LibcaClient:
             ca.poll(evt=1e-3, iot=0.01)
         with self._lock:
             out = {k: self._status.pop(k, None) for k in keys}
-            for k in keys:
-                self._keep.pop(k, None)
+            for k, status in out.items():
+                # a put whose callback has not come keeps its buffer and usr object: libca may
+                # still call back with it (freeing it made the client segfault under load)
+                if status is not None:
+                    self._keep.pop(k, None)
         return out
 
     def read(self, targets: list[Target]) -> dict[str, Any]:

@@ -285,9 +285,15 @@ def test_overview_lists_every_instance_with_its_screen(ioc, screens):
     assert opens["cam1:"] == "simDetector.bob"
     assert opens["Stats5:"] == "NDStats.bob" and opens["ROI1:"] == "NDROI.bob"
     assert opens["Probe1:"] == "PROBE.bob"
-    # the IOC resources, the driver, commonPlugins (with image1, image2, Pva1 and Pos1), the
-    # algorithm
-    assert len(opens) == 1 + 1 + 28 + 1
+    # the IOC resources, the driver, every plugin of the default config (commonPlugins with
+    # image1, image2, Pva1 and Pos1; Table1, Sparse1, Obs1, Veto1), the algorithm
+    from ndflow.config import load_config
+    default, _ = load_config(None)
+    assert len(default.plugins) == 36
+    assert len(opens) == 1 + len(default.drivers) + len(default.plugins) + 1
+    for prefix in ("JPEG1:", "netCDF1:", "Nexus1:", "Codec2:", "Table1:", "Sparse1:", "Obs1:",
+                   "Veto1:"):
+        assert prefix in opens, prefix
     assert opens["Pva1:"] == "NDPva.bob"
     assert opens["IOC:"] == "ndflowIOC.bob"
     pvs = pv_names(root)

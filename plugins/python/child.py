@@ -14,7 +14,6 @@ import ctypes
 import faulthandler
 import json
 import os
-import resource
 import signal
 import sys
 import time
@@ -45,30 +44,16 @@ def stand_in_packages(ndflow_dir: str, plugins_dir: str) -> None:
         sys.modules[name] = module
 
 
-def limit_memory(megabytes: float) -> None:
-    """Cap the address space at the start-up footprint plus `megabytes`: an allocation beyond it
-    raises MemoryError in the algorithm instead of exhausting the machine."""
-    if megabytes <= 0:
-        return
-    try:
-        status = Path("/proc/self/status").read_text()
-        vm_kb = next(int(line.split()[1]) for line in status.splitlines()
-                     if line.startswith("VmSize:"))
-        _, hard = resource.getrlimit(resource.RLIMIT_AS)
-        soft = vm_kb * 1024 + int(megabytes * 1024 * 1024)
-        if hard != resource.RLIM_INFINITY:
-            soft = min(soft, hard)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-    except (OSError, StopIteration, ValueError):
-        pass
-
-
 class Runtime:
     def __init__(self, channel: Any, settings: dict[str, Any]) -> None:
         from ndflow import algorithm
         from ndflow import shm
         from ndflow.plugins.python import wire
         self.api, self.shm, self.wire = algorithm, shm, wire
+        # the memory limit is not set here: the IOC watches this process's resident memory
+        # (plugins/python/memwatch.py), which a GPU library's address-space reservations leave be
+        algorithm.set_read_folders(settings.get("read_folders", ()),
+                                   Path(settings["file"]).parent)
         self.channel = channel
         self.settings = settings
         self.path = Path(settings["file"])
@@ -156,7 +141,7 @@ class Runtime:
         info = self.api.FrameInfo(
             unique_id=h["id"], timestamp=h["ts"], epics_ts=tuple(h["ets"]),
             dims=self._dims(h["dims"]), dtype=image.dtype, color_mode=h["color"],
-            transform=self._transform(h["tf"]))
+            transform=self._transform(h["tf"]), channels=tuple(h.get("chan", ())))
         reply: dict[str, Any] = {"id": h["id"]}
         out_fds: list[int] = []
         start = time.perf_counter()
@@ -166,10 +151,9 @@ class Runtime:
             result = self.instance.process(image, self.params, h["attrs"], info)
             reply["t"] = time.perf_counter() - start
             out_fds = self._result(result, reply)
-        except MemoryError as exc:
+        except MemoryError as exc:  # the machine (or the child's cgroup) refused an allocation
             reply.update(status="exception", t=time.perf_counter() - start,
-                         message=f"MemoryError: allocation beyond the memory limit of "
-                                 f"{self.settings.get('memory_mb', 0):g} MB ({exc or 'no detail'})",
+                         message=f"MemoryError: an allocation failed ({exc or 'no detail'})",
                          traceback=_user_traceback(exc, str(self.path)))
         except Exception as exc:
             message = _one_line(exc)
@@ -302,7 +286,6 @@ def main() -> int:
     channel = wire.Channel(socket.socket(fileno=fd))
     runtime = Runtime(channel, settings)
     runtime.load()
-    limit_memory(settings.get("memory_mb", 0))
     runtime.serve()
     return 0
 

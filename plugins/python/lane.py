@@ -4,7 +4,12 @@ A worker thread hands a frame to `submit()`, which places it in shared memory (n
 already lives in a segment, else one copy into one of the lane's slots), sends a FRAME message and
 returns at once; up to `depth` frames are in flight, so copying the next frame overlaps the
 child's work on this one. The lane's own thread reads the replies, enforces the per-frame
-timeout, and restarts the child with back-off when it dies, hangs or crashes.
+timeout and the memory limit, and restarts the child with back-off when it dies, hangs, crashes or
+grows past its memory limit.
+
+The child leads its own session and process group, so whatever it starts (a multiprocessing
+pool, a subprocess) is in that group: a timeout, a memory kill and a stop end the whole group,
+and nothing the algorithm started outlives its child.
 
 Children are started from one long-lived spawner thread because PR_SET_PDEATHSIG fires when the
 *thread* that forked the child exits, not only the process.
@@ -37,6 +42,7 @@ from ndflow.adcore import COLOR_MODES
 from ndflow.ndarray import MissingCause, NDArray
 
 from . import wire
+from .memwatch import MemoryWatch
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 
@@ -58,9 +64,11 @@ class ChildSpec:
     python: str
     file: Path
     class_name: str
-    memory_mb: float
+    memory_mb: float  # resident memory beyond the footprint after loading (0: no limit)
     frame_timeout: float
     start_timeout: float
+    #: folders the algorithm may read files from (`ndflow.algorithm.read_file`)
+    read_folders: tuple[str, ...] = ()
 
 
 class LaneOwner(Protocol):
@@ -194,6 +202,7 @@ class Lane:
             "seg": seg.id, "off": offset, "shape": list(data.shape), "strides": list(strides),
             "dtype": data.dtype.str, "color": _color_name(array.color_mode),
             "dims": [[d.size, d.offset, d.binning, d.reverse] for d in array.dims],
+            "chan": list(array.channels),
             "tf": array.transform.ravel().tolist(),
             "attrs": {name: _jsonable(a.value) for name, a in array.attributes.items()},
             "new": new,
@@ -254,6 +263,7 @@ class Lane:
             "file": str(spec.file), "class": spec.class_name, "memory_mb": spec.memory_mb,
             "parent_pid": os.getpid(), "name": spec.name, "depth": self.depth,
             "ndflow_dir": ndflow.__path__[0], "plugins_dir": ndflow.plugins.__path__[0],
+            "read_folders": list(spec.read_folders),
         }
         argv = [spec.python, "-u", str(CHILD_SCRIPT), str(child_sock.fileno()), json.dumps(settings)]
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
@@ -282,7 +292,12 @@ class Lane:
         poller = select.poll()
         poller.register(child.channel.fileno(), select.POLLIN)
         started = time.monotonic()
+        watch = MemoryWatch(child.proc.pid, self.spec.memory_mb) if self.spec.memory_mb > 0 \
+            else None
+        tick = watch.interval_s if watch is not None else 0.5
         while not self._closing.is_set():
+            if _exited(child.proc):  # a worker it forked may hold the socket open: no EOF
+                return "died", ""
             with self._cond:
                 head = self._pending[0] if self._pending else None
             now = time.monotonic()
@@ -292,25 +307,33 @@ class Lane:
                 deadline = started + self.spec.start_timeout
             else:
                 deadline = now + 0.5
+            if watch is not None and self.state is LaneState.RUNNING:
+                over = watch.check(now)
+                if over is not None:
+                    _kill_group(child.proc)
+                    where = f" while processing frame {head.array.unique_id}" if head else ""
+                    return "memory", f"{over}; child killed{where}"
             if now >= deadline and (head is not None or self.state is LaneState.STARTING):
-                _kill(child.proc)
+                _kill_group(child.proc)
                 if head is not None:
                     return "timeout", (f"process() of frame {head.array.unique_id} took longer "
                                        f"than {self.spec.frame_timeout:g} s; child killed")
                 return "start", f"no declarations within {self.spec.start_timeout:g} s"
-            if not poller.poll(max(0.0, min(deadline - now, 0.5)) * 1000):
+            if not poller.poll(max(0.0, min(deadline - now, tick)) * 1000):
                 continue
             try:
                 kind, reply, fds = child.channel.recv()
             except wire.ChannelClosed:
                 return "died", ""
             except Exception as exc:  # a reply that cannot be decoded: the child is not sane
-                _kill(child.proc)
+                _kill_group(child.proc)
                 return "protocol", f"unreadable reply from the child: {type(exc).__name__}: {exc}"
             if kind == wire.DONE:
                 self._done(child, reply, fds)
             elif kind == wire.DECLARE:
                 child.params_version = -1
+                if watch is not None:
+                    watch.set_baseline()  # loaded: the allowance comes on top of this
                 self.owner.lane_declared(self, reply)
                 self._set_state(LaneState.RUNNING)
                 self._first.set()
@@ -337,7 +360,7 @@ class Lane:
         image = None
         if info and info["slot"] in self._out:
             image = self._out[info["slot"]].array(tuple(info["shape"]), info["dtype"])
-        if reply.get("status") in ("ok", "warning"):
+        if reply.get("status") in ("ok", "warning", "veto"):  # a veto is a good frame
             self._failures = 0
         self.owner.lane_result(self, entry.array, reply, image, now - began)
 
@@ -393,24 +416,47 @@ class Lane:
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float) -> int | None:
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    proc.terminate()
-    try:
-        return proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pass
-    _kill(proc)
+    """Wait for the child to exit, then SIGTERM it (an algorithm that handles SIGTERM may clean
+    up), then SIGKILL; finally SIGKILL its whole process group, so nothing it started survives
+    (a worker it never joined, a pool it never closed). The group is killed before the child is reaped: until then its pid, which is the
+    group's id, cannot be reused by an unrelated process."""
+    if not _exited(proc, timeout):
+        try:
+            proc.terminate()
+        except OSError:
+            pass
+        _exited(proc, timeout)
+    _kill_group(proc)
     return proc.wait()
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _exited(proc: subprocess.Popen, timeout: float = 0.0) -> bool:
+    """Whether the child has exited (within `timeout` s), without reaping it (WNOWAIT)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.returncode is not None:
+            return True
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+        except ChildProcessError:  # reaped already
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(0.01, max(deadline - time.monotonic(), 0.0)))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child and every process in its group (it leads its own session)."""
+    if proc.returncode is not None:  # reaped: its pid, hence the group id, may be reused
+        return
     try:
-        proc.kill()
-    except OSError:
-        pass
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:  # no such group left, or it changed hands (EPERM)
+        try:
+            proc.kill()
+        except OSError:
+            pass
 
 
 def _describe_exit(code: int | None) -> str:

@@ -49,6 +49,8 @@ PYTHON_STATUS = (
     int_param("FramesOK_RBV", access=R, doc="frames processed", group="Algorithm"),
     int_param("FramesFailed_RBV", access=R, doc="frames failed", group="Algorithm"),
     int_param("FramesTimedOut_RBV", access=R, doc="frames timed out", group="Algorithm"),
+    int_param("FramesVetoed_RBV", access=R, doc="frames the algorithm vetoed (Veto)",
+              group="Algorithm"),
     float_param("FrameTime_RBV", access=R, units="ms", doc="time in process()",
                 group="Algorithm"),
     bool_param("Reload", "0", "1", access=W, doc="reload the algorithm file", group="Algorithm"),
@@ -65,8 +67,9 @@ class PythonOptions(BaseModel):
     workers: int = Field(1, ge=1, le=16, description="child processes working in parallel")
     timeout_s: float = Field(5.0, gt=0, description="longest process() call before the "
                              "child is killed and restarted")
-    memory_mb: float = Field(2048.0, ge=0, description="memory a child may allocate beyond "
-                             "its start-up footprint (0: no limit)")
+    memory_mb: float = Field(2048.0, ge=0, description="resident memory a child (with the "
+                             "processes it starts) may use beyond its footprint after loading; "
+                             "past it the child is killed and restarted (0: no limit)")
     on_failure: Literal["missing", "drop"] = Field(
         "missing", description="a failed frame goes on marked missing, or is dropped")
     pipeline_depth: int = Field(4, ge=1, le=16, description="frames in flight per child "
@@ -89,6 +92,7 @@ class PythonOptions(BaseModel):
 class PythonPlugin(Plugin):
     PARAMS = Plugin.PARAMS + (PYTHON_STATUS,)
     plugin_type = "NDPluginPython"
+    channels_aware = True  # algorithms get the channel axis and names (FrameInfo.channels)
     Options = PythonOptions
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, *,
@@ -121,7 +125,9 @@ class PythonPlugin(Plugin):
         self._values_error: str | None = None  # options.values refused by a declared input
         spec = ChildSpec(port, options.python or default_python(), self.file,
                          options.class_name, options.memory_mb, options.timeout_s,
-                         options.start_timeout_s)
+                         options.start_timeout_s,
+                         tuple(map(str, dict.fromkeys((*site.read_folders,
+                                                        *site.algorithm_folders)))))
         self.lanes = [Lane(spec, i, self, options.pipeline_depth) for i in range(workers)]
         # The first child's declarations become PVs before the IOC serves: wait for it.
         self.lanes[0].start(wait=True)
@@ -161,16 +167,24 @@ class PythonPlugin(Plugin):
         status = reply.get("status")
         outputs: Outputs
         if status in ("ok", "warning"):
-            self.increment("FramesOK_RBV")
+            # outputs first: a client that sees the count go up reads this frame's outputs
             problems = self._publish_outputs(reply.get("outputs") or {})
+            self.increment("FramesOK_RBV")
             if status == "warning":
                 problems.insert(0, reply.get("message") or "process() reported a warning")
             outputs = self._output_array(array, reply, image)
             self._frame_status(array.unique_id, "; ".join(problems) or None)
+        elif status == "veto":  # discarded on purpose: a missing frame "vetoed", not a failure
+            self.increment("FramesVetoed_RBV")
+            problems = self._publish_outputs(reply.get("outputs") or {})
+            self._frame_status(array.unique_id, "; ".join(problems) or None)
+            self._mark_lost(array, failed=False)
+            outputs = array.derive(None, status=FrameStatus(
+                MissingCause.VETOED, reply.get("message") or f"{self.port}: vetoed"))
         else:
             message = reply.get("message") or "process() reported an error"
-            self.increment("FramesFailed_RBV")
             self._last_error(f"frame {array.unique_id}: {message}", reply.get("traceback", ""))
+            self.increment("FramesFailed_RBV")
             outputs = self._failed(array, MissingCause.PROCESSING_ERROR, message)
             self._frame_status(array.unique_id, message)
         self.set("FrameTime_RBV", float(reply.get("t", 0.0)) * 1e3)
@@ -305,13 +319,17 @@ class PythonPlugin(Plugin):
 
     def _output_array(self, array: NDArray, reply: dict[str, Any],
                       image: np.ndarray | None) -> Outputs:
-        if image is None and not reply.get("remove") and not reply.get("attrs"):
+        results = reply.get("outputs") or {}
+        if image is None and not reply.get("remove") and not reply.get("attrs") and not results:
             return array  # unchanged: plugins never modify an array they received
         data = None if image is None else self.pool.alloc(image.shape, image.dtype)
         out = array.derive(array.data if image is None else data)  # its own attribute dict
         attributes = out.attributes
         for name in reply.get("remove") or ():
             attributes.pop(name, None)
+        for name, value in results.items():  # outputs travel with the frame (Table1 saves them)
+            attributes[name] = NDAttribute(name, value, f"output of {self.port}",
+                                           source=f"{self.port}")
         for name, value in (reply.get("attrs") or {}).items():
             old = attributes.get(name)
             attributes[name] = NDAttribute(name, value, old.description if old else "",
@@ -326,6 +344,8 @@ class PythonPlugin(Plugin):
             out.dims = [NDDimension(n) for n in reversed(image.shape)]
             if image.ndim == 2 or (image.ndim == 3 and image.shape[-1] != 3):
                 out.color_mode = 0
+            if out.channels and (image.ndim != 3 or image.shape[0] != len(out.channels)):
+                out.channels = ()  # the algorithm's image no longer has those channels
         return out
 
     def _error(self, text: str, traceback: str) -> None:
