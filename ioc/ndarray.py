@@ -218,6 +218,8 @@ class Acquisition:
     processing_errors: bool = False  # some frame failed in a plugin
     lost: set[int] = field(default_factory=set)  # unique ids of frames that became missing
     pipeline: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)  # POSIX time of Acquire=1
+    ended: float | None = None  # POSIX time the driver made its last frame (None: running)
     acquired: Future = field(default_factory=Future)
     processed: Future = field(default_factory=Future)
     on_state: Callable[["Acquisition", RunState], None] | None = None
@@ -244,6 +246,7 @@ class Acquisition:
     def end_acquisition(self, failed: bool = False) -> None:
         """The driver made its last frame (driver thread); processing ends when the pipeline
         has drained."""
+        self.ended = time.time()
         self.run.fire(RunEvent.ACQ_FAULT if failed else RunEvent.ACQUIRED)
         resolve(self.acquired)
         self.in_flight.close(self._drained)

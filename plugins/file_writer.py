@@ -243,6 +243,21 @@ class FileWriter(Plugin):
     def flush_file(self) -> None:
         """Make what was written visible to readers (FlushNow)."""
 
+    async def put_FlushNow(self, value: int) -> int:
+        """For the writers that declare FlushNow (HDF5, Table): flush in an executor, under the
+        file's lock, never in the event loop."""
+        if value:
+            await asyncio.get_running_loop().run_in_executor(None, self._flush_locked)
+        return 0
+
+    def _flush_locked(self) -> None:
+        with self._lock:
+            if self._open:
+                try:
+                    self.flush_file()
+                except Exception as exc:
+                    self._error(f"flushing {self.values['FullFileName_RBV']}: {exc}")
+
     def abandon_file(self) -> None:
         """Give up on a file whose write failed, without the usual close (see HDF5)."""
         self.close_file()

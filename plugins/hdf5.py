@@ -47,7 +47,6 @@ WriteMessage and the default layout is used.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -192,19 +191,6 @@ class HDF5(FileWriter):
             self.message("NumExtraDims > 0 is not supported; frames are stored along one "
                          "axis", logging.WARNING)
         return value
-
-    async def put_FlushNow(self, value: int) -> int:
-        if value:
-            await asyncio.get_running_loop().run_in_executor(None, self._flush_locked)
-        return 0
-
-    def _flush_locked(self) -> None:
-        with self._lock:
-            if self._open:
-                try:
-                    self.flush_file()
-                except Exception as exc:
-                    self._error(f"flushing {self.values['FullFileName_RBV']}: {exc}")
 
     # --- the format -----------------------------------------------------------------------------------
     def open_file(self, path: Path, first: NDArray) -> None:

@@ -23,8 +23,9 @@ row per frame:
 - attributes of the group: static metadata, once per file: `ndflow_version`, `config` (the
   IOC's effective configuration, JSON), `detector` (the driver's identity and sizes, JSON).
 - `acquisitions/<id>`: per acquisition, its effective parameter sets (`driver`, `pipeline`,
-  as HDF1 records them), `frames`, `state`, and the times (POSIX seconds) of the first and last
-  frames written (`start_time`, `stop_time`).
+  as HDF1 records them), `frames`, `state`, the acquisition's start and stop (POSIX seconds:
+  Acquire=1 and the driver's last frame, `start_time`, `stop_time`) and the times of the first
+  and last frames written here (`first_frame_time`, `last_frame_time`).
 Per-frame metadata are the attributes themselves.
 
 Several writers per file: point Table1 and HDF1 at the same FilePath/FileName and they write
@@ -38,7 +39,6 @@ close) under the shared file's lock, as HDF1 does for its attribute columns.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import logging
@@ -138,19 +138,6 @@ class Table(FileWriter):
             self._fail(f"LogPVs: {exc}")
             raise PutRefused(f"LogPVs: {exc}") from None
         return " ".join(names)
-
-    async def put_FlushNow(self, value: int) -> int:
-        if value:
-            await asyncio.get_running_loop().run_in_executor(None, self._flush_locked)
-        return 0
-
-    def _flush_locked(self) -> None:
-        with self._lock:
-            if self._open:
-                try:
-                    self.flush_file()
-                except Exception as exc:
-                    self._error(f"flushing {self.values['FullFileName_RBV']}: {exc}")
 
     # --- the format -----------------------------------------------------------------------------
     def open_file(self, path: Path, first: NDArray) -> None:
@@ -410,11 +397,15 @@ class Table(FileWriter):
             record = group[key] if key in group else group.create_group(key)
             for name, value in acquisition_record(acquisition).items():
                 record.attrs[name] = value
-            start, stop = self._times.get(acquisition.id, (math.nan, math.nan))
-            record.attrs["start_time"] = start
-            record.attrs["stop_time"] = stop
-            record.attrs["times"] = "POSIX seconds at which the first and last frames were " \
-                                    "written here"
+            first, last = self._times.get(acquisition.id, (math.nan, math.nan))
+            record.attrs["start_time"] = acquisition.started
+            record.attrs["stop_time"] = math.nan if acquisition.ended is None \
+                else acquisition.ended
+            record.attrs["first_frame_time"] = first
+            record.attrs["last_frame_time"] = last
+            record.attrs["times"] = "POSIX seconds: start_time Acquire=1, stop_time the " \
+                "driver's last frame (NaN: still running), first/last_frame_time the first " \
+                "and last frames written here"
 
     def flush_file(self) -> None:
         if self._file is not None:

@@ -196,7 +196,10 @@ def test_table_beside_images_in_one_file(ioc):
         assert driver["NumImages"] == FRAMES and driver["AcquirePeriod"] == 0.05
         assert "STATS1" in json.loads(record.attrs["pipeline"])
         assert record.attrs["frames"] == FRAMES
-        assert record.attrs["start_time"] <= record.attrs["stop_time"]
+        started, stopped = record.attrs["start_time"], record.attrs["stop_time"]
+        # Acquire=1 .. the last frame: 20 frames 0.05 s apart
+        assert (FRAMES - 1) * 0.05 * 0.9 <= stopped - started < 60
+        assert started <= record.attrs["first_frame_time"] <= record.attrs["last_frame_time"]
         assert acq_id in f["/entry/ndflow/acquisitions"]  # HDF1's record of the same
     put(p + "cam1:NDAttributesFile", "")
     put(p + "Table1:LogPVs", "")
