@@ -1,5 +1,6 @@
-"""EPICS access security over both transports: an ACF file decides who may write what, over
-Channel Access (libca through pyepics, and caproto's client as another user) and pvAccess (p4p)
+"""EPICS access security over both transports: an ACF file decides who may write what (here WRITE
+for user ndflowops from host localhost, READ for everyone else; with client_ip the HAG's names
+are resolved and matched against the client's address, as asCheckClientIP), over Channel Access (libca through pyepics, and caproto's client as another user) and pvAccess (p4p)
 alike; a reload changes the rights of clients already connected, without a reconnect.
 
 libca and PVXS report the account of the process (here the test's own user); caproto's client
@@ -23,9 +24,10 @@ from test_acquisition import get
 OPERATOR = "ndflowops"
 RESTRICTED = f"""
 UAG(ops) {{{OPERATOR}}}
+HAG(local) {{localhost}}
 ASG(DEFAULT) {{
     RULE(1, READ)
-    RULE(1, WRITE) {{ UAG(ops) }}
+    RULE(1, WRITE) {{ UAG(ops) HAG(local) }}
 }}
 ASG(OPEN) {{
     RULE(1, WRITE)
@@ -46,7 +48,7 @@ def ioc(tmp_path_factory):
     folder = tmp_path_factory.mktemp("acf")
     (folder / "rules.acf").write_text(RESTRICTED)
     config = textwrap.dedent(f"""
-        access_security: {{file: rules.acf}}
+        access_security: {{file: rules.acf, client_ip: true}}
         screens_dir: ""
         drivers:
           - {{type: sim, port: SIM1, prefix: "cam1:",
