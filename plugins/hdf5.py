@@ -60,6 +60,13 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+# hdf5plugin's own filters, whatever HDF5_PLUGIN_PATH offers: importing netCDF4 points it at
+# netCDF4's plugin folder, whose Blosc/Zstd/Bzip2 filters are linked to netCDF4's own copy of
+# libhdf5; HDF5 loads them when hdf5plugin asks whether a filter is there, and hdf5plugin then
+# keeps them ("already loaded, skip it"). Called from h5py's library they query the other
+# library with h5py's ids and every Blosc dataset fails ("error during user callback").
+hdf5plugin.register(force=True)
+
 from ndflow.ndarray import Acquisition, MissingCause, NDArray
 from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
     string_param, text_param
