@@ -13,7 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 
@@ -193,6 +193,19 @@ def running_ioc(config: str | None, folder: Path, timeout: float = 60,
         assert "Traceback" not in ioc.log(), ioc.log()
     finally:
         ioc.stop()
+
+
+@contextmanager
+def ioc_with_data_root(tmp_path_factory: Any, name: str, config_of: Any,
+                       **kw: Any) -> Iterator[IOCProcess]:
+    """A module's IOC whose config takes its data root (`config_of(root)`): the root is
+    `<folder>/data`, kept on the process as `.root` and the folder as `.folder`."""
+    folder = tmp_path_factory.mktemp(name)
+    root = folder / "data"
+    root.mkdir()
+    with running_ioc(config_of(root), folder, **kw) as ioc:
+        ioc.root, ioc.folder = root, folder
+        yield ioc
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import running_ioc
+from conftest import ioc_with_data_root
 from test_acquisition import get, put, wait_for
 from test_file_writers import put_status, refused, text
 from test_process import CAM_RESET, PROC_RESET, acquire
@@ -38,11 +38,7 @@ def config(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("asynio")
-    root = folder / "data"
-    root.mkdir()
-    with running_ioc(config(root), folder) as ioc:
-        ioc.root = root
+    with ioc_with_data_root(tmp_path_factory, "asynio", config) as ioc:
         yield ioc
 
 

@@ -26,7 +26,7 @@ import pytest
 import tifffile
 from epics import ca, dbr
 
-from conftest import CA_ENV, NDFLOW, running_ioc, unique_prefix
+from conftest import CA_ENV, NDFLOW, ioc_with_data_root, running_ioc, unique_prefix
 from test_acquisition import Monitor, get, put, ramp, wait_for, wrap
 
 NX, NY = 64, 48
@@ -51,11 +51,7 @@ def config(root: Path, extra: str = "") -> str:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("writers")
-    root = folder / "data"
-    root.mkdir()
-    with running_ioc(config(root), folder) as ioc:
-        ioc.root = root
+    with ioc_with_data_root(tmp_path_factory, "writers", config) as ioc:
         yield ioc
 
 

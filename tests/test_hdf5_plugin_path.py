@@ -17,7 +17,7 @@ import hdf5plugin
 import numpy as np
 import pytest
 
-from conftest import running_ioc
+from conftest import ioc_with_data_root
 from test_file_writers import capture, config, frames
 from test_file_writers import p as p  # noqa: F401  (the fixture resetting the camera)
 
@@ -29,13 +29,9 @@ def ioc(tmp_path_factory):
         pytest.skip("netCDF4 is not installed (the test extra installs it)")
     plugins = Path(spec.origin).parent / "plugins"
     assert any(plugins.glob("*blosc*")), f"no Blosc plugin in {plugins}"
-    folder = tmp_path_factory.mktemp("foreign_plugins")
-    root = folder / "data"
-    root.mkdir()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HDF5_PLUGIN_PATH", str(plugins))  # the IOC inherits it
-        with running_ioc(config(root), folder) as process:
-            process.root = root
+        with ioc_with_data_root(tmp_path_factory, "foreign_plugins", config) as process:
             yield process
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import running_ioc
+from conftest import ioc_with_data_root
 from test_acquisition import get, put, ramp, wait_for, wrap
 from test_file_writers import capture, put_status, refused, text
 
@@ -43,12 +43,7 @@ def config(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("jnn")
-    root = folder / "data"
-    root.mkdir()
-    with running_ioc(config(root), folder) as ioc:
-        ioc.root = root
-        ioc.folder = folder
+    with ioc_with_data_root(tmp_path_factory, "jnn", config) as ioc:
         yield ioc
 
 

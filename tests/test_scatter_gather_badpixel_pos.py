@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from epics import ca
 
-from conftest import running_ioc
+from conftest import ioc_with_data_root, running_ioc
 from test_acquisition import Monitor, get, put, ramp, wait_for, wrap
 
 NX, NY = 64, 48
@@ -55,12 +55,7 @@ def config(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("scatter")
-    root = folder / "data"
-    root.mkdir()
-    with running_ioc(config(root), folder) as ioc:
-        ioc.root = root
-        ioc.folder = folder
+    with ioc_with_data_root(tmp_path_factory, "scatter", config) as ioc:
         yield ioc
 
 

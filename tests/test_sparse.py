@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from epics import ca, dbr
 
-from conftest import running_ioc
+from conftest import ioc_with_data_root
 from test_acquisition import Monitor, get, image, put, wait_for
 from test_file_writers import put_status, refused
 
@@ -50,11 +50,7 @@ def config(root) -> str:
 
 @pytest.fixture(scope="module")
 def ioc(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sparse")
-    root = folder / "data"
-    root.mkdir()
-    with running_ioc(config(root), folder) as ioc:
-        ioc.root = root
+    with ioc_with_data_root(tmp_path_factory, "sparse", config) as ioc:
         yield ioc
 
 
