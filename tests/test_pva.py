@@ -308,6 +308,35 @@ def test_pvapy_reads_the_same_frame(small, pva):
     assert obj["uniqueId"] == get(p + "cam1:ArrayCounter_RBV")
 
 
+def test_what_changed_while_no_pva_client_was_connected_is_what_the_first_one_reads(small):
+    """Values and frames are built for pvAccess only while a client has the channel open; the
+    first client to connect after changes reads the latest value, with the time of its change,
+    and the latest frame."""
+    p = small.prefix
+    period = round(0.5 + 0.25 * (time.time() % 1.0), 3)  # differs from run to run
+    put(p + "cam1:DataType", "UInt16")
+    put(p + "cam1:ColorMode", "Mono")
+    put(p + "cam1:Reset", 1)
+    with Context("pva", nt=False) as ctxt:  # a frame seen, then the channels closed
+        ctxt.get(p + "Pva1:Image", timeout=5)
+        ctxt.get(p + "cam1:AcquirePeriod_RBV", timeout=5)
+    time.sleep(0.5)  # the server sees the channels close
+    put(p + "cam1:AcquirePeriod", period)
+    changed = time.time()
+    put(p + "cam1:Acquire", 1)  # a frame nobody over pvAccess is connected to
+    time.sleep(1.0)
+    with Context("pva", nt=False) as ctxt:
+        value = ctxt.get(p + "cam1:AcquirePeriod_RBV", timeout=5)
+        image = ctxt.get(p + "Pva1:Image", timeout=5)
+    assert value["value"] == pytest.approx(period)
+    stamp = value["timeStamp.secondsPastEpoch"] + value["timeStamp.nanoseconds"] * 1e-9
+    assert abs(stamp - changed) < 0.5, "the time stamp is the change's, not the connect's"
+    assert image["uniqueId"] == get(p + "cam1:ArrayCounter_RBV")
+    dims = [d["size"] for d in image["dimension"]]
+    np.testing.assert_array_equal(np.asarray(image["value"]).reshape(dims[::-1]),
+                                  wrap(ramp(64, 48), np.dtype("uint16")))
+
+
 def test_pvname_rbv_names_the_image_pv(small):
     p = small.prefix
     assert get(p + "Pva1:PvName_RBV", as_string=True) == p + "Pva1:Image"

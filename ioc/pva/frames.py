@@ -5,6 +5,7 @@ client that falls behind (which pvaDriver counts as overruns)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from p4p import Value
@@ -17,8 +18,27 @@ from . import ntndarray
 _TYPE = NTNDArray.buildType()
 
 
+class _FramePV(raw.SharedPV):
+    """SharedPV telling its endpoint, in PVXS's thread, when the first client connects and the
+    last one leaves (raw.SharedPV runs these hooks at once, before the channel serves)."""
+
+    def __init__(self, on_clients: Any, **kw: Any) -> None:
+        self._on_clients = on_clients
+        super().__init__(**kw)
+
+    def _onFirstConnect(self, _junk: Any) -> None:
+        self._on_clients(True)
+
+    def _onLastDisconnect(self, _junk: Any) -> None:
+        self._on_clients(False)
+
+
 class FrameEndpoint:
-    """The NTNDArray PV of a frame parameter; read-only."""
+    """The NTNDArray PV of a frame parameter; read-only.
+
+    A frame is converted (one copy of its pixels) only while a client has the channel open; the
+    last frame is kept (its buffer stays leased) and converted for the first client that
+    connects after, so nobody connected costs nothing per frame."""
 
     def __init__(self, spec: PVSpec, transport: Any) -> None:
         self.spec = spec
@@ -27,7 +47,10 @@ class FrameEndpoint:
         self.pvname = spec.param.name  # replaced by the full name when served
         self.value: Any = None  # the last frame posted
         self.posted = 0
-        self.pv = raw.SharedPV(initial=Value(_TYPE, {}))
+        self._clients = False
+        self._unposted = False
+        self._lock = threading.Lock()
+        self.pv = _FramePV(self._clients_changed, initial=Value(_TYPE, {}))
 
     def to_wire(self, value: Any) -> Any:
         return value
@@ -38,6 +61,21 @@ class FrameEndpoint:
     def post_frame(self, array: Any) -> None:
         if array is None:
             return
-        self.pv.post(ntndarray.to_value(array))
-        self.value = array
-        self.posted += 1
+        with self._lock:  # against _clients_changed: frames reach clients in order
+            self.value = array
+            if not self._clients:
+                self._unposted = True
+                return
+            self.pv.post(ntndarray.to_value(array))
+            self.posted += 1
+
+    def _clients_changed(self, connected: bool) -> None:
+        with self._lock:
+            self._clients = connected
+            if connected and self._unposted and self.value is not None:
+                self._unposted = False
+                try:
+                    self.pv.post(ntndarray.to_value(self.value))
+                    self.posted += 1
+                except ValueError:  # a frame NTNDArray cannot carry: post_frame said so
+                    pass
