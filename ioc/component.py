@@ -13,11 +13,12 @@ subclass can act on it, change it or refuse it.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
 import threading
-from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Protocol
 
 from .config import Site
 from .params import Access, Kind, Param, ParamTable, short_value
@@ -70,9 +71,13 @@ class Component:
         self.asg = "DEFAULT"  # the access security group of its PVs (config key asg)
         self.pv_registry: PVRegistry | None = None
         self.site: "Site | None" = getattr(self, "site", None)  # set by the IOC (folders, roots)
-        #: put hooks registered by name, for parameters no `put_<Name>` method can spell
-        #: (names with ':', such as a time series' "TS:TSAcquire")
+        #: put hooks registered by name: for parameters no `put_<Name>` method can spell (names
+        #: with ':', "TS:TSAcquire"), made per instance (Gather's NDArrayPort_<n>), or given by
+        #: an object the component holds (a time series, an overlay's shapes)
         self.put_hooks: dict[str, Callable[[Any], Any]] = {}
+        #: called after the parameter list changed while the IOC runs (see add_params)
+        self._declaration_watchers: list[Callable[["Component"], None]] = []
+        self._declaring = 0  # nesting depth of changing_declarations()
         self._count_lock = threading.Lock()
         #: names set since the publisher last collected them (set.add and set.pop are atomic)
         self._dirty: set[str] = set()
@@ -90,6 +95,11 @@ class Component:
 
     def declare(self) -> ParamTable:
         return ParamTable.of(*self.PARAMS)
+
+    def result_params(self) -> list[str]:
+        """The parameters that hold this component's results for a frame (an algorithm's
+        outputs): a replay writes a table column for each. None by default."""
+        return []
 
     @property
     def screen_name(self) -> str:
@@ -229,6 +239,32 @@ class Component:
         return served
 
     # --- parameters that come and go while the IOC runs (algorithm declarations) ------------------
+    def watch_declarations(self, watcher: Callable[["Component"], None]) -> None:
+        """Call `watcher(component)` after each change of the parameter list (add_params,
+        remove_params, or one changing_declarations() block): how screens follow an algorithm
+        whose inputs changed, without the component knowing about screens."""
+        self._declaration_watchers.append(watcher)
+
+    @contextlib.contextmanager
+    def changing_declarations(self) -> Iterator[None]:
+        """Group several add_params/remove_params into one change for the watchers."""
+        self._declaring += 1
+        try:
+            yield
+        finally:  # a change that failed half-way has still changed the list
+            self._declaring -= 1
+            self._declarations_changed()
+
+    def _declarations_changed(self) -> None:
+        if getattr(self, "_declaring", 0):
+            return
+        for watcher in list(getattr(self, "_declaration_watchers", ())):
+            try:
+                watcher(self)
+            except Exception as exc:  # a screen that cannot be written must not stop the data
+                self.log.warning("%s: after its parameters changed: %s: %s", self.port,
+                                 type(exc).__name__, exc)
+
     def add_params(self, params: Iterable[Param], values: Mapping[str, Any]) -> None:
         """Declare more parameters; once serving, their PVs appear at once."""
         added: Served = {}
@@ -241,6 +277,7 @@ class Component:
                 self._merge(added, self._endpoints_for(p))
         if any(added.values()) and self.pv_registry is not None:
             self.pv_registry.add_pvs(self, added)
+        self._declarations_changed()
 
     def remove_params(self, names: Iterable[str]) -> None:
         """Withdraw parameters; once serving, their PVs stop answering searches."""
@@ -256,6 +293,7 @@ class Component:
                     gone.append(suffix)
         if gone and self.pv_registry is not None:
             self.pv_registry.withdraw_pvs(self, gone)
+        self._declarations_changed()
 
     def _put_handler(self, param: Param):
         async def on_put(value: Any, source: Endpoint | None = None) -> Any:

@@ -4,8 +4,9 @@ server, for algorithm development away from the telescope.
 The IOC is built from the same config and runs the same code: each file is one Acquire of the
 file-reading driver, written through the same put path a CA client uses, and completes (with
 WaitForPlugins) when every plugin, Python algorithms included, has processed it. After each file
-the algorithms' outputs are read off their parameters into one table row, a column per output
-named as its PV below the IOC prefix (`Focus:Hfd_RBV`). Every plugin has
+each plugin's result parameters (`Component.result_params()`: an algorithm's outputs, or
+whatever a third-party plugin names) are read into one table row, a column per parameter named
+as its PV below the IOC prefix (`Focus:Hfd_RBV`). Every plugin has
 its callbacks enabled (replay exists to run them); file writers still write only when
 captured; the driver's folder watching and FTP gateway stay off.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
-from .algorithm import OUTPUT_GROUP
+from . import registry
 from .component import Component
 from .config import IOCConfig, LineMap
 from .driver import SINGLE, Driver
@@ -85,12 +86,13 @@ async def _run(ioc: Any, files: list[Path],
     sources = [d for d in ioc.drivers if isinstance(d, FileSource)]
     if not sources:
         kinds = ", ".join(sorted({d.kind for d in ioc.drivers}))
-        raise ReplayError(f"replay needs a driver that reads files (type: fits); "
+        readers = ", ".join(file_source_types()) or "none installed"
+        raise ReplayError(f"replay needs a driver that reads files (type: {readers}); "
                           f"this config has: {kinds}")
     driver: Driver = sources[0]  # type: ignore[assignment]
     driver.go_offline()  # type: ignore[attr-defined]
-    # outputs per algorithm, fixed at start: they are the table's columns
-    algorithms = {p: names for p in ioc.plugins if (names := _outputs(p))}
+    # result parameters per plugin, fixed at start: they are the table's columns
+    algorithms = {p: names for p in ioc.plugins if (names := list(p.result_params()))}
     started = asyncio.Event()
     serving = asyncio.create_task(ioc.run(started, serve=False))
     await started.wait()
@@ -128,8 +130,18 @@ def column(plugin: Plugin, name: str) -> str:
     return f"{plugin.prefix}{name}"
 
 
-def _outputs(plugin: Plugin) -> list[str]:
-    return [p.name for p in plugin.params if p.group == OUTPUT_GROUP]
+def file_source_types() -> list[str]:
+    """The registered driver types that read files (replay can drive them)."""
+    names = []
+    for name in registry.available("drivers"):
+        try:
+            cls = registry.load("drivers", name)
+        except Exception:  # a broken third-party entry point is not this error's subject
+            continue
+        if isinstance(cls, type) and all(callable(getattr(cls, m, None))
+                                         for m in ("enqueue", "go_offline")):
+            names.append(name)
+    return names
 
 
 def _failures(plugin: Plugin) -> int:

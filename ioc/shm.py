@@ -1,99 +1,54 @@
-"""Shared-memory segments passed between processes as file descriptors.
+"""The IOC's shared-memory segments: which segment an array lives in, and who hears of a closure.
 
-Segments are anonymous (memfd_create): they never have a name in /dev/shm, the kernel frees them
-when the last process holding the fd or a mapping goes away, and so no exit path, SIGKILL
-included, can leak one. A child receives a segment's fd once over the control socket
-(SCM_RIGHTS) and keeps its mapping until told to forget it.
-
-`find(array)` tells whether a numpy array lives inside a segment of this process, which is how
-the plugin sends frames from a shared-memory pool with zero copies.
-
-Standard library and numpy only: the algorithm child process imports this module.
+`Segment` (memfd-backed, passed as a file descriptor) is `ndflow.algorithm.segment.Segment`, the
+class the algorithm child uses too; this module adds what only the IOC needs: an address index
+of the segments it created, so `find(array)` tells whether a frame can be sent with zero copies,
+and closure listeners, so whoever gave a segment's fd to another process (an algorithm lane)
+can tell it to drop its mapping.
 """
 
 from __future__ import annotations
 
 import bisect
-import itertools
-import mmap
-import os
 import threading
 import weakref
+from typing import Callable
 
 import numpy as np
 
-_ids = itertools.count(1)
+from .algorithm import segment
+
 _lock = threading.Lock()
 _starts: list[int] = []  # sorted start addresses of live segments
 _by_start: dict[int, "weakref.ref[Segment]"] = {}
-#: ids of segments that were closed; lanes tell their child to drop those mappings
-retired: list[int] = []
+_closed_listeners: list[Callable[[int], None]] = []
 
 
-def _memfd(size: int, label: str) -> int:
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create(label, os.MFD_CLOEXEC)
-    else:  # POSIX without memfd: a name that exists for microseconds
-        import tempfile
-        fd, path = tempfile.mkstemp(prefix=label, dir="/dev/shm" if os.path.isdir("/dev/shm")
-                                    else None)
-        os.unlink(path)
-    os.ftruncate(fd, max(size, 1))
-    return fd
+class Segment(segment.Segment):
+    """A segment this process created is indexed by address (`find`) and, when closed,
+    announced to the closure listeners; an attached one is only mapped."""
+
+    def _register(self, created: bool) -> None:
+        if not created:
+            super()._register(created)
+            return
+        with _lock:
+            bisect.insort(_starts, self.address)
+            _by_start[self.address] = weakref.ref(self)
+        weakref.finalize(self, _forget, self.address, self.id, self.fd)
 
 
-class Segment(mmap.mmap):
-    """A mapped shared-memory segment. It is itself the buffer (an mmap), so it can back an
-    ArrayPool block directly; `fd` is what gets sent to another process."""
+def on_closed(listener: Callable[[int], None]) -> Callable[[], None]:
+    """Call `listener(segment id)` whenever a segment this process created is closed (from the
+    thread that dropped it: keep it short). Returns the function that unsubscribes."""
+    with _lock:
+        _closed_listeners.append(listener)
 
-    fd: int
-    id: int
-    address: int
-
-    @classmethod
-    def create(cls, size: int, label: str = "ndflow") -> "Segment":
-        fd = _memfd(size, label)
-        seg = cls(fd, max(size, 1))
-        seg._setup(fd, next(_ids))
-        return seg
-
-    @classmethod
-    def attach(cls, fd: int, seg_id: int, readonly: bool = False) -> "Segment":
-        """Map a segment received from another process (takes ownership of `fd`). `readonly`
-        maps it without write permission: arrays over it cannot be made writable, and a write
-        through any other path faults in this process only."""
-        size = os.fstat(fd).st_size
-        seg = cls(fd, size, prot=mmap.PROT_READ) if readonly else cls(fd, size)
-        seg._setup(fd, seg_id, register=False)
-        return seg
-
-    def _setup(self, fd: int, seg_id: int, register: bool = True) -> None:
-        self.fd = fd
-        self.id = seg_id
-        # Shared memory comes in 4 kB pages unless the host allows transparent huge pages for
-        # shmem (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise): reading a 32 MB
-        # frame then costs ~30% more than from the heap (measured: 9.7 ms vs 7.5 ms for mean()).
-        if hasattr(mmap, "MADV_HUGEPAGE") and len(self) >= 2 * 1024 * 1024:
-            try:
-                self.madvise(mmap.MADV_HUGEPAGE)
-            except OSError:
-                pass
-        view = np.frombuffer(self, dtype=np.uint8)
-        self.address = view.ctypes.data
-        del view
-        if register:
-            with _lock:
-                bisect.insort(_starts, self.address)
-                _by_start[self.address] = weakref.ref(self)
-            weakref.finalize(self, _forget, self.address, seg_id, fd)
-        else:
-            weakref.finalize(self, os.close, fd)
-
-    def array(self, shape: tuple[int, ...], dtype: np.dtype | str, offset: int = 0,
-              strides: tuple[int, ...] | None = None, writable: bool = False) -> np.ndarray:
-        out = np.ndarray(shape, dtype=dtype, buffer=self, offset=offset, strides=strides)
-        out.flags.writeable = writable
-        return out
+    def unsubscribe() -> None:
+        with _lock:
+            if listener in _closed_listeners:
+                _closed_listeners.remove(listener)
+    return unsubscribe
 
 
 def _forget(address: int, seg_id: int, fd: int) -> None:
@@ -102,11 +57,10 @@ def _forget(address: int, seg_id: int, fd: int) -> None:
         i = bisect.bisect_left(_starts, address)
         if i < len(_starts) and _starts[i] == address:
             del _starts[i]
-        retired.append(seg_id)
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+        listeners = list(_closed_listeners)
+    for listener in listeners:
+        listener(seg_id)
+    segment._close(fd)
 
 
 def mapped_bytes() -> int:

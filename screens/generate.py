@@ -4,10 +4,16 @@ A built-in kind has one screen for all its instances (`NDStats.bob` serves Stats
 `$(R)`), as ADCore's do. Instances whose parameter lists differ (each Python algorithm, a kind
 configured differently) get their own. `ndflow.bob` opens each with R set to its prefix, so an
 operator needs only `P` to start: `phoebus -resource .../ndflow.bob?P=13SIM1:`.
+
+Screens follow the declarations: `write_screens` subscribes to each component's declaration
+changes (`Component.watch_declarations`), so an algorithm whose parameter list changed while the
+IOC runs gets its screen rewritten; no component imports this package.
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -67,5 +73,33 @@ def ioc_files(components: list[Component]) -> dict[str, str]:
 
 def write_screens(components: list[Component], folder: Path) -> list[Path]:
     """Write every screen of the IOC into `folder` (the entry point `ndflow run` and
-    `ndflow screens` reach through the registry)."""
-    return write_files(folder, ioc_files(components))
+    `ndflow screens` reach through the registry), and keep each component's screen up to date
+    with its declarations from then on."""
+    paths = write_files(folder, ioc_files(components))
+    for port, stem in screen_stems(components).items():
+        component = next(c for c in components if c.port == port)
+        follower = _FOLLOWERS.get(component)
+        if follower is None:
+            follower = _FOLLOWERS[component] = ScreenFollower(folder, stem)
+            component.watch_declarations(follower)
+        follower.folder, follower.stem = folder, stem
+    return paths
+
+
+class ScreenFollower:
+    """Rewrites one component's screen after its parameter list changed."""
+
+    def __init__(self, folder: Path, stem: str) -> None:
+        self.folder, self.stem = folder, stem
+
+    def __call__(self, component: Component) -> None:
+        try:
+            write_files(self.folder, component_files(component, self.stem))
+        except OSError as exc:
+            logging.getLogger(f"ndflow.{component.port}").warning(
+                "%s: cannot write its screen in %s: %s", component.port, self.folder,
+                exc.strerror or exc)
+
+
+#: the follower subscribed to each component (a second write_screens moves it, not doubles it)
+_FOLLOWERS: "weakref.WeakKeyDictionary[Component, ScreenFollower]" = weakref.WeakKeyDictionary()

@@ -1,7 +1,7 @@
 """The Python algorithm plugin: user algorithms in supervised child processes.
 
-`plugin` is the IOC side, `lane` supervises one child, `child` is the script the child runs.
-`wire` is shared by both sides and, like `ndflow.algorithm` and `ndflow.shm`, imports only the
-standard library and numpy. This __init__ must stay import-free: the child imports `wire`
-through it.
+`plugin` is the IOC side, `lane` hands frames to one child and reads its replies, `supervisor`
+starts, restarts and stops that child, `watch` reloads on a changed file. What runs in the child
+(the user API, the control protocol, the runtime) is the self-contained package
+`ndflow.algorithm`.
 """

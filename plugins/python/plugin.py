@@ -12,29 +12,23 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import re
 import threading
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ndflow import shm
-from ndflow.algorithm import INPUT_GROUP, OUTPUT_GROUP
+from ndflow.algorithm.param import from_description
 from ndflow.config import Site
 from ndflow.graph import PortGraph
 from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDAttribute, NDDimension
-from ndflow.params import (AlarmLimits, Access, Kind, Param, ParamTable, R, W, bool_param,
-                           enum_param, float_param, initial_values, int_param, string_param,
-                           text_param)
+from ndflow.params import (Param, ParamTable, R, W, bool_param, enum_param, float_param,
+                           initial_values, int_param, string_param, text_param)
 from ndflow.plugin import DEFERRED, Outputs, Plugin
-from ndflow.screens.bob import write_files
-from ndflow.screens.generate import component_files
 
 from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
-
-_PV_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,59}$")
+from .watch import FileWatch
 
 PYTHON_STATUS = (
     text_param("AlgorithmFile_RBV", 256, access=R, doc="algorithm file", group="Algorithm"),
@@ -116,7 +110,6 @@ class PythonPlugin(Plugin):
         self._decl_lock = threading.RLock()
         self.inputs_version = 0  # bumped on every input change; lanes resend when it moves
         self._lane_counter = itertools.count()
-        self._file_stamp = _stamp(self.file)
         #: the frame problem StatusMessage_RBV shows (None: it shows something else, which no
         #: frame outcome replaces), and the frame it began with; see _frame_status()
         self._problem: str | None = None
@@ -142,6 +135,8 @@ class PythonPlugin(Plugin):
             for lane in self.lanes:
                 lane.close()
             raise ValueError(mistake)
+        self._watch = FileWatch(self.file, self.reload, f"{port}-watch") if options.watch \
+            else None
 
     # --- the frame path -------------------------------------------------------------------------
     def process(self, array: NDArray) -> Outputs:
@@ -230,18 +225,27 @@ class PythonPlugin(Plugin):
         self.set("ChildState_RBV", int(worst))
 
     def input_values(self) -> tuple[int, dict[str, Any]]:
+        """The inputs' values in stored form, by attribute name (the child shows them to
+        process() as declared: an enum by its text, a bool as a bool)."""
         with self._decl_lock:
-            values = {attr: self._to_child(name) for name, attr in self._attr_of.items()}
+            values = {attr: self.values[name] for name, attr in self._attr_of.items()}
             return self.inputs_version, values
+
+    def result_params(self) -> list[str]:
+        """The algorithm's outputs: a replay's table has a column for each."""
+        with self._decl_lock:
+            return list(self._out_param.values())
 
     # --- declarations -> parameters -------------------------------------------------------------
     def _apply_declarations(self, declarations: list[dict[str, Any]]) -> None:
         """Make the parameters match the child's declarations; PVs follow while serving. A new
         or changed input starts at the config's value (options.values), else its default."""
+        if not isinstance(declarations, list):
+            raise ValueError("the child reported a malformed declaration list")
         wanted: dict[str, tuple[Param, dict[str, Any]]] = {}
         taken = {s for p in self.params if p.name not in self._decls for s in p.pv_suffixes}
         for d in declarations:
-            param = declaration_param(d)
+            param = _declared(d)
             clash = [s for s in param.pv_suffixes if s in taken]
             if clash:
                 raise ValueError(f"parameter {d['attr']!r} would be PV {clash[0]}, which the "
@@ -251,6 +255,17 @@ class PythonPlugin(Plugin):
                  if n not in wanted or wanted[n][1] != d]
         fresh = [(p, d) for n, (p, d) in wanted.items()
                  if n not in self._decls or self._decls[n] != d]
+        with self.changing_declarations():  # one screen update for the whole change
+            self._replace_params(stale, fresh)
+        self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
+        self._out_param = {d["attr"]: n for n, d in self._decls.items()
+                           if d["direction"] == "out"}
+        self.inputs_version += 1
+        if stale or fresh:
+            self.log.info("%s: parameters now %s", self.port, ", ".join(self._decls) or "none")
+
+    def _replace_params(self, stale: list[str], fresh: list[tuple[Param, dict[str, Any]]]
+                        ) -> None:
         if stale:
             self.remove_params(stale)
             for name in stale:
@@ -269,14 +284,6 @@ class PythonPlugin(Plugin):
             self.add_params(params, values)
             for p, d in fresh:
                 self._decls[p.name] = d
-        self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
-        self._out_param = {d["attr"]: n for n, d in self._decls.items()
-                           if d["direction"] == "out"}
-        self.inputs_version += 1
-        if stale or fresh:
-            self.log.info("%s: parameters now %s", self.port, ", ".join(self._decls) or "none")
-            if self._running:
-                self.write_screen()
 
     def after_put(self, param: Param, value: Any) -> None:
         if param.name in self._attr_of:
@@ -292,15 +299,6 @@ class PythonPlugin(Plugin):
         for lane in self.lanes:
             lane.reload()
 
-    def _to_child(self, name: str) -> Any:
-        """An input's value as the algorithm sees it: enums by their string, bools as bool."""
-        param, value = self.params[name], self.values[name]
-        if self._decls[name]["kind"] == "bool":
-            return bool(value)
-        if param.kind is Kind.ENUM:
-            return param.choices[int(value)]
-        return value
-
     def _publish_outputs(self, outputs: dict[str, Any]) -> list[str]:
         """Publish the outputs; returns what was wrong with any of them."""
         values, problems = {}, []
@@ -310,7 +308,7 @@ class PythonPlugin(Plugin):
                 if name is None:
                     continue
                 try:
-                    values[name] = output_value(self.params[name], value)
+                    values[name], _ = self.params[name].coerce(value, result=True)
                 except (TypeError, ValueError) as exc:
                     problems.append(f"output {attr}: {exc}")
                     self._last_error(problems[-1], "")
@@ -397,100 +395,28 @@ class PythonPlugin(Plugin):
     def screen_title(self) -> str:
         return f"{self.port} ({self.file.name})"
 
-    def write_screen(self) -> list[Path]:
-        """Rewrite this instance's Phoebus screen in the screens folder after its parameter list
-        changed (the IOC writes every screen at start)."""
-        folder = self.site.screens_dir
-        if folder is None:
-            return []
-        try:
-            with self._decl_lock:
-                files = component_files(self)
-            return write_files(folder, files)
-        except OSError as exc:
-            self.log.warning("%s: cannot write its screen in %s: %s", self.port, folder,
-                             exc.strerror)
-            return []
-
     # --- lifecycle --------------------------------------------------------------------------------
-    def periodic(self, elapsed: float) -> None:
-        super().periodic(elapsed)
-        if not self.options.watch:
-            return
-        stamp = _stamp(self.file)
-        if stamp != self._file_stamp:
-            self._file_stamp = stamp
-            self.reload()
+    def start(self) -> None:
+        super().start()
+        if self._watch is not None:
+            self._watch.start()
 
     def shutdown(self) -> None:
         super().shutdown()
+        if self._watch is not None:
+            self._watch.stop()
         for lane in self.lanes:
             lane.close()
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-        return st.st_mtime_ns, st.st_size
-    except OSError:
-        return None
-
-
-BOOL_CHOICES = ("No", "Yes")
-
-
-def declaration_param(d: dict[str, Any]) -> Param:
-    """The parameter for one declaration the child reported."""
-    name = str(d.get("name", ""))
-    if not _PV_NAME.match(name):
-        raise ValueError(f"parameter name {name!r} is not a valid PV name")
-    out = d.get("direction") == "out"
-    access = Access.R if out else Access.RW
-    pv = f"{name}_RBV" if out else name
-    kind = d.get("kind")
-    common: dict[str, Any] = {"units": str(d.get("units") or "")[:15],
-                              "doc": str(d.get("doc") or ""),
-                              "group": OUTPUT_GROUP if out else INPUT_GROUP}
-    if d.get("alarm") and out:
-        common["alarm"] = AlarmLimits(*d["alarm"])
-    default = d.get("default")
-    low, high = d.get("low"), d.get("high")
-    if kind == "float":
-        return Param(pv, Kind.FLOAT, access, float(default or 0.0), low=low, high=high,
-                     precision=int(d.get("precision") or 3), **common)
-    if kind == "int":
-        return Param(pv, Kind.INT, access, int(default or 0), low=low, high=high, **common)
-    if kind in ("bool", "enum"):
-        choices = BOOL_CHOICES if kind == "bool" else tuple(d.get("choices") or ())
-        if not choices or len(choices) > 16:
-            raise ValueError(f"{name}: an enum needs 1 to 16 choices")
-        index = int(bool(default)) if kind == "bool" else choices.index(default)
-        return Param(pv, Kind.ENUM, access, index, choices=choices, **common)
-    if kind == "str":
-        length = int(d.get("length") or 40)
-        if length <= 40:
-            return Param(pv, Kind.STRING, access, str(default or ""), **common)
-        return Param(pv, Kind.TEXT, access, str(default or ""), length=length + 1, **common)
-    if kind == "array":
-        dtype = "float64" if d.get("dtype") != "int32" else "int32"
-        values = np.asarray(default if default is not None else [], dtype=dtype)
-        return Param(pv, Kind.ARRAY, access, values, dtype=dtype,
-                     length=max(int(d.get("length") or 1), 1), **common)
-    raise ValueError(f"{name}: unknown parameter kind {kind!r}")
-
-
-def output_value(param: Param, value: Any) -> Any:
-    """A value the child returned, in the stored form of `param`."""
-    if param.kind is Kind.FLOAT:
-        return float(value)
-    if param.kind is Kind.INT:
-        return int(value)
-    if param.kind is Kind.ENUM:
-        if isinstance(value, str):
-            return param.choices.index(value)
-        return int(bool(value)) if isinstance(value, bool) else int(value)
-    if param.kind in (Kind.STRING, Kind.TEXT):
-        limit = 39 if param.kind is Kind.STRING else param.length - 1
-        return str(value)[:limit]
-    array = np.asarray(value, dtype=param.dtype).ravel()
-    return array[: param.length]
+def _declared(d: Any) -> Param:
+    """The parameter of one declaration the child reported, checked: the child runs user code,
+    so a malformed reply is a one-line ValueError, never an exception in the lane's thread."""
+    if not isinstance(d, dict) or not isinstance(d.get("attr"), str) or \
+            d.get("direction") not in ("in", "out"):
+        raise ValueError("the child reported a malformed declaration")
+    param = from_description(d.get("param"))
+    if param.writable != (d["direction"] == "in"):
+        raise ValueError(f"{param.name}: an {d['direction']}put declared "
+                         f"{'read-only' if not param.writable else 'writable'}")
+    return param

@@ -1,8 +1,8 @@
 """ndflow.plugins.python.lane.Lane (supervision of one algorithm child) against a FAKE child.
 
 The seam: `ChildSpec.python` is the interpreter the lane runs as
-    <python> -u <child.py> <socket fd> <JSON settings>
-so a tiny executable script given as `python` becomes the child. It ignores child.py, speaks the
+    <python> -u <child image> <socket fd> <JSON settings>
+so a tiny executable script given as `python` becomes the child. It ignores the image, speaks the
 real wire protocol on the fd, and behaves as the plan file (`ChildSpec.file`, passed through the
 settings) tells it: one mode per start, so "crash, then behave" is one plan.
 """
@@ -26,7 +26,7 @@ from ndflow.plugins.python.lane import ChildSpec, Lane, LaneState
 pytestmark = pytest.mark.timeout(30)
 
 FAKE_CHILD = r'''#!{python}
-"""A fake algorithm child: argv = [this, "-u", child.py, fd, settings]."""
+"""A fake algorithm child: argv = [this, "-u", image, fd, settings]."""
 import importlib.util, json, mmap, os, signal, socket, sys, time, types
 fd, settings = int(sys.argv[-2]), json.loads(sys.argv[-1])
 plan = json.loads(open(settings["file"]).read())
@@ -47,8 +47,9 @@ if mode != "bad_reply":
     stub.ndarray = type("ndarray", (), {})
     stub.generic = type("generic", (), {})
     sys.modules["numpy"] = stub
-spec = importlib.util.spec_from_file_location(
-    "fake_wire", os.path.join(settings["plugins_dir"], "python", "wire.py"))
+# argv[-3] is the child image (a zip, /proc/self/fd/<n>); the real wire module is in it
+import zipimport
+spec = zipimport.zipimporter(os.path.join(sys.argv[-3], "ndflow", "algorithm")).find_spec("wire")
 wire = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(wire)
 ch = wire.Channel(socket.socket(fileno=fd))
@@ -65,7 +66,8 @@ def crash():
 
 if mode != "silent":
     ch.send(wire.DECLARE, {"declarations": [], "class": "Fake", "loads": 1,
-                           "python": sys.executable, "pid": os.getpid()})
+                           "python": sys.executable, "pid": os.getpid(),
+                           "protocol": wire.PROTOCOL_VERSION})
 segments = {}
 frames = 0
 while True:

@@ -1,4 +1,4 @@
-"""The IOC <-> algorithm-child control protocol (ndflow.plugins.python.wire) over a real
+"""The IOC <-> algorithm-child control protocol (ndflow.algorithm.wire) over a real
 AF_UNIX SOCK_SEQPACKET socket pair: framing, numpy blobs, multi-packet messages, fd passing,
 and EOF / truncation giving ChannelClosed instead of a hang."""
 
@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from ndflow.plugins.python import wire
+from ndflow.algorithm import wire
 
 pytestmark = pytest.mark.timeout(20)  # a hang fails fast instead of after the suite's 120 s
 

@@ -1,11 +1,12 @@
 """The algorithm child process: loads the user's file, reports its declarations, and processes
 frames that the IOC places in shared memory, until told to stop or the IOC goes away.
 
-Run as a script by the IOC (never imported by it):
-    <python> child.py <socket fd> <JSON settings>
-It needs the standard library and numpy only, so `<python>` may be any interpreter or virtual
-environment the user names. `ndflow.algorithm`, `wire` and `shm` are loaded from the IOC's source
-folders through stand-in packages, so ndflow need not be installed where the child runs.
+Started by the IOC (never imported by it) as
+    <python> /proc/self/fd/<image> <socket fd> <JSON settings>
+where the image is a zip holding `ndflow/algorithm` (this package) and nothing else of ndflow
+but `safepath` (see ndflow.plugins.python.supervisor.child_image). This package needs the
+standard library and numpy only, so `<python>` may be any interpreter or virtual environment
+the user names, with or without ndflow installed.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ import os
 import signal
 import sys
 import time
-import traceback
 import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import api, param, wire
+from .declare import Declaration
+from .errors import one_line, user_traceback
+from .segment import Segment
 
 PR_SET_PDEATHSIG = 1
 
@@ -37,30 +42,22 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def stand_in_packages(ndflow_dir: str, plugins_dir: str) -> None:
-    for name, path in (("ndflow", ndflow_dir), ("ndflow.plugins", plugins_dir)):
-        module = types.ModuleType(name)
-        module.__path__ = [path]
-        sys.modules[name] = module
-
-
 class Runtime:
-    def __init__(self, channel: Any, settings: dict[str, Any]) -> None:
-        from ndflow import algorithm
-        from ndflow import shm
-        from ndflow.plugins.python import wire
-        self.api, self.shm, self.wire = algorithm, shm, wire
+    def __init__(self, channel: wire.Channel, settings: dict[str, Any]) -> None:
         # the memory limit is not set here: the IOC watches this process's resident memory
         # (plugins/python/memwatch.py), which a GPU library's address-space reservations leave be
-        algorithm.set_read_folders(settings.get("read_folders", ()),
+        api.set_read_folders(settings.get("read_folders", ()),
                                    Path(settings["file"]).parent)
         self.channel = channel
         self.settings = settings
         self.path = Path(settings["file"])
         self.class_name = settings.get("class") or ""
         self.instance: Any = None
-        self.declarations: list[Any] = []
-        self.params = algorithm.Params()
+        self.declarations: list[Declaration] = []
+        self.inputs: dict[str, Declaration] = {}  # attribute name -> input declaration
+        self.input_values = api.Params()  # what process() gets as `params`
+        #: the IOC's protocol version (the settings'); a child of another version only says so
+        self.mismatch = wire.version_mismatch(settings.get("protocol"), wire.PROTOCOL_VERSION)
         self.segments: dict[int, Any] = {}
         # Output images go round a ring of segments, one more than the frames in flight: the
         # IOC copies image N while this process may already write N+1 .. N+depth.
@@ -75,25 +72,33 @@ class Runtime:
     def load(self) -> None:
         """Compile and instantiate the algorithm; on any failure keep the current one and tell
         the IOC why. Source is compiled directly so a stale .pyc can never be used."""
+        if self.mismatch:
+            self.channel.send(wire.LOAD_ERROR, {"message": self.mismatch, "traceback": "",
+                                                "running": False,
+                                                "protocol": wire.PROTOCOL_VERSION})
+            return
         try:
             instance, declarations = self._load()
         except (Exception, SystemExit) as exc:  # SyntaxError, ImportError, sys.exit() in module code
-            self.channel.send(self.wire.LOAD_ERROR, {
-                "message": _one_line(exc), "traceback": _user_traceback(exc, str(self.path)),
-                "running": self.instance is not None})
+            self.channel.send(wire.LOAD_ERROR, {
+                "message": one_line(exc), "traceback": user_traceback(exc, str(self.path)),
+                "running": self.instance is not None, "protocol": wire.PROTOCOL_VERSION})
             return
         old = self.instance
         if old is not None:
             self._call_hook(old, "stop")
         defaults = {d.attr: d.default for d in declarations if d.direction == "in"}
-        self.params = self.api.Params({k: self.params.get(k, v) for k, v in defaults.items()})
+        self.input_values = api.Params({k: self.input_values.get(k, v)
+                                       for k, v in defaults.items()})
         self.instance, self.declarations = instance, declarations
+        self.inputs = {d.attr: d for d in declarations if d.direction == "in"}
         self.output_names = {d.attr for d in declarations if d.direction == "out"}
         self.loads += 1
-        self.channel.send(self.wire.DECLARE, {
-            "declarations": [d.describe() for d in declarations],
+        self.channel.send(wire.DECLARE, {
+            "declarations": [{"attr": d.attr, "direction": d.direction,
+                              "param": param.describe(d.param)} for d in declarations],
             "class": type(instance).__name__, "loads": self.loads,
-            "python": sys.executable, "pid": os.getpid()})
+            "python": sys.executable, "pid": os.getpid(), "protocol": wire.PROTOCOL_VERSION})
         self._call_hook(instance, "start")
 
     def _load(self) -> tuple[Any, list[Any]]:
@@ -104,7 +109,7 @@ class Runtime:
         module.__file__ = str(self.path)
         sys.modules[name] = module
         exec(code, module.__dict__)
-        base = self.api.Algorithm
+        base = api.Algorithm
         found = {v.__name__: v for v in vars(module).values()
                  if isinstance(v, type) and issubclass(v, base) and v is not base
                  and v.__module__ == name}
@@ -129,16 +134,16 @@ class Runtime:
         try:
             getattr(instance, name)(*args)
         except Exception as exc:
-            print(f"{name}() failed: {_one_line(exc)}", file=sys.stderr, flush=True)
+            print(f"{name}() failed: {one_line(exc)}", file=sys.stderr, flush=True)
 
     # --- frames -------------------------------------------------------------------------------
     def on_frame(self, h: dict[str, Any], fds: list[int]) -> None:
         for seg_id, fd in zip(h.get("new", ()), fds):
             # read-only: the frame is shared with every other plugin (zero copy)
-            self.segments[seg_id] = self.shm.Segment.attach(fd, seg_id, readonly=True)
+            self.segments[seg_id] = Segment.attach(fd, seg_id, readonly=True)
         image = self.segments[h["seg"]].array(tuple(h["shape"]), h["dtype"], h["off"],
                                               tuple(h["strides"]))
-        info = self.api.FrameInfo(
+        info = api.FrameInfo(
             unique_id=h["id"], timestamp=h["ts"], epics_ts=tuple(h["ets"]),
             dims=self._dims(h["dims"]), dtype=image.dtype, color_mode=h["color"],
             transform=self._transform(h["tf"]), channels=tuple(h.get("chan", ())))
@@ -148,32 +153,32 @@ class Runtime:
         try:
             if self.instance is None:
                 raise RuntimeError("no algorithm loaded")
-            result = self.instance.process(image, self.params, h["attrs"], info)
+            result = self.instance.process(image, self.input_values, h["attrs"], info)
             reply["t"] = time.perf_counter() - start
             out_fds = self._result(result, reply)
         except MemoryError as exc:  # the machine (or the child's cgroup) refused an allocation
             reply.update(status="exception", t=time.perf_counter() - start,
                          message=f"MemoryError: an allocation failed ({exc or 'no detail'})",
-                         traceback=_user_traceback(exc, str(self.path)))
+                         traceback=user_traceback(exc, str(self.path)))
         except Exception as exc:
-            message = _one_line(exc)
+            message = one_line(exc)
             if "WRITEABLE" in message or "read-only" in message:
                 message += " (the frame is shared read-only with the other plugins: copy it " \
                            "to change it, e.g. image.copy())"
             reply.update(status="exception", t=time.perf_counter() - start,
-                         message=message, traceback=_user_traceback(exc, str(self.path)))
+                         message=message, traceback=user_traceback(exc, str(self.path)))
         del image
         try:
-            self.channel.send(self.wire.DONE, reply, out_fds)
+            self.channel.send(wire.DONE, reply, out_fds)
         except TypeError as exc:  # an output or attribute that cannot cross to the IOC
             failed = {k: reply[k] for k in ("id", "t", "image", "out_segment") if k in reply}
             failed.update(status="exception", message=f"process() returned {exc}")
-            self.channel.send(self.wire.DONE, failed, out_fds)
+            self.channel.send(wire.DONE, failed, out_fds)
 
     def _dims(self, dims: list[list[Any]]) -> tuple[Any, ...]:
         """Frames of a run share their layout: build its objects once (per-frame cost)."""
         if self._dims_cache[0] != dims:
-            self._dims_cache = (dims, tuple(self.api.Dimension(*d) for d in dims))
+            self._dims_cache = (dims, tuple(api.Dimension(*d) for d in dims))
         return self._dims_cache[1]
 
     def _transform(self, values: list[float]) -> Any:
@@ -184,7 +189,6 @@ class Runtime:
         return self._tf_cache[1]
 
     def _result(self, result: Any, reply: dict[str, Any]) -> list[int]:
-        api = self.api
         if result is None:
             result = api.Result()
         elif isinstance(result, dict):
@@ -208,7 +212,7 @@ class Runtime:
         segment = self.out_segments[slot]
         if segment is None or len(segment) < image.nbytes:
             size = max(image.nbytes, 2 * len(segment) if segment else 0)
-            segment = self.out_segments[slot] = self.shm.Segment.create(size, "ndflow-out")
+            segment = self.out_segments[slot] = Segment.create(size, "ndflow-out")
             fds = [segment.fd]
             reply["out_segment"] = segment.id
         np.copyto(segment.array(image.shape, image.dtype, writable=True), image)
@@ -216,15 +220,16 @@ class Runtime:
         return fds
 
     def on_params(self, h: dict[str, Any]) -> None:
-        values = h.get("values", {})
-        changed = {k for k, v in values.items() if _differs(self.params.get(k), v)}
-        self.params.update(values)
+        """Input values in the IOC's stored form, by attribute, shown to process() as declared."""
+        values = {attr: self.inputs[attr].user_value(v)
+                  for attr, v in h.get("values", {}).items() if attr in self.inputs}
+        changed = {k for k, v in values.items() if _differs(self.input_values.get(k), v)}
+        self.input_values.update(values)
         if changed and self.instance is not None and not h.get("initial"):
-            self._call_hook(self.instance, "params_changed", self.params, changed)
+            self._call_hook(self.instance, "params_changed", self.input_values, changed)
 
     # --- main loop ----------------------------------------------------------------------------
     def serve(self) -> None:
-        wire = self.wire
         while True:
             try:
                 kind, header, fds = self.channel.recv()
@@ -254,19 +259,15 @@ def _differs(a: Any, b: Any) -> bool:
     return not np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object))
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        return f"SyntaxError: {exc.msg} ({Path(exc.filename or '').name} line {exc.lineno})"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _user_traceback(exc: BaseException, path: str) -> str:
-    """The traceback from the user's code onwards (our frames are noise to them)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename != path:
-        tb = tb.tb_next
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+def _keep_image_private(image: str) -> None:
+    """The image this process runs from (/proc/self/fd/<n>) stays open for imports, but is not
+    handed on to the programs the algorithm starts."""
+    fd = image.rpartition("/")[2]
+    if image.startswith("/proc/self/fd/") and fd.isdigit():
+        try:
+            os.set_inheritable(int(fd), False)
+        except OSError:
+            pass
 
 
 def main() -> int:
@@ -276,19 +277,12 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the IOC decides when we stop
     faulthandler.enable(file=sys.stderr)  # a segfault leaves its stack in the IOC log
     sys.dont_write_bytecode = True
-    here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0] or ".") == here:
-        sys.path.pop(0)  # our sibling modules must not shadow the user's imports
-    stand_in_packages(settings["ndflow_dir"], settings["plugins_dir"])
-    sys.path.insert(0, str(Path(settings["file"]).parent))
+    _keep_image_private(sys.argv[0])
+    sys.path.insert(0, str(Path(settings["file"]).parent))  # the user's modules come first
     import socket
-    from ndflow.plugins.python import wire
     channel = wire.Channel(socket.socket(fileno=fd))
     runtime = Runtime(channel, settings)
     runtime.load()
     runtime.serve()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

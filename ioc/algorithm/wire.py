@@ -5,7 +5,12 @@ A message is a kind byte, a JSON header and optional binary blobs (numpy arrays 
 are sent as raw bytes, not as JSON lists), plus optional file descriptors (new shared-memory
 segments). Messages bigger than one packet are split into packets flagged MORE.
 
-Standard library and numpy only: the child process imports this module.
+Both ends state PROTOCOL_VERSION: the IOC in the child's settings, the child in its DECLARE and
+LOAD_ERROR replies, so an IOC and a child from different ndflow versions refuse each other with
+one line naming both versions (`version_mismatch`) instead of misreading each other's messages.
+
+Standard library and numpy only, and no import of its own package: the algorithm child (and a
+test's stand-in child, loading this one file) imports it.
 """
 
 from __future__ import annotations
@@ -30,10 +35,21 @@ DECLARE = b"D"  # the algorithm's declarations (start-up and every successful re
 LOAD_ERROR = b"L"  # the file could not be loaded; the previous version (if any) still runs
 DONE = b"d"  # a frame's result
 
+#: bumped whenever a message's kind or fields change meaning
+PROTOCOL_VERSION = 2
+
 PACKET = 64 * 1024
 _MORE, _LAST = b"\x01", b"\x00"
 _HEADER = struct.Struct("<cI")  # kind, JSON length
 MAX_FDS = 8
+
+
+def version_mismatch(ioc: object, child: object) -> str | None:
+    """The one-line refusal when the two ends speak different protocol versions, else None."""
+    if ioc == child:
+        return None
+    return (f"protocol mismatch: the IOC speaks algorithm protocol {ioc}, the child "
+            f"{child if child is not None else 'none (an older ndflow)'}")
 
 
 class ChannelClosed(EOFError):
