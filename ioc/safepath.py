@@ -94,15 +94,20 @@ def open_root(root: Path) -> int:
         raise PathRefused(f"{root}: {exc.strerror}") from None
 
 
-def _refusal(parent_fd: int, name: str, shown: Path, exc: OSError) -> PathRefused:
-    """Why opening `name` under `parent_fd` failed, in words (lstat tells a link from a file)."""
+def _refusal(parent_fd: int, name: str, shown: Path, exc: OSError,
+             want_file: bool = False) -> PathRefused:
+    """Why opening `name` (a folder, or a file if `want_file`) under `parent_fd` failed, in
+    words (lstat tells a link from a file)."""
     try:
         mode = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_mode
     except OSError:
         mode = 0
     if stat.S_ISLNK(mode):
         return PathRefused(f"{shown} is a symbolic link: links under a root are not followed")
-    if exc.errno in (errno.ENOTDIR, errno.ELOOP) or (mode and not stat.S_ISDIR(mode)):
+    if want_file and stat.S_ISDIR(mode):
+        return PathRefused(f"{shown} is a folder, not a file")
+    if not want_file and (exc.errno in (errno.ENOTDIR, errno.ELOOP) or
+                          (mode and not stat.S_ISDIR(mode))):
         return NotAFolder(f"{shown} is not a folder")
     return PathRefused(f"{shown}: {exc.strerror}")
 
@@ -160,7 +165,7 @@ def create_file(where: Location, mode: int = 0o666) -> int:
             fd = os.open(name, os.O_RDWR | os.O_CREAT | _FILE_FLAGS, mode, dir_fd=folder)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                raise _file_refusal(folder, name, where.path, exc) from None
+                raise _refusal(folder, name, where.path, exc, want_file=True) from None
             raise
         try:
             st = os.fstat(fd)
@@ -178,18 +183,6 @@ def create_file(where: Location, mode: int = 0o666) -> int:
         os.close(folder)
 
 
-def _file_refusal(folder: int, name: str, shown: Path, exc: OSError) -> PathRefused:
-    try:
-        mode = os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode
-    except OSError:
-        mode = 0
-    if stat.S_ISLNK(mode):
-        return PathRefused(f"{shown} is a symbolic link: links under a root are not followed")
-    if stat.S_ISDIR(mode):
-        return PathRefused(f"{shown} is a folder, not a file")
-    return PathRefused(f"{shown}: {exc.strerror}")
-
-
 def read_file(where: Location, max_bytes: int) -> bytes:
     """The bytes of the regular file `where`, read without following links (as `create_file`).
 
@@ -205,7 +198,7 @@ def read_file(where: Location, max_bytes: int) -> bytes:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise _file_refusal(folder, name, where.path, exc) from None
+            raise _refusal(folder, name, where.path, exc, want_file=True) from None
     finally:
         os.close(folder)
     try:
@@ -273,7 +266,7 @@ def open_file_at(folder: int, name: str, shown: str | Path) -> int:
     except FileNotFoundError:
         raise
     except OSError as exc:
-        refusal = _file_refusal(folder, name, Path(shown), exc)
+        refusal = _refusal(folder, name, Path(shown), exc, want_file=True)
         try:
             is_link = stat.S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
         except OSError:
