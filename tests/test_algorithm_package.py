@@ -26,9 +26,6 @@ pytestmark = pytest.mark.timeout(60)
 
 PACKAGE = Path(ndflow.algorithm.__file__).resolve().parent
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
-#: `read_file` reads through the IOC's safe path walker, a standard-library module the child's
-#: image carries beside the package (imported when the algorithm calls read_file, not before)
-LAZY = {"ndflow.safepath"}
 
 CHECK = r"""
 import sys
@@ -75,8 +72,7 @@ def test_every_import_statement_is_stdlib_numpy_or_relative():
                 names = [f"{node.module}.{a.name}" for a in node.names]
             else:
                 continue
-            bad = [n for n in names if n.split(".")[0] not in allowed
-                   and ".".join(n.split(".")[:2]) not in LAZY]
+            bad = [n for n in names if n.split(".")[0] not in allowed]
             if bad:
                 offenders[path.name] = bad
     assert not offenders, offenders
@@ -224,12 +220,12 @@ def test_a_child_of_another_protocol_version_is_one_line_naming_both(tmp_path):
 
 
 def test_the_child_image_holds_only_the_algorithm_package():
-    """The child's ndflow is a zip in a sealed memfd: the package and safepath, nothing else,
+    """The child's ndflow is a zip in a sealed memfd: the package, nothing else,
     and nothing on disk to leave behind."""
     fd = child_image()
     with open(f"/proc/self/fd/{fd}", "rb") as data, zipfile.ZipFile(data) as image:
         names = sorted(image.namelist())
-    assert names == sorted(["__main__.py", "ndflow/__init__.py", "ndflow/safepath.py"] +
+    assert names == sorted(["__main__.py", "ndflow/__init__.py"] +
                            [f"ndflow/algorithm/{m}.py" for m in MODULES])
     assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ndflow-algorithm-child")
     with pytest.raises(PermissionError):  # sealed: a child cannot change what the next runs

@@ -18,8 +18,9 @@ interpreter or virtual environment than the IOC's, without ndflow installed: the
 (`api`, `declare`), the parameter declaration both sides share (`param`), the control protocol
 (`wire`), the shared-memory segments (`segment`), the child's runtime (`child`) and its error
 lines (`errors`). It imports the standard library and numpy, and its own modules by relative
-import, nothing else (tests/test_algorithm_package.py checks it; `read_file` alone reaches
-`ndflow.safepath`, standard library only, which the child's image carries beside the package).
+import, nothing else (tests/test_algorithm_package.py checks it). `safepath` (files opened
+under trusted roots without following links) lives here because `read_file` needs it in the
+child; the IOC imports it as `ndflow.safepath`.
 """
 
 from .api import Algorithm, Dimension, FrameInfo, Params, Result, Status, Veto, read_file

@@ -102,7 +102,7 @@ def read_file(path: str, max_bytes: int = 512 * 2**20) -> bytes:
     import os.path
     from pathlib import Path
 
-    from ndflow import safepath  # standard library only (the child's image carries it)
+    from . import safepath
     text = os.path.expanduser(str(path).strip())
     if not text:
         raise ValueError("no file named")

@@ -4,7 +4,7 @@ frames that the IOC places in shared memory, until told to stop or the IOC goes 
 Started by the IOC (never imported by it) as
     <python> /proc/self/fd/<image> <socket fd> <JSON settings>
 where the image is a zip holding `ndflow/algorithm` (this package) and nothing else of ndflow
-but `safepath` (see ndflow.plugins.python.supervisor.child_image). This package needs the
+(see ndflow.plugins.python.supervisor.child_image). This package needs the
 standard library and numpy only, so `<python>` may be any interpreter or virtual environment
 the user names, with or without ndflow installed.
 """

@@ -9,8 +9,7 @@ Children are started from one long-lived spawner thread because PR_SET_PDEATHSIG
 *thread* that forked the child exits, not only the process.
 
 The child runs `ndflow.algorithm.child` from an image made once per IOC process
-(`child_image`): a zip of `ndflow/algorithm` (and the standard-library `ndflow/safepath` its
-`read_file` uses) with a `__main__`, held in an anonymous sealed memfd and run as
+(`child_image`): a zip of `ndflow/algorithm` with a `__main__`, held in an anonymous sealed memfd and run as
 `<python> /proc/self/fd/<n>`. It is the child's sys.path entry for ndflow, and holds nothing else
 of ndflow, so the child imports the standard library, numpy and that package, under any
 interpreter, with or without ndflow installed. Like the frames' segments it has no name on
@@ -306,7 +305,7 @@ def child_image() -> int:
 
 def image_bytes() -> bytes:
     """The zip: `__main__.py`, `ndflow/__init__.py` (ndflow as the child sees it),
-    `ndflow/algorithm/*.py` and `ndflow/safepath.py`."""
+    and `ndflow/algorithm/*.py`."""
     package = Path(ndflow.algorithm.__file__).resolve().parent
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as image:
@@ -315,7 +314,6 @@ def image_bytes() -> bytes:
                        '"""ndflow as an algorithm child sees it: ndflow.algorithm only."""\n')
         for source in sorted(package.glob("*.py")):
             image.write(source, f"ndflow/algorithm/{source.name}")
-        image.write(package.parent / "safepath.py", "ndflow/safepath.py")
     return buffer.getvalue()
 
 
