@@ -10,6 +10,7 @@ can tell it to drop its mapping.
 from __future__ import annotations
 
 import bisect
+import logging
 import threading
 import weakref
 from typing import Callable
@@ -17,6 +18,8 @@ from typing import Callable
 import numpy as np
 
 from .algorithm import segment
+
+log = logging.getLogger("ndflow.shm")
 
 _lock = threading.Lock()
 _starts: list[int] = []  # sorted start addresses of live segments
@@ -58,9 +61,14 @@ def _forget(address: int, seg_id: int, fd: int) -> None:
         if i < len(_starts) and _starts[i] == address:
             del _starts[i]
         listeners = list(_closed_listeners)
-    for listener in listeners:
-        listener(seg_id)
-    segment._close(fd)
+    try:
+        for listener in listeners:
+            try:
+                listener(seg_id)
+            except Exception:  # one listener's bug must not keep the segment's fd open
+                log.exception("segment %d closed: a listener failed", seg_id)
+    finally:
+        segment._close(fd)
 
 
 def mapped_bytes() -> int:

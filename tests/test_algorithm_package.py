@@ -6,6 +6,7 @@ protocol and shared memory, driven by the IOC's real Lane."""
 from __future__ import annotations
 
 import ast
+import fcntl
 import os
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def test_every_import_statement_is_stdlib_numpy_or_relative():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level >= 2:  # out of the package
+                names = ["." * node.level + (node.module or "")]
             else:
                 continue
             bad = [n for n in names if n.split(".")[0] not in allowed]
@@ -228,5 +231,10 @@ def test_the_child_image_holds_only_the_algorithm_package():
     assert names == sorted(["__main__.py", "ndflow/__init__.py"] +
                            [f"ndflow/algorithm/{m}.py" for m in MODULES])
     assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:ndflow-algorithm-child")
+    seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    want = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+    assert seals & want == want
     with pytest.raises(PermissionError):  # sealed: a child cannot change what the next runs
-        os.write(fd, b"x")
+        os.pwrite(fd, b"x", 0)
+    with pytest.raises(PermissionError):
+        os.ftruncate(fd, 1)

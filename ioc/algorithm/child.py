@@ -220,9 +220,19 @@ class Runtime:
         return fds
 
     def on_params(self, h: dict[str, Any]) -> None:
-        """Input values in the IOC's stored form, by attribute, shown to process() as declared."""
-        values = {attr: self.inputs[attr].user_value(v)
-                  for attr, v in h.get("values", {}).items() if attr in self.inputs}
+        """Input values in the IOC's stored form, by attribute, shown to process() as declared.
+        A value that does not fit this child's declarations was stored for the other version of
+        the file (a reload in flight: another worker declared first, or a put crossed the
+        DECLARE); it is skipped, and the IOC sends every value again after each DECLARE."""
+        values = {}
+        for attr, stored in (h.get("values") or {}).items():
+            declaration = self.inputs.get(attr)
+            if declaration is None:
+                continue
+            try:
+                values[attr] = declaration.user_value(stored)
+            except (IndexError, TypeError, ValueError):
+                continue
         changed = {k for k, v in values.items() if _differs(self.input_values.get(k), v)}
         self.input_values.update(values)
         if changed and self.instance is not None and not h.get("initial"):

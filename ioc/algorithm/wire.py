@@ -49,7 +49,8 @@ def version_mismatch(ioc: object, child: object) -> str | None:
     if ioc == child:
         return None
     return (f"protocol mismatch: the IOC speaks algorithm protocol {ioc}, the child "
-            f"{child if child is not None else 'none (an older ndflow)'}")
+            f"{child if child is not None else 'none (an older ndflow)'}; restart the IOC (its "
+            "ndflow files changed after it started)")
 
 
 class ChannelClosed(EOFError):

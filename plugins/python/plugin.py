@@ -28,7 +28,7 @@ from ndflow.params import (Param, ParamTable, R, W, bool_param, enum_param, floa
 from ndflow.plugin import DEFERRED, Outputs, Plugin
 
 from .lane import LANE_STATES, ChildSpec, Lane, LaneState, default_python
-from .watch import FileWatch
+from .watch import FileWatch, stamp
 
 PYTHON_STATUS = (
     text_param("AlgorithmFile_RBV", 256, access=R, doc="algorithm file", group="Algorithm"),
@@ -122,6 +122,7 @@ class PythonPlugin(Plugin):
                          tuple(map(str, dict.fromkeys((*site.read_folders,
                                                         *site.algorithm_folders)))))
         self.lanes = [Lane(spec, i, self, options.pipeline_depth) for i in range(workers)]
+        loaded = stamp(self.file)  # before any child reads it: a save after it is a change
         # The first child's declarations become PVs before the IOC serves: wait for it.
         self.lanes[0].start(wait=True)
         for lane in self.lanes[1:]:
@@ -135,8 +136,8 @@ class PythonPlugin(Plugin):
             for lane in self.lanes:
                 lane.close()
             raise ValueError(mistake)
-        self._watch = FileWatch(self.file, self.reload, f"{port}-watch") if options.watch \
-            else None
+        self._watch = FileWatch(self.file, self.reload, f"{port}-watch", loaded) \
+            if options.watch else None
 
     # --- the frame path -------------------------------------------------------------------------
     def process(self, array: NDArray) -> Outputs:
@@ -255,8 +256,9 @@ class PythonPlugin(Plugin):
                  if n not in wanted or wanted[n][1] != d]
         fresh = [(p, d) for n, (p, d) in wanted.items()
                  if n not in self._decls or self._decls[n] != d]
-        with self.changing_declarations():  # one screen update for the whole change
-            self._replace_params(stale, fresh)
+        if stale or fresh:  # a restart or another worker declaring the same: no change
+            with self.changing_declarations():  # one screen update for the whole change
+                self._replace_params(stale, fresh)
         self._attr_of = {n: d["attr"] for n, d in self._decls.items() if d["direction"] == "in"}
         self._out_param = {d["attr"]: n for n, d in self._decls.items()
                            if d["direction"] == "out"}
@@ -402,11 +404,13 @@ class PythonPlugin(Plugin):
             self._watch.start()
 
     def shutdown(self) -> None:
-        super().shutdown()
-        if self._watch is not None:
-            self._watch.stop()
-        for lane in self.lanes:
-            lane.close()
+        try:
+            super().shutdown()
+        finally:  # the watch and the children go whatever the base class met
+            if self._watch is not None:
+                self._watch.stop()
+            for lane in self.lanes:
+                lane.close()
 
 
 def _declared(d: Any) -> Param:

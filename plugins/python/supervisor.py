@@ -158,12 +158,16 @@ class Supervisor:
 
     def _spawn(self) -> bool:
         spec = self.spec
+        try:
+            image = child_image()
+        except OSError as exc:
+            self._start_failed(f"cannot build the algorithm child's image: {exc.strerror or exc}")
+            return False
         parent_sock, child_sock = wire.socket_pair()
         settings = {"file": str(spec.file), "class": spec.class_name, "memory_mb": spec.memory_mb,
                     "parent_pid": os.getpid(), "name": spec.name,
                     "protocol": wire.PROTOCOL_VERSION, "read_folders": list(spec.read_folders),
                     **self._settings()}
-        image = child_image()
         argv = [spec.python, "-u", f"/proc/self/fd/{image}", str(child_sock.fileno()),
                 json.dumps(settings)]
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
@@ -291,14 +295,17 @@ def child_image() -> int:
     global _IMAGE
     with _LOCK:
         if _IMAGE is None:
-            data = image_bytes()
+            view = memoryview(image_bytes())
             fd = os.memfd_create("ndflow-algorithm-child",
-                                 os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0))
-            os.write(fd, data)
-            seals = getattr(fcntl, "F_ADD_SEALS", None)
-            if seals is not None:
-                fcntl.fcntl(fd, seals, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK |
+                                 os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK |
                             fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+            except OSError:
+                os.close(fd)
+                raise
             _IMAGE = fd
         return _IMAGE
 
@@ -311,7 +318,8 @@ def image_bytes() -> bytes:
     with zipfile.ZipFile(buffer, "w") as image:
         image.writestr("__main__.py", MAIN)
         image.writestr("ndflow/__init__.py",
-                       '"""ndflow as an algorithm child sees it: ndflow.algorithm only."""\n')
+                       '"""ndflow as an algorithm child sees it: ndflow.algorithm only."""\n'
+                       f"__version__ = {ndflow.__version__!r}\n")
         for source in sorted(package.glob("*.py")):
             image.write(source, f"ndflow/algorithm/{source.name}")
     return buffer.getvalue()

@@ -20,12 +20,15 @@ log = logging.getLogger("ndflow.plugins.python")
 class FileWatch:
     """A thread that calls `on_change()` whenever `path` changes, until `stop()`."""
 
-    def __init__(self, path: Path, on_change: Callable[[], None], name: str) -> None:
+    def __init__(self, path: Path, on_change: Callable[[], None], name: str,
+                 loaded: tuple[int, int] | None = None) -> None:
+        """`loaded`: the file's `stamp()` when it was read, so that a change made between the
+        load and the watch's start is seen (default: now)."""
         self.path = Path(path).absolute()
         self.on_change = on_change
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._stamp = _stamp(self.path)  # what was loaded, for a change before the watch began
+        self._stamp = loaded if loaded is not None else stamp(self.path)
 
     def start(self) -> None:
         self._thread.start()
@@ -47,8 +50,12 @@ class FileWatch:
                                             stop_event=self._stop, recursive=False,
                                             debounce=400, step=50, rust_timeout=500,
                                             yield_on_timeout=True, raise_interrupt=False):
-                if changes or (first and _stamp(self.path) != self._stamp):
-                    self.on_change()
+                if changes or (first and stamp(self.path) != self._stamp):
+                    try:
+                        self.on_change()
+                    except Exception as exc:  # one failed reload must not end the watching
+                        log.warning("%s: reload failed (%s: %s)", self.path,
+                                    type(exc).__name__, exc)
                 first = False
         except Exception as exc:  # the folder vanished, too many watches: say so, do not die
             if not self._stop.is_set():
@@ -56,7 +63,8 @@ class FileWatch:
                             type(exc).__name__, exc)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of `path`, or None if it cannot be read."""
     try:
         st = path.stat()
         return st.st_mtime_ns, st.st_size
