@@ -55,9 +55,19 @@ import os
 import signal
 from typing import Any
 
-from .config import ClusterConfig, check_roles
+from .config import ClusterConfig, check_modules, check_roles
 
 __all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
+
+
+def _module_grid(ioc: Any) -> tuple[int, int]:
+    """The driver's detector-module grid (the sim's `modules` option); (1, 1) for a driver
+    without modules."""
+    from ..driver import Driver
+    for component in ioc.components:
+        if isinstance(component, Driver):
+            return tuple(getattr(component, "module_grid", (1, 1)))  # type: ignore[return-value]
+    return (1, 1)
 
 
 def launched_size() -> int:
@@ -75,7 +85,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
     from mpi4py import MPI
 
-    from .node import ControlNode
+    from .control import ControlNode
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -84,6 +94,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     _tag_logs(rank)
     control = rank == cluster.control
     ioc = make_ioc(None if control else [])  # only the control rank serves transports
+    check_modules(cluster, _module_grid(ioc), lines)
     node: Any = None
     if control:
         node = ControlNode(ioc, cluster, comm)
@@ -93,7 +104,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
 
 
 async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control: bool) -> int:
-    from .node import ProcessingNode
+    from .worker import WorkerNode
 
     log = logging.getLogger("ndflow.cluster")
     task = asyncio.current_task()
@@ -101,13 +112,14 @@ async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     if not control:
-        node = ProcessingNode(ioc, cluster, comm, loop)
+        node = WorkerNode(ioc, cluster, comm, loop)
         node.install()
     runner = asyncio.create_task(ioc.run(serve=control))
     try:
         if control:
-            log.info("control rank of %d: processing ranks %s, %s dispatch", comm.Get_size(),
-                     node.workers, cluster.dispatch)
+            log.info("control rank of %d: acquisition ranks %s, processing ranks %s, %s "
+                     "dispatch", comm.Get_size(), cluster.acquisition, node.workers,
+                     cluster.dispatch)
             await runner
         else:
             stopped = asyncio.create_task(node.stopped.wait())

@@ -20,10 +20,13 @@ class ClusterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     control: int = Field(0, ge=0, description="the rank that serves CA/PVA, the PVs and the run "
-                         "state (and, in this version, runs the driver)")
-    acquisition: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=1,
-                                   description="ranks that run the driver (one, the control "
-                                   "rank, in this version)")
+                         "state")
+    acquisition: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=256,
+                                   description="ranks that run the driver (the control rank may "
+                                   "be one of them). Several: each produces one detector module "
+                                   "(partial-frame dispatch), module m being the rank at "
+                                   "position m here; the driver needs as many modules (the "
+                                   "sim's `modules` option)")
     processing: list[int] = Field(default_factory=list, description="ranks that run the "
                                   "plugin graph (empty: every rank but the control rank)")
     dispatch: Literal["round_robin", "credit"] = Field(
@@ -37,19 +40,24 @@ class ClusterConfig(BaseModel):
                          "the driver waits up to `window_s`, then the frame is dropped")
     window_s: float = Field(5.0, gt=0, le=3600, description="a frame not acknowledged by its "
                             "rank after this long becomes a missing frame (timeout)")
+    module_ranks: list[list[int]] = Field(
+        default_factory=list, max_length=256, description="partial frames: for module m "
+        "(acquisition[m]), the processing ranks its frames go to (dispatch and ordering apply "
+        "among them). Empty: an acquisition rank that is also a processing rank keeps its "
+        "module (no MPI hop); the others get a round-robin share of the processing ranks that "
+        "acquire nothing")
     report_interval_s: float = Field(0.2, gt=0, le=10, description="how often processing ranks "
                                      "send their counters to the control rank")
 
     @model_validator(mode="after")
     def _roles(self) -> "ClusterConfig":
-        if self.acquisition != [self.control]:
-            raise ValueError("in this version the acquisition rank must be the control rank "
-                             f"(acquisition: [{self.control}])")
         if self.control in self.processing:
             raise ValueError("in this version the control rank cannot also be a processing "
                              "rank (its plugins are the cluster's facade and master writer)")
-        if len(set(self.processing)) != len(self.processing):
-            raise ValueError("processing: a rank is listed twice")
+        for key in ("processing", "acquisition"):
+            ranks = getattr(self, key)
+            if len(set(ranks)) != len(ranks):
+                raise ValueError(f"{key}: a rank is listed twice")
         unknown = sorted(set(self.ordering) - set(self.processing)) if self.processing else []
         if unknown:
             raise ValueError(f"ordering: rank {unknown[0]} is not a processing rank")
@@ -60,6 +68,45 @@ class ClusterConfig(BaseModel):
 
     def order(self, size: int) -> list[int]:
         return list(self.ordering) or self.processing_ranks(size)
+
+    @property
+    def partial(self) -> bool:
+        """Whether frames travel as modules (several acquisition ranks, or a module map)."""
+        return len(self.acquisition) > 1 or bool(self.module_ranks)
+
+    def module_of(self, rank: int) -> int | None:
+        """The module acquisition rank `rank` produces (partial frames), else None."""
+        return self.acquisition.index(rank) if self.partial and rank in self.acquisition \
+            else None
+
+    def targets(self, rank: int, size: int) -> list[int]:
+        """The processing ranks acquisition rank `rank` sends its frames to, in dispatch order
+        (round robin's ordering; a rank may repeat)."""
+        if not self.partial:
+            return self.order(size)
+        m = self.acquisition.index(rank)
+        if self.module_ranks:
+            return list(self.module_ranks[m])
+        processing = self.processing_ranks(size)
+        if rank in processing:
+            return [rank]
+        feeders = [a for a in self.acquisition if a not in processing]
+        pool = [p for p in processing if p not in self.acquisition] or processing
+        k = feeders.index(rank)
+        if len(pool) >= len(feeders):
+            return [p for i, p in enumerate(pool) if i % len(feeders) == k]
+        return [pool[k % len(pool)]]
+
+    def feeders(self, rank: int, size: int) -> list[int]:
+        """The acquisition ranks that send frames to processing rank `rank`."""
+        return [a for a in self.acquisition if rank in self.targets(a, size)]
+
+    def module_groups(self, size: int) -> list[list[int]]:
+        """Per module, its processing ranks (one group of every processing rank for whole
+        frames): a frame is captured once every group has it."""
+        if not self.partial:
+            return [self.processing_ranks(size)]
+        return [sorted(set(self.targets(a, size))) for a in self.acquisition]
 
 
 def check_roles(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
@@ -72,14 +119,63 @@ def check_roles(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
             if rank >= size:
                 raise lines.error(("cluster", key, i), f"rank {rank}, but mpiexec started "
                                   f"{size} ranks (0..{size - 1})")
+    for i, rank in enumerate(cluster.acquisition):
+        if rank >= size:
+            raise lines.error(("cluster", "acquisition", i), f"rank {rank}, but mpiexec "
+                              f"started {size} ranks (0..{size - 1})")
     if size > 1 and not cluster.processing_ranks(size):
         raise lines.error(("cluster", "processing"), "no processing rank")
-    idle = sorted(set(range(size)) - {cluster.control} - set(cluster.processing_ranks(size)))
+    idle = sorted(set(range(size)) - {cluster.control} - set(cluster.processing_ranks(size))
+                  - set(cluster.acquisition))
     if idle:
         raise lines.error(("cluster", "processing"), f"mpiexec started rank {idle[0]}, which "
                           "has no role: list it here or start fewer ranks")
+    if cluster.partial:
+        _check_modules(cluster, size, lines)
+        return
     order = cluster.order(size)
     missing = sorted(set(cluster.processing_ranks(size)) - set(order))
     if missing:
         raise lines.error(("cluster", "ordering"), f"processing rank {missing[0]} never gets "
                           "a frame: add it to the ordering")
+
+
+def _check_modules(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
+    processing = cluster.processing_ranks(size)
+    if cluster.ordering:
+        raise lines.error(("cluster", "ordering"), "with several acquisition ranks (partial "
+                          "frames) each module's ranks come from module_ranks: leave ordering "
+                          "out")
+    if cluster.module_ranks and len(cluster.module_ranks) != len(cluster.acquisition):
+        raise lines.error(("cluster", "module_ranks"), f"{len(cluster.module_ranks)} "
+                          f"entr{'y' if len(cluster.module_ranks) == 1 else 'ies'}, but "
+                          f"{len(cluster.acquisition)} acquisition ranks (one list of "
+                          "processing ranks per module)")
+    for m, ranks in enumerate(cluster.module_ranks):
+        if not ranks:
+            raise lines.error(("cluster", "module_ranks", m), "no processing rank for module "
+                              f"{m}")
+        for j, rank in enumerate(ranks):
+            if rank not in processing:
+                raise lines.error(("cluster", "module_ranks", m, j), f"rank {rank} is not a "
+                                  "processing rank")
+    fed = {p for a in cluster.acquisition for p in cluster.targets(a, size)}
+    idle = sorted(set(processing) - fed)
+    if idle:
+        key = ("cluster", "module_ranks") if cluster.module_ranks else \
+            ("cluster", "processing")
+        raise lines.error(key, f"processing rank {idle[0]} gets no module's frames")
+
+
+def check_modules(cluster: ClusterConfig, grid: tuple[int, int], lines: "LineMap") -> None:
+    """The driver's module grid against the acquisition ranks: one module per rank."""
+    modules = grid[0] * grid[1]
+    if modules == 1 and not cluster.partial:
+        return
+    if modules != len(cluster.acquisition):
+        more = "more" if modules > len(cluster.acquisition) else "fewer"
+        raise lines.error(("cluster", "acquisition"), f"{len(cluster.acquisition)} acquisition "
+                          f"rank{'s' * (len(cluster.acquisition) != 1)}, but the driver has "
+                          f"{modules} module{'s' * (modules != 1)} ({grid[0]}x{grid[1]}, "
+                          f"{more} modules than ranks): each acquisition rank produces one "
+                          "module")

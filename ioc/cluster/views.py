@@ -108,10 +108,13 @@ class Aggregator:
     under its own lock)."""
 
     def __init__(self, facades: dict[str, Component], views: dict[tuple[int, str], RankView],
-                 ranks: Iterable[int]) -> None:
+                 ranks: Iterable[int], groups: list[list[int]] | None = None) -> None:
+        """`groups`: per detector module, its processing ranks (partial frames): a frame is
+        captured (NumCaptured_RBV) once every module's ranks have it; default one group."""
         self.facades = facades
         self.views = views
         self.ranks = list(ranks)
+        self.groups = groups or [self.ranks]
         self._values: dict[tuple[int, str], dict[str, Any]] = {}
         self._latest: dict[str, int] = {}  # port -> rank with the most recent frame
         self._lock = threading.Lock()
@@ -141,8 +144,11 @@ class Aggregator:
         for name in SUMMED:
             if name in values and name in facade.params:
                 total = sum(v.get(name, 0) for v in per_rank)
-                if name == "NumCaptured_RBV" and facade.values.get("NumCapture"):
-                    total = min(total, facade.values["NumCapture"])
+                if name == "NumCaptured_RBV":
+                    total = min(sum(self.value(r, port, name, 0) for r in group)
+                                for group in self.groups)
+                    if facade.values.get("NumCapture"):
+                        total = min(total, facade.values["NumCapture"])
                 if facade.values.get(name) != total:
                     facade.set(name, total)
         for name in AVERAGED:
