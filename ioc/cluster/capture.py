@@ -116,10 +116,11 @@ class MasterCapture:
                 limit = w.values["NumCapture"]
                 fill = float(w.values.get("FillValue", 0.0))
                 path = self.path
+                grid = self.node.module_grid if self.node.cluster.partial else None
                 try:
                     summary = await asyncio.get_running_loop().run_in_executor(
                         None, lambda: build_master(lambda p: w.open_hdf5(p), path, files,
-                                                   limit, fill))
+                                                   limit, fill, grid))
                     self.node.status.set("MasterFile_RBV", str(path)[:511])
                     w.set("NumCaptured_RBV", summary.frames)
                     log.info("master file %s: %d frames (%d missing) from ranks %s", path,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
     from ..config import LineMap
@@ -49,15 +49,20 @@ class ClusterConfig(BaseModel):
     report_interval_s: float = Field(0.2, gt=0, le=10, description="how often processing ranks "
                                      "send their counters to the control rank")
 
+    @field_validator("processing", "acquisition")
+    @classmethod
+    def _once(cls, ranks: list[int]) -> list[int]:
+        if len(set(ranks)) != len(ranks):
+            raise ValueError("a rank is listed twice")
+        if any(r < 0 for r in ranks):
+            raise ValueError("ranks are 0 or more")
+        return ranks
+
     @model_validator(mode="after")
     def _roles(self) -> "ClusterConfig":
         if self.control in self.processing:
             raise ValueError("in this version the control rank cannot also be a processing "
                              "rank (its plugins are the cluster's facade and master writer)")
-        for key in ("processing", "acquisition"):
-            ranks = getattr(self, key)
-            if len(set(ranks)) != len(ranks):
-                raise ValueError(f"{key}: a rank is listed twice")
         unknown = sorted(set(self.ordering) - set(self.processing)) if self.processing else []
         if unknown:
             raise ValueError(f"ordering: rank {unknown[0]} is not a processing rank")

@@ -95,6 +95,8 @@ class ControlNode:
             "RanksAnswering_RBV": len(self.workers)})
         self.plugins = [c for c in ioc.components if isinstance(c, Plugin)]
         self.driver = next(c for c in ioc.components if isinstance(c, Driver))
+        self.module_grid: tuple[int, int] = tuple(  # type: ignore[assignment]
+            getattr(self.driver, "module_grid", (1, 1)))
         self.views = {(r, p.port): RankView(p, r) for r in self.workers for p in self.plugins}
         self.aggregator = Aggregator({p.port: p for p in self.plugins}, self.views, self.workers,
                                      cluster.module_groups(self.size))

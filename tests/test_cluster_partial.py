@@ -1,0 +1,195 @@
+"""Partial-frame dispatch (issue 14, acceptance 3): a detector of 2x2 modules over four
+acquisition ranks, each module's frames written by its own rank, the master file assembling
+the whole detector image.
+
+The IOC is real (`mpiexec -n 5 ndflow run`, pyepics on loopback, files read back with h5py);
+the master-file and config checks below it need no MPI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ndflow.cluster.config import check_modules, check_roles
+from ndflow.cluster.master import STATUS_CODES, build_master
+from ndflow.config import ConfigError, parse_config
+from ndflow.ndarray import MissingCause
+from test_acquisition import ramp, wait_for, wrap
+from test_cluster import MPIEXEC, ClusterIOC, get, put
+
+ATTRS = "/entry/instrument/NDAttributes"
+WIDTH, HEIGHT = 64, 48
+UINT16, LINEAR_RAMP = 3, 0
+
+PARTIAL = f"""\
+# 2x2 modules over four acquisition-with-processing ranks; rank 0 serves the PVs
+prefix: "13SIM1:"
+transports: [ca]
+data_roots: ["/tmp"]
+cluster:
+  control: 0
+  acquisition: [1, 2, 3, 4]
+  processing: [1, 2, 3, 4]
+drivers:
+  - type: sim
+    port: SIM1
+    prefix: "cam1:"
+    options: {{max_size_x: {WIDTH}, max_size_y: {HEIGHT}, data_type: UInt16, modules: [2, 2]}}
+plugins:
+  - {{type: hdf5, port: FileHDF1, prefix: "HDF1:", input: SIM1}}
+"""
+
+
+def frame(uid: int, inc: int = 10) -> np.ndarray:
+    """The single-process sim frame `uid` (LinearRamp, Gain 1, AcquireTime 0.01: inc 10)."""
+    return wrap(ramp(WIDTH, HEIGHT, inc=inc, frame=uid), "u2")
+
+
+# --- the whole IOC under mpiexec ----------------------------------------------------------------
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
+def test_four_module_ranks_give_a_master_file_with_the_whole_sim_frame(tmp_path):
+    """Acceptance 3: each acquisition rank makes one module; its rank's writer writes it; the
+    master's /entry/data/data is the single-process frame, pixel for pixel, in uniqueId
+    order; Acquire's put-completion (WaitForPlugins) covers the four ranks."""
+    ioc = ClusterIOC(PARTIAL, tmp_path, ranks=5)
+    frames = 5
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
+                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
+                            ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
+                            ("Reset", 1)]:
+            put(p + "cam1:" + name, value)
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "det"),
+                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
+                           ("NumCapture", frames), ("AutoIncrement", 0)]:
+            put(p + "HDF1:" + key, value)
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        put(p + "cam1:Acquire", 1)  # completes once every rank's plugins have the frames
+        assert get(p + "cam1:ArrayCounter_RBV") == frames
+        assert get(p + "HDF1:ArrayCounter_RBV") == 4 * frames  # module frames, summed
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 30), "capture did not end"
+        assert get(p + "Cluster:FramesInOrder_RBV") == frames
+        assert get(p + "Cluster:FramesMissing_RBV") == 0
+        master = tmp_path / "det.h5"
+        assert get(p + "HDF1:FullFileName_RBV", as_string=True) == str(master)
+        with h5py.File(master) as f:
+            data = f["/entry/data/data"]
+            assert data.is_virtual and data.shape == (frames, HEIGHT, WIDTH)
+            ids = f[f"{ATTRS}/NDArrayUniqueId"][:]
+            np.testing.assert_array_equal(ids, np.arange(1, frames + 1))
+            assert not f[f"{ATTRS}/NDArrayStatus"][:].any()
+            for row in range(frames):
+                np.testing.assert_array_equal(data[row], frame(int(ids[row])),
+                                              err_msg=f"row {row}")
+            assert (np.diff(f[f"{ATTRS}/NDArrayTimeStamp"][:]) > 0).all()
+            offsets = {tuple(r[:3]) for r in data.attrs["module_offsets"]}
+            assert offsets == {(0, 0, 0), (1, 32, 0), (2, 0, 24), (3, 32, 24)}
+        for rank, (x0, y0) in zip((1, 2, 3, 4), ((0, 0), (32, 0), (0, 24), (32, 24))):
+            with h5py.File(tmp_path / f"det_r{rank}.h5") as f:  # one module's file
+                assert f["/entry/data/data"].shape == (frames, 24, 32)
+                assert set(f[f"{ATTRS}/ModuleOffsetX"][:]) == {x0}
+                assert set(f[f"{ATTRS}/ModuleOffsetY"][:]) == {y0}
+                np.testing.assert_array_equal(f["/entry/data/data"][0],
+                                              frame(1)[y0:y0 + 24, x0:x0 + 32])
+    finally:
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()
+
+
+# --- the master over module files (no MPI) ------------------------------------------------------
+def module_file(path: Path, module: int, uids: list[int], dropped: set[int] = frozenset()) -> Path:
+    """Module `module` (2x2 grid of 32x24 tiles) of frames `uids`, as a rank's HDF5 writer
+    lays it out, with the sim's module attributes."""
+    x0, y0 = (module % 2) * 32, (module // 2) * 24
+    with h5py.File(path, "w") as f:
+        data = f.create_dataset("/entry/data/data", shape=(len(uids), 24, 32), dtype="u2")
+        for row, uid in enumerate(uids):
+            if uid not in dropped:
+                data[row] = frame(uid)[y0:y0 + 24, x0:x0 + 32]
+        f[f"{ATTRS}/NDArrayUniqueId"] = np.array(uids, "i4")
+        f[f"{ATTRS}/NDArrayStatus"] = np.array(
+            [STATUS_CODES[MissingCause.DROPPED] if u in dropped else 0 for u in uids], "i1")
+        f[f"{ATTRS}/ModuleIndex"] = np.full(len(uids), module, "i4")
+        f[f"{ATTRS}/ModuleOffsetX"] = np.full(len(uids), x0, "i4")
+        f[f"{ATTRS}/ModuleOffsetY"] = np.full(len(uids), y0, "i4")
+        missing = np.array([(u, b"overrun/dropped", b"FileHDF1 queue full")
+                            for u in sorted(dropped)],
+                           dtype=[("unique_id", "i4"), ("cause", "S24"), ("message", "S120")])
+        f.create_dataset("/entry/ndflow/missing", data=missing, maxshape=(None,))
+    return path
+
+
+def test_a_frame_with_a_module_missing_is_a_missing_row_with_its_cause(tmp_path):
+    files = [(m + 1, module_file(tmp_path / f"m_r{m + 1}.h5", m, [1, 2, 3, 4],
+                                 dropped={3} if m == 2 else set())) for m in range(4)]
+    files[3] = (4, module_file(tmp_path / "m_r4.h5", 3, [1, 2, 4]))  # frame 3 never came
+    files[1] = (2, module_file(tmp_path / "m_r2.h5", 1, [1, 3, 4]))  # frame 2 never came
+    summary = build_master(lambda p: h5py.File(p, "w"), tmp_path / "m.h5", files, fill=7,
+                           grid=(2, 2))
+    assert summary.frames == 4 and summary.missing == 2
+    with h5py.File(tmp_path / "m.h5") as f:
+        data = f["/entry/data/data"]
+        assert data.shape == (4, HEIGHT, WIDTH)
+        np.testing.assert_array_equal(data[0], frame(1))
+        np.testing.assert_array_equal(data[3], frame(4))
+        assert (data[1] == 7).all() and (data[2] == 7).all()  # a missing row reads FillValue
+        status = f[f"{ATTRS}/NDArrayStatus"][:]
+        assert list(status) == [0, STATUS_CODES[MissingCause.TIMEOUT],
+                                STATUS_CODES[MissingCause.DROPPED], 0]
+        missing = f["/entry/ndflow/missing"][:]
+        assert list(missing["unique_id"]) == [2, 3]
+        assert missing["message"][0] == b"module 1 in no processing rank's file"
+        assert missing["message"][1] == b"module 2: FileHDF1 queue full"
+        assert "ModuleOffsetX" not in f[ATTRS]  # per module: in module_offsets instead
+
+
+# --- config errors: one line naming the key and its line ----------------------------------------
+def roles(text: str, size: int = 5):
+    config, lines = parse_config(text, "c.yml")
+    check_roles(config.cluster, size, lines)
+    check_modules(config.cluster, tuple(config.drivers[0].options.get("modules", (1, 1))),
+                  lines)
+
+
+def test_bad_module_grids_and_module_maps_are_one_line_errors():
+    roles(PARTIAL)
+    with pytest.raises(ConfigError, match=r"^c.yml line 7: cluster.acquisition: 3 acquisition "
+                                          r"ranks, but the driver has 4 modules \(2x2, more"):
+        roles(PARTIAL.replace("[1, 2, 3, 4]", "[1, 2, 3]"), size=4)
+    with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition\[3\]: rank 4, but "
+                                          r"mpiexec started 4 ranks"):
+        roles(PARTIAL.replace("processing: [1, 2, 3, 4]", "processing: [1, 2, 3]"), size=4)
+    with pytest.raises(ConfigError, match=r"line 8: cluster.processing: processing rank 4 gets "
+                                          r"no module's frames"):
+        roles(PARTIAL.replace("acquisition: [1, 2, 3, 4]", "acquisition: [1, 2, 3]"))
+    mapped = PARTIAL.replace("  processing: [1, 2, 3, 4]\n",
+                             "  processing: [1, 2, 3, 4]\n  module_ranks: [[1], [2], [3, 4]]\n")
+    with pytest.raises(ConfigError, match=r"line 9: cluster.module_ranks: 3 entries, but 4 "
+                                          r"acquisition ranks"):
+        roles(mapped)
+    bad_rank = PARTIAL.replace("  processing: [1, 2, 3, 4]\n",
+                               "  processing: [1, 2, 3, 4]\n  module_ranks: [[1], [2], [3], [0]]\n")
+    with pytest.raises(ConfigError, match=r"line 9: cluster.module_ranks\[3\]\[0\]: rank 0 is "
+                                          r"not a processing rank"):
+        roles(bad_rank)
+    with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: Value error, a rank is "
+                                          r"listed twice"):
+        parse_config(PARTIAL.replace("[1, 2, 3, 4]\n  processing", "[1, 1, 3, 4]\n  processing"))
+
+
+def test_a_module_grid_that_does_not_divide_the_sensor_is_a_one_line_error():
+    from ndflow.server import IOC
+
+    config, lines = parse_config(PARTIAL.replace("modules: [2, 2]", "modules: [5, 2]"), "c.yml")
+    with pytest.raises(ConfigError) as error:
+        IOC(config, lines, transports=[])
+    assert str(error.value).startswith("c.yml line 13: drivers[0].options.modules: ")
+    assert "5 modules do not divide the sensor's 64 pixels across X" in str(error.value)
+    assert "\n" not in str(error.value)
