@@ -140,10 +140,14 @@ class Dispatcher:
 
 class AcquisitionRole:
     def __init__(self, driver: Driver, cluster: ClusterConfig, rank: int, size: int, link: Any,
-                 record: Record | None = None, local: Local | None = None) -> None:
+                 record: Record | None = None, local: Local | None = None,
+                 report: Callable[[], None] | None = None) -> None:
         """`record`: where frames went, for the control rank's ordering (on the control rank);
-        None: sent to the control rank in DISPATCHED notes."""
+        None: sent to the control rank in DISPATCHED notes. `report`: sends this rank's
+        changed values, called before ACQ_DONE so the control rank shows the final counters
+        when Acquire's put completes."""
         self.driver = driver
+        self.report = report
         self.cluster = cluster
         self.rank = rank
         self.link = link
@@ -208,5 +212,7 @@ class AcquisitionRole:
 
     def _done(self, acquisition: Acquisition) -> None:
         failed = acquisition.state is RunState.ACQ_FAILED
+        if self.report is not None:
+            self.report()
         self.link.send(self.cluster.control, {"kind": ACQ_DONE, "acq": acquisition.id,
                                               "frames": acquisition.frames, "failed": failed})

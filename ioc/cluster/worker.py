@@ -53,7 +53,7 @@ class WorkerNode:
         if rank in cluster.acquisition:
             local = self.processing.local if self.processing is not None else None
             self.acquisition = AcquisitionRole(driver, cluster, rank, size, self.link,
-                                               local=local)
+                                               local=local, report=self._report)
             reporting.append((driver, lambda p: p.name in DRIVER_REPORTED))
         self.reporter = Reporter(reporting)
         self.puts = PutApplier(ioc.graph.ports, self.reporter,
@@ -117,6 +117,7 @@ class WorkerNode:
             self._report()
 
     def _report(self) -> None:
+        """Send the values that changed (MPI thread, the feeder thread, or the driver's)."""
         changes = self.reporter.changed()
         if changes:
             self.link.send(self.control, {"kind": VALUES, "values": changes})
