@@ -2,8 +2,18 @@
 
 Pure pydantic (no MPI here): `ndflow.config` validates it with the rest of the file, so a bad key
 is one line naming the key and its line, and a config without the section never imports mpi4py.
-What depends on the number of ranks mpiexec started is checked at run time (`check_roles`), with
-the same kind of message.
+What depends on the number of ranks mpiexec started is checked at run time (`check_roles`), and
+the driver's module grid against the acquisition ranks once the IOC is built (`check_modules`),
+with the same kind of message.
+
+Roles: `control` (one rank), `acquisition` (one or more; the control rank may be one),
+`processing` (the control rank cannot be one). Whole frames: one acquisition rank sends to every
+processing rank (`ordering`, `dispatch`). Partial frames: with several acquisition ranks, the
+rank at position m of `acquisition` produces detector module m (the sim's `modules: [X, Y]`
+grid, module m at column m % X, row m // X: one module per acquisition rank, exactly), and
+sends it to the ranks of `module_ranks[m]`; by default an acquisition rank that also processes
+keeps its module (no MPI hop), and the others share the processing ranks that do not acquire,
+round robin (module k of them gets every k-th one).
 """
 
 from __future__ import annotations
