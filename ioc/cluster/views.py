@@ -145,8 +145,7 @@ class Aggregator:
             if name in values and name in facade.params:
                 total = sum(v.get(name, 0) for v in per_rank)
                 if name == "NumCaptured_RBV":
-                    total = min(sum(self.value(r, port, name, 0) for r in group)
-                                for group in self.groups)
+                    total = self._captured(port, total)
                     if facade.values.get("NumCapture"):
                         total = min(total, facade.values["NumCapture"])
                 if facade.values.get(name) != total:
@@ -174,6 +173,18 @@ class Aggregator:
             r, text = errors[0]
             facade.set("WriteStatus", 1)
             facade.set("WriteMessage", f"rank {r}: {text}"[:255])
+
+    def _captured(self, port: str, total: int) -> int:
+        """Whole frames captured: with one group of ranks per module, the fewest any module's
+        ranks wrote; when modules share ranks, the module frames written over the number of
+        modules (each module frame is written once, by the rank it went to)."""
+        if len(self.groups) == 1:
+            return total
+        ranks = [r for group in self.groups for r in group]
+        if len(ranks) == len(set(ranks)):
+            return min(sum(self.value(r, port, "NumCaptured_RBV", 0) for r in group)
+                       for group in self.groups)
+        return total // len(self.groups)
 
     def forget(self, port: str, name: str, value: Any = 0) -> None:
         """Every rank's `name` is `value` now (NumCaptured_RBV at a new capture), until the
