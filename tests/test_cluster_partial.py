@@ -195,47 +195,50 @@ def test_a_module_grid_that_does_not_divide_the_sensor_is_a_one_line_error():
     assert "\n" not in str(error.value)
 
 
-SPLIT = PARTIAL.replace("acquisition: [1, 2, 3, 4]", "acquisition: [1, 2]").replace(
-    "processing: [1, 2, 3, 4]", "processing: [3, 4]").replace("modules: [2, 2]",
-                                                                "modules: [2, 1]")
+SHARED = PARTIAL.replace("acquisition: [1, 2, 3, 4]", "acquisition: [1, 2]").replace(
+    "processing: [1, 2, 3, 4]", "processing: [3, 4]\n  module_ranks: [[3, 4], [3, 4]]\n"
+    "  dispatch: credit\n  credits: 2").replace("modules: [2, 2]", "modules: [2, 1]")
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
-def test_acquisition_ranks_send_their_modules_to_other_ranks(tmp_path):
+def test_acquisition_ranks_send_their_modules_to_shared_processing_ranks(tmp_path):
     """M acquisition + N processing: ranks 1 and 2 only acquire (the left and right halves),
-    ranks 3 and 4 only process; the frames cross MPI, and the master is still the whole
-    frame."""
-    ioc = ClusterIOC(SPLIT, tmp_path, ranks=5)
-    frames = 4
+    ranks 3 and 4 only process, each taking frames of both modules by credit; the frames cross
+    MPI, each rank's file mixes the modules, and the master is still the whole frame."""
+    ioc = ClusterIOC(SHARED, tmp_path, ranks=5)
+    frames = 8
     try:
         ioc.wait_ready()
         p = ioc.prefix
         for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
-                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
+                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.05), ("ArrayCounter", 0),
                             ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
                             ("Reset", 1)]:
             put(p + "cam1:" + name, value)
-        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "split"),
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "shared"),
                            ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
                            ("NumCapture", frames), ("AutoIncrement", 0)]:
             put(p + "HDF1:" + key, value)
         put(p + "HDF1:Capture", 1, wait=False)
         assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
-        put(p + "cam1:Acquire", 1)
+        put(p + "cam1:Acquire", 1)  # paced: a capture ended at 8 module frames would miss 4
         assert get(p + "cam1:ArrayCounter_RBV") == frames
-        assert get(p + "R3:HDF1:ArrayCounter_RBV") == get(p + "R4:HDF1:ArrayCounter_RBV") == \
-            frames
+        assert get(p + "R3:HDF1:ArrayCounter_RBV") + get(p + "R4:HDF1:ArrayCounter_RBV") == \
+            2 * frames
         # where each module's frames went reached the control rank's ordering
         assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames, 5)
         assert get(p + "Cluster:FramesDispatched_RBV") == 2 * frames
         assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 30), "capture did not end"
-        with h5py.File(tmp_path / "split.h5") as f:
+        with h5py.File(tmp_path / "shared.h5") as f:
             data = f["/entry/data/data"]
             assert data.shape == (frames, HEIGHT, WIDTH)
+            assert not f[f"{ATTRS}/NDArrayStatus"][:].any()
             for row in range(frames):
                 np.testing.assert_array_equal(data[row], frame(row + 1), err_msg=f"row {row}")
-        with h5py.File(tmp_path / "split_r4.h5") as f:  # module 1: the right half
-            assert set(f[f"{ATTRS}/ModuleOffsetX"][:]) == {32}
+        for rank in (3, 4):
+            with h5py.File(tmp_path / f"shared_r{rank}.h5") as f:
+                modules = f[f"{ATTRS}/ModuleIndex"][:]
+                np.testing.assert_array_equal(f[f"{ATTRS}/ModuleOffsetX"][:], 32 * modules)
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
