@@ -73,6 +73,7 @@ def test_four_module_ranks_give_a_master_file_with_the_whole_sim_frame(tmp_path)
         assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
         put(p + "cam1:Acquire", 1)  # completes once every rank's plugins have the frames
         assert get(p + "cam1:ArrayCounter_RBV") == frames
+        assert [get(f"{p}R{r}:cam1:ArrayCounter_RBV") for r in (1, 2, 3, 4)] == [frames] * 4
         assert get(p + "HDF1:ArrayCounter_RBV") == 4 * frames  # module frames, summed
         assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 30), "capture did not end"
         assert get(p + "Cluster:FramesInOrder_RBV") == frames
@@ -163,6 +164,9 @@ def test_bad_module_grids_and_module_maps_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"^c.yml line 7: cluster.acquisition: 3 acquisition "
                                           r"ranks, but the driver has 4 modules \(2x2, more"):
         roles(PARTIAL.replace("[1, 2, 3, 4]", "[1, 2, 3]"), size=4)
+    with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: 4 acquisition ranks, "
+                                          r"but the driver has 1 module \(1x1, fewer"):
+        roles(PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]"))
     with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition\[3\]: rank 4, but "
                                           r"mpiexec started 4 ranks"):
         roles(PARTIAL.replace("processing: [1, 2, 3, 4]", "processing: [1, 2, 3]"), size=4)

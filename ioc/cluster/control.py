@@ -100,6 +100,9 @@ class ControlNode:
         self.views = {(r, p.port): RankView(p, r) for r in self.workers for p in self.plugins}
         self.aggregator = Aggregator({p.port: p for p in self.plugins}, self.views, self.workers,
                                      cluster.module_groups(self.size))
+        #: each other acquisition rank's driver counters, under R<rank>:<driver prefix>
+        self.driver_views = {a: RankView(self.driver, a) for a in self.remote}
+        self._driver_values: dict[str, Any] = {}  # the first acquisition rank's, last reported
         self._captures: dict[str, MasterCapture] = {}
         self.acquisition: AcquisitionRole | None = None
         if self.rank in cluster.acquisition:
@@ -109,12 +112,21 @@ class ControlNode:
     # --- set-up (before serving) -----------------------------------------------------------------
     def install(self) -> None:
         self.ioc.add_component(self.status)
-        for view in self.views.values():
+        for view in [*self.views.values(), *self.driver_views.values()]:
             self.ioc.add_component(view)
         own_run = self.driver._run
         self.driver._run = lambda acquisition: self._run(acquisition, own_run)  # type: ignore
         if self.remote:
             self._mirror_puts(self.driver, self.remote)
+        if self.acquisition is None:  # the driver's rate is the first acquisition rank's
+            driver_periodic = self.driver.periodic
+
+            def periodic_rate(elapsed: float) -> None:
+                driver_periodic(elapsed)
+                rate = self._driver_values.get("ArrayRate_RBV")
+                if rate is not None:
+                    self.driver.set("ArrayRate_RBV", rate)
+            self.driver.periodic = periodic_rate  # type: ignore[method-assign]
         for plugin in self.plugins:
             self._mirror_puts(plugin, self.workers)
             original = plugin.periodic
@@ -362,11 +374,19 @@ class ControlNode:
 
     def _on_values(self, rank: int, values: dict[str, dict[str, Any]]) -> None:
         mine = values.pop(self.driver.port, None)
-        if mine and self.remote and rank == self.remote[0] and self.acquisition is None:
-            # the driver's counters: the first acquisition rank's (each module counts alike)
-            for name, value in mine.items():
-                if name in DRIVER_REPORTED and name in self.driver.params:
-                    self.driver.set(name, value)
+        if mine:
+            view = self.driver_views.get(rank)
+            if view is not None:
+                for name, value in mine.items():
+                    if name in view.names:
+                        view.set(view.names[name], value)
+            if rank == self.remote[0] and self.acquisition is None:
+                # the driver's counters: the first acquisition rank's (each module counts
+                # alike; each rank's own are under R<rank>:)
+                for name, value in mine.items():
+                    if name in DRIVER_REPORTED and name in self.driver.params:
+                        self._driver_values[name] = value
+                        self.driver.set(name, value)
         if not values or rank not in self._sent:
             return
         ports = self.aggregator.update(rank, values)
