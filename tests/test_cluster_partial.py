@@ -8,6 +8,8 @@ the master-file and config checks below it need no MPI.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -186,6 +188,23 @@ def test_bad_module_grids_and_module_maps_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: Value error, a rank is "
                                           r"listed twice"):
         parse_config(PARTIAL.replace("[1, 2, 3, 4]\n  processing", "[1, 1, 3, 4]\n  processing"))
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
+def test_more_modules_than_acquisition_ranks_stops_mpiexec_with_one_line(tmp_path):
+    """The grid is known once the IOC is built: every rank says the same one line, no
+    traceback, and mpiexec fails."""
+    path = tmp_path / "three.yml"
+    path.write_text(PARTIAL.replace("[1, 2, 3, 4]", "[1, 2, 3]"))
+    out = subprocess.run([str(MPIEXEC), "-n", "4", sys.executable, "-m", "ndflow.cli", "run",
+                          str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.splitlines() if line.startswith("ndflow:")]
+    assert lines and all(line == lines[0] for line in lines), out.stderr
+    assert lines[0] == (f"ndflow: {path} line 7: cluster.acquisition: 3 acquisition ranks, but "
+                        "the driver has 4 modules (2x2, more modules than ranks): each "
+                        "acquisition rank produces one module")
+    assert "Traceback" not in out.stderr + out.stdout
 
 
 def test_a_module_grid_that_does_not_divide_the_sensor_is_a_one_line_error():

@@ -109,7 +109,11 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     _tag_logs(rank)
     control = rank == cluster.control
     ioc = make_ioc(None if control else [])  # only the control rank serves transports
-    check_modules(cluster, _module_grid(ioc), lines)
+    try:
+        check_modules(cluster, _module_grid(ioc), lines)
+    except Exception:
+        ioc.shutdown()  # algorithm children started while it was built
+        raise
     node: Any = None
     if control:
         node = ControlNode(ioc, cluster, comm)

@@ -174,6 +174,7 @@ class AcquisitionRole:
         if d.acquiring:
             log.error("rank %d: acquisition %d asked while %d runs: ignored", self.rank,
                       acquisition_id, d.acquisition.id if d.acquisition else 0)
+            self.dispatcher.end(acquisition_id)  # its processing ranks must not wait for it
             self.link.send(self.cluster.control, {"kind": ACQ_DONE, "acq": acquisition_id,
                                                   "frames": 0, "failed": True})
             return

@@ -380,7 +380,7 @@ class ControlNode:
                 for name, value in mine.items():
                     if name in view.names:
                         view.set(view.names[name], value)
-            if rank == self.remote[0] and self.acquisition is None:
+            if self.remote and rank == self.remote[0] and self.acquisition is None:
                 # the driver's counters: the first acquisition rank's (each module counts
                 # alike; each rank's own are under R<rank>:)
                 for name, value in mine.items():
