@@ -265,3 +265,27 @@ def test_acquisition_ranks_send_their_modules_to_shared_processing_ranks(tmp_pat
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
+
+
+def test_which_processing_ranks_serve_which_module():
+    """module_ranks' defaults: an acquisition rank that processes keeps its module; the others
+    share the ranks that only process, round robin; a map overrides both."""
+    def cluster(acquisition: str, processing: str, extra: str = ""):
+        text = PARTIAL.replace("acquisition: [1, 2, 3, 4]", f"acquisition: {acquisition}")
+        text = text.replace("processing: [1, 2, 3, 4]", f"processing: {processing}{extra}")
+        return parse_config(text)[0].cluster
+
+    c = cluster("[1, 2, 3, 4]", "[1, 2, 3, 4]")
+    assert [c.targets(a, 5) for a in (1, 2, 3, 4)] == [[1], [2], [3], [4]]
+    assert c.feeders(3, 5) == [3] and c.module_of(3) == 2
+    c = cluster("[1, 2]", "[3, 4, 5, 6]")
+    assert [c.targets(a, 7) for a in (1, 2)] == [[3, 5], [4, 6]]
+    assert c.module_groups(7) == [[3, 5], [4, 6]]
+    c = cluster("[1, 2, 3]", "[4]")
+    assert [c.targets(a, 5) for a in (1, 2, 3)] == [[4], [4], [4]]
+    assert c.feeders(4, 5) == [1, 2, 3]
+    c = cluster("[1, 2]", "[3, 4]", "\n  module_ranks: [[4, 3], [3]]")
+    assert [c.targets(a, 5) for a in (1, 2)] == [[4, 3], [3]]
+    assert c.feeders(3, 5) == [1, 2] and c.feeders(4, 5) == [1]
+    whole = cluster("[1]", "[1, 2]")
+    assert not whole.partial and whole.module_of(1) is None and whole.targets(1, 3) == [1, 2]
