@@ -62,6 +62,7 @@ def test_four_module_ranks_give_a_master_file_with_the_whole_sim_frame(tmp_path)
     try:
         ioc.wait_ready()
         p = ioc.prefix
+        assert get(p + "Cluster:AcquisitionRanks_RBV", as_string=True) == "1 2 3 4"
         for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
                             ("AcquireTime", 0.01), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
                             ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),

@@ -92,6 +92,7 @@ class ControlNode:
         self.status.values.update({
             "NumRanks_RBV": self.size, "Dispatch_RBV": cluster.dispatch,
             "ProcessingRanks_RBV": " ".join(map(str, self.workers)),
+            "AcquisitionRanks_RBV": " ".join(map(str, cluster.acquisition)),
             "RanksAnswering_RBV": len(self.workers)})
         self.plugins = [c for c in ioc.components if isinstance(c, Plugin)]
         self.driver = next(c for c in ioc.components if isinstance(c, Driver))

@@ -75,6 +75,8 @@ CLUSTER_PARAMS = (
     int_param("NumRanks_RBV", 1, R, group="Cluster", doc="ranks mpiexec started"),
     string_param("Dispatch_RBV", "", R, group="Cluster", doc="round_robin or credit"),
     text_param("ProcessingRanks_RBV", 256, "", R, group="Cluster"),
+    text_param("AcquisitionRanks_RBV", 256, "", R, group="Cluster",
+               doc="ranks that run the driver; with several, rank at position m makes module m"),
     int_param("FramesDispatched_RBV", 0, R, group="Cluster",
               doc="frames sent to processing ranks"),
     int_param("FramesAcknowledged_RBV", 0, R, group="Cluster",
