@@ -19,7 +19,7 @@ import pytest
 from ndflow.cluster.config import check_modules, check_roles
 from ndflow.cluster.master import STATUS_CODES, build_master
 from ndflow.config import ConfigError, parse_config
-from ndflow.ndarray import MissingCause
+from ndflow.ndarray import FrameStatus, MissingCause
 from test_acquisition import ramp, wait_for, wrap
 from test_cluster import MPIEXEC, ClusterIOC, get, put
 
@@ -195,14 +195,14 @@ def test_bad_module_grids_and_module_maps_are_one_line_errors():
 def test_more_modules_than_acquisition_ranks_stops_mpiexec_with_one_line(tmp_path):
     """The grid is known once the IOC is built: every rank says the same one line, no
     traceback, and mpiexec fails."""
-    path = tmp_path / "three.yml"
-    path.write_text(PARTIAL.replace("[1, 2, 3, 4]", "[1, 2, 3]"))
-    out = subprocess.run([str(MPIEXEC), "-n", "4", sys.executable, "-m", "ndflow.cli", "run",
+    path = tmp_path / "one.yml"
+    path.write_text(PARTIAL.replace("[1, 2, 3, 4]", "[1]"))
+    out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, "-m", "ndflow.cli", "run",
                           str(path)], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     lines = [line for line in out.stderr.splitlines() if line.startswith("ndflow:")]
-    assert lines and all(line == lines[0] for line in lines), out.stderr
-    assert lines[0] == (f"ndflow: {path} line 7: cluster.acquisition: 3 acquisition ranks, but "
+    assert len(lines) == 2 and lines[0] == lines[1], out.stderr
+    assert lines[0] == (f"ndflow: {path} line 7: cluster.acquisition: 1 acquisition rank, but "
                         "the driver has 4 modules (2x2, more modules than ranks): each "
                         "acquisition rank produces one module")
     assert "Traceback" not in out.stderr + out.stdout
@@ -268,6 +268,18 @@ def test_acquisition_ranks_send_their_modules_to_shared_processing_ranks(tmp_pat
     assert "Traceback" not in ioc.log(), ioc.log()
 
 
+def test_assembly_needs_every_module_on_the_same_ranks_in_the_same_order():
+    roles(ASSEMBLED.replace("modules: [2, 1]", "modules: [2, 2]").replace(
+        "acquisition: [1, 2]", "acquisition: [1, 2, 3, 4]").replace("[3]", "[5]"), size=6)
+    with pytest.raises(ConfigError, match=r"line 9: cluster.assemble: every module's frames "
+                                          r"must reach the same processing ranks"):
+        roles(ASSEMBLED.replace("assemble: true", "assemble: true\n  dispatch: credit"),
+              size=4)
+    with pytest.raises(ConfigError, match=r"cluster.assemble: every module's"):
+        roles(ASSEMBLED.replace("[3]", "[3, 4]").replace(
+            "assemble: true", "assemble: true\n  module_ranks: [[3, 4], [4, 3]]"), size=5)
+
+
 def test_which_processing_ranks_serve_which_module():
     """module_ranks' defaults: an acquisition rank that processes keeps its module; the others
     share the ranks that only process, round robin; a map overrides both."""
@@ -290,3 +302,95 @@ def test_which_processing_ranks_serve_which_module():
     assert c.feeders(3, 5) == [1, 2] and c.feeders(4, 5) == [1]
     whole = cluster("[1]", "[1, 2]")
     assert not whole.partial and whole.module_of(1) is None and whole.targets(1, 3) == [1, 2]
+
+
+def sim_frames(module: int | None, count: int, **values) -> list:
+    """`count` frames of a 2x2-module sim (in-process, the driver's own code), whole or one
+    module's."""
+    import threading
+
+    from ndflow.driver import FrameContext
+    from ndflow.drivers.sim import SimDetector, SimOptions
+    from ndflow.graph import PortGraph
+    from ndflow.ndarray import Acquisition
+
+    sim = SimDetector("SIM1", "cam1:", PortGraph(), options=SimOptions(
+        max_size_x=WIDTH, max_size_y=HEIGHT, data_type="UInt16", modules=(2, 2)))
+    sim.module = module
+    params = {**sim.values, "AcquireTime": 0.0, **values}
+    sim.prepare(params)
+    acquisition = Acquisition(1, params)
+    out = []
+    for i in range(count):
+        frame = sim.produce_frame(FrameContext(acquisition, i, threading.Event()))
+        frame.stamp(i + 1)
+        frame.acquisition = acquisition
+        out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize("values", [{}, {"ReverseX": 1, "BinX": 2, "ReverseY": 1}])
+def test_modules_assembled_on_a_processing_rank_are_the_whole_sim_frame(values):
+    """cluster.assemble: the tiles at their offsets, dims and transform of the whole frame; a
+    frame that never came whole is missing, with the modules it lacked."""
+    from ndflow.cluster.assembly import Assembler
+    from ndflow.pool import ArrayPool
+
+    whole = sim_frames(None, 3, **values)
+    modules = [sim_frames(m, 3, **values) for m in range(4)]
+    assembler = Assembler(4, ArrayPool(0), rank=3)
+    done = []
+    for i in range(3):
+        for m in (2, 0, 3, 1) if i < 2 else (0, 1):  # frame 3 lacks modules 2 and 3
+            result = assembler.add(modules[m][i])
+            if result is not None:
+                done.append(result)
+    assert [f.unique_id for f in done] == [1, 2]
+    for got, expected in zip(done, whole):
+        np.testing.assert_array_equal(got.data, expected.data)
+        assert got.dims == expected.dims
+        np.testing.assert_array_equal(got.transform, expected.transform)
+        assert "ModuleIndex" not in got.attributes
+    [lost] = assembler.flush(1)
+    assert lost.unique_id == 3 and not lost.valid
+    assert lost.status == FrameStatus(MissingCause.TIMEOUT, "modules 2, 3 never reached rank 3")
+
+
+ASSEMBLED = PARTIAL.replace("acquisition: [1, 2, 3, 4]", "acquisition: [1, 2]").replace(
+    "processing: [1, 2, 3, 4]", "processing: [3]\n  assemble: true").replace(
+    "modules: [2, 2]", "modules: [2, 1]")
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
+def test_a_processing_rank_assembles_the_modules_into_whole_frames(tmp_path):
+    """cluster.assemble: rank 3 gets the left half from rank 1 and the right half from rank 2
+    and its plugins see whole frames: its file holds the single-process frames."""
+    ioc = ClusterIOC(ASSEMBLED, tmp_path, ranks=4)
+    frames = 4
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
+                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
+                            ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
+                            ("Reset", 1)]:
+            put(p + "cam1:" + name, value)
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "whole"),
+                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
+                           ("NumCapture", frames), ("AutoIncrement", 0)]:
+            put(p + "HDF1:" + key, value)
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "HDF1:ArrayCounter_RBV") == frames  # whole frames
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 30), "capture did not end"
+        for name in ("whole_r3.h5", "whole.h5"):
+            with h5py.File(tmp_path / name) as f:
+                data = f["/entry/data/data"]
+                assert data.shape == (frames, HEIGHT, WIDTH), name
+                for row in range(frames):
+                    np.testing.assert_array_equal(data[row], frame(row + 1),
+                                                  err_msg=f"{name} row {row}")
+    finally:
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()

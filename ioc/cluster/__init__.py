@@ -13,7 +13,9 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
 - **Modules (partial frames).** With several acquisition ranks each produces one detector
   module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
   go to the processing ranks in charge of it (`module_ranks`, or by default the acquisition
-  rank itself when it also processes, else a round-robin share of the others).
+  rank itself when it also processes, else a round-robin share of the others). With
+  `assemble` a processing rank rebuilds whole frames from the modules before its plugins
+  (`assembly`), each tile placed by its recorded offset, dims and transform the whole frame's.
 - **Puts mirrored.** A put accepted on the control rank's plugin is sent, in order, to the same
   plugin on every processing rank, and a put on its driver to every other acquisition rank;
   each applies it through its own `handle_put` (the same validation and hooks). Acquire=1 is
@@ -52,7 +54,7 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   thread hands received frames to the plugins, so a blocking plugin never stalls MPI.
 
 Modules: `control` (the control rank), `capture` (the master capture), `worker` (any other rank:
-its roles behind one link), `acquisition`, `processing`, `mirror` (puts applied, values
+its roles behind one link), `acquisition`, `processing`, `assembly`, `mirror` (puts applied, values
 reported), `common` (what they share), `dispatch` (pure rules), `wire`, `link`, `views`,
 `master`, `config`.
 

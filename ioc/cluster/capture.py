@@ -116,7 +116,9 @@ class MasterCapture:
                 limit = w.values["NumCapture"]
                 fill = float(w.values.get("FillValue", 0.0))
                 path = self.path
-                grid = self.node.module_grid if self.node.cluster.partial else None
+                cluster = self.node.cluster  # module files, or whole (assembled) frames
+                grid = self.node.module_grid if cluster.partial and not cluster.assemble \
+                    else None
                 try:
                     summary = await asyncio.get_running_loop().run_in_executor(
                         None, lambda: build_master(lambda p: w.open_hdf5(p), path, files,

@@ -13,7 +13,8 @@ rank at position m of `acquisition` produces detector module m (the sim's `modul
 grid, module m at column m % X, row m // X: one module per acquisition rank, exactly), and
 sends it to the ranks of `module_ranks[m]`; by default an acquisition rank that also processes
 keeps its module (no MPI hop), and the others share the processing ranks that do not acquire,
-round robin (module k of them gets every k-th one).
+round robin (module k of them gets every k-th one). Each processing rank's plugins see module
+frames, or, with `assemble`, whole frames rebuilt from every module (`assembly`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class ClusterConfig(BaseModel):
         "among them). Empty: an acquisition rank that is also a processing rank keeps its "
         "module (no MPI hop); the others get a round-robin share of the processing ranks that "
         "acquire nothing")
+    assemble: bool = Field(False, description="partial frames: each processing rank rebuilds "
+                           "whole frames from the modules before its plugins (for a plugin that "
+                           "needs the whole image); every module's frames must reach the same "
+                           "ranks in the same order: one module_ranks list for all, round_robin")
     report_interval_s: float = Field(0.2, gt=0, le=10, description="how often processing ranks "
                                      "send their counters to the control rank")
 
@@ -118,8 +123,8 @@ class ClusterConfig(BaseModel):
 
     def module_groups(self, size: int) -> list[list[int]]:
         """Per module, its processing ranks (one group of every processing rank for whole
-        frames): a frame is captured once every group has it."""
-        if not self.partial:
+        frames, assembled ones included): a frame is captured once every group has it."""
+        if not self.partial or self.assemble:
             return [self.processing_ranks(size)]
         return [sorted(set(self.targets(a, size))) for a in self.acquisition]
 
@@ -174,6 +179,12 @@ def _check_modules(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
             if rank not in processing:
                 raise lines.error(("cluster", "module_ranks", m, j), f"rank {rank} is not a "
                                   "processing rank")
+    if cluster.assemble:
+        lists = {tuple(cluster.targets(a, size)) for a in cluster.acquisition}
+        if len(lists) > 1 or cluster.dispatch != "round_robin":
+            raise lines.error(("cluster", "assemble"), "every module's frames must reach the "
+                              "same processing ranks in the same order: give every module the "
+                              "same module_ranks list, with dispatch: round_robin")
     fed = {p for a in cluster.acquisition for p in cluster.targets(a, size)}
     idle = sorted(set(processing) - fed)
     if idle:

@@ -9,7 +9,8 @@ and files record it as in one process; the copy ends when every feeder has said 
 acquisition is over (ACQ_END), and once its frames have left every plugin the rank says so
 (`drained`: DRAINED to the control rank, which holds Acquire's put-completion until then).
 Received frames are acknowledged per feeder (`take_acks`): to the control rank, whose reorder
-stage needs them, and to the feeder, whose credit dispatch needs them.
+stage needs them, and to the feeder, whose credit dispatch needs them. With `cluster.assemble`
+the module frames are rebuilt into whole frames before the plugins (`assembly`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..driver import Driver
 from ..ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .assembly import Assembler
 from .wire import ACK, frame_from
 
 log = logging.getLogger("ndflow.cluster")
@@ -30,8 +32,11 @@ log = logging.getLogger("ndflow.cluster")
 
 class ProcessingRole:
     def __init__(self, driver: Driver, feeders: list[int], rank: int,
-                 drained: Callable[[int], None]) -> None:
+                 drained: Callable[[int], None], assemble: int = 0) -> None:
+        """`assemble`: the number of detector modules to rebuild whole frames from (0: the
+        frames go to the plugins as they come)."""
         self.driver = driver
+        self.assembler = Assembler(assemble, driver.pool, rank) if assemble else None
         self.rank = rank
         self.feeders = set(feeders)
         self.drained = drained  # (acquisition id) -> None, from the feeder thread
@@ -79,6 +84,20 @@ class ProcessingRole:
     def _accept(self, feeder: int, header: dict[str, Any], frame: NDArray) -> None:
         acquisition = self._acquisition(header.get("acq", 0), header.get("params"))
         frame.acquisition = acquisition
+        with self._lock:
+            self.received[feeder] = self.received.get(feeder, 0) + 1
+            self._acks.setdefault(feeder, []).append(frame.unique_id)
+            if self.assembler is not None:
+                whole = self.assembler.add(frame)
+                if whole is None:
+                    return  # more modules of this frame to come
+                frame = whole
+        self._enter(frame)
+        self._feed.put(frame)
+
+    def _enter(self, frame: NDArray) -> None:
+        """`frame` is on its way to the plugins: its acquisition holds it."""
+        acquisition = frame.acquisition
         if acquisition is not None:
             acquisition.in_flight.enter()  # left by the feeder once delivered
             acquisition.frames += 1
@@ -86,10 +105,6 @@ class ProcessingRole:
                 acquisition.first_id = frame.unique_id
             if not frame.valid:
                 acquisition.note_lost(frame.unique_id, failed=False)
-        with self._lock:
-            self.received[feeder] = self.received.get(feeder, 0) + 1
-            self._acks.setdefault(feeder, []).append(frame.unique_id)
-        self._feed.put(frame)
 
     def on_end(self, feeder: int, acquisition_id: int) -> None:
         self._feed.put(("end", acquisition_id, feeder))
@@ -139,14 +154,17 @@ class ProcessingRole:
             if isinstance(item, tuple):  # an acquisition's end (from one feeder), after its frames
                 self._end(item[1], item[2])
                 continue
-            try:
-                self._emit(item)
-            except Exception as exc:
-                log.error("rank %d: frame %d: %s: %s", self.rank, item.unique_id,
-                          type(exc).__name__, exc)
-            finally:
-                if item.acquisition is not None:
-                    item.acquisition.in_flight.leave()
+            self._deliver(item)
+
+    def _deliver(self, frame: NDArray) -> None:
+        try:
+            self._emit(frame)
+        except Exception as exc:
+            log.error("rank %d: frame %d: %s: %s", self.rank, frame.unique_id,
+                      type(exc).__name__, exc)
+        finally:
+            if frame.acquisition is not None:
+                frame.acquisition.in_flight.leave()
 
     def _end(self, aid: int, feeder: int) -> None:
         ends = self._ends.setdefault(aid, set())
@@ -157,6 +175,12 @@ class ProcessingRole:
         acquisition = self._acquisition(aid)
         if acquisition is None:
             return
+        if self.assembler is not None:  # frames that never came whole: missing, in order
+            with self._lock:
+                incomplete = self.assembler.flush(aid)
+            for frame in incomplete:
+                self._enter(frame)
+                self._deliver(frame)
         acquisition.processed.add_done_callback(lambda _, a=acquisition: self._drained(a))
         acquisition.end_acquisition()
 

@@ -46,8 +46,9 @@ class WorkerNode:
         self.processing: ProcessingRole | None = None
         if rank in cluster.processing_ranks(size):
             # before the acquisition role takes the driver's delivery: this role keeps it
+            modules = len(cluster.acquisition) if cluster.partial and cluster.assemble else 0
             self.processing = ProcessingRole(driver, cluster.feeders(rank, size), rank,
-                                             self._drained)
+                                             self._drained, assemble=modules)
             reporting += [(c, reported) for c in ioc.components if isinstance(c, Plugin)]
         self.acquisition: AcquisitionRole | None = None
         if rank in cluster.acquisition:
