@@ -19,9 +19,11 @@ ndflow addition, detector modules (partial-frame dispatch, ndflow.cluster): `opt
 [X, Y] cuts the frame into a gap-free grid of X x Y equal tiles, module m being column m % X,
 row m // X. In one process the option changes nothing (the frame is whole). In a cluster each
 acquisition rank produces one module (`module`, set by ndflow.cluster): its frame is exactly the
-whole frame's tile (same formula, uniqueIds and timestamps), its dims and transform place it on
-the detector, and it carries the NDAttributes ModuleIndex, ModuleOffsetX, ModuleOffsetY (the
-tile's pixel offset in the whole frame), so its file records where it goes.
+whole frame's tile (same formula and uniqueIds; the timestamps are the rank's own clock, as each
+module of a real detector stamps its own), its dims and transform place it on the detector, and
+it carries the NDAttributes ModuleIndex, ModuleOffsetX, ModuleOffsetY (the tile's pixel offset
+in the whole frame), so its file records where it goes. Each rank computes the whole raw image
+and cuts its tile out: the random parts (Noise, PeakVariation) differ between modules.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ each row tagged by its NDAttributes ModuleIndex, ModuleOffsetX, ModuleOffsetY (t
 master's `/entry/data/data` is then the whole detector image (N, H, W): each module's rows are
 mapped to the tile at its recorded offset, so the virtual dataset assembles the module files.
 A frame with a module missing (in no file, or a missing row in its file) is a missing row of the
-master with that module's cause, and reads FillValue whole. The module offsets are attributes of
+master with that module's cause, and reads FillValue whole. The NDAttributes columns are the
+lowest module's (its timestamps: each module's rank stamps its own). The module offsets are attributes of
 `/entry/data/data` (`module_offsets`: [module, x, y, width, height] rows) and the table
 `/entry/ndflow/modules`.
 

@@ -90,9 +90,11 @@ class PutApplier:
 
     def apply(self, header: dict[str, Any]) -> None:
         """Event loop: apply a mirrored put (in the order they came)."""
-        asyncio.ensure_future(self._put(header))
+        asyncio.ensure_future(self.put(header))
 
-    async def _put(self, header: dict[str, Any]) -> None:
+    async def put(self, header: dict[str, Any]) -> None:
+        """Apply a mirrored put; done when it completed (or, for a busy put that asked for an
+        answer, once answered)."""
         component = self.ports.get(header["port"])
         reply = header.get("reply")
         answer: dict[str, Any] = {"kind": PUT_DONE, "reply": reply, "ok": True}

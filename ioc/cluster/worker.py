@@ -11,9 +11,10 @@ puts.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,6 +62,7 @@ class WorkerNode:
                                lambda answer: self.link.send(self.control, answer))
         self._next_report = 0.0
         self._next_backlog = 0.0
+        self._driver_steps: asyncio.Future | None = None  # the last driver put or START
         self.stopped = asyncio.Event()
 
     def install(self) -> None:
@@ -88,14 +90,35 @@ class WorkerNode:
             self.processing.on_end(source, header["acq"])
         elif kind == ACK and self.acquisition is not None:
             self.acquisition.dispatcher.on_ack(source, header)
+        elif kind == PUT and self.acquisition is not None and \
+                header["port"] == self.acquisition.driver.port:
+            self.loop.call_soon_threadsafe(self._in_line, lambda: self.puts.put(header))
         elif kind == PUT:
             self.loop.call_soon_threadsafe(self.puts.apply, header)
         elif kind == START and self.acquisition is not None:
-            self.loop.call_soon_threadsafe(self.acquisition.start, header["acq"])
+            role = self.acquisition
+            self.loop.call_soon_threadsafe(self._in_line, lambda: role.start(header["acq"]))
         elif kind == STOP:
             self.loop.call_soon_threadsafe(self.stopped.set)
         else:
             log.warning("rank %d: unexpected %s from rank %d", self.rank, kind, source)
+
+    def _in_line(self, step: Callable[[], Any]) -> None:
+        """Event loop: run `step` (a driver put, or START) once the driver steps before it
+        are done, so an acquisition starts with the values put before it and a stop put after
+        it finds it running."""
+        previous = self._driver_steps
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait({previous})
+            try:
+                result = step()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # a bug: said, and the next steps still run
+                log.error("rank %d: %s: %s", self.rank, type(exc).__name__, exc)
+        self._driver_steps = asyncio.ensure_future(run())
 
     def _on_idle(self) -> None:
         now = time.monotonic()
