@@ -14,22 +14,33 @@ NumChannels C > 1 (ColorMode Mono) each frame is (C, SizeY, SizeX), channels nam
     channel_j = (type)(channel_1 * ChannelGain**(j-1) + (j-1) * ChannelOffset)
 computed in float64 from channel 1's pixels and cast as a C cast (truncate, wrap; saturating at
 the int64 range), so a higher threshold counts ChannelGain times fewer photons.
+
+ndflow addition, detector modules (partial-frame dispatch, ndflow.cluster): `options.modules`
+[X, Y] cuts the frame into a gap-free grid of X x Y equal tiles, module m being column m % X,
+row m // X. In one process the option changes nothing (the frame is whole). In a cluster each
+acquisition rank produces one module (`module`, set by ndflow.cluster): its frame is exactly the
+whole frame's tile (same formula and uniqueIds; the timestamps are the rank's own clock, as each
+module of a real detector stamps its own), its dims and transform place it on the detector, and
+it carries the NDAttributes ModuleIndex, ModuleOffsetX, ModuleOffsetY (the tile's pixel offset
+in the whole frame), so its file records where it goes. Each rank computes the whole raw image
+and cuts its tile out: the random parts (Noise, PeakVariation) differ between modules.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ndflow import __version__
 from ndflow.adcore import AD_BASE, DATA_TYPES, NDARRAY_BASE, NUMPY_DTYPES
 from ndflow.channels import MAX_CHANNELS, check_names, default_names
 from ndflow.driver import Driver, FrameContext
 from ndflow.graph import PortGraph
-from ndflow.ndarray import MissingCause, NDArray, NDDimension, region_transform
+from ndflow.ndarray import (AttrSource, MissingCause, NDArray, NDAttribute, NDDimension,
+                            region_transform)
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 
 SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
@@ -97,10 +108,35 @@ class SimOptions(BaseModel):
         default_factory=list, max_length=MAX_CHANNELS, description="names of channels "
         "1..NumChannels (identifiers); missing ones are threshold_<j>")
 
+    modules: tuple[int, int] = Field(
+        (1, 1), description="[X, Y]: the sensor as a gap-free grid of X x Y equal modules "
+        "(tiles); in a cluster each acquisition rank produces one (partial-frame dispatch)")
+
     @field_validator("channel_names")
     @classmethod
     def _identifiers(cls, names: list[str]) -> list[str]:
         return list(check_names(names))
+
+    @field_validator("modules")
+    @classmethod
+    def _grid(cls, grid: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
+        for axis, n, size in (("X", grid[0], info.data.get("max_size_x")),
+                              ("Y", grid[1], info.data.get("max_size_y"))):
+            if n < 1 or n > 64:
+                raise ValueError(f"{n} modules across {axis}: 1 to 64")
+            if size is not None and size % n:
+                raise ValueError(f"{n} modules do not divide the sensor's {size} pixels "
+                                 f"across {axis}")
+        return grid
+
+
+def module_tile(grid: tuple[int, int], module: int, width: int,
+                height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) of `module` in a `width` x `height` frame cut into a gap-free grid:
+    column module % X, row module // X."""
+    gx, gy = grid
+    w, h = width // gx, height // gy
+    return (module % gx) * w, (module // gx) * h, w, h
 
 
 def wrap_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -152,6 +188,9 @@ class SimDetector(Driver):
         self._inc_key: tuple | None = None
         self._inc: Any = None
         self._region: tuple[Mapping[str, Any], _Region] | None = None
+        self.module_grid: tuple[int, int] = tuple(opts.modules)  # type: ignore[assignment]
+        #: the module this process produces (set by ndflow.cluster), None: the whole frame
+        self.module: int | None = None
 
     def color_mode_of(self, params: Mapping[str, Any]) -> int:
         return SIM_TO_ND_COLOR[int(params["ColorMode"])]
@@ -184,6 +223,12 @@ class SimDetector(Driver):
                          "1 channel")
             params["NumChannels"] = channels = 1
         self.set("ChannelNames_RBV", " ".join(self.channel_names[:channels]))
+        if self.module is not None:
+            gx, gy = self.module_grid
+            width, height = params["SizeX"] // params["BinX"], params["SizeY"] // params["BinY"]
+            if width % gx or height % gy:
+                raise ValueError(f"the {gx}x{gy} modules do not divide the {width}x{height} "
+                                 "frame (SizeX/BinX, SizeY/BinY)")
 
     def produce_frame(self, ctx: FrameContext) -> NDArray | None:
         p = ctx.params
@@ -306,7 +351,11 @@ class SimDetector(Driver):
     def _extract_region(self, p: Mapping[str, Any], dtype: np.dtype) -> NDArray:
         cached = self._region
         if cached is None or cached[0] is not p:  # worked out once per acquisition
-            cached = self._region = (p, _Region.of(p, self._raw.ndim))
+            region = _Region.of(p, self._raw.ndim)
+            if self.module is not None:
+                region = region.tile(self.module, module_tile(self.module_grid, self.module,
+                                                              region.nx, region.ny))
+            cached = self._region = (p, region)
         r = cached[1]
         channels = int(p.get("NumChannels", 1))
         out = self.pool.alloc(r.shape if channels == 1 else (channels, *r.shape), dtype)
@@ -317,13 +366,22 @@ class SimDetector(Driver):
             region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
         if r.flips is not None:
             region = region[r.flips]
+        if r.crop is not None:
+            region = region[r.crop]
         np.copyto(out if channels == 1 else out[0], region, casting="unsafe")
         if channels == 1:
-            return NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
-                           transform=r.transform)
-        fill_channels(out, float(p["ChannelGain"]), float(p["ChannelOffset"]))
-        return NDArray(out, dims=[*r.dims, NDDimension(channels)], transform=r.transform,
-                       channels=self.channel_names[:channels])
+            frame = NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
+                            transform=r.transform)
+        else:
+            fill_channels(out, float(p["ChannelGain"]), float(p["ChannelOffset"]))
+            frame = NDArray(out, dims=[*r.dims, NDDimension(channels)], transform=r.transform,
+                            channels=self.channel_names[:channels])
+        if r.module is not None:
+            for name, value, text in (("ModuleIndex", r.module, "detector module"),
+                                      ("ModuleOffsetX", r.tile_x0, "module's X offset"),
+                                      ("ModuleOffsetY", r.tile_y0, "module's Y offset")):
+                frame.attributes[name] = NDAttribute(name, value, text, AttrSource.DRIVER)
+        return frame
 
 
 @dataclass(frozen=True)
@@ -346,6 +404,31 @@ class _Region:
     flips: tuple[slice, ...] | None
     dims: tuple[NDDimension, ...]  # the frames' dims (never changed in place)
     transform: np.ndarray
+    #: a module's tile of the region (binned, flipped) frame: its slice, index and offset
+    crop: tuple[slice, ...] | None = None
+    module: int | None = None
+    tile_x0: int = 0
+    tile_y0: int = 0
+
+    def tile(self, module: int, tile: tuple[int, int, int, int]) -> "_Region":
+        """This region cut to one module's tile (x0, y0, w, h) of its frame: the same pixels
+        as the whole frame's, placed on the detector by dims and transform."""
+        x0, y0, w, h = tile
+        crop = [slice(None)] * len(self.shape)
+        crop[self.x_axis] = slice(x0, x0 + w)
+        crop[self.y_axis] = slice(y0, y0 + h)
+        shape = list(self.shape)
+        shape[self.x_axis], shape[self.y_axis] = w, h
+        ndim = len(shape)
+        dims = list(self.dims)
+        first_x = self.x0 + ((self.nx - x0 - w) if self.rx else x0) * self.bx
+        first_y = self.y0 + ((self.ny - y0 - h) if self.ry else y0) * self.by
+        dims[ndim - 1 - self.x_axis] = NDDimension(w, first_x, self.bx, self.rx)
+        dims[ndim - 1 - self.y_axis] = NDDimension(h, first_y, self.by, self.ry)
+        shift = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
+        return replace(self, shape=tuple(shape), dims=tuple(dims), crop=tuple(crop),
+                       transform=self.transform @ shift, tile_x0=x0, tile_y0=y0,
+                       module=module)
 
     @classmethod
     def of(cls, p: Mapping[str, Any], raw_ndim: int) -> "_Region":

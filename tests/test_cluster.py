@@ -404,3 +404,34 @@ def test_roles_naming_ranks_mpiexec_did_not_start_are_one_line_errors(tmp_path):
     line_of_key = EXAMPLE.splitlines().index("  processing: [1, 2]") + 1
     assert f"line {line_of_key}:" in lines[0]
     assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_an_acquisition_rank_other_than_the_control_rank_runs_the_driver(tmp_path):
+    """One acquisition rank that is not the control rank and also processes (rank 1), round
+    robin over itself (no MPI hop) and rank 2: puts reach its driver, Acquire's put-completion
+    waits for both ranks' plugins, the master holds every frame in order, and Acquire=0 stops
+    a continuous acquisition there."""
+    ioc = ClusterIOC(config(acquisition="[1]"), tmp_path)
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        put(p + "cam1:WaitForPlugins", 1)
+        master = capture(p, tmp_path, "remote", 10)
+        assert not check_frames(master, 10).any()
+        for rank, ids in ((1, [1, 3, 5, 7, 9]), (2, [2, 4, 6, 8, 10])):
+            with h5py.File(tmp_path / f"remote_r{rank}.h5") as f:
+                assert list(f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]) == ids
+        assert get(p + "cam1:ArrayCounter_RBV") == 10  # the acquisition rank's counter
+        assert get(p + "HDF1:ArrayCounter_RBV") == 10  # WaitForPlugins: both ranks done
+        assert get(p + "Cluster:FramesInOrder_RBV") == 10
+        put(p + "cam1:ImageMode", 2)  # continuous, stopped from the control rank
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > 12, 10)
+        put(p + "cam1:Acquire", 0)
+        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
+        stopped_at = get(p + "cam1:ArrayCounter_RBV")
+        time.sleep(0.5)
+        assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
+    finally:
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()

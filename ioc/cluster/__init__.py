@@ -5,41 +5,58 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
 - **Same IOC everywhere.** Every rank builds the same IOC from the same config, so every port,
   parameter and default exists on every rank. Only the *control* rank serves transports
   (CA/PVA): clients see one IOC with the names of a single-process one. The `cluster:` section
-  (`ndflow.cluster.config`) gives the roles: the control rank (PVs, run state, and in this
-  version the driver: it is also the acquisition rank) and the *processing* ranks (the plugin
-  graph). Without the section nothing here is imported, nor is mpi4py; with one rank the plain
-  IOC runs.
+  (`ndflow.cluster.config`) gives the roles: the control rank (PVs, run state, master file),
+  the *acquisition* ranks (each runs the driver; the control rank may be one) and the
+  *processing* ranks (the plugin graph). A rank may hold several roles (acquisition with
+  processing: its own frames go into its own plugin graph, no MPI hop). Without the section
+  nothing here is imported, nor is mpi4py; with one rank the plain IOC runs.
+- **Modules (partial frames).** With several acquisition ranks each produces one detector
+  module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
+  go to the processing ranks in charge of it (`module_ranks`, or by default the acquisition
+  rank itself when it also processes, else a round-robin share of the others). With
+  `assemble` a processing rank rebuilds whole frames from the modules before its plugins
+  (`assembly`), each tile placed by its recorded offset, dims and transform the whole frame's.
 - **Puts mirrored.** A put accepted on the control rank's plugin is sent, in order, to the same
-  plugin on every processing rank, which applies it through its own `handle_put` (the same
-  validation and hooks). Two values are per rank: a file writer's FileName gets `_r<rank>` (each
-  rank writes its own file) and NumCapture is 0 there (the control rank ends the capture when
-  the total over ranks is reached).
-- **Frames dispatched.** The driver's delivery on the control rank is replaced by the
-  dispatcher: each frame goes whole to one processing rank, strict round robin over an ordering
-  or by credit (least busy first), as a small pickled header and its pixel buffer with the
-  uppercase (buffer) API (`wire`, `link`). On the processing rank the frame enters the plugin
-  graph through the driver's port, as if that rank's driver had made it. Frames of one
-  acquisition carry its id; the rank keeps a copy of the acquisition so its plugins and files
-  record it as in one process.
-- **Order and completeness.** A lookup table records frame -> (rank, local index); ranks
-  acknowledge what they received; a reorder stage gives the contiguous prefix in unique-id
-  order and turns a frame not acknowledged within `window_s` into a missing frame (timeout,
-  naming the rank) on the acquisition (`dispatch`). A frame the dispatcher cannot place within
-  the window (every rank full) is sent as a placeholder (dropped, with its cause), so the rank's
-  sinks record it in its place.
-- **One IOC to clients.** Processing ranks report their plugins' changed values every
-  `report_interval_s`; the control rank's plugins show the aggregate (sum of counts and rates,
-  mean of times, the latest frame's status values) and each rank's own values under
-  `$(P)R<rank>:<plugin prefix>` (`views`). Acquire's put-completion with WaitForPlugins=Yes
-  waits for every rank: a rank holds the acquisition's in-flight count until it reports the
-  acquisition's frames have left its plugins.
+  plugin on every processing rank, and a put on its driver to every other acquisition rank;
+  each applies it through its own `handle_put` (the same validation and hooks). Acquire=1 is
+  not mirrored: the control rank's acquisition is started on the acquisition ranks by START,
+  with its id. Two values are per rank: a file writer's FileName gets `_r<rank>` (each rank
+  writes its own file) and NumCapture is 0 there (the control rank ends the capture when the
+  total over ranks is reached).
+- **Frames dispatched.** On each acquisition rank the driver's delivery is replaced by the
+  dispatcher (`acquisition`): each frame goes whole to one of its processing ranks, strict round
+  robin over an ordering or by credit (least busy first), as a small pickled header and its
+  pixel buffer with the uppercase (buffer) API (`wire`, `link`). On the processing rank
+  (`processing`) the frame enters the plugin graph through the driver's port, as if that rank's
+  driver had made it. Frames of one acquisition carry its id; the rank keeps a copy of the
+  acquisition so its plugins and files record it as in one process.
+- **Order and completeness.** Per acquisition rank (module), a lookup table records frame ->
+  (rank, local index) and a reorder stage gives the contiguous prefix in unique-id order
+  (`control`); it learns where frames went from the dispatcher (directly on the control rank,
+  else DISPATCHED notes) and what arrived from the processing ranks' acknowledgements; a frame
+  not acknowledged within `window_s` becomes a missing frame (timeout, naming the rank) on the
+  acquisition. A frame the dispatcher cannot place within the window (every rank full) is sent
+  as a placeholder (dropped, with its cause), so the rank's sinks record it in its place.
+- **One IOC to clients.** Other ranks report their changed values every `report_interval_s`;
+  the control rank's plugins show the aggregate (sum of counts and rates, mean of times, the
+  latest frame's status values) and each rank's own values under `$(P)R<rank>:<plugin prefix>`
+  (`views`); its driver shows the first acquisition rank's counters. Acquire's put-completion
+  with WaitForPlugins=Yes waits for every rank: each processing rank holds the acquisition's
+  in-flight count until it reports the acquisition's frames have left its plugins (DRAINED),
+  and the acquisition is over when every acquisition rank said so (ACQ_DONE).
 - **Files.** Each processing rank's writer writes its own file; when a capture ends the control
   rank writes the master HDF5 file named by its own FilePath/FileName/FileTemplate: a virtual
-  dataset in global order over the rank files, the NDAttributes and the missing rows
-  (`master`). Its FullFileName_RBV names the master, so ophyd-async's stream resource does.
+  dataset in global order over the rank files (for modules: the whole detector image, each
+  module's tile at its recorded offset), the NDAttributes and the missing rows (`capture`,
+  `master`). Its FullFileName_RBV names the master, so ophyd-async's stream resource does.
 - **Threads.** Every MPI call is made in one thread per rank (`link.Link`; needs
   MPI_THREAD_SERIALIZED); the event loop only queues messages. On a processing rank a feeder
   thread hands received frames to the plugins, so a blocking plugin never stalls MPI.
+
+Modules: `control` (the control rank), `capture` (the master capture), `worker` (any other rank:
+its roles behind one link), `acquisition`, `processing`, `assembly`, `mirror` (puts applied, values
+reported), `common` (what they share), `dispatch` (pure rules), `wire`, `link`, `views`,
+`master`, `config`.
 
 What MPI does not give: a rank that dies usually takes the job down (MPICH aborts the others);
 a rank that stops answering is reported (`Cluster:SilentRanks_RBV`) and its outstanding frames
@@ -55,9 +72,19 @@ import os
 import signal
 from typing import Any
 
-from .config import ClusterConfig, check_roles
+from .config import ClusterConfig, check_modules, check_roles
 
 __all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
+
+
+def _module_grid(ioc: Any) -> tuple[int, int]:
+    """The driver's detector-module grid (the sim's `modules` option); (1, 1) for a driver
+    without modules."""
+    from ..driver import Driver
+    for component in ioc.components:
+        if isinstance(component, Driver):
+            return tuple(getattr(component, "module_grid", (1, 1)))  # type: ignore[return-value]
+    return (1, 1)
 
 
 def launched_size() -> int:
@@ -75,7 +102,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
     from mpi4py import MPI
 
-    from .node import ControlNode
+    from .control import ControlNode
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -84,6 +111,11 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     _tag_logs(rank)
     control = rank == cluster.control
     ioc = make_ioc(None if control else [])  # only the control rank serves transports
+    try:
+        check_modules(cluster, _module_grid(ioc), lines)
+    except Exception:
+        ioc.shutdown()  # algorithm children started while it was built
+        raise
     node: Any = None
     if control:
         node = ControlNode(ioc, cluster, comm)
@@ -93,7 +125,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
 
 
 async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control: bool) -> int:
-    from .node import ProcessingNode
+    from .worker import WorkerNode
 
     log = logging.getLogger("ndflow.cluster")
     task = asyncio.current_task()
@@ -101,13 +133,14 @@ async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     if not control:
-        node = ProcessingNode(ioc, cluster, comm, loop)
+        node = WorkerNode(ioc, cluster, comm, loop)
         node.install()
     runner = asyncio.create_task(ioc.run(serve=control))
     try:
         if control:
-            log.info("control rank of %d: processing ranks %s, %s dispatch", comm.Get_size(),
-                     node.workers, cluster.dispatch)
+            log.info("control rank of %d: acquisition ranks %s, processing ranks %s, %s "
+                     "dispatch", comm.Get_size(), cluster.acquisition, node.workers,
+                     cluster.dispatch)
             await runner
         else:
             stopped = asyncio.create_task(node.stopped.wait())

@@ -1,8 +1,9 @@
 """Which processing rank gets a frame, where each frame went, and the frames back in order.
 
 Pure in-process classes (no MPI, no threads of their own), so their rules are tested in
-microseconds (tests/unit/test_cluster_dispatch.py); `ndflow.cluster.node` drives them from its
-MPI thread and the driver's thread, under its own lock.
+microseconds (tests/unit/test_cluster_dispatch.py); `ndflow.cluster.acquisition` (the
+dispatcher) and `ndflow.cluster.control` (the ordering) drive them from their MPI thread and the
+driver's thread, under their own locks.
 
 - `RoundRobin`: global frame i goes to `ordering[i % N]` (Lima2's RoundRobin topology; Jungfrau
   does strict round robin). Fixed, so the frame -> rank map needs no message.

@@ -75,6 +75,8 @@ CLUSTER_PARAMS = (
     int_param("NumRanks_RBV", 1, R, group="Cluster", doc="ranks mpiexec started"),
     string_param("Dispatch_RBV", "", R, group="Cluster", doc="round_robin or credit"),
     text_param("ProcessingRanks_RBV", 256, "", R, group="Cluster"),
+    text_param("AcquisitionRanks_RBV", 256, "", R, group="Cluster",
+               doc="ranks that run the driver; with several, rank at position m makes module m"),
     int_param("FramesDispatched_RBV", 0, R, group="Cluster",
               doc="frames sent to processing ranks"),
     int_param("FramesAcknowledged_RBV", 0, R, group="Cluster",
@@ -108,10 +110,13 @@ class Aggregator:
     under its own lock)."""
 
     def __init__(self, facades: dict[str, Component], views: dict[tuple[int, str], RankView],
-                 ranks: Iterable[int]) -> None:
+                 ranks: Iterable[int], groups: list[list[int]] | None = None) -> None:
+        """`groups`: per detector module, its processing ranks (partial frames): a frame is
+        captured (NumCaptured_RBV) once every module's ranks have it; default one group."""
         self.facades = facades
         self.views = views
         self.ranks = list(ranks)
+        self.groups = groups or [self.ranks]
         self._values: dict[tuple[int, str], dict[str, Any]] = {}
         self._latest: dict[str, int] = {}  # port -> rank with the most recent frame
         self._lock = threading.Lock()
@@ -141,8 +146,10 @@ class Aggregator:
         for name in SUMMED:
             if name in values and name in facade.params:
                 total = sum(v.get(name, 0) for v in per_rank)
-                if name == "NumCaptured_RBV" and facade.values.get("NumCapture"):
-                    total = min(total, facade.values["NumCapture"])
+                if name == "NumCaptured_RBV":
+                    total = self._captured(port, total)
+                    if facade.values.get("NumCapture"):
+                        total = min(total, facade.values["NumCapture"])
                 if facade.values.get(name) != total:
                     facade.set(name, total)
         for name in AVERAGED:
@@ -168,6 +175,18 @@ class Aggregator:
             r, text = errors[0]
             facade.set("WriteStatus", 1)
             facade.set("WriteMessage", f"rank {r}: {text}"[:255])
+
+    def _captured(self, port: str, total: int) -> int:
+        """Whole frames captured: with one group of ranks per module, the fewest any module's
+        ranks wrote; when modules share ranks, the module frames written over the number of
+        modules (each module frame is written once, by the rank it went to)."""
+        if len(self.groups) == 1:
+            return total
+        ranks = [r for group in self.groups for r in group]
+        if len(ranks) == len(set(ranks)):
+            return min(sum(self.value(r, port, "NumCaptured_RBV", 0) for r in group)
+                       for group in self.groups)
+        return total // len(self.groups)
 
     def forget(self, port: str, name: str, value: Any = 0) -> None:
         """Every rank's `name` is `value` now (NumCaptured_RBV at a new capture), until the

@@ -1,0 +1,420 @@
+"""The control rank: serves the IOC (every PV a client sees), mirrors puts to the ranks that
+need them, runs the acquisitions, restores frame order and completeness, and shows the other
+ranks' values (`views`).
+
+- **Puts mirrored**, in order, to the same component on other ranks: a plugin's to every
+  processing rank, the driver's to every other acquisition rank (Acquire=1 excepted: the
+  acquisition is started by START, with the control rank's acquisition id). Two values are per
+  rank: a file writer's FileName gets `_r<rank>` and NumCapture is 0 there (`capture`).
+- **Acquisitions**: the driver's acquisition loop is wrapped (`_run`): each processing rank
+  holds the acquisition's in-flight count until it says its frames left its plugins (DRAINED),
+  so Acquire's put-completion with WaitForPlugins covers every rank; other acquisition ranks get
+  START and the acquisition is over when each has said ACQ_DONE (and, if the control rank is an
+  acquisition rank too, its own driver is done).
+- **Order**: one stream per acquisition rank (module): a lookup table (frame -> processing rank,
+  local index) and a reorder stage fed by where the frames went (directly, or DISPATCHED notes)
+  and the processing ranks' acknowledgements. A frame not acknowledged within `window_s` becomes
+  a missing frame (timeout, naming the rank) of the acquisition.
+
+Every MPI call is in the rank's `Link` thread; the event loop only queues messages and awaits
+futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..component import Component
+from ..driver import Driver
+from ..ndarray import Acquisition, resolve
+from ..plugin import Plugin
+from .acquisition import AcquisitionRole
+from .capture import MasterCapture
+from .common import ACQ_DONE, DISPATCHED, DRIVER_REPORTED, START, is_file_writer, \
+    rank_file_name, same_value
+from .config import ClusterConfig
+from .dispatch import LookupTable, Missing, Reorder
+from .link import Link
+from .views import Aggregator, ClusterStatus, RankView
+from .wire import ACK, DRAINED, PUT, PUT_DONE, STOP, VALUES
+
+log = logging.getLogger("ndflow.cluster")
+
+#: how long the control rank waits for the processing ranks to answer a mirrored put that
+#: needs an answer (Capture), before it says which rank did not
+PUT_REPLY_TIMEOUT = 30.0
+#: driver puts never mirrored: the acquisition is started by START, AcquireBusy follows it
+_NOT_MIRRORED = {"AcquireBusy", "AcquireBusyCB", "ReleaseFrames"}
+
+
+@dataclass
+class Stream:
+    """One acquisition rank's frames (one module's, for partial frames) on their way."""
+
+    lut: LookupTable
+    reorder: Reorder
+    acquisition_id: int = -1
+    acq_of_uid: dict[int, Acquisition] = field(default_factory=dict)
+
+
+class ControlNode:
+    def __init__(self, ioc: Any, cluster: ClusterConfig, comm: Any) -> None:
+        self.ioc = ioc
+        self.cluster = cluster
+        self.size = comm.Get_size()
+        self.rank = comm.Get_rank()
+        self.workers = cluster.processing_ranks(self.size)
+        self.remote = [a for a in cluster.acquisition if a != self.rank]
+        self.link = Link(comm, self._on_message, self._no_frames, self._on_idle)
+        self.lock = threading.Lock()
+        self.streams = {a: Stream(LookupTable(), Reorder(cluster.window_s))
+                        for a in cluster.acquisition}
+        self._sent = {r: 0 for r in self.workers}
+        self._acked = {r: 0 for r in self.workers}
+        self._last_heard = {r: time.monotonic() for r in self.workers + self.remote}
+        self._silent: set[int] = set()
+        self._acqs: dict[int, tuple[Acquisition, set[int]]] = {}  # id -> (acq, ranks to drain)
+        self._known: dict[int, Acquisition] = {}  # recent acquisitions by id
+        self._acquired: dict[int, set[int]] = {}  # id -> remote acquisition ranks done
+        self._acquired_event = threading.Event()
+        self._replies: dict[int, tuple[Future, dict[int, dict]]] = {}
+        self._next_reply = 1
+        self._next_check = 0.0
+        self.status = ClusterStatus()
+        self.status.values.update({
+            "NumRanks_RBV": self.size, "Dispatch_RBV": cluster.dispatch,
+            "ProcessingRanks_RBV": " ".join(map(str, self.workers)),
+            "AcquisitionRanks_RBV": " ".join(map(str, cluster.acquisition)),
+            "RanksAnswering_RBV": len(self.workers)})
+        self.plugins = [c for c in ioc.components if isinstance(c, Plugin)]
+        self.driver = next(c for c in ioc.components if isinstance(c, Driver))
+        self.module_grid: tuple[int, int] = tuple(  # type: ignore[assignment]
+            getattr(self.driver, "module_grid", (1, 1)))
+        self.views = {(r, p.port): RankView(p, r) for r in self.workers for p in self.plugins}
+        self.aggregator = Aggregator({p.port: p for p in self.plugins}, self.views, self.workers,
+                                     cluster.module_groups(self.size))
+        #: each other acquisition rank's driver counters, under R<rank>:<driver prefix>
+        self.driver_views = {a: RankView(self.driver, a) for a in self.remote}
+        self._driver_values: dict[str, Any] = {}  # the first acquisition rank's, last reported
+        self._captures: dict[str, MasterCapture] = {}
+        self.acquisition: AcquisitionRole | None = None
+        if self.rank in cluster.acquisition:
+            self.acquisition = AcquisitionRole(self.driver, cluster, self.rank, self.size,
+                                               self.link, record=self._record_local)
+
+    # --- set-up (before serving) -----------------------------------------------------------------
+    def install(self) -> None:
+        self.ioc.add_component(self.status)
+        for view in [*self.views.values(), *self.driver_views.values()]:
+            self.ioc.add_component(view)
+        own_run = self.driver._run
+        self.driver._run = lambda acquisition: self._run(acquisition, own_run)  # type: ignore
+        if self.remote:
+            self._mirror_puts(self.driver, self.remote)
+        if self.acquisition is None:  # the driver's rate is the first acquisition rank's
+            driver_periodic = self.driver.periodic
+
+            def periodic_rate(elapsed: float) -> None:
+                driver_periodic(elapsed)
+                rate = self._driver_values.get("ArrayRate_RBV")
+                if rate is not None:
+                    self.driver.set("ArrayRate_RBV", rate)
+            self.driver.periodic = periodic_rate  # type: ignore[method-assign]
+        for plugin in self.plugins:
+            self._mirror_puts(plugin, self.workers)
+            original = plugin.periodic
+
+            def periodic(elapsed: float, original=original, port=plugin.port) -> None:
+                original(elapsed)
+                self.aggregator.reapply_rates(port)
+            plugin.periodic = periodic  # type: ignore[method-assign]
+            if is_file_writer(plugin):
+                capture = MasterCapture(self, plugin)
+                self._captures[plugin.port] = capture
+                plugin.put_hooks["Capture"] = capture.put_capture
+        self.link.start()
+
+    def _mirror_puts(self, component: Component, ranks: list[int]) -> None:
+        original = component.handle_put
+        driver = isinstance(component, Driver)
+
+        async def mirrored(param: Any, raw: Any, source: Any = None) -> Any:
+            before = component.values.get(param.name)
+            if driver and param.name == "Acquire":  # a stop goes out at once, a start by START
+                try:
+                    stopping = not param.coerce(raw)[0]
+                except (TypeError, ValueError):
+                    stopping = False  # refused by the put itself
+                if stopping:
+                    self.mirror(component, "Acquire", 0, ranks=ranks)
+                return await original(param, raw, source)
+            try:
+                result = await original(param, raw, source)
+            except Exception:
+                # a refused put may still store its value (a FilePath outside the data roots
+                # is kept, as ADCore keeps it, so nothing goes on writing to the old folder):
+                # the ranks must not keep the old one either
+                after = component.values.get(param.name)
+                if param.name != "Capture" and not same_value(after, before):
+                    self.mirror(component, param.name, after, ranks=ranks)
+                raise
+            if param.name != "Capture" and param.name not in _NOT_MIRRORED:
+                self.mirror(component, param.name, component.values.get(param.name),
+                            ranks=ranks)
+            return result
+        component.handle_put = mirrored  # type: ignore[method-assign]
+
+    def mirror(self, component: Component, name: str, value: Any, reply: int = 0,
+               complete: bool = False, ranks: list[int] | None = None) -> None:
+        """Send a put to other ranks (any thread; default: every processing rank), in line
+        with the frames."""
+        writer = is_file_writer(component)
+        for rank in self.workers if ranks is None else ranks:
+            v = value
+            if writer and name == "FileName":
+                v = rank_file_name(value, rank)
+            elif writer and name == "NumCapture":
+                v = 0  # the control rank ends the capture when the total is reached
+            header = {"kind": PUT, "port": component.port, "name": name, "value": v}
+            if reply:
+                header["reply"] = reply
+                header["complete"] = complete
+            self.link.send(rank, header)
+
+    async def ask(self, component: Component, name: str, value: Any, complete: bool = False,
+                  timeout: float = PUT_REPLY_TIMEOUT) -> dict[int, dict]:
+        """Mirror a put to the processing ranks and wait for every one's answer {rank: {"ok",
+        "error", "values"}}: once the put completed there (`complete`: Capture=0, which
+        completes when the file is closed), or else once it is accepted (a busy put, Capture=1,
+        runs on)."""
+        future: Future = Future()
+        with self.lock:
+            token = self._next_reply
+            self._next_reply += 1
+            self._replies[token] = (future, {})
+        self.mirror(component, name, value, reply=token, complete=complete)
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            pass
+        with self.lock:
+            _, answers = self._replies.pop(token)
+        for rank in self.workers:
+            answers.setdefault(rank, {"ok": False, "error": f"rank {rank} did not answer "
+                                      f"within {timeout:g} s"})
+        return answers
+
+    def stop(self) -> None:
+        for rank in sorted(set(self.workers) | set(self.remote)):
+            self.link.send(rank, {"kind": STOP})
+        self.link.stop()
+
+    # --- acquisitions (driver thread) ------------------------------------------------------------
+    def _run(self, acquisition: Acquisition, own_run: Any) -> None:
+        """The driver's acquisition loop, cluster-wide: every processing rank holds the
+        acquisition until it drained it; the other acquisition ranks run it too."""
+        with self.lock:
+            self._acqs[acquisition.id] = (acquisition, set(self.workers))
+            self._known[acquisition.id] = acquisition
+            while len(self._known) > 64:
+                self._known.pop(next(iter(self._known)))
+            self._acquired[acquisition.id] = set()
+        for _ in self.workers:
+            acquisition.in_flight.enter()
+        for rank in self.remote:
+            self.link.send(rank, {"kind": START, "acq": acquisition.id})
+        if self.acquisition is not None:
+            self.acquisition.begin(acquisition)
+            own_run(acquisition)
+        self._wait_remote(acquisition)
+
+    def _wait_remote(self, acquisition: Acquisition) -> None:
+        """Until every other acquisition rank is done with `acquisition`; after a stop, at most
+        a window more (a rank that does not answer is said, and the acquisition ends)."""
+        stop = self.driver._stop_event
+        deadline: float | None = None
+        while True:
+            with self.lock:
+                done = self._acquired.get(acquisition.id, set())
+                waiting = sorted(set(self.remote) - done)
+                if not waiting:
+                    self._acquired.pop(acquisition.id, None)
+                    return
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + self.cluster.window_s
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("acquisition %d: acquisition rank%s %s did not end within %g s of "
+                          "the stop", acquisition.id, "s" * (len(waiting) > 1),
+                          " ".join(map(str, waiting)), self.cluster.window_s)
+                with self.lock:
+                    self._acquired.pop(acquisition.id, None)
+                return
+            self._acquired_event.wait(0.05)
+            self._acquired_event.clear()
+
+    def _record_local(self, unique_id: int, rank: int, acquisition: Acquisition | None,
+                      lost: bool) -> None:
+        """This rank's own dispatcher sent a frame (its lock held)."""
+        with self.lock:
+            self._expect(self.rank, unique_id, rank, acquisition, lost)
+
+    def _expect(self, stream_rank: int, unique_id: int, rank: int,
+                acquisition: Acquisition | None, lost: bool) -> None:
+        """Frame `unique_id` of acquisition rank `stream_rank` went to `rank` (lock held)."""
+        stream = self.streams[stream_rank]
+        aid = acquisition.id if acquisition is not None else 0
+        if aid != stream.acquisition_id:
+            stream.acquisition_id = aid
+            stream.lut.clear()
+        try:
+            stream.lut.assign(unique_id, rank)
+        except ValueError:  # ArrayCounter was set back within an acquisition: a new numbering
+            stream.lut.clear()
+            stream.lut.assign(unique_id, rank)
+        stream.reorder.expect(unique_id, rank)
+        if rank in self._sent:
+            self._sent[rank] += 1
+        if acquisition is not None:
+            stream.acq_of_uid[unique_id] = acquisition
+            if lost:
+                acquisition.note_lost(unique_id, failed=False)
+        self.status.set("FramesDispatched_RBV", self.status.values["FramesDispatched_RBV"] + 1)
+
+    # --- messages (MPI thread) -------------------------------------------------------------------
+    @staticmethod
+    def _no_frames(header: dict) -> np.ndarray:
+        raise RuntimeError("the control rank receives no frames")
+
+    def _on_message(self, source: int, header: dict[str, Any], data: Any) -> None:
+        kind = header["kind"]
+        self._last_heard[source] = time.monotonic()
+        if kind == ACK:
+            self._on_ack(source, header)
+        elif kind == VALUES:
+            self._on_values(source, header["values"])
+        elif kind == DISPATCHED:
+            with self.lock:
+                for aid, uid, rank in header["frames"]:
+                    self._expect(source, uid, rank, self._known.get(aid), False)
+                for aid, uid in header["lost"]:
+                    acquisition = self._known.get(aid)
+                    if acquisition is not None:
+                        acquisition.note_lost(uid, failed=False)
+        elif kind == ACQ_DONE:
+            with self.lock:
+                self._acquired.setdefault(header["acq"], set()).add(source)
+                acquisition = self._known.get(header["acq"])
+                if acquisition is not None:
+                    acquisition.frames = max(acquisition.frames, header["frames"])
+            self._acquired_event.set()
+        elif kind == DRAINED:
+            with self.lock:
+                acquisition, ranks = self._acqs.get(header["acq"], (None, set()))
+                if acquisition is not None and source in ranks:
+                    ranks.discard(source)
+                    acquisition.in_flight.leave()
+                    if not ranks:
+                        self._acqs.pop(header["acq"], None)
+        elif kind == PUT_DONE:
+            with self.lock:
+                waiting = self._replies.get(header["reply"])
+                if waiting is not None:
+                    future, answers = waiting
+                    answers[source] = header
+                    if len(answers) >= len(self.workers):
+                        resolve(future)
+
+    def _on_ack(self, rank: int, header: dict[str, Any]) -> None:
+        feeder = header.get("feeder", self.rank)
+        if feeder == self.rank and self.acquisition is not None:
+            self.acquisition.dispatcher.on_ack(rank, header)
+        uids = header["uids"]
+        if not uids:
+            return
+        with self.lock:
+            stream = self.streams.get(feeder)
+            if stream is None:
+                return
+            self._acked[rank] = self._acked.get(rank, 0) + len(uids)
+            for uid in uids:
+                stream.reorder.arrive(uid, rank)
+            acked = sum(self._acked.values())
+        self.status.set("FramesAcknowledged_RBV", acked)
+        self._pop_ordered()
+
+    def _pop_ordered(self) -> None:
+        lost = []
+        with self.lock:
+            popped = False
+            for stream in self.streams.values():
+                ready = stream.reorder.pop_ready()
+                popped = popped or bool(ready)
+                for entry in ready:
+                    acquisition = stream.acq_of_uid.pop(entry.unique_id, None)
+                    if isinstance(entry, Missing):
+                        lost.append((entry, acquisition))
+            reorders = [s.reorder for s in self.streams.values()]
+            in_order = min(r.delivered + r.missing for r in reorders)
+            missing = sum(r.missing for r in reorders)
+            late = sum(r.late for r in reorders)
+        for entry, acquisition in lost:
+            log.warning("frame %d missing: %s", entry.unique_id, entry.message)
+            if acquisition is not None:
+                acquisition.note_lost(entry.unique_id, failed=False)
+        if popped or late != self.status.values["FramesLate_RBV"]:
+            self.status.set_many({"FramesInOrder_RBV": in_order, "FramesMissing_RBV": missing,
+                                  "FramesLate_RBV": late})
+
+    def _on_values(self, rank: int, values: dict[str, dict[str, Any]]) -> None:
+        mine = values.pop(self.driver.port, None)
+        if mine:
+            view = self.driver_views.get(rank)
+            if view is not None:
+                for name, value in mine.items():
+                    if name in view.names:
+                        view.set(view.names[name], value)
+            if self.remote and rank == self.remote[0] and self.acquisition is None:
+                # the driver's counters: the first acquisition rank's (each module counts
+                # alike; each rank's own are under R<rank>:)
+                for name, value in mine.items():
+                    if name in DRIVER_REPORTED and name in self.driver.params:
+                        self._driver_values[name] = value
+                        self.driver.set(name, value)
+        if not values or rank not in self._sent:
+            return
+        ports = self.aggregator.update(rank, values)
+        for port in ports:
+            capture = self._captures.get(port)
+            if capture is not None:
+                capture.check_total()
+
+    def _on_idle(self) -> None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + 0.05
+        self._pop_ordered()
+        with self.lock:  # a rank with frames outstanding that says nothing for a window
+            silent = {r for r in self.workers if self._sent[r] > self._acked[r] and
+                      now - self._last_heard[r] > self.cluster.window_s}
+            newly = silent - self._silent
+            for rank in newly:
+                for stream in self.streams.values():
+                    stream.reorder.give_up(rank, f"rank {rank} stopped answering")
+            self._silent = (self._silent | silent) - {
+                r for r in self._silent if now - self._last_heard[r] < self.cluster.window_s}
+            answering = len(self.workers) - len(self._silent)
+            text = " ".join(map(str, sorted(self._silent)))
+        for rank in newly:
+            log.error("processing rank %d stopped answering: its outstanding frames become "
+                      "missing", rank)
+        if self.status.values["SilentRanks_RBV"] != text:
+            self.status.set_many({"SilentRanks_RBV": text, "RanksAnswering_RBV": answering})

@@ -1,0 +1,190 @@
+"""A processing rank: the frames it is sent go into its plugin graph, as if its own driver had
+made them.
+
+Frames come from this rank's feeders (the acquisition ranks that send to it,
+`ClusterConfig.feeders`), over MPI or, from its own acquisition role, handed over in-process.
+A feeder thread hands them to the plugins in arrival order, so a blocking plugin never stalls
+MPI. The rank keeps a copy of each acquisition (its id is the control rank's) so its plugins
+and files record it as in one process; the copy ends when every feeder has said the
+acquisition is over (ACQ_END), and once its frames have left every plugin the rank says so
+(`drained`: DRAINED to the control rank, which holds Acquire's put-completion until then).
+Received frames are acknowledged per feeder (`take_acks`): to the control rank, whose reorder
+stage needs them, and to the feeder, whose credit dispatch needs them. With `cluster.assemble`
+the module frames are rebuilt into whole frames before the plugins (`assembly`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any, Callable
+
+import numpy as np
+
+from ..driver import Driver
+from ..ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .assembly import Assembler
+from .wire import ACK, frame_from
+
+log = logging.getLogger("ndflow.cluster")
+
+
+class ProcessingRole:
+    def __init__(self, driver: Driver, feeders: list[int], rank: int,
+                 drained: Callable[[int], None], assemble: int = 0) -> None:
+        """`assemble`: the number of detector modules to rebuild whole frames from (0: the
+        frames go to the plugins as they come)."""
+        self.driver = driver
+        self.assembler = Assembler(assemble, driver.pool, rank) if assemble else None
+        self.rank = rank
+        self.feeders = set(feeders)
+        self.drained = drained  # (acquisition id) -> None, from the feeder thread
+        self._emit = driver.emit  # the port's delivery to its subscribers
+        self._acqs: dict[int, Acquisition] = {}
+        self._ends: dict[int, set[int]] = {}  # acquisition id -> feeders that ended it
+        self._lock = threading.Lock()
+        self._feed: queue.SimpleQueue = queue.SimpleQueue()
+        self._feeder = threading.Thread(target=self._feed_frames, name="cluster-feed",
+                                        daemon=True)
+        self._acks: dict[int, list[int]] = {}  # feeder -> unique ids received, not yet said
+        self.received: dict[int, int] = {f: 0 for f in self.feeders}
+        self._told: dict[int, int] = {}  # feeder -> the backlog it last heard
+
+    def start(self) -> None:
+        self._feeder.start()
+
+    def stop(self) -> None:
+        self._feed.put(None)
+
+    # --- frames in (MPI thread, or the driver's thread for this rank's own frames) ---------------
+    def buffer_for(self, header: dict[str, Any]) -> np.ndarray:
+        shape, dtype = tuple(header["shape"]), np.dtype(header["dtype"])
+        data = self.driver.pool.alloc(shape, dtype)
+        if data is None:  # the pool (or the IOC's budget) is full: received, then missing
+            header["no_memory"] = True
+            data = np.empty(shape, dtype)
+        return data
+
+    def on_frame(self, feeder: int, header: dict[str, Any], data: Any) -> None:
+        frame = frame_from(header, data)
+        if header.pop("no_memory", False):
+            frame = frame.derive(None, status=FrameStatus(
+                MissingCause.NO_MEMORY, f"rank {self.rank}: no room in the array pool"))
+        self._accept(feeder, header, frame)
+
+    def local(self, header: dict[str, Any] | None, item: Any) -> None:
+        """From this rank's own acquisition role: a frame (header, frame), or the end of an
+        acquisition (None, its id)."""
+        if header is None:
+            self.on_end(self.rank, item)
+        else:
+            self._accept(self.rank, header, item)
+
+    def _accept(self, feeder: int, header: dict[str, Any], frame: NDArray) -> None:
+        acquisition = self._acquisition(header.get("acq", 0), header.get("params"))
+        frame.acquisition = acquisition
+        with self._lock:
+            self.received[feeder] = self.received.get(feeder, 0) + 1
+            self._acks.setdefault(feeder, []).append(frame.unique_id)
+            if self.assembler is not None:
+                whole = self.assembler.add(frame)
+                if whole is None:
+                    return  # more modules of this frame to come
+                frame = whole
+        self._enter(frame)
+        self._feed.put(frame)
+
+    def _enter(self, frame: NDArray) -> None:
+        """`frame` is on its way to the plugins: its acquisition holds it."""
+        acquisition = frame.acquisition
+        if acquisition is not None:
+            acquisition.in_flight.enter()  # left by the feeder once delivered
+            acquisition.frames += 1
+            if acquisition.first_id is None:
+                acquisition.first_id = frame.unique_id
+            if not frame.valid:
+                acquisition.note_lost(frame.unique_id, failed=False)
+
+    def on_end(self, feeder: int, acquisition_id: int) -> None:
+        self._feed.put(("end", acquisition_id, feeder))
+
+    def _acquisition(self, aid: int, params: dict | None = None) -> Acquisition | None:
+        if not aid:
+            return None
+        with self._lock:
+            acquisition = self._acqs.get(aid)
+            if acquisition is None:
+                acquisition = Acquisition(aid, dict(params or {}))
+                self._acqs[aid] = acquisition
+            return acquisition
+
+    # --- acknowledgements (MPI thread) ------------------------------------------------------------
+    def take_acks(self, force: bool = False) -> list[tuple[int, dict[str, Any]]]:
+        """[(feeder, ACK header)] for the frames received since the last call; with `force`
+        (a changed backlog, for credit dispatch) one for every feeder even without frames."""
+        backlog = self.backlog()
+        with self._lock:
+            acks, self._acks = self._acks, {}
+            feeders = set(acks)
+            if force:
+                feeders |= {f for f in self.feeders if self._told.get(f, 0) != backlog}
+            for f in feeders:
+                self._told[f] = backlog
+            return [(f, {"kind": ACK, "feeder": f, "uids": acks.get(f, []),
+                         "received": self.received.get(f, 0), "backlog": backlog})
+                    for f in sorted(feeders)]
+
+    def backlog(self) -> int:
+        """How busy this rank is: its acquisitions' deliveries in flight (frames in the
+        feeder, in plugin queues, in an algorithm's child). A frame still in two plugins counts
+        twice; every rank runs the same graph, so ranks compare fairly, and a rank whose one
+        slow plugin holds frames counts each of them (queue lengths alone miss the frames an
+        algorithm's child holds)."""
+        with self._lock:
+            acquisitions = list(self._acqs.values())
+        return sum(a.in_flight.count for a in acquisitions)
+
+    # --- the feeder thread: frames into the plugin graph, in arrival order -----------------------
+    def _feed_frames(self) -> None:
+        while True:
+            item = self._feed.get()
+            if item is None:
+                return
+            if isinstance(item, tuple):  # an acquisition's end (from one feeder), after its frames
+                self._end(item[1], item[2])
+                continue
+            self._deliver(item)
+
+    def _deliver(self, frame: NDArray) -> None:
+        try:
+            self._emit(frame)
+        except Exception as exc:
+            log.error("rank %d: frame %d: %s: %s", self.rank, frame.unique_id,
+                      type(exc).__name__, exc)
+        finally:
+            if frame.acquisition is not None:
+                frame.acquisition.in_flight.leave()
+
+    def _end(self, aid: int, feeder: int) -> None:
+        ends = self._ends.setdefault(aid, set())
+        ends.add(feeder)
+        if not ends >= self.feeders:
+            return  # more feeders to hear from
+        del self._ends[aid]
+        acquisition = self._acquisition(aid)
+        if acquisition is None:
+            return
+        if self.assembler is not None:  # frames that never came whole: missing, in order
+            with self._lock:
+                incomplete = self.assembler.flush(aid)
+            for frame in incomplete:
+                self._enter(frame)
+                self._deliver(frame)
+        acquisition.processed.add_done_callback(lambda _, a=acquisition: self._drained(a))
+        acquisition.end_acquisition()
+
+    def _drained(self, acquisition: Acquisition) -> None:
+        with self._lock:
+            self._acqs.pop(acquisition.id, None)
+        self.drained(acquisition.id)
