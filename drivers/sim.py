@@ -38,9 +38,10 @@ from ndflow import __version__
 from ndflow.adcore import AD_BASE, DATA_TYPES, NDARRAY_BASE, NUMPY_DTYPES
 from ndflow.channels import MAX_CHANNELS, check_names, default_names
 from ndflow.driver import Driver, FrameContext
+from ndflow.dtypes import c_cast, c_cast_scalar
 from ndflow.graph import PortGraph
 from ndflow.ndarray import (AttrSource, MissingCause, NDArray, NDAttribute, NDDimension,
-                            region_transform)
+                            region_transform, xyz_dims)
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 
 SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
@@ -137,17 +138,6 @@ def module_tile(grid: tuple[int, int], module: int, width: int,
     gx, gy = grid
     w, h = width // gx, height // gy
     return (module % gx) * w, (module // gx) * h, w, h
-
-
-def wrap_cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Convert float results to `dtype` as a C cast does on x86: truncate, then wrap."""
-    if dtype.kind == "f":
-        return values.astype(dtype)
-    return np.trunc(values).astype(np.int64).astype(dtype)
-
-
-def scalar_cast(value: float, dtype: np.dtype) -> Any:
-    return wrap_cast(np.asarray([value], dtype=np.float64), dtype)[0]
 
 
 class SimDetector(Driver):
@@ -266,10 +256,10 @@ class SimDetector(Driver):
     def _make_background(self, p: Mapping[str, Any], shape: tuple[int, ...],
                          dtype: np.dtype) -> np.ndarray | None:
         noise, offset = float(p["Noise"]), float(p["Offset"])
-        if noise == 0 and scalar_cast(offset, dtype) == 0:
+        if noise == 0 and c_cast_scalar(offset, dtype) == 0:
             return None
         values = offset + noise * self._rng.random(shape)
-        return wrap_cast(values, dtype)
+        return c_cast(values, dtype)
 
     def _linear_ramp(self, p: Mapping[str, Any], dtype: np.dtype, color: int,
                      reset: bool) -> None:
@@ -278,7 +268,7 @@ class SimDetector(Driver):
             if reset:
                 ny, nx = self._raw.shape
                 ramp = _ramp(nx, ny, p)
-                self._raw[...] = wrap_cast(float(inc) * ramp, dtype)
+                self._raw[...] = c_cast(float(inc) * ramp, dtype)
             else:
                 self._raw += inc
             return
@@ -287,7 +277,7 @@ class SimDetector(Driver):
         if reset:
             ramp = _ramp(planes[0].shape[1], planes[0].shape[0], p)
             for plane, c_inc in zip(planes, incs):
-                plane[...] = wrap_cast(float(c_inc) * ramp, dtype)
+                plane[...] = c_cast(float(c_inc) * ramp, dtype)
         else:
             for plane, c_inc in zip(planes, incs):
                 plane += c_inc
@@ -296,7 +286,7 @@ class SimDetector(Driver):
         """scalar_cast of the ramp increment, cached: it is the same for every frame."""
         key = (value, dtype)
         if self._inc_key != key:
-            self._inc_key, self._inc = key, scalar_cast(value, dtype)
+            self._inc_key, self._inc = key, c_cast_scalar(value, dtype)
         return self._inc
 
     def _peaks(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
@@ -322,7 +312,7 @@ class SimDetector(Driver):
                 gauss_x = gx * np.exp(-(((np.arange(x0, x1) - cx) / wx) ** 2) / 2.0)
                 peak = g_var * gain * np.outer(gauss_y, gauss_x)
                 for plane, cg in zip(planes, color_gains):
-                    plane[y0:y1, x0:x1] += wrap_cast(cg * peak, dtype)
+                    plane[y0:y1, x0:x1] += c_cast(cg * peak, dtype)
 
     def _sine(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
         ny, nx = (_color_planes(self._raw, color)[0] if color else self._raw).shape
@@ -338,14 +328,14 @@ class SimDetector(Driver):
         if color == 0:
             x = waves["X1"] + waves["X2"] if p["XSineOperation"] == 0 else waves["X1"] * waves["X2"]
             y = waves["Y1"] + waves["Y2"] if p["YSineOperation"] == 0 else waves["Y1"] * waves["Y2"]
-            self._raw[...] = wrap_cast(gain * (y[:, None] + x[None, :]), dtype)
+            self._raw[...] = c_cast(gain * (y[:, None] + x[None, :]), dtype)
             return
         red, green, blue = _color_planes(self._raw, color)
-        red[...] = wrap_cast(np.broadcast_to(gain * float(p["GainRed"]) * waves["X1"],
+        red[...] = c_cast(np.broadcast_to(gain * float(p["GainRed"]) * waves["X1"],
                                              (ny, nx)), dtype)
-        green[...] = wrap_cast(np.broadcast_to((gain * float(p["GainGreen"]) * waves["Y1"])
+        green[...] = c_cast(np.broadcast_to((gain * float(p["GainGreen"]) * waves["Y1"])
                                                [:, None], (ny, nx)), dtype)
-        blue[...] = wrap_cast(gain * float(p["GainBlue"]) *
+        blue[...] = c_cast(gain * float(p["GainBlue"]) *
                               (waves["X2"][None, :] + waves["Y2"][:, None]) / 2.0, dtype)
 
     def _extract_region(self, p: Mapping[str, Any], dtype: np.dtype) -> NDArray:
@@ -470,7 +460,7 @@ def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:
     """`(epicsType) gainRed * incMono`: the gain is cast to the pixel type before multiplying."""
     if dtype.kind == "f":
         return dtype.type(color_gain * float(inc))
-    return scalar_cast(float(int(scalar_cast(color_gain, dtype)) * int(inc)), dtype)
+    return c_cast_scalar(float(int(c_cast_scalar(color_gain, dtype)) * int(inc)), dtype)
 
 
 def _raw_shape(max_x: int, max_y: int, color: int) -> tuple[int, ...]:
@@ -478,22 +468,27 @@ def _raw_shape(max_x: int, max_y: int, color: int) -> tuple[int, ...]:
 
 
 def _axes(color: int, nx: int, ny: int) -> tuple[int, int, tuple[int, ...]]:
-    """(numpy x axis, numpy y axis, numpy shape) for a sim colour-mode index."""
-    if color == 0:  # Mono: dims [x, y]
-        return 1, 0, (ny, nx)
-    if color == 1:  # RGB1: dims [3, x, y]
-        return 1, 0, (ny, nx, 3)
-    if color == 2:  # RGB2: dims [x, 3, y]
-        return 2, 0, (ny, 3, nx)
-    return 2, 1, (3, ny, nx)  # RGB3: dims [x, y, 3]
+    """(numpy x axis, numpy y axis, numpy shape) for a sim colour-mode index: the dims layout
+    of its NDColorMode (ndflow.ndarray.xyz_dims), numpy's axes being the dims reversed."""
+    ndims = 2 if color == 0 else 3
+    x, y, *z = xyz_dims(ndims, SIM_TO_ND_COLOR[color])
+    sizes = [0] * ndims
+    sizes[x], sizes[y] = nx, ny
+    if z:
+        sizes[z[0]] = 3
+    return ndims - 1 - x, ndims - 1 - y, tuple(reversed(sizes))
 
 
 def _color_planes(raw: np.ndarray, color: int) -> list[np.ndarray]:
-    if color == 1:
-        return [raw[:, :, c] for c in range(3)]
-    if color == 2:
-        return [raw[:, c, :] for c in range(3)]
-    return [raw[c] for c in range(3)]
+    """Views of the three colour planes of a raw colour frame."""
+    x_axis, y_axis, _ = _axes(color, 1, 1)
+    z_axis = 3 - x_axis - y_axis
+    planes = []
+    for c in range(3):
+        index: list[Any] = [slice(None)] * 3
+        index[z_axis] = c
+        planes.append(raw[tuple(index)])
+    return planes
 
 
 def _ramp(nx: int, ny: int, p: Mapping[str, Any]) -> np.ndarray:

@@ -8,6 +8,8 @@ undefined there, so floats go through int64 first. `DataTypeOut` (ROI, Process) 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .adcore import DATA_TYPES, NUMPY_DTYPES
@@ -26,6 +28,11 @@ def c_cast(values: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             return np.trunc(values).astype(np.int64).astype(dtype)
     return values.astype(dtype)
+
+
+def c_cast_scalar(value: float, dtype: np.dtype | str) -> Any:
+    """One number converted to `dtype` as a C cast would (a numpy scalar)."""
+    return c_cast(np.asarray([value], dtype=np.float64), dtype)[0]
 
 
 def output_dtype(data_type_out: int, input_dtype: np.dtype) -> np.dtype:
