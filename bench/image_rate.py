@@ -63,7 +63,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,27 +74,10 @@ from typing import Any, Iterator
 
 import psutil
 
+from ndflow.ports import free_port_pair
+
 
 # --- Channel Access environment (must be in place before pyepics loads libca) ---------------------
-
-def free_port_pair() -> int:
-    """A port free for TCP and UDP on 127.0.0.1, with port+1 free too (repeater / beacons)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65000:
-            continue
-        try:
-            for p in (port, port + 1):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    with socket.socket(socket.AF_INET, kind) as probe:
-                        probe.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on 127.0.0.1")
-
 
 def ca_environment(port: int) -> dict[str, str]:
     return {

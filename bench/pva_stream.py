@@ -70,7 +70,6 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -80,6 +79,8 @@ from typing import Any
 
 import psutil
 from p4p.client.thread import Context
+
+from ndflow.ports import free_port_pair
 
 VENV_BIN = Path(sys.executable).parent
 CONSUMER = str(VENV_BIN / "pvapy-hpc-consumer")
@@ -97,26 +98,6 @@ MIN_FRAMES = 20  # a trial carries at least this many frames
 
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
-
-
-def free_port_pair(avoid: set[int]) -> int:
-    """A port free for TCP and UDP on 127.0.0.1, with port+1 free too (the search port)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port > 65000 or port in avoid or port + 1 in avoid:
-            continue
-        try:
-            for p in (port, port + 1):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    with socket.socket(socket.AF_INET, kind) as t:
-                        t.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        avoid.update((port, port + 1))
-        return port
-    raise RuntimeError("no free port pair on 127.0.0.1")
 
 
 def server_env(port: int) -> dict[str, str]:

@@ -13,18 +13,20 @@ Security: the folder, whether from the config or a CA put on `Folder`, must lie 
 IOC's data roots, so no client can make the driver read elsewhere, and nothing below a root is
 looked up through a symbolic link (a local user may be able to plant one there). The folder is
 opened from its data root's descriptor one component at a time with O_NOFOLLOW
-(`ndflow.safepath`) at every scan; it is listed with `os.scandir` on that descriptor and names
-are matched against Pattern with `fnmatch` (no glob, which follows links); each file is opened
-relative to its folder's descriptor with O_NOFOLLOW and handed to astropy as an open file. A
-link named like a FITS file is counted as a bad file ("symbolic link refused"); a link in place
-of a subfolder is not entered; the folder swapped for a link stops the scan with that reason.
+(`ndflow.safepath`) whenever it is listed; it is listed with `os.scandir` on that descriptor
+and names are matched against Pattern with `fnmatch` (no glob, which follows links); each file
+is opened relative to its folder's descriptor with O_NOFOLLOW and handed to astropy as an open
+file. A link named like a FITS file is counted as a bad file ("symbolic link refused"); a link
+in place of a subfolder is not entered; the folder swapped for a link stops the watch with that
+reason.
 The config's file list and the FTP gateway's uploads (under a data root) are opened the same
 way; only files named on `ndflow replay`'s command line are opened by name.
 
-The watcher thread owns the folder, the pattern and what was seen: a `Folder` or `Pattern` put is
-checked off the event loop and handed to the watcher, which applies it between two scans (and
-lists the files already there, which are not new); the put completes once it has, while the
-event loop serves other clients. No lock is held across a scan.
+The folder is watched with change notification (watchfiles), not listed at every poll:
+`fits_watch.FolderWatch` looks only at the names that changed. The watcher thread owns it: a
+`Folder` or `Pattern` put is checked off the event loop and handed to the watcher, which applies
+it between two waits (the files already there are not new); the put completes once it has, while
+the event loop serves other clients. No lock is held across a listing.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ import logging
 import os
 import queue
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,14 +49,14 @@ from ndflow.driver import CONTINUOUS, Driver, FrameContext
 from ndflow.graph import PortGraph
 from ndflow.ndarray import EPICS_EPOCH_OFFSET, AttrSource, MissingCause, NDArray, NDAttribute
 from ndflow.params import R, RW, ParamTable, int_param, string_param, text_param
-from ndflow.safepath import LinkRefused, Location, NotAFolder, PathRefused, find, open_folder
+from ndflow.pool import NoMemory
+from ndflow.safepath import LinkRefused, Location, NotAFolder, PathRefused, open_folder
 from ndflow.safepath import open_file as open_safely
 
 from .fits_file import FITSError, FITSFrame, read_fits
 from .fits_gateway import GATEWAY_PARAMS, GatewayOptions, build_gateway
-from .ftp_gateway import IngestGateway
-
-PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
+from .fits_watch import FolderWatch, Source
+from .gateway import IngestGateway
 
 FITS_PARAMS = (
     text_param("Folder", 256, "", RW, group="FITS",
@@ -74,17 +74,6 @@ FITS_PARAMS = (
 )
 
 
-@dataclass(frozen=True)
-class Source:
-    """A file to read: how it is named, and how it is opened."""
-
-    path: Path  # LastFile_RBV, the FileName/FilePath attributes, the camera folder
-    #: reached from its data root with links refused; None: opened by name (only files named on
-    #: `ndflow replay`'s command line, which no client can choose)
-    where: Location | None = None
-    refused: str = ""  # why it may not be opened at all (it lies outside the data roots)
-
-
 class FITSOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     folder: str = Field("", description="watched folder (relative to the config; under a data "
@@ -96,7 +85,10 @@ class FITSOptions(BaseModel):
     hdu: str = Field("auto", description="auto, an HDU number or an EXTNAME")
     camera_keyword: str = Field("CAMERA", description="header keyword naming the camera")
     settle_s: float = Field(0.5, ge=0, description="a file is complete once unchanged this long")
-    poll_s: float = Field(0.2, gt=0, le=10, description="folder scan interval")
+    poll_s: float = Field(0.2, gt=0, le=10, description="how often settling files are looked "
+                                                        "at (the folder itself is not re-listed)")
+    force_polling: bool = Field(False, description="poll the folder instead of inotify (network "
+                                                   "file systems written from other hosts)")
     read_existing: bool = Field(False, description="also read files present at start")
     acquire_at_start: bool = Field(False, description="start Continuous acquisition at start, "
                                                       "so files flow with no client")
@@ -123,13 +115,12 @@ class FITSDriver(Driver):
                             "ImageMode": CONTINUOUS, "AcquireTime": 0.0, "AcquirePeriod": 0.0,
                             "SDKVersion_RBV": _astropy_version()})
         self._ready: queue.Queue[Source] = queue.Queue()
-        self._seen: set[Path] = set()
-        self._pending: dict[Path, tuple[int, int, float]] = {}  # path -> size, mtime, since
         # owned by the watcher thread once it runs (before: by the thread that starts it)
         self._folder: Path | None = None
         self._where: Location | None = None  # the folder, as opened: its root and components
-        self._links_told: set[Path] = set()  # links where a subfolder would be: reported
-        self._scan_error = ""  # the last scan failure reported (each is reported once)
+        self._files = FolderWatch(self.options.settle_s, self._report,
+                                  self.options.force_polling, self.options.poll_s)
+        self._scan_error = ""  # the last watch failure reported (each is reported once)
         self._pattern: str = self.values["Pattern"]
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()  # a command is waiting, or quit
@@ -219,35 +210,20 @@ class FITSDriver(Driver):
         await self._in_watcher(lambda: self._set_pattern(value))
         return value
 
-    def _set_folder(self, folder: Path | None, where: Location | None = None) -> None:
+    def _set_folder(self, folder: Path | None, where: Location | None = None,
+                    present_are_new: bool = False) -> None:
         """Watch `folder` from now on; the files in it now are not new (watcher thread)."""
         if folder is not None and where is None:
             where = self._locate(folder, folder=True)
-        self._links_told.clear()
-        present = self._present(folder, where, self._pattern)
         self._folder, self._where = folder, where
-        self._pending.clear()
         self._scan_error = ""
-        self._seen.update(present)
+        self._files.retarget(folder, where, self._pattern, present_are_new)
         self.message(f"watching {folder}" if folder else "not watching a folder")
 
     def _set_pattern(self, pattern: str) -> None:
         """Look for `pattern` from now on; files it matches now are not new (watcher thread)."""
-        self._seen.update(self._present(self._folder, self._where, pattern))
         self._pattern = pattern
-
-    def _baseline(self, folder: Path | None, pattern: str) -> None:
-        self._seen.update(self._present(folder, self._where, pattern))
-
-    def _present(self, folder: Path | None, where: Location | None, pattern: str) -> list[Path]:
-        """The files (and links) `pattern` matches in the folder now; none if it cannot be
-        listed (the scans will say why)."""
-        if folder is None or where is None:
-            return []
-        try:
-            return [path for path, _, _ in self._candidates(folder, where, pattern)]
-        except (OSError, PathRefused):
-            return []
+        self._files.retarget(self._folder, self._where, pattern)
 
     def _in_watcher(self, fn: Callable[[], None]) -> asyncio.Future:
         """Run `fn` in the watcher thread between two scans (or, with no watcher running, in
@@ -291,8 +267,9 @@ class FITSDriver(Driver):
 
     def start(self) -> None:
         super().start()
-        if self._folder is not None and not self.options.read_existing:
-            self._baseline(self._folder, self._pattern)
+        if self._folder is not None:
+            self._files.retarget(self._folder, self._where, self._pattern,
+                                 present_are_new=self.options.read_existing)
         self._enqueue(self._listed)
         if self._gateway_dirs is not None:
             self._start_gateway(*self._gateway_dirs)
@@ -336,16 +313,16 @@ class FITSDriver(Driver):
         super().shutdown()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
+        self._files.close()
 
     def _watch(self) -> None:
         while True:
-            self._wake.wait(self.options.poll_s)
             self._wake.clear()
-            self._run_commands()  # after clear(): a command queued meanwhile is not missed
+            self._run_commands()  # after clear(): a command queued meanwhile wakes the wait
             if self._quit.is_set():
                 return
             try:
-                ready = self._scan()
+                ready = self._files.wait(self.options.poll_s, self._wake)
             except (OSError, PathRefused) as exc:
                 # the folder vanished, went unreadable or was swapped for a link: say so (once
                 # per reason, not at every poll) and keep going
@@ -354,6 +331,7 @@ class FITSDriver(Driver):
                 if text != self._scan_error:
                     self._scan_error = text
                     self._report(text)
+                self._wake.wait(self.options.poll_s)
                 continue
             self._scan_error = ""
             if ready:
@@ -366,51 +344,6 @@ class FITSDriver(Driver):
             except queue.Empty:
                 return
             command()
-
-    def _scan(self) -> list[Source]:
-        folder, where = self._folder, self._where
-        if folder is None or where is None:
-            return []
-        now = time.monotonic()
-        ready = []
-        for path, st, source in self._candidates(folder, where, self._pattern):
-            if path in self._seen:
-                continue
-            state = (st.st_size, st.st_mtime_ns)  # the entry's own (lstat): a link is not read
-            size, mtime, since = self._pending.get(path, (-1, -1, now))
-            if (size, mtime) != state:
-                self._pending[path] = (*state, now)
-            elif now - since >= self.options.settle_s:
-                del self._pending[path]
-                self._seen.add(path)
-                ready.append((st.st_mtime_ns, str(path), source))
-        return [source for *_, source in sorted(ready, key=lambda r: r[:2])]
-
-    def _candidates(self, folder: Path, where: Location,
-                    pattern: str) -> list[tuple[Path, os.stat_result, Source]]:
-        """What `pattern` matches in the folder: regular files, and links named like one (read
-        as refused). The folder is opened from its root with links refused and listed through
-        its descriptor (`safepath.find`); raises OSError or PathRefused if it cannot be."""
-        fd = open_folder(where)
-        try:
-            found = find(fd, pattern)
-        finally:
-            os.close(fd)
-        out = []
-        for entry in found:
-            path = folder.joinpath(*entry.parts)
-            if not entry.matched:  # a link where the pattern would search a subfolder:
-                if path not in self._links_told and len(self._links_told) < 10_000:
-                    self._links_told.add(path)  # not entered, and said once
-                    self._report(f"{'/'.join(entry.parts)}: symbolic link refused "
-                                 f"(not followed)")
-                continue
-            name = entry.parts[-1]
-            if name.startswith(".") or name.endswith(PARTIAL_SUFFIXES):
-                continue
-            out.append((path, entry.stat,
-                        Source(path, Location(where.root, where.parts + entry.parts))))
-        return out
 
     # --- frames ------------------------------------------------------------------------------------
     def produce_frame(self, ctx: FrameContext) -> NDArray | None:
@@ -454,11 +387,12 @@ class FITSDriver(Driver):
             self.increment("FilesFailed_RBV")
             self._report(str(exc), log=False)  # the missing frame is logged with its cause
             return NDArray.missing(MissingCause.INPUT_ERROR, str(exc))
-        out = self.pool.alloc(fits.data.shape, fits.dtype)
-        if out is None:
+        try:
+            out = self.output_buffer(fits.data.shape, fits.dtype)
+        except NoMemory as exc:  # the driver base puts the placeholder in the frame's place
             self.increment("FilesFailed_RBV")
-            self._report(f"{path.name}: pool limit {self.pool.max_bytes / 2**20:.0f} MB reached")
-            return NDArray.missing(MissingCause.NO_MEMORY, f"{path.name}: pool limit reached")
+            self._report(f"{path.name}: {exc}")
+            raise NoMemory(f"{path.name}: {exc}") from None
         out[...] = fits.data  # the one copy, byte order converted on the way into the pool
         frame = NDArray.from_numpy(out)
         for key, (value, comment) in fits.header.items():

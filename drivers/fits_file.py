@@ -19,6 +19,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from astropy.io import fits
 
+from ndflow.reasons import reason
+
 SKIPPED_CARDS = {"", "COMMENT", "HISTORY", "END"}
 CAMERA_FOLDER = re.compile(r"cam(?:era)?[_-]?(\d+)$", re.IGNORECASE)
 
@@ -136,8 +138,8 @@ def _camera(cards: dict[str, tuple[Any, str]], path: Path, keyword: str) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    text = text.split(". ")[0]  # astropy adds advice ("try with ignore_missing_simple=True")
+    """The core's one-line reason, trimmed of astropy's advice and 200 characters at most."""
+    text = reason(exc).split(". ")[0]  # astropy adds advice ("try with ignore_missing_simple=True")
     if "truncated" in text:
         return "truncated (" + text.split(":", 1)[-1].strip() + ")"
     return text[:200]

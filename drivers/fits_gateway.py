@@ -1,6 +1,6 @@
 """The FTP ingest gateway as part of a FITS driver: its config, its PVs, and the glue.
 
-Cameras upload to the gateway (`ftp_gateway.IngestGateway`); each completed file is forwarded
+Cameras upload to the gateway (`gateway.IngestGateway`); each completed file is forwarded
 unchanged upstream and handed to the driver, which reads it as its next frame. Passwords come
 from the environment or a file named in the config, never from a PV, and are never logged.
 """
@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ndflow.params import R, enum_param, int_param, text_param
 
-from .ftp_gateway import GatewayCounters, IngestGateway, Upstream, UpstreamState
+from .gateway import GatewayCounters, IngestGateway, Upstream, UpstreamState
 
 UPSTREAM_STATES = tuple(s.value for s in UpstreamState)
 

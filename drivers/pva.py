@@ -58,8 +58,9 @@ from ndflow.adcore import AD_BASE, MAX_QUEUE, NDARRAY_BASE
 from ndflow.component import PutRefused
 from ndflow.driver import CONTINUOUS, MULTIPLE, SINGLE, Driver, FrameContext
 from ndflow.graph import PortGraph
-from ndflow.ndarray import MissingCause, NDArray, xyz_dims
+from ndflow.ndarray import NDArray, xyz_dims
 from ndflow.params import R, RW, enum_param, int_param, text_param
+from ndflow.pool import NoMemory
 
 PV_NAME_LENGTH = 256  # the PvName waveform's NELM
 DOWN, UP = 0, 1
@@ -365,15 +366,13 @@ class PVADriver(Driver):
         if last is not None and uid > last + 1:
             self.increment("OverrunCounter", uid - last - 1)
         self._bad = ""
-        if frame.codec.compressed:
-            out = self.pool.alloc((frame.data.size,), np.uint8)
-        else:
-            out = self.pool.alloc(frame.data.shape, frame.data.dtype)
-        if out is None:
-            self.message(f"frame {uid}: pool limit {self.pool.max_bytes / 2**20:.0f} MB reached",
-                         logging.WARNING)
-            return NDArray.missing(MissingCause.NO_MEMORY, "pool limit reached",
-                                   unique_id=uid)
+        try:  # refused: the driver base puts a NO_MEMORY placeholder in the frame's place
+            if frame.codec.compressed:
+                out = self.output_buffer((frame.data.size,), np.uint8)
+            else:
+                out = self.output_buffer(frame.data.shape, frame.data.dtype)
+        except NoMemory as exc:
+            raise NoMemory(f"frame {uid}: {exc}") from None
         array = frame.to_ndarray(out, cls=_Received)
         self._show(array)
         return array

@@ -7,6 +7,7 @@ its port.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Callable
 
@@ -14,10 +15,12 @@ import numpy as np
 
 from . import attributes
 from .adcore import NDARRAY_BASE
-from .component import Component
+from .component import Component, PutRefused
 from .graph import PortGraph
-from .ndarray import NDArray
-from .pool import ArrayPool, Block, heap_block
+from .ndarray import FrameStatus, MissingCause, NDArray
+from .pool import ArrayPool, Block, NoMemory, heap_block
+from .refusals import REFUSALS
+from .transport import HANDLED
 
 MB = 1024 * 1024
 
@@ -53,6 +56,14 @@ class ArrayPort(Component):
             self._describe_now(*pending)
         if self.output_sizes:
             self.set_if_changed(self.output_sizes)
+        self.set_if_changed({"NumQueuedArrays": self.queued_arrays()})
+
+    def queued_arrays(self) -> int:
+        """NumQueuedArrays: arrays this port passed on that plugins hold queued, not processed
+        yet. ADCore counts the arrays of a port's pool in plugin queues; a driver counts what
+        WaitForPlugins waits for (Driver.queued_arrays)."""
+        graph = self.graph
+        return sum(p.queued for p in graph.subscribers(self.port, 0) + graph.addressed(self.port))
 
     def _describe_now(self, array: NDArray, with_type: bool) -> None:
         self.set_if_changed({
@@ -126,6 +137,61 @@ class ArrayPort(Component):
         """Add this port's NDAttributesFile attributes to an array it produced."""
         if self.attribute_specs:
             attributes.attach(self.attribute_specs, self.values, array.attributes)
+
+    # --- PreAllocBuffers --------------------------------------------------------------------------
+    async def put_PreAllocBuffers(self, value: int) -> Any:
+        """As asynNDArrayDriver: NumPreAllocBuffers buffers the size of the latest array
+        (ArraySize_RBV) go into the pool's free list, so the next frames of that size reuse
+        them; here their pages are touched too, so those frames pay no page faults. A busy
+        record: the put completes when they are made (in an executor, not the event loop).
+        The pool's limit and the IOC's memory budget stop it early, and say so."""
+        if not value:
+            return 0
+        nbytes, count = int(self.values["ArraySize_RBV"]), int(self.values["NumPreAllocBuffers"])
+        if nbytes <= 0:
+            text = "PreAllocBuffers: no array yet; its size (ArraySize_RBV) is what is allocated"
+            self.message(text, logging.WARNING)
+            raise PutRefused(text)
+        self.set("PreAllocBuffers", 1)
+        try:
+            made, refusal = await asyncio.get_running_loop().run_in_executor(
+                None, self._pre_allocate, nbytes, count)
+        finally:
+            self.set("PreAllocBuffers", 0)
+        text = f"PreAllocBuffers: {made} buffers of {nbytes} bytes in the free list"
+        if refusal:
+            self.message(f"{text}, {count - made} refused: {refusal}", logging.WARNING)
+        else:
+            self.message(text)
+        return HANDLED
+
+    def _pre_allocate(self, nbytes: int, count: int) -> tuple[int, str]:
+        held = []
+        for _ in range(count):
+            buffer = self.pool.alloc((nbytes,), np.uint8)
+            if buffer is None:
+                return len(held), self.pool.last_refusal
+            buffer.fill(0)  # the pages now, not at the first frames
+            held.append(buffer)
+        return len(held), ""  # dropped here: each goes back to the free list
+
+    # --- output buffers ------------------------------------------------------------------------------
+    def output_buffer(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        """A buffer for an output array from this port's pool. When the pool or the IOC's
+        memory budget refuses, NoMemory is raised: the driver and plugin bases put a NO_MEMORY
+        placeholder in the frame's place (`no_memory`), so no driver or plugin writes that."""
+        return self.pool.take(shape, dtype)
+
+    def no_memory(self, exc: NoMemory, array: NDArray) -> NDArray:
+        """The placeholder for `array`'s output, whose buffer was refused: shown on the status
+        at once, logged at most once per few seconds (it happens at every frame while memory
+        is short). A driver's refused frame is said by the driver base with the other missing
+        frames (Driver._publish_frame)."""
+        text = f"array {array.unique_id}: {exc}"
+        self.message(text, logging.WARNING, log=False)
+        REFUSALS.line(self.log, f"{self.port}:memory", f"{self.port}: {text}")
+        return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
+                                                     f"{self.port}: {exc}"))
 
     # --- distribution -----------------------------------------------------------------------------
     def emit(self, array: NDArray) -> None:

@@ -43,7 +43,7 @@ from .graph import PortGraph
 from .ndarray import (EPICS_EPOCH_OFFSET, VALID, Acquisition, AttrSource, MissingCause,
                       NDArray, NDAttribute)
 from .params import ParamTable, R, bool_param, enum_param, float_param
-from .pool import BUDGET
+from .pool import BUDGET, NoMemory
 from .state import DetectorState, Event, RunState, StateMachine
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
@@ -219,6 +219,17 @@ class Driver(ArrayPort):
             self.set("AcquireBusyCB", 0)
             self.set("AcquireBusy", 0)
 
+    def queued_arrays(self) -> int:
+        """NumQueuedArrays, driver-wide: deliveries of this driver's frames (and of the arrays
+        plugins made from them) that plugins have not finished, held frames included: what
+        WaitForPlugins waits for before Acquire's put-callback completes."""
+        with self._draining_lock:
+            runs = set(self._draining)
+        current = self.acquisition
+        if current is not None:
+            runs.add(current)
+        return sum(run.in_flight.count for run in runs)
+
     def _processed(self, acquisition: Acquisition) -> None:
         with self._draining_lock:
             self._draining.discard(acquisition)
@@ -331,7 +342,10 @@ class Driver(ArrayPort):
             if self.state.state is not DetectorState.Acquire:
                 self.state.fire(Event.NEXT)
             ctx = FrameContext(acquisition, taken, self._stop_event)
-            frame = self.produce_frame(ctx)
+            try:
+                frame = self.produce_frame(ctx)
+            except NoMemory as exc:  # output_buffer refused: the frame's place is kept
+                frame = NDArray.missing(MissingCause.NO_MEMORY, f"{self.port}: {exc}")
             if self._stop_event.is_set():
                 break
             self.state.fire(Event.EXPOSED)

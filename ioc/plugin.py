@@ -35,9 +35,10 @@ from .channels import address_problem, channel_view
 from .graph import GraphError, PortGraph
 from .ndarray import Acquisition, FrameStatus, MissingCause, NDArray, resolve
 from .params import R, bool_param, enum_param, int_param
-from .pool import Block, heap_block
+from .pool import Block, NoMemory, heap_block
 from .refusals import REFUSALS
 from .sparse import densify_array
+from .throttle import ByteRate
 
 #: process() returns this when the result comes later, through complete() (child processes)
 DEFERRED = object()
@@ -156,6 +157,7 @@ class Plugin(ArrayPort):
         self._last_callback = 0.0
         self._last_input: NDArray | None = None
         self._sorter = Sorter(self)
+        self._byte_rate = ByteRate()  # MaxByteRate
         self._running = False
         #: the parameters the current frame is processed with (see freeze)
         self.frame_params: dict[str, Any] = dict(self.values)
@@ -419,6 +421,8 @@ class Plugin(ArrayPort):
                     self._enter(array)  # left again in complete()
                     return
                 outputs = _as_list(result)
+            except NoMemory as exc:  # an output buffer refused: the frame's place is kept
+                outputs = [self.no_memory(exc, array)]
             except Exception as exc:  # a bug in one plugin must not stop the pipeline
                 self.log.error("%s: processing array %d failed: %s: %s", self.prefix,
                                array.unique_id, type(exc).__name__, exc)
@@ -487,7 +491,14 @@ class Plugin(ArrayPort):
         self._sorter.push(array, outputs)
 
     def _deliver(self, outputs: list[NDArray]) -> None:
+        rate = self.values["MaxByteRate"]
         for out in outputs:
+            if rate > 0 and out.valid and self._byte_rate.over(rate, out.compressed_size):
+                # as NDPluginDriver: not passed on, counted; here its place is kept downstream
+                self.increment("DroppedOutputArrays")
+                self._mark_lost(out, failed=False)
+                out = out.derive(None, status=FrameStatus(
+                    MissingCause.DROPPED, f"{self.port}: over MaxByteRate {rate:g} bytes/s"))
             self.emit(out)
 
     def process(self, array: NDArray) -> Outputs:
@@ -517,11 +528,14 @@ class Plugin(ArrayPort):
                        "QueueUseHIHI": float(value)})
         return value
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting in this plugin's queue."""
+        return self._inbox.frames
+
     def before_publish(self) -> None:
         super().before_publish()
-        queued = self._inbox.frames
-        self.set_if_changed({"QueueFree": max(0, self.values["QueueSize"] - queued),
-                             "NumQueuedArrays": queued})
+        self.set_if_changed({"QueueFree": max(0, self.values["QueueSize"] - self.queued)})
 
     def periodic(self, elapsed: float) -> None:
         super().periodic(elapsed)

@@ -25,6 +25,10 @@ import numpy as np
 Block = object  # anything exposing a writable buffer: a numpy array, an mmap
 
 
+class NoMemory(Exception):
+    """The pool (or the IOC's memory budget) refused a buffer; the message says which."""
+
+
 def heap_block(nbytes: int) -> Block:
     return np.empty(max(nbytes, 1), dtype=np.uint8)
 
@@ -95,6 +99,15 @@ class ArrayPool:
         lease = lease_type.from_buffer(block)
         lease.block = block
         return np.ndarray(shape, dtype, buffer=lease)
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+        """`alloc` for an output array: raises NoMemory, with why, instead of returning None
+        (the driver and plugin bases turn it into a NO_MEMORY placeholder, see
+        ArrayPort.no_memory)."""
+        out = self.alloc(shape, dtype)
+        if out is None:
+            raise NoMemory(self.last_refusal or "pool limit reached")
+        return out
 
     def _new_lease_type(self, nbytes: int) -> type:
         """A ctypes array type over `nbytes` whose instances give their block back when they

@@ -40,6 +40,7 @@ from ndflow.adcore import COLOR_MODES
 from ndflow.ndarray import AttrSource, Codec as NDCodec, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, enum_param, float_param, int_param, text_param
 from ndflow.plugin import Plugin
+from ndflow.pool import NoMemory
 
 COMPRESSORS = ("None", "JPEG", "Zlib", "Blosc", "LZ4", "LZ4HDF5", "BSLZ4")
 CODEC_NAMES = ("", "jpeg", "zlib", "blosc", "lz4", "lz4hdf5", "bslz4")  # NDCodecName[]
@@ -255,7 +256,9 @@ class Codec(Plugin):
         except Exception as exc:  # imagecodecs raises its own error types per codec
             raise CodecFailure(f"{COMPRESSORS[algo]} compression failed: {exc}") from None
         codec = NDCodec(CODEC_NAMES[algo], level, shuffle, compressor, data.dtype.str)
-        output = array.derive(np.frombuffer(payload, dtype=np.uint8), codec=codec)
+        compressed = self.output_buffer((len(payload),), np.uint8)
+        compressed[:] = np.frombuffer(payload, dtype=np.uint8)
+        output = array.derive(compressed, codec=codec)
         return output, array.nbytes / max(len(payload), 1)
 
     # --- decompress -------------------------------------------------------------------------------
@@ -273,33 +276,38 @@ class Codec(Plugin):
                 output = self._decode_jpeg(array)
             else:
                 output = array.derive(self._decode(array, algo), codec=NDCodec())
-        except CodecFailure:
+        except (CodecFailure, NoMemory):  # NoMemory: the base puts a placeholder in its place
             raise
         except Exception as exc:
             raise CodecFailure(f"Failed to {COMPRESSORS[algo]} decompress: {exc}") from None
         return output, output.nbytes / max(array.compressed_size, 1)
 
     def _decode(self, array: NDArray, algo: int) -> np.ndarray:
+        """The pixels, decoded straight into a buffer from this plugin's pool."""
         dtype = np.dtype(array.codec.dtype)
         shape = tuple(d.size for d in reversed(array.dims))
         count = int(np.prod(shape, dtype=np.int64))
         chunk = array.data
+        out = self.output_buffer(shape, dtype)
+        if algo == BSLZ4:
+            np.copyto(out, decode_bslz4(chunk, dtype, count).reshape(shape))
+            return out
+        raw = out.reshape(-1).view(np.uint8)
         if algo == ZLIB:
-            plain = imagecodecs.zlib_decode(chunk)
+            plain = imagecodecs.zlib_decode(chunk, out=raw)
         elif algo == BLOSC:
-            plain = imagecodecs.blosc_decode(chunk, numthreads=self.frame_params["BloscNumThreads"])
-        elif algo in (LZ4, LZ4HDF5):
+            plain = imagecodecs.blosc_decode(chunk, numthreads=self.frame_params["BloscNumThreads"],
+                                             out=raw)
+        else:  # LZ4, LZ4HDF5
             if algo == LZ4HDF5 and len(chunk) >= 12:
                 block = struct.unpack(">I", chunk[8:12].tobytes())[0]
                 self.set_if_changed({"LZ4HDF5BlockSize": block})
-            plain = imagecodecs.lz4h5_decode(chunk)
-        else:
-            return decode_bslz4(chunk, dtype, count).reshape(shape)
-        values = np.frombuffer(plain, dtype=np.uint8)
-        if values.size != count * dtype.itemsize:
-            raise CodecFailure(f"{COMPRESSORS[algo]} data gave {values.size} bytes, "
+            plain = imagecodecs.lz4h5_decode(chunk, out=raw)
+        size = np.asarray(plain).size
+        if size != count * dtype.itemsize:
+            raise CodecFailure(f"{COMPRESSORS[algo]} data gave {size} bytes, "
                                f"expected {count * dtype.itemsize}")
-        return values.view(dtype).reshape(shape)
+        return out
 
     def _decode_jpeg(self, array: NDArray) -> NDArray:
         """8-bit Mono or RGB1, as decompressJPEG gives, with the ColorMode attribute set."""
@@ -316,7 +324,9 @@ class Codec(Plugin):
         expected = tuple(d.size for d in reversed(dims))
         if pixels.shape != expected:
             raise CodecFailure(f"JPEG image is {pixels.shape}, the array says {expected}")
-        output = array.derive(pixels, codec=NDCodec(), color_mode=color,
+        decoded = self.output_buffer(pixels.shape, pixels.dtype)
+        np.copyto(decoded, pixels)
+        output = array.derive(decoded, codec=NDCodec(), color_mode=color,
                               dims=[NDDimension(d.size, d.offset, d.binning, d.reverse)
                                     for d in dims])
         output.attributes["ColorMode"] = NDAttribute("ColorMode", color, "Color Mode",

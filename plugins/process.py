@@ -282,7 +282,7 @@ class Process(Plugin):
         if not (background is not None or flat is not None or auto or v["EnableFilter"]
                 or v["EnableOffsetScale"] or v["EnableLowClip"] or v["EnableHighClip"]):
             self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
-            return self._output(array, c_cast(data_in, dtype))
+            return self._output(array, data_in, dtype)
 
         data = data_in.astype(np.float64)
         # ADCore measures the input, before any correction; an empty array counts as 0..1.
@@ -297,7 +297,7 @@ class Process(Plugin):
                                          reset, bool(v["AutoResetFilter"]))
                 emit = not (v["FilterCallbacks"] and self._filter.num_filtered != num_filter)
         self.set_if_changed({"NumFiltered_RBV": self._filter.num_filtered})
-        out = self._output(array, c_cast(data, dtype)) if emit else None
+        out = self._output(array, data, dtype) if emit else None
         if auto:
             if out is not None and high > low:
                 self._apply_auto_offset_scale(low, high, dtype)
@@ -320,7 +320,14 @@ class Process(Plugin):
         self.set_if_changed({valid_name: int(valid)})
         return stored if valid and enabled else None
 
-    def _output(self, array: NDArray, data: np.ndarray) -> NDArray:
+    def _output(self, array: NDArray, values: np.ndarray, dtype: np.dtype) -> NDArray:
+        """`values` as `dtype` (a C cast), in a buffer from this plugin's pool (NoMemory when
+        refused); the input's own data when nothing changes it (shared, never written)."""
+        data = c_cast(values, dtype)
+        if data is not array.data:
+            buffer = self.output_buffer(data.shape, data.dtype)
+            np.copyto(buffer, data)
+            data = buffer
         self._last_output = data
         return array.derive(data)
 

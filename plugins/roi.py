@@ -40,8 +40,9 @@ import numpy as np
 
 from ndflow.adcore import COLOR_MODES
 from ndflow.dtypes import AUTOMATIC, DATA_TYPES_OUT, c_cast, output_dtype
-from ndflow.ndarray import (SWAP_XY, AttrSource, FrameStatus, MissingCause, NDArray,
-                            NDAttribute, NDDimension, region_transform, xyz_dims)
+from ndflow.ndarray import (SWAP_XY, AttrSource, NDArray, NDAttribute, NDDimension,
+                            region_transform, xyz_dims)
+from ndflow.notes import Notes
 from ndflow.params import R, Param, bool_param, enum_param, float_param, int_param, string_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -164,7 +165,8 @@ class ROI(Plugin):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self._requested = {name: self.values[name] for name in REQUESTS}
-        self._notes = ""
+        # clipping explained once when it starts or changes, not at every frame
+        self._notes = Notes(self, logging.INFO, cleared="ROI within the input")
         self._plan_key: tuple | None = None
         self._plan: _Plan | None = None
 
@@ -189,11 +191,7 @@ class ROI(Plugin):
         plan = self._plan
         if plan is None:
             return None
-        buffer = self.pool.alloc(plan.shape, plan.dtype)
-        if buffer is None:
-            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                         f"{self.port} pool limit reached"))
+        buffer = self.output_buffer(plan.shape, plan.dtype)
         if plan.simple:  # no binning, reversal, scaling or conversion: one copy
             np.copyto(buffer, data[plan.block].reshape(plan.shape))
         else:
@@ -276,7 +274,4 @@ class ROI(Plugin):
         return keep, color
 
     def _note(self, text: str) -> None:
-        """Explain clipping once when it starts or changes, not at every frame."""
-        if text != self._notes:
-            self._notes = text
-            self.message(text or "ROI within the input")
+        self._notes.say(text)

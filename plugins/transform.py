@@ -33,8 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ndflow.ndarray import (SWAP_XY, FrameStatus, MissingCause, NDArray, NDDimension,
-                            xyz_dims)
+from ndflow.ndarray import SWAP_XY, NDArray, NDDimension, xyz_dims
 from ndflow.params import W, enum_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -100,22 +99,17 @@ class Transform(Plugin):
             out = array.derive(data)  # nothing moves; the data is shared, never written
         else:
             out = self._turn(array, o)
-            if out is None:
-                self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-                return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                             f"{self.port} pool limit reached"))
         sx, sy, sz = out.xyz_sizes()
         self.output_sizes = {"ArraySizeX_RBV": sx, "ArraySizeY_RBV": sy, "ArraySizeZ_RBV": sz}
         return out
 
-    def _turn(self, array: NDArray, o: Orientation) -> NDArray | None:
-        """The turned copy with swapped/reversed dims and composed transform (None: no memory)."""
+    def _turn(self, array: NDArray, o: Orientation) -> NDArray:
+        """The turned copy with swapped/reversed dims and composed transform (in a pool buffer:
+        NoMemory when refused)."""
         nd = array.ndims
         x_dim, y_dim = xyz_dims(3 if nd == 3 else 2, array.color_mode)[:2]
         turned = orient(array.data, o, nd - 1 - x_dim, nd - 1 - y_dim)
-        buffer = self.pool.alloc(turned.shape, turned.dtype)
-        if buffer is None:
-            return None
+        buffer = self.output_buffer(turned.shape, turned.dtype)
         np.copyto(buffer, turned)
         dims = [NDDimension(d.size, d.offset, d.binning, d.reverse) for d in array.dims]
         if o.transpose:

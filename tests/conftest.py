@@ -7,7 +7,6 @@ ophyd-async all talk to our IOC on 127.0.0.1 and a port no other run uses.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,9 @@ import pytest
 # epics.ca, or ophyd's import warns that it had no effect.
 import epicscorelibs.path.pyepics  # noqa: F401,E402
 
+from ndflow import ports  # noqa: E402
+from ndflow.ports import free_port  # noqa: E402
+
 
 #: under pytest-xdist each worker takes its ports from its own range, so two workers (separate
 #: processes that each pick ports here) never pick the same one
@@ -31,29 +33,15 @@ _next_port = 20000 + 3000 * _WORKER if _WORKER >= 0 else None
 def _candidate() -> int:
     global _next_port
     if _next_port is None:  # one process: any free port the kernel gives
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+        return free_port()
     _next_port += 7
     return _next_port
 
 
 def free_port_pair() -> int:
-    """A port free for both TCP and UDP, with port+1 free too (repeater/beacons)."""
-    for _ in range(200):
-        port = _candidate()
-        if port > 65000:
-            continue
-        try:
-            for p in (port, port + 1):
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", p))
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    t.bind(("127.0.0.1", p))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair on 127.0.0.1")
+    """A port free for both TCP and UDP, with port+1 free too (repeater/beacons), from this
+    worker's range."""
+    return ports.free_port_pair(candidate=_candidate)
 
 
 # Several IOCs may run at once (a module's shared IOC and a test's own), each on its own port;

@@ -380,3 +380,56 @@ def test_listing_matches_glob_but_never_follows_a_link(tmp_path):
             safepath.open_file(safepath.Location(root, ("cam03", "private.fits")))
     finally:
         os.close(fd)
+
+
+def test_a_file_deleted_and_written_again_is_read_again(ioc, folder):
+    """What was read is remembered only while the file is there (the watch does not keep every
+    name it ever saw): the same name written again later is a new file."""
+    p = ioc.prefix
+    seen, read, failed = counts(p)
+    frame = fits.PrimaryHDU((physical() * 40).astype(np.uint16), header())
+    path = drop(folder, "again.fits", frame)
+    assert wait_for(lambda: counts(p) == (seen + 1, read + 1, failed), timeout=10), counts(p)
+    path.unlink()
+    time.sleep(0.3)
+    drop(folder, "again.fits", fits.PrimaryHDU((physical() * 20).astype(np.uint16), header()))
+    assert wait_for(lambda: counts(p) == (seen + 2, read + 2, failed), timeout=10), counts(p)
+    image = np.asarray(get(p + "image1:ArrayData", count=NX * NY)).reshape(NY, NX)
+    np.testing.assert_array_equal(image, physical() * 20)
+    (folder / "incoming" / "again.fits").unlink()
+
+
+def test_a_large_watched_folder_costs_nothing_while_idle(ioc, folder):
+    """10 000 files already in a tree of camera folders: they are listed once when the folder is
+    set (not new, not read), then only changes are looked at. Re-listing the tree at every
+    poll (0.05 s here) would keep the IOC busy all the time. A file written into a camera folder
+    afterwards is still found."""
+    import psutil
+
+    p = ioc.prefix
+    big = folder / "big"
+    for cam in range(20):
+        sub = big / f"cam{cam:02d}"
+        sub.mkdir(parents=True)
+        for i in range(500):
+            (sub / f"old{i:04d}.fits").write_bytes(b"")
+    try:
+        seen, read, failed = counts(p)
+        put(p + "cam1:Folder", str(big))  # completes once the files there are listed
+        ioc_process = psutil.Process(ioc.proc.pid)
+        time.sleep(0.5)
+        before = ioc_process.cpu_times()
+        time.sleep(3.0)
+        after = ioc_process.cpu_times()
+        busy = (after.user + after.system) - (before.user + before.system)
+        assert busy < 0.45, f"the idle IOC used {busy:.2f} s of CPU in 3 s"
+        assert counts(p) == (seen, read, failed)
+        path = big / "cam07" / "new.fits"
+        tmp = big / "cam07" / ".new.fits"
+        fits.PrimaryHDU((physical() * 40).astype(np.uint16), header()).writeto(tmp)
+        tmp.rename(path)
+        assert wait_for(lambda: counts(p) == (seen + 1, read + 1, failed), timeout=10), \
+            counts(p)
+        assert get(p + "cam1:LastFile_RBV", as_string=True) == str(path)
+    finally:
+        put(p + "cam1:Folder", str(folder / "incoming"))

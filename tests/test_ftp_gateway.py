@@ -26,7 +26,7 @@ from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
-from ndflow.drivers.ftp_gateway import (
+from ndflow.drivers.gateway import (
     GatewayCounters,
     IngestGateway,
     Upstream,

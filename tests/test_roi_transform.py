@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import epics
 import numpy as np
@@ -386,3 +387,78 @@ def test_declarations_follow_the_adcore_templates():
     assert trans.params["Type"].choices == TYPES and trans.params["Type"].pv_suffixes == ["Type"]
     assert TYPES == ("None", "Rot90", "Rot180", "Rot270", "Mirror", "Rot90Mirror",
                      "Rot180Mirror", "Rot270Mirror")
+
+
+# --- the plugin base's buffers and output budget (issue 17 item 7) -----------------------------
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
+def acquire_many(p: str, count: int) -> None:
+    put(p + "cam1:ImageMode", "Multiple")
+    put(p + "cam1:NumImages", count)
+    put(p + "cam1:Acquire", 1)  # WaitForPlugins: completes when the plugins are done
+
+
+def test_max_byte_rate_holds_the_output_to_its_budget_and_counts_what_it_drops(p):
+    """ROI1 passes on at most MaxByteRate bytes a second (a 64x48 UInt16 frame is 6144
+    bytes): of 10 frames at once, one goes on, the others are counted on DroppedOutputArrays
+    and reach IMAGE1 as lost frames; the camera counts them lost."""
+    put(p + "ROI1:DroppedOutputArrays", 0)
+    before = read(p + "image1:UniqueId_RBV")
+    put(p + "ROI1:MaxByteRate", 10_000)
+    try:
+        assert read(p + "ROI1:MaxByteRate_RBV") == 10_000
+        acquire_many(p, 10)
+        dropped = read(p + "ROI1:DroppedOutputArrays_RBV")
+        assert 8 <= dropped <= 9, dropped
+        assert wait_until(lambda: read(p + "cam1:FramesLost_RBV") == dropped)
+        assert read(p + "image1:UniqueId_RBV") != before  # what went on is the image
+        put(p + "ROI1:MaxByteRate", 0)  # no limit
+        put(p + "ROI1:DroppedOutputArrays", 0)
+        acquire_many(p, 10)
+        assert read(p + "ROI1:DroppedOutputArrays_RBV") == 0
+        assert read(p + "cam1:FramesLost_RBV") == 0
+    finally:
+        put(p + "ROI1:MaxByteRate", 0)
+
+
+def test_num_queued_arrays_counts_what_wait_for_plugins_waits_for(p):
+    """The driver's NumQueuedArrays is driver-wide: frames held for the plugins count, and it
+    is 0 when Acquire's put-callback (WaitForPlugins) completes."""
+    put(p + "cam1:DeferredProcessing", "Until released")
+    try:
+        put(p + "cam1:ImageMode", "Multiple")
+        put(p + "cam1:NumImages", 4)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_until(lambda: read(p + "cam1:DeferredFrames_RBV") == 4)
+        assert wait_until(lambda: read(p + "cam1:NumQueuedArrays") == 4)
+        assert read(p + "cam1:AcquireBusy") == 1  # WaitForPlugins: still waiting for them
+        put(p + "cam1:ReleaseFrames", 1)
+        assert wait_until(lambda: read(p + "cam1:AcquireBusy") == 0)
+        assert wait_until(lambda: read(p + "cam1:NumQueuedArrays") == 0)
+        assert read(p + "ROI1:NumQueuedArrays") == 0
+    finally:
+        put(p + "cam1:DeferredProcessing", "Off")
+
+
+def test_pre_alloc_buffers_fills_the_free_list_with_buffers_of_the_array_size(p):
+    """As asynNDArrayDriver: NumPreAllocBuffers buffers of the latest array's size are in the
+    pool's free list afterwards (the ones already there are used first)."""
+    acquire(p)
+    size = read(p + "ROI1:ArraySize_RBV")
+    assert size == NX * NY * 2
+    put(p + "ROI1:EmptyFreeList", 1)
+    assert wait_until(lambda: read(p + "ROI1:PoolFreeBuffers") == 0)
+    put(p + "ROI1:NumPreAllocBuffers", 7)
+    put(p + "ROI1:PreAllocBuffers", 1)  # a busy record: completes once they are made
+    assert read(p + "ROI1:PreAllocBuffers") == 0
+    message = get(p + "ROI1:StatusMessage_RBV", as_string=True)
+    assert message == f"PreAllocBuffers: 7 buffers of {size} bytes in the free list", message
+    assert wait_until(lambda: read(p + "ROI1:PoolFreeBuffers") == 7)
+    assert read(p + "ROI1:PoolUsedMem") >= 7 * size / 2**20 * 0.99

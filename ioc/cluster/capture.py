@@ -59,7 +59,7 @@ class MasterCapture:
         self.path = None
         if writes_hdf5(w):
             try:  # the master's name, checked against the data roots; FullFileName_RBV
-                self.path = w._next_file(dict(w.values))  # type: ignore[attr-defined]
+                self.path = w.next_file(dict(w.values))
             except Exception as exc:
                 w.set_many({"WriteStatus": 1, "WriteMessage": str(exc)[:255]})
                 raise PutRefused(str(exc)) from None

@@ -19,9 +19,11 @@ from ndflow.plugins import overlay_font
 from ndflow.plugins.colorconvert import (BAYER, MONO, RGB1, RGB2, RGB3, ColorConvert,
                                          bayer_convert, bayer_planes, color_map, convert,
                                          mono_to_rgb, rgb_layout, rgb_to_mono)
-from ndflow.plugins.overlay import (CROSS, ELLIPSE, RECTANGLE, SET, TEXT, XOR, Overlay, Shape,
-                                    cross_pixels, draw, ellipse_pixels, epics_strftime,
-                                    image_view, position_update, rectangle_pixels, text_pixels)
+from ndflow.plugins.overlay import Overlay
+from ndflow.plugins.overlay_draw import (CROSS, ELLIPSE, RECTANGLE, SET, TEXT, XOR, Shape,
+                                         cross_pixels, draw, ellipse_pixels, epics_strftime,
+                                         image_view, position_update, rectangle_pixels,
+                                         text_pixels)
 from ndflow.plugins.roi import ROI
 
 RNG = np.random.default_rng(16)
@@ -133,7 +135,7 @@ def test_huge_and_off_frame_geometry_is_clipped_cheaply():
 
 def test_only_rings_that_can_reach_the_frame_are_sampled():
     """_visible_rings agrees with testing each ring's bounding box."""
-    from ndflow.plugins.overlay import _visible_rings
+    from ndflow.plugins.overlay_draw import _visible_rings
     for _ in range(300):
         rings, a0, b0 = (int(v) for v in RNG.integers(0, 40, 3))
         cx, cy = (int(v) for v in RNG.integers(-60, 80, 2))
