@@ -40,7 +40,7 @@ from ndflow.channels import MAX_CHANNELS, check_names, default_names
 from ndflow.driver import Driver, FrameContext
 from ndflow.dtypes import c_cast, c_cast_scalar
 from ndflow.graph import PortGraph
-from ndflow.ndarray import (AttrSource, MissingCause, NDArray, NDAttribute, NDDimension,
+from ndflow.ndarray import (AttrSource, NDArray, NDAttribute, NDDimension,
                             region_transform, xyz_dims)
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 
@@ -348,9 +348,7 @@ class SimDetector(Driver):
             cached = self._region = (p, region)
         r = cached[1]
         channels = int(p.get("NumChannels", 1))
-        out = self.pool.alloc(r.shape if channels == 1 else (channels, *r.shape), dtype)
-        if out is None:
-            return NDArray.missing(MissingCause.NO_MEMORY, self.pool.last_refusal)
+        out = self.output_buffer(r.shape if channels == 1 else (channels, *r.shape), dtype)
         region = self._raw[r.index]
         if r.bx > 1 or r.by > 1:
             region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)

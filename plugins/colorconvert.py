@@ -38,8 +38,7 @@ import numpy as np
 
 from ndflow.adcore import COLOR_MODES
 from ndflow.dtypes import c_cast
-from ndflow.ndarray import (AttrSource, FrameStatus, MissingCause, NDArray, NDAttribute,
-                            NDDimension, xyz_dims)
+from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension, xyz_dims
 from ndflow.params import enum_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -236,11 +235,7 @@ class ColorConvert(Plugin):
                           if result else "")
             return array.derive(data)  # shared, never written
         self._explain("")
-        buffer = self.pool.alloc(result.shape, result.dtype)
-        if buffer is None:
-            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                         f"{self.port} pool limit reached"))
+        buffer = self.output_buffer(result.shape, result.dtype)
         np.copyto(buffer, result)
         dims = array.dims if len(array.dims) == data.ndim else \
             [NDDimension(n) for n in reversed(data.shape)]

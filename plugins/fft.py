@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ndflow.adcore import MAX_SECONDS
 from ndflow.component import PutRefused
-from ndflow.ndarray import FrameStatus, MissingCause, NDArray, NDDimension, identity
+from ndflow.ndarray import NDArray, NDDimension, identity
 from ndflow.params import R, RW, W, INT32_MAX, ParamTable, array_param, bool_param, float_param, \
     int_param, string_param
 from ndflow.plugin import Outputs, Plugin
@@ -296,11 +296,7 @@ class FFT(Plugin):
 
     def _output(self, array: NDArray, average: np.ndarray) -> NDArray:
         """The averaged magnitude as a Float64 array from this plugin's pool."""
-        buffer = self.pool.alloc(average.shape, np.float64)
-        if buffer is None:
-            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                         f"{self.port} pool limit reached"))
+        buffer = self.output_buffer(average.shape, np.float64)
         np.copyto(buffer, average)
         dims = [NDDimension(n) for n in reversed(average.shape)]
         return array.derive(buffer, dims=dims, attributes={}, transform=identity(),

@@ -28,12 +28,7 @@ frame from this port's pool (its limit applies, a refused frame becomes missing 
 
 from __future__ import annotations
 
-import logging
-
-import numpy as np
-
-from ndflow.ndarray import AttrSource, FrameStatus, MissingCause, NDArray, NDAttribute, \
-    SparsePayload
+from ndflow.ndarray import AttrSource, NDArray, NDAttribute, SparsePayload
 from ndflow.params import R, RW, enum_param, float_param, int_param
 from ndflow.plugin import Outputs, Plugin
 from ndflow.sparse import compression_factor, densify, densify_array, sparsify, \
@@ -108,11 +103,7 @@ class Sparse(Plugin):
         sparse = array.sparse
         if sparse is None:
             return array  # already dense
-        buffer = self.pool.alloc(tuple(sparse.shape), sparse.dtype)
-        if buffer is None:
-            self.message(f"array {array.unique_id}: pool limit reached", logging.WARNING)
-            return array.derive(None, status=FrameStatus(MissingCause.NO_MEMORY,
-                                                         f"{self.port} pool limit reached"))
+        buffer = self.output_buffer(tuple(sparse.shape), sparse.dtype)
         dense = densify(sparse, with_background, out=buffer)
         self.set_many({"NumPixels_RBV": int(sparse.index.size),
                        "FillFactor_RBV": sparse.index.size / max(dense.size, 1),
