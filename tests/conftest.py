@@ -65,17 +65,21 @@ CA_ENV = {
     "EPICS_CA_MAX_ARRAY_BYTES": "200000000",
     "EPICS_CA_CONN_TMO": "5",
 }
-# pvAccess the same way: each IOC serves PVA on its own TCP port and answers searches on its own
-# UDP port (port + 1); clients search every one of them, never by broadcast.
+# pvAccess: each IOC serves PVA on its own TCP port, and all of them answer searches on one UDP
+# port, as the servers of one host all answer on 5076: a server passes a unicast search on to
+# the others on its port by local multicast (224.0.0.128). Not a UDP port per IOC: pvAccessCPP
+# (pvapy, pvapy-hpc-consumer) keeps one entry per IP address of EPICS_PVA_ADDR_LIST, whatever
+# its port, so it would search only the first IOC's port and never find the others' PVs.
 PVA_PORTS: list[int] = []
 while len(PVA_PORTS) < len(CA_PORTS):
     port = free_port_pair()
     if all(abs(port - other) > 1 for other in CA_PORTS + PVA_PORTS):
         PVA_PORTS.append(port)
+PVA_SEARCH_PORT = PVA_PORTS[0] + 1
 CA_ENV.update({
     "EPICS_PVA_AUTO_ADDR_LIST": "NO",
-    "EPICS_PVA_ADDR_LIST": " ".join(f"127.0.0.1:{p + 1}" for p in PVA_PORTS),
-    "EPICS_PVA_BROADCAST_PORT": str(PVA_PORTS[0] + 1),
+    "EPICS_PVA_ADDR_LIST": f"127.0.0.1:{PVA_SEARCH_PORT}",
+    "EPICS_PVA_BROADCAST_PORT": str(PVA_SEARCH_PORT),
     "EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
     "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
     "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1",
@@ -84,9 +88,11 @@ os.environ.update(CA_ENV)
 
 
 def pva_env(ca_port: int) -> dict[str, str]:
-    """The pvAccess server ports of the IOC that serves CA on `ca_port`."""
+    """The pvAccess server ports of the IOC that serves CA on `ca_port`: its own TCP port, the
+    session's search port."""
     port = PVA_PORTS[CA_PORTS.index(ca_port)]
-    return {"EPICS_PVAS_SERVER_PORT": str(port), "EPICS_PVAS_BROADCAST_PORT": str(port + 1)}
+    return {"EPICS_PVAS_SERVER_PORT": str(port),
+            "EPICS_PVAS_BROADCAST_PORT": str(PVA_SEARCH_PORT)}
 
 REPO = Path(__file__).resolve().parent.parent
 NDFLOW = [sys.executable, "-m", "ndflow.cli"]

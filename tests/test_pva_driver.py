@@ -24,7 +24,8 @@ from p4p.nt import NTNDArray, NTScalar
 from p4p.server import Server
 from p4p.server.thread import SharedPV
 
-from conftest import CA_PORTS, PVA_PORTS, _ports_in_use, running_ioc, unique_prefix
+from conftest import (CA_PORTS, PVA_PORTS, PVA_SEARCH_PORT, _ports_in_use, running_ioc,
+                      unique_prefix)
 from test_acquisition import get, put, wait_for
 
 from ndflow.ndarray import EPICS_EPOCH_OFFSET, AttrSource, Codec, NDArray, NDAttribute
@@ -46,7 +47,7 @@ class Source:
         port = PVA_PORTS[CA_PORTS.index(ca_port)]
         self.conf = {"EPICS_PVAS_INTF_ADDR_LIST": "127.0.0.1",
                      "EPICS_PVAS_SERVER_PORT": str(port),
-                     "EPICS_PVAS_BROADCAST_PORT": str(port + 1),
+                     "EPICS_PVAS_BROADCAST_PORT": str(PVA_SEARCH_PORT),
                      "EPICS_PVAS_AUTO_BEACON_ADDR_LIST": "NO",
                      "EPICS_PVAS_BEACON_ADDR_LIST": "127.0.0.1"}
         self.image = SharedPV(initial=Value(TYPE, {}))  # no frame yet: an empty union
