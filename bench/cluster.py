@@ -11,9 +11,20 @@ In one run, on loopback:
   driver_alone      the same sim in a one-process IOC without plugins: what the driver makes,
       the most the transport after it can be asked to carry
   transport_bare    `mpiexec -n 2` of this file in --bare mode: mpi4py Send/Recv of the same
-      frames (2 MiB), nothing else: the ceiling on this host
+      frames (2 MiB), nothing else, one buffer each side: the ceiling on this host
+  transport_bare_rotating  the same with 16 buffers each side, as a pipeline's frames in
+      flight are (told apart: the ratio to it shows what caches, not ndflow, account for)
 One JSON object per line; the last is the summary with the ratios (speedup 2 vs 1 rank, target
 >= 1.8 on a quiet 2-core host; transport ndflow/bare, target >= 0.8).
+
+frames/s depend on what else the host runs; CPU time per frame much less. Each ndflow case
+also reports `cpu_ms_per_frame`: the CPU each process of the cluster spent during the measured
+acquisition divided by its frames (control rank, each processing rank, the algorithm children,
+this client), and the load average when it ran. The algorithm's work is fixed (`repeats`
+passes over the frame, calibrated once on this thread's CPU clock, so a busy host does not
+make it lighter; or given with --repeats); `children` is what it really cost per frame.
+The client waits on put callbacks and monitors (pyepics' put(wait=True) polls, and the
+harness's CPU is taken from the same two cores as the cluster's).
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import threading
 import os
 import signal
 import socket
@@ -138,10 +150,30 @@ class Cluster:
 
 
 def put(name: str, value: object, timeout: float = 300) -> None:
+    """Put and wait for its completion on a callback (pyepics' wait=True polls every ms)."""
     from epics import ca
     chid = ca.create_channel(PREFIX + name, connect=False, auto_cb=False)
     assert ca.connect_channel(chid, timeout=20), name
-    assert ca.put(chid, value, wait=True, timeout=timeout) == 1, name
+    done = threading.Event()
+    ca.put(chid, value, wait=False, callback=lambda *a, **k: done.set())
+    assert done.wait(timeout), f"{name}: put not completed within {timeout} s"
+
+
+def wait_until(name: str, at_least: float, timeout: float = 300) -> None:
+    """Wait (on a monitor, not polling) until `name` reaches `at_least`."""
+    from epics import ca
+    reached = threading.Event()
+
+    def changed(value: object = None, **kw: object) -> None:
+        if value is not None and value >= at_least:
+            reached.set()
+    chid = ca.create_channel(PREFIX + name, connect=False, auto_cb=False)
+    assert ca.connect_channel(chid, timeout=20), name
+    _cb, _uarg, event_id = ca.create_subscription(chid, callback=changed)
+    try:
+        assert reached.wait(timeout), f"{name} did not reach {at_least} within {timeout} s"
+    finally:
+        ca.clear_subscription(event_id)
 
 
 def get(name: str) -> object:
@@ -158,42 +190,44 @@ def setup(frames: int, wait_plugins: bool) -> None:
         put("cam1:" + name, value)
 
 
-def acquire(frames: int) -> float:
+def acquire(frames: int, meter: CpuMeter) -> tuple[float, dict[str, object]]:
     """Seconds of one Acquire (WaitForPlugins=Yes: until every rank has processed its frames),
-    after a warm-up acquisition (children started, pools filled)."""
+    after a warm-up acquisition (children started, pools filled), and its CPU per frame."""
     setup(frames, True)
     put("cam1:Acquire", 1)
+    meter.start()
     began = time.perf_counter()
     put("cam1:Acquire", 1)
-    return time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    return seconds, meter.stop(frames)
 
 
 def run_algorithm(ranks: int, frames: int, repeats: int, folder: Path) -> dict:
-    with Cluster(config(ranks, True, repeats, folder), ranks, folder):
-        seconds = acquire(frames)
+    with Cluster(config(ranks, True, repeats, folder), ranks, folder) as cluster:
+        seconds, cpu = acquire(frames, CpuMeter(cluster.proc.pid))
         done = get("Py1:ArrayCounter_RBV")
     return {"case": f"algorithm_{ranks - 1}rank{'s' * (ranks > 2)}", "frames": frames,
             "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
-            "processed_incl_warmup": done}
+            "processed_incl_warmup": done, **cpu}
 
 
 def run_transport(frames: int, folder: Path) -> dict:
-    def acknowledged(count: int) -> None:
-        while get("Cluster:FramesAcknowledged_RBV") < count:
-            time.sleep(0.005)
     # credits: frames in flight to the rank; 32 so the acknowledgement round trip is not the limit
-    with Cluster(config(2, False, 1, folder, credits=32), 2, folder):
+    with Cluster(config(2, False, 1, folder, credits=32), 2, folder) as cluster:
         setup(frames, False)
         put("cam1:Acquire", 1)  # warm-up
-        acknowledged(frames)
+        wait_until("Cluster:FramesAcknowledged_RBV", frames)
+        meter = CpuMeter(cluster.proc.pid)
+        meter.start()
         began = time.perf_counter()
         put("cam1:Acquire", 1)
-        acknowledged(2 * frames)
+        wait_until("Cluster:FramesAcknowledged_RBV", 2 * frames)
         seconds = time.perf_counter() - began
+        cpu = meter.stop(frames)
     mb = frames * np.prod(SHAPE) * 2 / 1e6
     return {"case": "transport_ndflow", "frames": frames, "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 1), "MB_per_s": round(mb / seconds, 1),
-            "note": "includes the sim making each frame on the control rank"}
+            "note": "includes the sim making each frame on the control rank", **cpu}
 
 
 def run_driver_alone(frames: int, folder: Path) -> dict:
@@ -234,54 +268,107 @@ def run_driver_alone(frames: int, folder: Path) -> dict:
 def run_bare(frames: int) -> dict:
     out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, __file__, "--bare",
                           str(frames)], capture_output=True, text=True, timeout=300)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not line:
+    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if len(lines) < 2:
         raise RuntimeError(out.stdout + out.stderr)
-    return json.loads(line[-1])
+    return lines
+
+
+#: frames in flight in a pipeline: each a buffer of its own (the pools' blocks rotate)
+ROTATING = 16
 
 
 def bare(frames: int) -> None:
-    """mpi4py Send/Recv of `frames` UInt16 1024x1024 frames, rank 0 -> rank 1."""
+    """mpi4py Send/Recv of `frames` UInt16 1024x1024 frames, rank 0 -> rank 1: one buffer on
+    each side (the ceiling: it stays in the caches), then ROTATING buffers on each side, as
+    frames in flight in a pipeline have (each copy then goes to memory, not cache)."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    frame = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
-    buffer = np.empty_like(frame)
-    comm.Barrier()
-    began = time.perf_counter()
-    for _ in range(frames):
-        if comm.Get_rank() == 0:
-            comm.Send(frame, 1, 5)
-        else:
-            comm.Recv(buffer, 0, 5)
-    seconds = time.perf_counter() - began
-    comm.Barrier()
-    if comm.Get_rank() == 1:
-        mb = frames * frame.nbytes / 1e6
-        print(json.dumps({"case": "transport_bare", "frames": frames,
-                          "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
-                          "MB_per_s": round(mb / seconds, 1)}), flush=True)
+    for case, count in (("transport_bare", 1), ("transport_bare_rotating", ROTATING)):
+        sent = [np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
+                for _ in range(count)]
+        received = [np.ones_like(sent[0]) for _ in range(count)]
+        comm.Barrier()
+        began = time.perf_counter()
+        for i in range(frames):
+            if comm.Get_rank() == 0:
+                comm.Send(sent[i % count], 1, 5)
+            else:
+                comm.Recv(received[i % count], 0, 5)
+        seconds = time.perf_counter() - began
+        comm.Barrier()
+        if comm.Get_rank() == 1:
+            mb = frames * sent[0].nbytes / 1e6
+            print(json.dumps({"case": case, "frames": frames, "buffers": count,
+                              "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
+                              "MB_per_s": round(mb / seconds, 1)}), flush=True)
 
 
 def calibrate(ms: float) -> int:
-    """Passes over a frame that take about `ms` here."""
+    """Passes over a frame that take about `ms` of CPU here: timed on this thread's CPU clock
+    (a loaded host stretches wall time, not CPU time, so the work stays the same), the
+    quickest of five trials."""
     image = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
-    began = time.perf_counter()
-    for _ in range(20):
-        image.sum(dtype=np.int64)
-    per_pass = (time.perf_counter() - began) / 20
-    return max(1, round(ms / 1e3 / per_pass))
+    trials = []
+    for _ in range(5):
+        began = time.thread_time()
+        for _ in range(10):
+            image.sum(dtype=np.int64)
+        trials.append((time.thread_time() - began) / 10)
+    return max(1, round(ms / 1e3 / min(trials)))
+
+
+class CpuMeter:
+    """CPU seconds of every process under the launcher, and of this client, between `start`
+    and `stop`: ms per frame by role (rank N, the algorithm children, the launcher)."""
+
+    def __init__(self, launcher_pid: int) -> None:
+        import psutil
+        self.psutil = psutil
+        self.root = psutil.Process(launcher_pid)
+
+    def _sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        me = self.psutil.Process()
+        times = me.cpu_times()
+        out["client"] = times.user + times.system
+        for proc in [self.root] + self.root.children(recursive=True):
+            try:
+                times = proc.cpu_times()
+                cmd = " ".join(proc.cmdline())
+                role = "launcher"  # mpiexec and its proxy
+                if "ndflow.cli" in cmd and proc.pid != self.root.pid:
+                    role = f"rank{proc.environ().get('PMI_RANK', '?')}"
+                elif "ndflow.cli" in " ".join(proc.parent().cmdline()):
+                    role = "children"  # an algorithm's child (run from its memfd image)
+            except self.psutil.Error:
+                continue
+            out[role] = out.get(role, 0.0) + times.user + times.system
+        return out
+
+    def start(self) -> None:
+        self._began = self._sample()
+
+    def stop(self, frames: int) -> dict[str, object]:
+        ended = self._sample()
+        per_frame = {role: round((ended[role] - self._began.get(role, 0.0)) / frames * 1e3, 2)
+                     for role in sorted(ended) if role in self._began}
+        return {"cpu_ms_per_frame": per_frame, "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("--ms", type=float, default=10.0, help="algorithm time per frame")
+    parser.add_argument("--ms", type=float, default=10.0, help="algorithm CPU time per frame")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="the algorithm's passes over each frame (default: calibrated "
+                             "to --ms)")
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         return bare(args.bare)
     import epicscorelibs.path.pyepics  # noqa: F401  (libca before pyepics loads)
-    repeats = calibrate(args.ms)
+    repeats = args.repeats or calibrate(args.ms)
     print(json.dumps({"case": "calibration", "repeats": repeats, "target_ms": args.ms}),
           flush=True)
     results = {}
@@ -296,15 +383,20 @@ def main() -> None:
                   run_driver_alone(args.frames * 3, folder)):
             results[r["case"]] = r
             print(json.dumps(r), flush=True)
-    r = run_bare(args.frames * 3)
-    results[r["case"]] = r
-    print(json.dumps(r), flush=True)
+    for r in run_bare(args.frames * 3):
+        results[r["case"]] = r
+        print(json.dumps(r), flush=True)
     print(json.dumps({
         "case": "summary", "cores": os.cpu_count(), "algorithm_ms": args.ms,
+        "algorithm_repeats": repeats,
+        "algorithm_cpu_ms_measured": results["algorithm_1rank"]["cpu_ms_per_frame"].get(
+            "children"),
         "speedup_2_vs_1_rank": round(results["algorithm_2ranks"]["fps"] /
                                      results["algorithm_1rank"]["fps"], 2),
         "transport_vs_bare_mpi4py": round(results["transport_ndflow"]["fps"] /
                                           results["transport_bare"]["fps"], 2),
+        "transport_vs_bare_rotating": round(results["transport_ndflow"]["fps"] /
+                                            results["transport_bare_rotating"]["fps"], 2),
         "transport_vs_driver_alone": round(results["transport_ndflow"]["fps"] /
                                            results["driver_alone"]["fps"], 2),
         "targets": {"speedup_2_vs_1_rank": 1.8, "transport_vs_bare_mpi4py": 0.8}}), flush=True)

@@ -73,6 +73,7 @@ class Resources(Component):
         self._process = psutil.Process(os.getpid())
         self._process.cpu_percent(None)  # the first call only starts the measurement
         self._children: dict[int, psutil.Process] = {}
+        self._proc_children = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
         self._thread_cpu: dict[int, float] = {}  # thread ident -> CPU seconds at last refresh
         self._started = time.monotonic()
 
@@ -111,22 +112,51 @@ class Resources(Component):
 
     def _children_usage(self) -> dict[str, Any]:
         rss = cpu = 0.0
-        try:
-            children = self._process.children(recursive=True)
-        except psutil.Error:
-            children = []
         alive = {}
-        for child in children:
-            known = self._children.get(child.pid, child)
+        for pid in self._descendants():
+            known = self._children.get(pid)
+            if known is None:
+                try:
+                    known = psutil.Process(pid)
+                except psutil.Error:
+                    continue
             try:
                 rss += known.memory_info().rss
                 cpu += known.cpu_percent(None)  # 0.0 the first time a child is seen
             except psutil.Error:
                 continue
-            alive[child.pid] = known
+            alive[pid] = known
         self._children = alive
         return {"Children_RBV": len(alive), "ChildrenMem_RBV": rss / MB,
                 "ChildrenCPU_RBV": cpu}
+
+    def _descendants(self) -> list[int]:
+        """The IOC's child processes and theirs, from the kernel's per-thread lists of
+        children (/proc/PID/task/TID/children): a few small reads. psutil's
+        children(recursive=True) reads the stat file of every process on the host: 6 ms of
+        CPU a second with 120 processes, on every rank of a cluster."""
+        if not self._proc_children:  # a kernel without CONFIG_PROC_CHILDREN
+            try:
+                return [c.pid for c in self._process.children(recursive=True)]
+            except psutil.Error:
+                return []
+        found: list[int] = []
+        parents = [self._process.pid]
+        while parents:
+            pid = parents.pop()
+            try:
+                tasks = os.listdir(f"/proc/{pid}/task")
+            except OSError:  # a child that has just ended
+                continue
+            for task in tasks:
+                try:
+                    with open(f"/proc/{pid}/task/{task}/children") as f:
+                        kids = [int(k) for k in f.read().split()]
+                except OSError:  # the thread has ended
+                    continue
+                found.extend(kids)
+                parents.extend(kids)
+        return found
 
     def _component_cpu(self, elapsed: float) -> dict[str, float]:
         """CPU % of each component's own threads since the last refresh."""

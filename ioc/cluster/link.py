@@ -3,8 +3,18 @@
 Funnelling every call through one thread needs only MPI_THREAD_SERIALIZED (checked at start;
 MPICH gives MULTIPLE), and keeps MPI's busy-polling out of the IOC's threads. The thread sends
 what other threads queued (`send`, any thread) with non-blocking Isend, so a slow receiver
-never stops it from receiving, and polls for incoming messages with Iprobe, sleeping a little
-when idle (MPICH's blocking receive spins a whole core, which a 2-core host cannot spare).
+never stops it from receiving, and polls for incoming messages with Iprobe, sleeping when idle
+(MPICH's blocking receive spins a whole core, which a 2-core host cannot spare).
+
+The sleep backs off: 50 us after a message came, four times longer each time up to 2 ms while
+nothing comes (a message sent from here does not shorten it: the thread is woken for those),
+and up to 10 ms once no frame has gone or come for half a second (an idle IOC; the processing
+ranks' value reports, five a second, do not keep it awake). Every wake-up costs CPU whatever it
+finds (25 us on a quiet 2-core VM, 60 us on a loaded one: the timer, two context switches, the
+GIL), so the fixed 0.1 ms poll this replaces cost 5,000 wake-ups a second per rank, about 2 ms
+of CPU per frame at 60 frames/s; backing off it is 100 to 700. A message queued here (`send`)
+wakes the thread at once; one from another rank waits at most one sleep (2 ms while frames
+flow), which the credits in flight cover (ndflow.cluster.dispatch).
 
 A frame is a pickled header then its pixels with the uppercase (buffer) API, same tag, same
 sender: MPI's non-overtaking rule keeps the pair together and, per destination, everything in
@@ -25,8 +35,12 @@ from .wire import FRAME, TAG
 
 log = logging.getLogger("ndflow.cluster")
 
-#: sleep between polls: short while messages flow, longer when idle for a while
-_BUSY_SLEEP, _IDLE_SLEEP = 0.0001, 0.002
+#: sleep between polls: the first after a message, then longer up to the longest; the
+#: longest once no frame has passed for QUIET_S
+FIRST_SLEEP_S, LONGEST_SLEEP_S, QUIET_SLEEP_S, QUIET_S = 50e-6, 0.002, 0.01, 0.5
+#: each sleep this many times the one before: 50 us, 200 us, 0.8 ms, 2 ms (four wake-ups after
+#: a message, not seven as doubling takes)
+BACKOFF = 4
 
 
 class Link:
@@ -49,7 +63,10 @@ class Link:
         self._out: deque[tuple[int, dict[str, Any], np.ndarray | None]] = deque()
         self._pending: list[tuple[list[Any], Any]] = []  # requests, buffers kept alive
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        #: held by the MPI thread while it sleeps; `send` releases it to wake the thread (a
+        #: plain lock: an Event's wait and set are Python code, a lock's are a few C calls)
+        self._wake = threading.Lock()
+        self._wake.acquire()
         self._thread: threading.Thread | None = None
         self.sent_frames = 0
         self.sent_bytes = 0
@@ -66,13 +83,20 @@ class Link:
                 self._thread is not None and self._thread.is_alive():
             time.sleep(0.01)
         self._stop.set()
+        self._wake_up()
         if self._thread is not None:
             self._thread.join(timeout=2)
 
     def send(self, dest: int, header: dict[str, Any], data: np.ndarray | None = None) -> None:
         """Queue a message (any thread); `data` is kept alive until MPI is done with it."""
         self._out.append((dest, header, data))
-        self._wake.set()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        try:
+            self._wake.release()
+        except RuntimeError:  # already released: a wake-up is pending
+            pass
 
     @property
     def queued(self) -> int:
@@ -81,9 +105,10 @@ class Link:
     def _run(self) -> None:
         MPI, comm = self.MPI, self.comm
         status = MPI.Status()
-        idle_since = time.monotonic()
+        sleep = FIRST_SLEEP_S
+        last_frame = time.monotonic()
         while not self._stop.is_set():
-            busy = False
+            busy = received = False
             try:
                 while self._out:
                     dest, header, data = self._out.popleft()
@@ -92,6 +117,7 @@ class Link:
                         buffer = np.ascontiguousarray(data)
                         requests.append(comm.Isend(buffer, dest, TAG))
                         self.sent_frames += 1
+                        last_frame = time.monotonic()
                         self.sent_bytes += buffer.nbytes
                         data = (data, buffer)
                     self._pending.append((requests, data))
@@ -105,16 +131,18 @@ class Link:
                     if header.get("kind") == FRAME and "dtype" in header:
                         data = self.buffer_for(header)
                         comm.Recv(data, source=source, tag=TAG)
+                        last_frame = time.monotonic()
                     self.on_message(source, header, data)
-                    busy = True
+                    busy = received = True
                 if self.on_idle is not None:
                     self.on_idle()
             except Exception as exc:  # a bug in a handler: said, and the link keeps going
                 log.error("rank %d: MPI thread: %s: %s", self.rank, type(exc).__name__, exc)
                 log.debug("traceback", exc_info=True)
-            now = time.monotonic()
-            if busy:
-                idle_since = now
-            elif not self._out:
-                self._wake.wait(_BUSY_SLEEP if now - idle_since < 0.05 else _IDLE_SLEEP)
-                self._wake.clear()
+            if received:  # more may follow: look again soon
+                sleep = FIRST_SLEEP_S
+            elif not busy and not self._out:
+                self._wake.acquire(True, sleep)  # returns early when `send` releases it
+                longest = QUIET_SLEEP_S if time.monotonic() - last_frame >= QUIET_S else \
+                    LONGEST_SLEEP_S
+                sleep = min(BACKOFF * sleep, longest)
