@@ -32,17 +32,18 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import threading
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from ndflow.ports import free_port_pair
 
 HERE = Path(__file__).resolve().parent
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
@@ -90,14 +91,8 @@ plugins:
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: one CA port for the whole run: libca reads its address list once per process
-PORT = free_port()
+PORT = free_port_pair()
 PREFIX = "BENCH:"
 _COUNT = itertools.count(1)
 

@@ -48,7 +48,7 @@ def frames(count: int) -> list[NDArray]:
 def table(rows: list[NDArray], folder: Path) -> float:
     plugin = Table("TABLE1", "Table1:", PortGraph())
     plugin.site = Site(folder, data_roots=(folder,))
-    plugin.frame_params = dict(plugin.values)
+    plugin.frame_settings = dict(plugin.values)
     start = time.perf_counter()
     plugin.open_file(folder / "table.h5", rows[0])
     for array in rows:

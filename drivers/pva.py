@@ -298,7 +298,7 @@ class PVADriver(Driver):
             self.set("PvConnection_RBV", state)
 
     # --- the acquisition thread: frames ---------------------------------------------------------
-    def prepare(self, params: dict[str, Any]) -> None:
+    def prepare(self, settings: dict[str, Any]) -> None:
         """Open the monitor and wait (up to FIRST_UPDATE_S, stoppable) for its first update, the
         PV's value now: once the detector shows Acquire, every frame the source posts is a new
         update of a live monitor (a source started right after Acquire=1 loses none)."""
@@ -400,10 +400,10 @@ class PVADriver(Driver):
 
     @staticmethod
     def _last_of(ctx: FrameContext) -> bool:
-        mode = int(ctx.params["ImageMode"])
+        mode = int(ctx.settings["ImageMode"])
         if mode == SINGLE:
             return True
-        return mode == MULTIPLE and ctx.index + 1 >= int(ctx.params["NumImages"])
+        return mode == MULTIPLE and ctx.index + 1 >= int(ctx.settings["NumImages"])
 
     # --- the full monitor -------------------------------------------------------------------------
     def _current_sub(self) -> Any:

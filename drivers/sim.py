@@ -193,9 +193,9 @@ class SimDetector(Driver):
         return super().handle_put(param, raw, source)
 
     # --- acquisition --------------------------------------------------------------------------------
-    def prepare(self, params: dict[str, Any]) -> None:
+    def prepare(self, settings: dict[str, Any]) -> None:
         """Clamp the region as simDetector::computeImage does, publishing the corrected values."""
-        p = params
+        p = settings
         max_x, max_y = p["MaxSizeX_RBV"], p["MaxSizeY_RBV"]
         fixes = {}
         for axis, maximum in (("X", max_x), ("Y", max_y)):
@@ -204,24 +204,24 @@ class SimDetector(Driver):
             fixes[f"Min{axis}"], fixes[f"Size{axis}"] = lo, size
             fixes[f"Bin{axis}"] = max(1, p[f"Bin{axis}"])
         for name, value in fixes.items():
-            if value != params[name]:
+            if value != settings[name]:
                 self.set(name, value)
-        params.update(fixes)
+        settings.update(fixes)
         channels = int(p.get("NumChannels", 1))
         if channels > 1 and int(p["ColorMode"]) != 0:
             self.message(f"NumChannels {channels} needs ColorMode Mono: this acquisition makes "
                          "1 channel")
-            params["NumChannels"] = channels = 1
+            settings["NumChannels"] = channels = 1
         self.set("ChannelNames_RBV", " ".join(self.channel_names[:channels]))
         if self.module is not None:
             gx, gy = self.module_grid
-            width, height = params["SizeX"] // params["BinX"], params["SizeY"] // params["BinY"]
+            width, height = settings["SizeX"] // settings["BinX"], settings["SizeY"] // settings["BinY"]
             if width % gx or height % gy:
                 raise ValueError(f"the {gx}x{gy} modules do not divide the {width}x{height} "
                                  "frame (SizeX/BinX, SizeY/BinY)")
 
     def produce_frame(self, ctx: FrameContext) -> NDArray | None:
-        p = ctx.params
+        p = ctx.settings
         if not ctx.wait(float(p["AcquireTime"])):
             return None
         dtype = NUMPY_DTYPES[int(p["DataType"])]

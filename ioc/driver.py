@@ -8,7 +8,7 @@ transition table, and Acquire's put-completion: a put-callback of Acquire=1 comp
 acquisition is over and, with WaitForPlugins=Yes, when the plugins have processed its frames.
 
 Parameter sets: writes always update the *user* values (and their _RBV at once); an acquisition
-runs on the snapshot taken when it started (`acquisition.params`, also on EffectiveParams_RBV), so
+runs on the snapshot taken when it started (`acquisition.settings`, also on EffectiveParams_RBV), so
 a value written while acquiring takes effect at the next Acquire=1.
 
 Acquisition and processing are decoupled (Lima2): each Acquisition owns its completions
@@ -74,8 +74,8 @@ class FrameContext:
     stop_event: threading.Event
 
     @property
-    def params(self) -> Mapping[str, Any]:
-        return self.acquisition.params
+    def settings(self) -> Mapping[str, Any]:
+        return self.acquisition.settings
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to `seconds`; False if the acquisition was stopped meanwhile."""
@@ -118,9 +118,9 @@ class Driver(ArrayPort):
         self.last_frame_status = VALID  # of the latest frame: replay reports a missing one
 
     # --- what a concrete driver provides -------------------------------------------------------------
-    def prepare(self, params: dict[str, Any]) -> None:
-        """Set the hardware up for an acquisition with these parameters. A driver may correct
-        values here (clamping a region to the sensor); the corrected dict is what the
+    def prepare(self, settings: dict[str, Any]) -> None:
+        """Set the hardware up for an acquisition with these parameter values. A driver may
+        correct values here (clamping a region to the sensor); the corrected dict is what the
         acquisition uses."""
 
     def produce_frame(self, ctx: FrameContext) -> NDArray | np.ndarray | None:
@@ -184,7 +184,7 @@ class Driver(ArrayPort):
         """Wait, shielded (a departing client cannot cancel the acquisition), for what clears
         AcquireBusy for `acquisition`."""
         await until(acquisition.acquired)
-        if not acquisition.params.get("WaitForPlugins"):
+        if not acquisition.settings.get("WaitForPlugins"):
             return
         try:
             await asyncio.wait_for(until(acquisition.processed), PLUGIN_WAIT_TIMEOUT)
@@ -205,8 +205,8 @@ class Driver(ArrayPort):
         self.set("AcquireBusyCB", 1)
         self.set("ProcessingState_RBV", int(RunState.RUNNING))
         self.set("AcquisitionId_RBV", acquisition.id)
-        self.set("EffectiveParams_RBV", self._describe_params(acquisition.params))
-        clears = acquisition.processed if acquisition.params.get("WaitForPlugins") \
+        self.set("EffectiveParams_RBV", self._describe_params(acquisition.settings))
+        clears = acquisition.processed if acquisition.settings.get("WaitForPlugins") \
             else acquisition.acquired
         clears.add_done_callback(lambda _: self._not_busy(acquisition))
         acquisition.processed.add_done_callback(lambda _: self._processed(acquisition))
@@ -255,7 +255,7 @@ class Driver(ArrayPort):
         if acquisition is self.acquisition:
             self.acquiring = False
             self.set("Acquire", 0)
-        mode = int(acquisition.params.get("DeferredProcessing", DEFER_OFF))
+        mode = int(acquisition.settings.get("DeferredProcessing", DEFER_OFF))
         if mode == DEFER_UNTIL_DONE:
             self._release([acquisition])
         acquisition.end_acquisition(failed)
@@ -319,22 +319,22 @@ class Driver(ArrayPort):
                 self._finished(acquisition, failed)
 
     def _run(self, acquisition: Acquisition) -> None:
-        params = acquisition.params
-        self.prepare(params)  # type: ignore[arg-type]
-        self.set("EffectiveParams_RBV", self._describe_params(params))
+        settings = acquisition.settings
+        self.prepare(settings)  # type: ignore[arg-type]
+        self.set("EffectiveParams_RBV", self._describe_params(settings))
         if self.state.state is DetectorState.Error:
             self.state.fire(Event.RESET)
         self.state.fire(Event.START)
         self.message("Acquiring data")
         self.set("NumImagesCounter_RBV", 0)
-        mode = int(params["ImageMode"])
-        wanted = 1 if mode == SINGLE else int(params["NumImages"])
+        mode = int(settings["ImageMode"])
+        wanted = 1 if mode == SINGLE else int(settings["NumImages"])
         taken = 0
         self._paused = 0.0
         self.set("PausedTime_RBV", 0.0)
         while True:
-            if int(params.get("LossPolicy", DROP)) == PAUSE:
-                self._pause_while_overloaded(float(params["PauseThreshold"]) / 100.0)
+            if int(settings.get("LossPolicy", DROP)) == PAUSE:
+                self._pause_while_overloaded(float(settings["PauseThreshold"]) / 100.0)
                 if self._stop_event.is_set():
                     break
             started = time.monotonic()
@@ -355,7 +355,7 @@ class Driver(ArrayPort):
                 self.message("Waiting for acquisition")
                 self.state.fire(Event.DONE)
                 return
-            delay = float(params["AcquirePeriod"]) - (time.monotonic() - started)
+            delay = float(settings["AcquirePeriod"]) - (time.monotonic() - started)
             if delay > 0:
                 self.state.fire(Event.WAIT)
                 if self._stop_event.wait(delay):
@@ -396,11 +396,11 @@ class Driver(ArrayPort):
 
     def _publish_frame(self, frame: NDArray | np.ndarray | None, acquisition: Acquisition,
                        number: int, started_wall: float) -> None:
-        params = acquisition.params
+        settings = acquisition.settings
         if frame is None:
             frame = NDArray.missing(MissingCause.DETECTOR_FAULT, "driver returned no frame")
         elif isinstance(frame, np.ndarray):
-            frame = NDArray.from_numpy(frame, color_mode=self.color_mode_of(params))
+            frame = NDArray.from_numpy(frame, color_mode=self.color_mode_of(settings))
         counter = self.increment("ArrayCounter")
         self.set("NumImagesCounter_RBV", number)
         # A driver that knows when the frame was taken (a file's DATE-OBS) has set it already.
@@ -423,9 +423,9 @@ class Driver(ArrayPort):
             self.message(text, log=False)  # every frame on the status; the log rate-limited
             REFUSALS.line(self.log, f"{self.port}:missing", f"{self.port}: {text}")
         acquisition.frames += 1
-        if not params["ArrayCallbacks"]:
+        if not settings["ArrayCallbacks"]:
             return
-        if int(params.get("DeferredProcessing", DEFER_OFF)) != DEFER_OFF:
+        if int(settings.get("DeferredProcessing", DEFER_OFF)) != DEFER_OFF:
             self._hold(frame, acquisition)
         else:
             self.emit(frame)

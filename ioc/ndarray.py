@@ -211,7 +211,7 @@ class Acquisition:
     values it processed this acquisition's frames with, and from which frame each applied."""
 
     id: int
-    params: dict[str, Any]
+    settings: dict[str, Any]  # the driver's parameter values it runs with (frozen at its start)
     in_flight: InFlight = field(default_factory=InFlight)
     first_id: int | None = None  # unique id of its first frame, so plugins can sort from it
     frames: int = 0  # frames the driver produced (placeholders included)
@@ -230,10 +230,10 @@ class Acquisition:
         self.run = RunMachine(self._entered)
 
     @classmethod
-    def start(cls, params: Mapping[str, Any],
+    def start(cls, settings: Mapping[str, Any],
               on_state: Callable[["Acquisition", RunState], None] | None = None
               ) -> "Acquisition":
-        return cls(next(_acquisition_ids), dict(params), on_state=on_state)
+        return cls(next(_acquisition_ids), dict(settings), on_state=on_state)
 
     def _entered(self, state: RunState) -> None:
         if self.on_state is not None:

@@ -27,11 +27,14 @@ class Notes:
         self._cleared = cleared
         self._said: dict[Hashable, str] = {}
 
-    def say(self, text: str, key: Hashable = None) -> bool:
-        """Say `text` for `key` if it differs from what was said last; True if said."""
-        if self._said.get(key, "") == text:
+    def say(self, text: str, key: Hashable = None, topic: str | None = None) -> bool:
+        """Say `text` for `key` if its `topic` (default: the text) differs from the last one
+        said; True if said. A text naming the frame it was seen at ("array 12: ...") gives the
+        rest as its topic, so the same problem on the next frame is not said again."""
+        topic = text if topic is None else topic
+        if self._said.get(key, "") == topic:
             return False
-        self._said[key] = text
+        self._said[key] = topic
         if text:
             self._component.message(text, self._level)
         elif self._cleared is not None:

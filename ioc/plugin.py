@@ -9,12 +9,12 @@ unique_id order. MinCallbackTime and the refusal of compressed input are decided
 The owner (the worker, or the caller's thread with BlockingCallbacks) alone touches processing
 state. A CA put that must change it is queued with `between_frames()` and runs between two frames;
 a put of a parameter only bumps `params_version`, and the owner takes a new snapshot
-(`frame_params`) before its next frame, so a frame never sees a torn mix and a change applies from
+(`frame_settings`) before its next frame, so a frame never sees a torn mix and a change applies from
 exactly one frame on. Each acquisition records which values each plugin used from which frame
 (`Acquisition.pipeline`). The event loop never waits for processing.
 
 A subclass implements `process()`, which takes one NDArray and returns zero or more NDArrays for
-downstream plugins, reading its parameters from `self.frame_params`.
+downstream plugins, reading its parameters from `self.frame_settings`.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class Plugin(ArrayPort):
         self._byte_rate = ByteRate()  # MaxByteRate
         self._running = False
         #: the parameters the current frame is processed with (see freeze)
-        self.frame_params: dict[str, Any] = dict(self.values)
+        self.frame_settings: dict[str, Any] = dict(self.values)
         self._frozen_version = -1
         self._frozen_acquisition: Acquisition | None = None
         self._freeze_lock = threading.Lock()
@@ -450,8 +450,8 @@ class Plugin(ArrayPort):
             snapshot = self.frame_snapshot()
             settable = {p.name: snapshot[p.name] for p in self.params
                         if p.setting and p.name in snapshot}
-            previous = self.frame_params
-            self.frame_params = snapshot
+            previous = self.frame_settings
+            self.frame_settings = snapshot
             self._frozen_version = version
             acquisition = array.acquisition if array is not None else None
             if acquisition is None:

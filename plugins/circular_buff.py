@@ -125,7 +125,7 @@ class CircularBuff(Plugin):
 
     def _params(self) -> Mapping[str, Any]:
         """The parameters this frame is processed with (the base's snapshot)."""
-        return getattr(self, "frame_params", self.values)
+        return getattr(self, "frame_settings", self.values)
 
     # --- status -----------------------------------------------------------------------------------
     def _status(self, text: str) -> None:

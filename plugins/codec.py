@@ -215,7 +215,7 @@ class Codec(Plugin):
 
     def process(self, array: NDArray) -> NDArray:
         try:
-            if self.frame_params["Mode"] == COMPRESS:
+            if self.frame_settings["Mode"] == COMPRESS:
                 output, factor = self._compress(array)
             else:
                 output, factor = self._decompress(array)
@@ -229,7 +229,7 @@ class Codec(Plugin):
 
     # --- compress ---------------------------------------------------------------------------------
     def _compress(self, array: NDArray) -> tuple[NDArray, float]:
-        v = self.frame_params
+        v = self.frame_settings
         algo = v["Compressor"]
         if algo == NONE:
             return array, 1.0
@@ -296,7 +296,7 @@ class Codec(Plugin):
         if algo == ZLIB:
             plain = imagecodecs.zlib_decode(chunk, out=raw)
         elif algo == BLOSC:
-            plain = imagecodecs.blosc_decode(chunk, numthreads=self.frame_params["BloscNumThreads"],
+            plain = imagecodecs.blosc_decode(chunk, numthreads=self.frame_settings["BloscNumThreads"],
                                              out=raw)
         else:  # LZ4, LZ4HDF5
             if algo == LZ4HDF5 and len(chunk) >= 12:

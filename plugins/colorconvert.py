@@ -31,7 +31,6 @@ passed unchanged with a note (ADCore reads past it).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy as np
 from ndflow.adcore import COLOR_MODES
 from ndflow.dtypes import c_cast
 from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension, xyz_dims
+from ndflow.notes import Notes
 from ndflow.params import enum_param
 from ndflow.plugin import Outputs, Plugin
 
@@ -221,20 +221,21 @@ class ColorConvert(Plugin):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._reason = ""
+        self._notes = Notes(self)  # a conversion that cannot be made: said once, not per frame
 
     def process(self, array: NDArray) -> Outputs:
-        v = self.frame_params
+        v = self.frame_settings
         data = array.data
         mode_in, mode_out = array.color_mode, int(v["ColorModeOut"])
         pattern = self._pattern(array) if mode_in == BAYER else 0
         offsets = (array.dims[0].offset, array.dims[1].offset) if len(array.dims) >= 2 else (0, 0)
         result = convert(data, mode_in, mode_out, int(v["FalseColor"]), pattern, offsets)
         if not isinstance(result, np.ndarray):
-            self._explain(f"array {array.unique_id}: {result}; passed unchanged"
-                          if result else "")
+            problem = f"{result}; passed unchanged" if result else ""
+            self._notes.say(f"array {array.unique_id}: {problem}" if problem else "",
+                            topic=problem)
             return array.derive(data)  # shared, never written
-        self._explain("")
+        self._notes.say("")
         buffer = self.output_buffer(result.shape, result.dtype)
         np.copyto(buffer, result)
         dims = array.dims if len(array.dims) == data.ndim else \
@@ -254,9 +255,3 @@ class ColorConvert(Plugin):
             self.set("BayerPattern_RBV", pattern)
         return pattern
 
-    def _explain(self, text: str) -> None:
-        """A conversion that cannot be made is said once, not at every frame."""
-        if text.split(": ", 1)[-1] != self._reason.split(": ", 1)[-1]:
-            self._reason = text
-            if text:
-                self.message(text, logging.WARNING)

@@ -240,7 +240,7 @@ class FFT(Plugin):
 
     # --- data path ------------------------------------------------------------------------------
     def process(self, array: NDArray) -> Outputs:
-        v = self.frame_params
+        v = self.frame_settings
         data = array.data
         reason = self._refuse(data)
         if reason:

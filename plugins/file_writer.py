@@ -41,7 +41,7 @@ while the event loop awaits them; a draining Capture=0 in the worker, at its mar
 Capture=1 waits for it; HDF5's FlushNow in an executor); the event loop never takes it.
 `_state_lock` guards the capture buffer and whether a capture is on, is never held across I/O,
 and is all that FreeCapture and the stopping half of Capture=0 take. Frames are written with the
-parameters the base froze for them (`frame_params`).
+parameters the base froze for them (`frame_settings`).
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ class FileWriter(CaptureModes, FilePathPolicy, Plugin):
 
     def _params(self) -> Mapping[str, Any]:
         """The parameters the current frame is written with (the base's snapshot)."""
-        return self.frame_params
+        return self.frame_settings
 
     def _off_loop(self, fn: Any, *args: Any) -> asyncio.Future:
         """Run a put's file work in this writer's I/O thread, after the puts before it; the

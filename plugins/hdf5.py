@@ -518,7 +518,7 @@ def acquisition_record(acquisition: Acquisition) -> dict[str, Any]:
     pipeline = {port: [{"from_unique_id": uid, "params": scalars(values)}
                        for uid, values in changes]
                 for port, changes in list(acquisition.pipeline.items())}
-    return {"driver": json.dumps(scalars(acquisition.params)),
+    return {"driver": json.dumps(scalars(acquisition.settings)),
             "pipeline": json.dumps(pipeline), "frames": acquisition.frames,
             "state": acquisition.state.name}
 

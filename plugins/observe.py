@@ -233,7 +233,7 @@ class Observe(Plugin):
 
     # --- the data path (worker thread) ----------------------------------------------------------
     def process(self, array: NDArray) -> None:
-        params = self.frame_params
+        params = self.frame_settings
         if not self._sampler.take(params["SampleEvery"], params["MaxRate"], time.monotonic(),
                                   array.acquisition):
             return None

@@ -351,7 +351,7 @@ class Overlay(Plugin):
         view, rgb = image_view(data, array.color_mode)
         ny, nx = view.shape[:2]
         self._show_size(nx, ny)
-        v = self.frame_params
+        v = self.frame_settings
         shapes = [(n, self._shape(n, v, array)) for n in self.ids if v[f"{n}:Use"]]
         if not shapes:
             return array.derive(data)  # nothing drawn: the data is shared, never written

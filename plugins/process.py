@@ -268,7 +268,7 @@ class Process(Plugin):
 
     # --- processing ---------------------------------------------------------------------------------
     def process(self, array: NDArray) -> NDArray | None:
-        v = self.frame_params
+        v = self.frame_settings
         # one-shot commands the data path consumes: read live, not from the frozen set
         reset, auto = bool(self.values["ResetFilter"]), bool(self.values["AutoOffsetScale"])
         if reset:

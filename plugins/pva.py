@@ -13,18 +13,16 @@ transport serves as NTNDArray and Channel Access does not carry.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ndflow.ndarray import NDArray
-from ndflow.params import R, int_param, ndarray_param, text_param
+from ndflow.params import R, ndarray_param, text_param
 from ndflow.plugin import Plugin
+from ndflow.throttle import ByteRate
 
 PVA_PARAMS = (
     text_param("PvName_RBV", 256, "", R, group="Plugin",
                doc="the NTNDArray PV this plugin posts to (empty: no pvAccess transport)"),
-    int_param("DroppedOutputArrays", 0, group="Plugin",
-              doc="frames not posted because of MaxByteRate"),
     ndarray_param("Image", group="Image", widget="image",
                   doc="the latest frame as NTNDArray (pvAccess only)"),
 )
@@ -39,8 +37,7 @@ class PvaPlugin(Plugin):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._byte_budget_since = time.monotonic()
-        self._bytes_in_window = 0.0
+        self._posted_bytes = ByteRate()  # MaxByteRate: what goes out over pvAccess
 
     def start(self) -> None:
         served = [e.pvname for e in self.endpoints.get("Image", ())]
@@ -52,23 +49,8 @@ class PvaPlugin(Plugin):
         super().start()
 
     def process(self, array: NDArray) -> None:
-        if self._over_byte_rate(array):
+        if self._posted_bytes.over(self.frame_settings["MaxByteRate"], array.data.nbytes):
             self.increment("DroppedOutputArrays")
             return None
         self.set("Image", array)
         return None
-
-    def _over_byte_rate(self, array: NDArray) -> bool:
-        """MaxByteRate (bytes/s, 0 = no limit): a token bucket one second deep."""
-        rate = self.frame_params["MaxByteRate"]
-        if rate <= 0:
-            return False
-        now = time.monotonic()
-        self._bytes_in_window = max(0.0, self._bytes_in_window
-                                    - (now - self._byte_budget_since) * rate)
-        self._byte_budget_since = now
-        size = array.data.nbytes
-        if self._bytes_in_window + size > rate:
-            return True
-        self._bytes_in_window += size
-        return False

@@ -208,7 +208,7 @@ class ROI(Plugin):
 
     def _make_plan(self, array: NDArray) -> "_Plan | None":
         data = array.data
-        v = self.frame_params
+        v = self.frame_settings
         dims = array.dims if len(array.dims) == data.ndim else \
             [NDDimension(n) for n in reversed(data.shape)]
         nd = data.ndim

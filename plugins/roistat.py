@@ -32,7 +32,6 @@ always reads (ADCore's TSRead would write whatever value it was given into TSCon
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 from typing import Any, Callable, Sequence
@@ -41,6 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ndflow.ndarray import NDArray
+from ndflow.notes import Notes
 from ndflow.params import R, RW, W, Param, ParamTable, array_param, bool_param, enum_param, \
     float_param, int_param, string_param
 from ndflow.plugin import Outputs, Plugin
@@ -176,7 +176,7 @@ class ROIStat(Plugin):
         super().__init__(*args, **kw)
         self._requested = {f"{n}:{name}": self.values[f"{n}:{name}"]
                            for n in self.roi_ids for name in REQUESTS}
-        self._said = ""  # the last problem said on StatusMessage_RBV, said once
+        self._notes = Notes(self)  # a data problem on StatusMessage_RBV, said once
         for n in self.roi_ids:
             self.put_hooks[f"{n}:Reset"] = self._reset_hook(n)
 
@@ -283,10 +283,11 @@ class ROIStat(Plugin):
     def process(self, array: NDArray) -> Outputs:
         data = array.data
         if data.ndim not in (1, 2) or data.size == 0:
-            self._say(f"array {array.unique_id}: ROIStat needs a 1-D or 2-D array, not "
-                      f"{list(reversed(data.shape))}; nothing computed")
+            problem = (f"ROIStat needs a 1-D or 2-D array, not {list(reversed(data.shape))}; "
+                       "nothing computed")
+            self._notes.say(f"array {array.unique_id}: {problem}", topic=problem)
             return None
-        v = self.frame_params
+        v = self.frame_settings
         nx = data.shape[-1]
         ny = data.shape[0] if data.ndim == 2 else 0
         published: dict[str, Any] = {}
@@ -310,9 +311,10 @@ class ROIStat(Plugin):
             rows[i] = [results[name] for name in RESULTS]
         self.set_many(published)
         if problems:
-            self._say(f"array {array.unique_id}: {'; '.join(problems)}; Total/Mean/Net are NaN")
+            problem = f"{'; '.join(problems)}; Total/Mean/Net are NaN"
+            self._notes.say(f"array {array.unique_id}: {problem}", topic=problem)
         else:
-            self._said = ""
+            self._notes.say("")
         finished = self.series.record(rows, array.timestamp)
         if finished is not None:
             self.set("TSCurrentPoint", self.series.current)
@@ -320,13 +322,6 @@ class ROIStat(Plugin):
                 self.set("TSAcquiring", 0)
                 self._publish_series()
         return array.derive(array.data)  # the base adds this plugin's NDAttributesFile
-
-    def _say(self, text: str) -> None:
-        """A data problem on StatusMessage_RBV and in the log, once until it changes."""
-        key = text.split(": ", 1)[-1]
-        if key != self._said:
-            self._said = key
-            self.message(text, logging.WARNING)
 
     def periodic(self, elapsed: float) -> None:
         """TSRead's 1-second scan: publish new points while acquiring."""

@@ -71,7 +71,7 @@ class Sparse(Plugin):
     ),)
 
     def process(self, array: NDArray) -> Outputs:
-        v = self.frame_params
+        v = self.frame_settings
         mode = int(v["Mode"])
         if mode == DENSIFY:
             return self._densify(array, bool(v["DensifyFill"]))

@@ -212,10 +212,10 @@ class Stats(Plugin):
         first = self._process_one(array.derive(array.data[0], dims=dims, channels=()))
         out = array.derive(array.data)
         out.attributes = first.attributes
-        if not self.frame_params["ComputeStatistics"] or array.data.size == 0:
+        if not self.frame_settings["ComputeStatistics"] or array.data.size == 0:
             self._show_channels([], len(array.channels))
             return out
-        width = int(self.frame_params["BgdWidth"])
+        width = int(self.frame_settings["BgdWidth"])
         per_channel = [{name: first.attributes[name].value for name in STATISTICS}]
         per_channel += channel_statistics(array.data[1:], width)
         for label, results in zip(array.channels, per_channel):
@@ -238,7 +238,7 @@ class Stats(Plugin):
         self.set_many(values)
 
     def _process_one(self, array: NDArray) -> NDArray:
-        v = self.frame_params
+        v = self.frame_settings
         data = array.data
         if data.size == 0:
             self.message(f"array {array.unique_id} is empty; nothing computed")
@@ -286,8 +286,8 @@ class Stats(Plugin):
     def _profiles(self, image: np.ndarray, sums: Scan, results: dict[str, float]
                   ) -> dict[str, Any]:
         waves, cursor_value = profiles(image, sums, results["CentroidX"], results["CentroidY"],
-                                       int(self.frame_params["CursorX"]),
-                                       int(self.frame_params["CursorY"]))
+                                       int(self.frame_settings["CursorX"]),
+                                       int(self.frame_settings["CursorY"]))
         out: dict[str, Any] = {"CursorVal": cursor_value}
         for key, wave in waves.items():
             limit = self.options.xsize if key.endswith("X") else self.options.ysize
@@ -297,7 +297,7 @@ class Stats(Plugin):
         return out
 
     def _histogram(self, data: np.ndarray) -> dict[str, Any]:
-        v = self.frame_params
+        v = self.frame_settings
         counts, below, above, entropy = histogram(data, int(v["HistSize"]),
                                                   float(v["HistMin"]), float(v["HistMax"]))
         counts.flags.writeable = False

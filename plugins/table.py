@@ -438,7 +438,7 @@ class Table(FileWriter):
         self._fixed, self._values, self._arrays, self._logs = {}, {}, {}, {}
 
     def _params(self) -> Mapping[str, Any]:
-        return self.frame_params
+        return self.frame_settings
 
     def shutdown(self) -> None:
         self._stop_logs()
@@ -464,7 +464,7 @@ def log_pv_names(text: str) -> list[str]:
 
 def detector_info(first: NDArray) -> dict[str, Any]:
     """The driver's identity and layout from the acquisition's frozen parameters (static)."""
-    params = first.acquisition.params if first.acquisition is not None else {}
+    params = first.acquisition.settings if first.acquisition is not None else {}
     info = {k: params[k] for k in _DETECTOR_KEYS
             if k in params and isinstance(params[k], (int, float, str))}
     info["frame_shape"] = [d.size for d in reversed(first.dims)]

@@ -94,7 +94,7 @@ class Transform(Plugin):
             self.message(f"array {array.unique_id}: {nd}-D arrays are passed on unchanged "
                          f"(Transform turns 2-D and 3-D images)", logging.WARNING)
             return array
-        o = ORIENTATIONS[int(self.frame_params["Type"])]
+        o = ORIENTATIONS[int(self.frame_settings["Type"])]
         if o == ORIENTATIONS[0]:
             out = array.derive(data)  # nothing moves; the data is shared, never written
         else:

@@ -93,7 +93,7 @@ class Veto(Plugin):
         return text
 
     def process(self, array: NDArray) -> NDArray:
-        params = self.frame_params
+        params = self.frame_settings
         self._seen += 1
         env = veto_env(array.attributes, params, self._seen)
         vetoed, value = vetoes(self._calc, env)

@@ -21,9 +21,9 @@ class BayerTag(Plugin):
 
     def process(self, array: NDArray) -> Outputs:
         dims = [NDDimension(d.size, d.offset, d.binning, d.reverse) for d in array.dims]
-        dims[0].offset = int(self.frame_params["OffsetX"])
+        dims[0].offset = int(self.frame_settings["OffsetX"])
         out = array.derive(array.data, dims=dims, color_mode=BAYER)
-        pattern = int(self.frame_params["Pattern"])
+        pattern = int(self.frame_settings["Pattern"])
         out.attributes["ColorMode"] = NDAttribute("ColorMode", BAYER, "Color mode",
                                                   AttrSource.DRIVER)
         out.attributes["BayerPattern"] = NDAttribute("BayerPattern", pattern, "Bayer pattern",

@@ -24,9 +24,9 @@ class TwiceReader(Plugin):
     PARAMS = Plugin.PARAMS + ((float_param("Level", 0.0), float_param("Pause", 0.002)),)
 
     def process(self, array: NDArray) -> Outputs:
-        first = self.frame_params["Level"]
-        time.sleep(self.frame_params["Pause"])
-        second = self.frame_params["Level"]
+        first = self.frame_settings["Level"]
+        time.sleep(self.frame_settings["Pause"])
+        second = self.frame_settings["Level"]
         out = array.derive(array.data)
         _stamp(out, "LevelFirst", first)
         _stamp(out, "LevelSecond", second)
@@ -39,7 +39,7 @@ class Slow(Plugin):
     PARAMS = Plugin.PARAMS + ((float_param("Seconds", 0.05),),)
 
     def process(self, array: NDArray) -> Outputs:
-        time.sleep(self.frame_params["Seconds"])
+        time.sleep(self.frame_settings["Seconds"])
         out = array.derive(array.data)
         _stamp(out, "AcquisitionId", array.acquisition.id if array.acquisition else 0)
         return out

@@ -111,7 +111,7 @@ class Dispatcher:
         announced = self._announced.setdefault(rank, set())
         if acquisition is not None and acquisition.id not in announced:
             # the rank's copy of the acquisition records the driver's effective parameters
-            header["params"] = {k: v for k, v in acquisition.params.items()
+            header["params"] = {k: v for k, v in acquisition.settings.items()
                                 if isinstance(v, (int, float, str))}
             announced.add(acquisition.id)
             if len(announced) > 64:

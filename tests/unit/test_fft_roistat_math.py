@@ -278,7 +278,7 @@ def test_roistat_plugin_clips_and_shows_requests_apart():
     assert v["3:Total_RBV"] == float(img[47, 63])
     assert v["2:Total_RBV"] == 0.0 and v["2:MaxSizeX_RBV"] == 0  # not used: untouched
     plugin.freeze()  # the next frame's parameters: the requests, not the clipped values
-    assert (plugin.frame_params["1:MinX"], plugin.frame_params["1:SizeX"]) == (-10, 10**9)
+    assert (plugin.frame_settings["1:MinX"], plugin.frame_settings["1:SizeX"]) == (-10, 10**9)
     plugin.process(NDArray.from_numpy(np.ones((96, 128), np.uint8)))  # a larger frame
     assert (v["1:MinX"], v["1:SizeX"], v["1:MinY"], v["1:SizeY"]) == (0, 128, 40, 20)
 

@@ -166,12 +166,12 @@ def test_a_put_during_a_frame_applies_from_the_next_frame():
     plugin = Recorder("P", "P:", graph, enabled=True, blocking=True)
     plugin.start()
     plugin.receive(frame(1))
-    assert plugin.frame_params["SortSize"] == 20
+    assert plugin.frame_settings["SortSize"] == 20
     plugin.values["SortSize"] = 7  # what handle_put does, then it bumps the version
     plugin.params_version += 1
-    assert plugin.frame_params["SortSize"] == 20  # the frame in progress keeps its snapshot
+    assert plugin.frame_settings["SortSize"] == 20  # the frame in progress keeps its snapshot
     plugin.receive(frame(2))
-    assert plugin.frame_params["SortSize"] == 7
+    assert plugin.frame_settings["SortSize"] == 7
 
 
 def _wait(predicate, timeout: float = 5.0) -> bool:
