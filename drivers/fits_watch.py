@@ -34,7 +34,8 @@ from typing import Callable, Iterator
 from watchfiles import Change
 from watchfiles._rust_notify import RustNotify
 
-from ndflow.safepath import Location, PathRefused, find, open_folder, pattern_parts
+from ndflow.safepath import (Location, PathRefused, find, open_folder, pattern_closure,
+                             pattern_parts)
 
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -63,16 +64,8 @@ class Match:
     def __init__(self, pattern: str) -> None:
         self.parts = pattern_parts(pattern)
 
-    def _closure(self, states: set[int]) -> set[int]:
-        out: set[int] = set()
-        todo = list(states)
-        while todo:
-            i = todo.pop()
-            if i not in out:
-                out.add(i)
-                if i < len(self.parts) and self.parts[i] == "**":
-                    todo.append(i + 1)
-        return out
+    def _closure(self, states: set[int]) -> frozenset[int]:
+        return pattern_closure(states, self.parts)
 
     def _after(self, names: tuple[str, ...]) -> set[int]:
         """The pattern positions a folder reached through `names` may continue from."""

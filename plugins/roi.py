@@ -45,6 +45,7 @@ from ndflow.ndarray import (SWAP_XY, AttrSource, NDArray, NDAttribute, NDDimensi
 from ndflow.notes import Notes
 from ndflow.params import R, Param, bool_param, enum_param, float_param, int_param, string_param
 from ndflow.plugin import Outputs, Plugin
+from ndflow.plugins.requested import KeepsRequests
 
 AXES = "XYZ"
 
@@ -156,7 +157,7 @@ class _Plan:
     block: tuple[slice, ...]
 
 
-class ROI(Plugin):
+class ROI(KeepsRequests, Plugin):
     screen = "NDROI"
     kind = "roi"
     plugin_type = "NDPluginROI"
@@ -164,20 +165,11 @@ class ROI(Plugin):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self._requested = {name: self.values[name] for name in REQUESTS}
+        self.keep_requests(REQUESTS)
         # clipping explained once when it starts or changes, not at every frame
         self._notes = Notes(self, logging.INFO, cleared="ROI within the input")
         self._plan_key: tuple | None = None
         self._plan: _Plan | None = None
-
-    def after_put(self, param: Param, value: Any) -> None:
-        if param.name in self._requested:
-            self._requested[param.name] = value
-
-    def frame_snapshot(self) -> dict[str, Any]:
-        snapshot = dict(self.values)
-        snapshot.update(self._requested)  # the requests, not the clipped values they show
-        return snapshot
 
     def process(self, array: NDArray) -> Outputs:
         data = array.data

@@ -44,6 +44,7 @@ from ndflow.notes import Notes
 from ndflow.params import R, RW, W, Param, ParamTable, array_param, bool_param, enum_param, \
     float_param, int_param, string_param
 from ndflow.plugin import Outputs, Plugin
+from ndflow.plugins.requested import KeepsRequests
 
 RESULTS = ("MinValue", "MaxValue", "MeanValue", "Total", "Net")
 #: the per-ROI time-series waveforms, in NDPluginROIStat.h's TS type order
@@ -163,7 +164,7 @@ class SeriesBuffer:
 # --- the plugin -----------------------------------------------------------------------------------
 
 
-class ROIStat(Plugin):
+class ROIStat(KeepsRequests, Plugin):
     screen = "NDROIStat"
     kind = "roistat"
     plugin_type = "NDPluginROIStat"
@@ -174,8 +175,7 @@ class ROIStat(Plugin):
         self.roi_ids = range(1, self.options.nrois + 1)
         self.series = SeriesBuffer(self.options.nrois, self.options.nchans)
         super().__init__(*args, **kw)
-        self._requested = {f"{n}:{name}": self.values[f"{n}:{name}"]
-                           for n in self.roi_ids for name in REQUESTS}
+        self.keep_requests(f"{n}:{name}" for n in self.roi_ids for name in REQUESTS)
         self._notes = Notes(self)  # a data problem on StatusMessage_RBV, said once
         for n in self.roi_ids:
             self.put_hooks[f"{n}:Reset"] = self._reset_hook(n)
@@ -217,15 +217,6 @@ class ROIStat(Plugin):
         return table
 
     # --- puts -----------------------------------------------------------------------------------
-    def after_put(self, param: Param, value: Any) -> None:
-        if param.name in self._requested:
-            self._requested[param.name] = value
-
-    def frame_snapshot(self) -> dict[str, Any]:
-        snapshot = dict(self.values)
-        snapshot.update(self._requested)  # the requests, not the clipped values they show
-        return snapshot
-
     def _zero(self, n: int) -> None:
         self.set_many({f"{n}:{name}_RBV": 0.0 for name in RESULTS})
 

@@ -332,11 +332,11 @@ def find(folder: int, pattern: str, max_depth: int = 32) -> list[Found]:
     pat = pattern_parts(pattern)
     found: list[Found] = []
     if pat:
-        _find(folder, (), _closure({0}, pat), pat, max_depth, found)
+        _find(folder, (), pattern_closure({0}, pat), pat, max_depth, found)
     return found
 
 
-def _closure(states: set[int], pat: tuple[str, ...]) -> frozenset[int]:
+def pattern_closure(states: set[int], pat: tuple[str, ...]) -> frozenset[int]:
     """States (indices into `pat`) reachable without consuming a name: '**' matches nothing."""
     out: set[int] = set()
     todo = list(states)
@@ -387,6 +387,6 @@ def _find(folder: int, below: tuple[str, ...], states: frozenset[int], pat: tupl
             except OSError:  # gone, unreadable, or swapped for a link since it was listed
                 continue
             try:
-                _find(child, parts, _closure(deeper, pat), pat, depth_left - 1, found)
+                _find(child, parts, pattern_closure(deeper, pat), pat, depth_left - 1, found)
             finally:
                 os.close(child)

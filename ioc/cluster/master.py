@@ -143,13 +143,7 @@ def _write(create: Callable[[Path], Any], path: Path, sources: list, limit: int,
         dataset = data_group.create_virtual_dataset("data", layout, fillvalue=fill)
         dataset.attrs["signal"] = 1
         missing_rows = _attributes(out, sources, order)
-        ranks = entry.require_group("ndflow").create_group("ranks")
-        for rf, _ in sources:
-            ranks.attrs[f"rank{rf.rank}"] = os.path.relpath(rf.path, path.parent)
-        for _, f in sources:
-            if "/entry/ndflow/acquisitions" in f:
-                f.copy(f["/entry/ndflow/acquisitions"], out["/entry/ndflow"], "acquisitions")
-                break
+        _link_sources(out, entry.require_group("ndflow"), sources, path)
     return MasterSummary(n, missing_rows, per_rank)
 
 
@@ -254,14 +248,20 @@ def _write_partial(create: Callable[[Path], Any], path: Path, sources: list, lim
         group = entry.require_group("ndflow")
         group.create_dataset("modules", data=table).attrs["columns"] = \
             "module, x, y, width, height"
-        ranks = group.create_group("ranks")
-        for rf, _ in sources:
-            ranks.attrs[f"rank{rf.rank}"] = os.path.relpath(rf.path, path.parent)
-        for _, f in sources:
-            if "/entry/ndflow/acquisitions" in f:
-                f.copy(f["/entry/ndflow/acquisitions"], out["/entry/ndflow"], "acquisitions")
-                break
+        _link_sources(out, group, sources, path)
     return MasterSummary(n, missing_rows, per_rank)
+
+
+def _link_sources(out: Any, group: Any, sources: list, path: Path) -> None:
+    """Name each rank's file (relative to the master) and copy the acquisitions' record from
+    the first file that has one."""
+    ranks = group.create_group("ranks")
+    for rf, _ in sources:
+        ranks.attrs[f"rank{rf.rank}"] = os.path.relpath(rf.path, path.parent)
+    for _, f in sources:
+        if "/entry/ndflow/acquisitions" in f:
+            f.copy(f["/entry/ndflow/acquisitions"], out["/entry/ndflow"], "acquisitions")
+            break
 
 
 def _status(f: Any, row: int) -> int:
