@@ -28,7 +28,6 @@ and cuts its tile out: the random parts (Noise, PeakVariation) differ between mo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -40,12 +39,12 @@ from ndflow.channels import MAX_CHANNELS, check_names, default_names
 from ndflow.driver import Driver, FrameContext
 from ndflow.dtypes import c_cast, c_cast_scalar
 from ndflow.graph import PortGraph
-from ndflow.ndarray import (AttrSource, NDArray, NDAttribute, NDDimension,
-                            region_transform, xyz_dims)
+from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
+from ndflow.drivers.sim_region import (SIM_TO_ND_COLOR, Region, bin_sum, color_planes,
+                                      module_tile, raw_shape)
 
 SIM_COLOR_MODES = ("Mono", "RGB1", "RGB2", "RGB3")
-SIM_TO_ND_COLOR = (0, 2, 3, 4)  # index of the sim's ColorMode choice -> ADCore NDColorMode
 LINEAR_RAMP, PEAKS, SINE, OFFSET_NOISE = range(4)
 
 SIM_PARAMS = (
@@ -131,15 +130,6 @@ class SimOptions(BaseModel):
         return grid
 
 
-def module_tile(grid: tuple[int, int], module: int, width: int,
-                height: int) -> tuple[int, int, int, int]:
-    """(x0, y0, w, h) of `module` in a `width` x `height` frame cut into a gap-free grid:
-    column module % X, row module // X."""
-    gx, gy = grid
-    w, h = width // gx, height // gy
-    return (module % gx) * w, (module // gx) * h, w, h
-
-
 class SimDetector(Driver):
     screen = "simDetector"
     PARAMS = (NDARRAY_BASE, AD_BASE, SIM_PARAMS, CHANNEL_PARAMS)
@@ -177,7 +167,7 @@ class SimDetector(Driver):
         self._rng = np.random.default_rng()
         self._inc_key: tuple | None = None
         self._inc: Any = None
-        self._region: tuple[Mapping[str, Any], _Region] | None = None
+        self._region: tuple[Mapping[str, Any], Region] | None = None
         self.module_grid: tuple[int, int] = tuple(opts.modules)  # type: ignore[assignment]
         #: the module this process produces (set by ndflow.cluster), None: the whole frame
         self.module: int | None = None
@@ -230,7 +220,7 @@ class SimDetector(Driver):
 
     def _compute_raw(self, p: Mapping[str, Any], dtype: np.dtype) -> None:
         color = int(p["ColorMode"])
-        shape = _raw_shape(p["MaxSizeX_RBV"], p["MaxSizeY_RBV"], color)
+        shape = raw_shape(p["MaxSizeX_RBV"], p["MaxSizeY_RBV"], color)
         reset = bool(self.values["Reset"]) or self._raw is None or \
             self._raw.shape != shape or self._raw.dtype != dtype
         if reset:
@@ -273,7 +263,7 @@ class SimDetector(Driver):
                 self._raw += inc
             return
         incs = [_color_increment(float(p[g]), inc, dtype) for g in ("GainRed", "GainGreen", "GainBlue")]
-        planes = _color_planes(self._raw, color)
+        planes = color_planes(self._raw, color)
         if reset:
             ramp = _ramp(planes[0].shape[1], planes[0].shape[0], p)
             for plane, c_inc in zip(planes, incs):
@@ -291,7 +281,7 @@ class SimDetector(Driver):
 
     def _peaks(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
         self._raw[...] = 0
-        planes = [self._raw] if color == 0 else _color_planes(self._raw, color)
+        planes = [self._raw] if color == 0 else color_planes(self._raw, color)
         ny, nx = planes[0].shape
         gain, gx, gy = float(p["Gain"]), float(p["GainX"]), float(p["GainY"])
         wx, wy = max(1, int(p["PeakWidthX"])), max(1, int(p["PeakWidthY"]))
@@ -315,7 +305,7 @@ class SimDetector(Driver):
                     plane[y0:y1, x0:x1] += c_cast(cg * peak, dtype)
 
     def _sine(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
-        ny, nx = (_color_planes(self._raw, color)[0] if color else self._raw).shape
+        ny, nx = (color_planes(self._raw, color)[0] if color else self._raw).shape
         waves = {}
         for k, (axis, n, gain_axis) in enumerate((("X", nx, "GainX"), ("Y", ny, "GainY"))):
             t = (self._sine_counter[k] + np.arange(n)) * float(p[gain_axis]) / n
@@ -330,7 +320,7 @@ class SimDetector(Driver):
             y = waves["Y1"] + waves["Y2"] if p["YSineOperation"] == 0 else waves["Y1"] * waves["Y2"]
             self._raw[...] = c_cast(gain * (y[:, None] + x[None, :]), dtype)
             return
-        red, green, blue = _color_planes(self._raw, color)
+        red, green, blue = color_planes(self._raw, color)
         red[...] = c_cast(np.broadcast_to(gain * float(p["GainRed"]) * waves["X1"],
                                              (ny, nx)), dtype)
         green[...] = c_cast(np.broadcast_to((gain * float(p["GainGreen"]) * waves["Y1"])
@@ -341,7 +331,7 @@ class SimDetector(Driver):
     def _extract_region(self, p: Mapping[str, Any], dtype: np.dtype) -> NDArray:
         cached = self._region
         if cached is None or cached[0] is not p:  # worked out once per acquisition
-            region = _Region.of(p, self._raw.ndim)
+            region = Region.of(p, self._raw.ndim)
             if self.module is not None:
                 region = region.tile(self.module, module_tile(self.module_grid, self.module,
                                                               region.nx, region.ny))
@@ -351,7 +341,7 @@ class SimDetector(Driver):
         out = self.output_buffer(r.shape if channels == 1 else (channels, *r.shape), dtype)
         region = self._raw[r.index]
         if r.bx > 1 or r.by > 1:
-            region = _bin(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
+            region = bin_sum(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
         if r.flips is not None:
             region = region[r.flips]
         if r.crop is not None:
@@ -372,77 +362,6 @@ class SimDetector(Driver):
         return frame
 
 
-@dataclass(frozen=True)
-class _Region:
-    """Where an acquisition's frames come from in the raw image (its parameters are frozen)."""
-
-    color: int
-    x0: int
-    y0: int
-    nx: int
-    ny: int
-    bx: int
-    by: int
-    rx: bool
-    ry: bool
-    x_axis: int
-    y_axis: int
-    shape: tuple[int, ...]
-    index: tuple[slice, ...]
-    flips: tuple[slice, ...] | None
-    dims: tuple[NDDimension, ...]  # the frames' dims (never changed in place)
-    transform: np.ndarray
-    #: a module's tile of the region (binned, flipped) frame: its slice, index and offset
-    crop: tuple[slice, ...] | None = None
-    module: int | None = None
-    tile_x0: int = 0
-    tile_y0: int = 0
-
-    def tile(self, module: int, tile: tuple[int, int, int, int]) -> "_Region":
-        """This region cut to one module's tile (x0, y0, w, h) of its frame: the same pixels
-        as the whole frame's, placed on the detector by dims and transform."""
-        x0, y0, w, h = tile
-        crop = [slice(None)] * len(self.shape)
-        crop[self.x_axis] = slice(x0, x0 + w)
-        crop[self.y_axis] = slice(y0, y0 + h)
-        shape = list(self.shape)
-        shape[self.x_axis], shape[self.y_axis] = w, h
-        ndim = len(shape)
-        dims = list(self.dims)
-        first_x = self.x0 + ((self.nx - x0 - w) if self.rx else x0) * self.bx
-        first_y = self.y0 + ((self.ny - y0 - h) if self.ry else y0) * self.by
-        dims[ndim - 1 - self.x_axis] = NDDimension(w, first_x, self.bx, self.rx)
-        dims[ndim - 1 - self.y_axis] = NDDimension(h, first_y, self.by, self.ry)
-        shift = np.array([[1.0, 0.0, x0], [0.0, 1.0, y0], [0.0, 0.0, 1.0]])
-        return replace(self, shape=tuple(shape), dims=tuple(dims), crop=tuple(crop),
-                       transform=self.transform @ shift, tile_x0=x0, tile_y0=y0,
-                       module=module)
-
-    @classmethod
-    def of(cls, p: Mapping[str, Any], raw_ndim: int) -> "_Region":
-        color = int(p["ColorMode"])
-        bx, by = int(p["BinX"]), int(p["BinY"])
-        x0, y0 = int(p["MinX"]), int(p["MinY"])
-        nx, ny = int(p["SizeX"]) // bx, int(p["SizeY"]) // by
-        rx, ry = bool(p["ReverseX"]), bool(p["ReverseY"])
-        x_axis, y_axis, shape = _axes(color, nx, ny)
-        index = [slice(None)] * raw_ndim
-        index[x_axis] = slice(x0, x0 + nx * bx)
-        index[y_axis] = slice(y0, y0 + ny * by)
-        flips = [slice(None)] * raw_ndim
-        if rx:
-            flips[x_axis] = slice(None, None, -1)
-        if ry:
-            flips[y_axis] = slice(None, None, -1)
-        ndim = len(shape)
-        dims = [NDDimension(n) for n in reversed(shape)]
-        dims[ndim - 1 - x_axis] = NDDimension(nx, x0, bx, rx)
-        dims[ndim - 1 - y_axis] = NDDimension(ny, y0, by, ry)
-        return cls(color, x0, y0, nx, ny, bx, by, rx, ry, x_axis, y_axis, shape, tuple(index),
-                   tuple(flips) if (rx or ry) else None, tuple(dims),
-                   region_transform(x0, y0, bx, by, nx, ny, rx, ry))
-
-
 def fill_channels(frame: np.ndarray, gain: float, offset: float) -> None:
     """Channels 2..C of a (C, H, W) frame from channel 1 (the module docstring's formula)."""
     first = frame[0].astype(np.float64)
@@ -461,48 +380,5 @@ def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:
     return c_cast_scalar(float(int(c_cast_scalar(color_gain, dtype)) * int(inc)), dtype)
 
 
-def _raw_shape(max_x: int, max_y: int, color: int) -> tuple[int, ...]:
-    return _axes(color, max_x, max_y)[2]
-
-
-def _axes(color: int, nx: int, ny: int) -> tuple[int, int, tuple[int, ...]]:
-    """(numpy x axis, numpy y axis, numpy shape) for a sim colour-mode index: the dims layout
-    of its NDColorMode (ndflow.ndarray.xyz_dims), numpy's axes being the dims reversed."""
-    ndims = 2 if color == 0 else 3
-    x, y, *z = xyz_dims(ndims, SIM_TO_ND_COLOR[color])
-    sizes = [0] * ndims
-    sizes[x], sizes[y] = nx, ny
-    if z:
-        sizes[z[0]] = 3
-    return ndims - 1 - x, ndims - 1 - y, tuple(reversed(sizes))
-
-
-def _color_planes(raw: np.ndarray, color: int) -> list[np.ndarray]:
-    """Views of the three colour planes of a raw colour frame."""
-    x_axis, y_axis, _ = _axes(color, 1, 1)
-    z_axis = 3 - x_axis - y_axis
-    planes = []
-    for c in range(3):
-        index: list[Any] = [slice(None)] * 3
-        index[z_axis] = c
-        planes.append(raw[tuple(index)])
-    return planes
-
-
 def _ramp(nx: int, ny: int, p: Mapping[str, Any]) -> np.ndarray:
     return float(p["GainX"]) * np.arange(nx)[None, :] + float(p["GainY"]) * np.arange(ny)[:, None]
-
-
-def _bin(region: np.ndarray, x_axis: int, y_axis: int, bx: int, by: int,
-         dtype: np.dtype) -> np.ndarray:
-    """Sum bx x by blocks, accumulating in 64 bits and wrapping into `dtype` like the C code."""
-    shape = list(region.shape)
-    new_shape: list[int] = []
-    sum_axes = []
-    for axis, n in enumerate(shape):
-        factor = bx if axis == x_axis else by if axis == y_axis else 1
-        new_shape += [n // factor, factor]
-        sum_axes.append(2 * axis + 1)
-    acc = np.float64 if dtype.kind == "f" else np.int64
-    summed = region.astype(acc).reshape(new_shape).sum(axis=tuple(sum_axes))
-    return summed.astype(dtype)

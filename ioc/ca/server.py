@@ -410,7 +410,7 @@ class CATransport:
         return [name for name in self.pvdb if "." not in name]
 
     async def serve(self, loop: asyncio.AbstractEventLoop) -> None:
-        from .channels import _wire_passthrough
+        from .caproto_fixes import _wire_passthrough
         _limit_caproto_batching()
         _wire_passthrough()  # again, in case a caproto backend was selected since import
         self._loop = loop
