@@ -95,6 +95,12 @@ class GatherInput:
     def queue_fill(self) -> float:
         return self.gather.queue_fill()
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting in the Gather's queue (shared by its inputs): what NumQueuedArrays of
+        an upstream port counts."""
+        return self.gather.queued
+
     def __repr__(self) -> str:
         return f"<{self.gather.port} input {self.number}>"
 

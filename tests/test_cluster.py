@@ -138,19 +138,21 @@ def round_robin(tmp_path_factory):
     assert "Traceback" not in ioc.log(), ioc.log()
 
 
-def setup_camera(p: str, size_x: int = 1024, size_y: int = 1024) -> None:
+def setup_camera(p: str, size_x: int = 1024, size_y: int = 1024,
+                 acquire_time: float = 0.01) -> None:
     put(p + "cam1:Acquire", 0)
     for name, value in [("SizeX", size_x), ("SizeY", size_y), ("MinX", 0), ("MinY", 0),
                         ("DataType", UINT16), ("ColorMode", MONO), ("SimMode", LINEAR_RAMP),
                         ("Gain", 1.0), ("GainX", 1.0), ("GainY", 1.0), ("Noise", 0.0),
-                        ("AcquireTime", 0.01), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
+                        ("AcquireTime", acquire_time), ("AcquirePeriod", 0.0), ("ArrayCounter", 0),
                         ("Reset", 1)]:
         put(p + "cam1:" + name, value)
 
 
-def capture(p: str, folder: Path, name: str, frames: int, extra: dict | None = None) -> Path:
+def capture(p: str, folder: Path, name: str, frames: int, extra: dict | None = None,
+            acquire_time: float = 0.01) -> Path:
     """Stream `frames` frames into HDF1 through the cluster; returns the master file."""
-    setup_camera(p)
+    setup_camera(p, acquire_time=acquire_time)
     for plugin in ("Stats1:", "HDF1:"):
         put(p + plugin + "EnableCallbacks", 1)
     for key, value in [("FilePath", str(folder) + "/"), ("FileName", name),
@@ -166,10 +168,10 @@ def capture(p: str, folder: Path, name: str, frames: int, extra: dict | None = N
     return folder / f"{name}.h5"
 
 
-def check_frames(path: Path, frames: int) -> np.ndarray:
+def check_frames(path: Path, frames: int, acquire_time: float = 0.01) -> np.ndarray:
     """The master holds `frames` rows in uniqueId order; valid rows equal the sim formula.
     Returns NDArrayStatus."""
-    inc = 10  # (UInt16)(Gain 1 * AcquireTime 0.01 * 1000)
+    inc = int(round(acquire_time * 1000))  # (UInt16)(Gain 1 * AcquireTime * 1000)
     with h5py.File(path) as f:
         data = f["/entry/data/data"]
         assert data.is_virtual and data.shape == (frames, 1024, 1024)
@@ -267,18 +269,20 @@ def test_aggregated_counters_are_the_sums_of_the_per_rank_ones(round_robin, tmp_
 
 
 def test_a_frame_dropped_on_a_rank_is_a_missing_row_in_order(round_robin, tmp_path):
-    """Acceptance 4: the ranks' writers have a queue of one and a slow compression, so frames
-    find their queue full; each is a missing row with its cause, in its place."""
+    """Acceptance 4: the ranks' writers have a queue of one and a slow compression, and frames
+    come every 2 ms (250/s to each rank, faster than zlib level 9 writes a 2 MB frame), so
+    frames find their queue full; each is a missing row with its cause, in its place."""
     p = round_robin.prefix
     put(p + "HDF1:DroppedArrays", 0)
     put(p + "HDF1:QueueSize", 1)
     try:
         master = capture(p, tmp_path, "drops", 20,
-                         {"Compression": 3, "ZLevel": 9, "FillValue": 7})  # zlib
+                         {"Compression": 3, "ZLevel": 9, "FillValue": 7},  # zlib
+                         acquire_time=0.002)
     finally:
         put(p + "HDF1:QueueSize", 20)
         put(p + "HDF1:Compression", 0)
-    status = check_frames(master, 20)
+    status = check_frames(master, 20, acquire_time=0.002)
     dropped = np.flatnonzero(status)
     assert len(dropped) > 0, "no frame was dropped: the writers kept up"
     assert (status[dropped] == DROPPED_CODE).all()
