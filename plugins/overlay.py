@@ -52,7 +52,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
