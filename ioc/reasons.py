@@ -3,8 +3,9 @@
 Every driver and plugin that turns a failure into text uses `reason`, so a disk-full is worded
 the same everywhere, an OSError never shows "[Errno 28]" or a path the caller already names, and
 no traceback or second line reaches a 40-character PV. Callers add their own context in front
-("cannot open x.h5: " + reason(exc)). The algorithm child keeps its own copy: it imports only
-the standard library and numpy (see plugins/python/child.py).
+("cannot open x.h5: " + reason(exc)). An exception raised by a user's algorithm is said
+differently, with its type (`ndflow.algorithm.errors.one_line`, in the child's standard-library
+package): there the type is what the author needs.
 """
 
 from __future__ import annotations

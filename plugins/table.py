@@ -39,12 +39,10 @@ close) under the shared file's lock, as HDF1 does for its attribute columns.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
 import re
-import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -59,14 +57,12 @@ from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_par
 from ndflow.plugins.file_writer import FileWriter, WriteError
 from ndflow.plugins.h5share import file_lock
 from ndflow.plugins.hdf5 import acquisition_record
+from ndflow.plugins.pv_log import MAX_LOG_PVS, PVLog, log_pv_names
 
 #: the code of each cause in the `status` column (HDF1's NDArrayStatus codes)
 MISSING_CODES = {cause: i + 1 for i, cause in enumerate(MissingCause)}
 #: rows are written in blocks of this many
 BLOCK = 64
-#: at most this many PVs logged per file, and this many samples held between two blocks
-MAX_LOG_PVS = 16
-MAX_PENDING_SAMPLES = 100_000
 #: groups of /entry that belong to the image writer: refused as GroupName
 _RESERVED = {"data", "instrument", "ndflow"}
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -112,12 +108,9 @@ class Table(FileWriter):
         self._times: dict[int, list[float]] = {}  # acquisition id -> [first, last] POSIX
         self._skipped: set[str] = set()  # attributes with no column (said once per file)
         self._since_flush = 0
-        # asynchronous logs (the client's threads append; the writer drains)
-        self._samples: collections.deque = collections.deque(maxlen=MAX_PENDING_SAMPLES)
-        self._logged: list[str] = []
+        # asynchronous logs (the clients' threads queue samples; the writer drains them)
+        self._log = PVLog(f"{self.port}-log", self.message)
         self._logs: dict[str, tuple[h5py.Dataset, h5py.Dataset]] = {}
-        self._sampler: threading.Thread | None = None
-        self._sampling = threading.Event()
 
     # --- puts: checked on the event loop, nothing to wait for ---------------------------------
     def put_GroupName(self, value: str) -> str:
@@ -180,7 +173,7 @@ class Table(FileWriter):
         self._values, self._arrays, self._logs = {}, {}, {}
         self._acquisitions, self._times, self._skipped = {}, {}, set()
         self.set_many({"NumColumns_RBV": 0, "NumLogged_RBV": 0})
-        self._start_logs(v["LogPVs"], v["LogPeriod"])
+        self._log.start(v["LogPVs"], v["LogPeriod"])
 
     def write_array(self, array: NDArray) -> None:
         self._add_row(array, 0, "", "")
@@ -305,60 +298,8 @@ class Table(FileWriter):
         return pair
 
     # --- asynchronous logs ----------------------------------------------------------------------
-    def _start_logs(self, text: str, period: float) -> None:
-        try:
-            names = log_pv_names(text)
-        except ValueError as exc:  # stored before a check existed: said, not fatal
-            self.message(f"LogPVs: {exc}", logging.WARNING)
-            names = []
-        watch = pvwatch.shared()
-        self._logged = []
-        for name in names:
-            try:  # listening first: no update falls between the value read below and it
-                if not period:
-                    watch.listen(name, self._on_sample)
-                latest = watch.latest(name)
-            except pvwatch.PVNameError as exc:
-                self.message(f"LogPVs: {exc}", logging.WARNING)
-                continue
-            self._logged.append(name)
-            if latest is not None and not any(n == name and t == latest[1]
-                                              for n, _, t in list(self._samples)):
-                # the value when the file opened, even if it never changes
-                self._samples.appendleft((name, *latest))
-        if self._logged and period:
-            self._sampling = threading.Event()
-            self._sampler = threading.Thread(target=self._sample_every, name=f"{self.port}-log",
-                                             args=(list(self._logged), period, self._sampling),
-                                             daemon=True)
-            self._sampler.start()
-
-    def _on_sample(self, name: str, value: Any, timestamp: float) -> None:
-        """A monitor update (the client's thread): only queued."""
-        self._samples.append((name, value, timestamp))
-
-    def _sample_every(self, names: list[str], period: float, stop: threading.Event) -> None:
-        watch = pvwatch.shared()
-        while not stop.wait(period):
-            now = time.time()
-            for name in names:
-                latest = watch.latest(name)
-                if latest is not None:
-                    self._samples.append((name, latest[0], now))
-
-    def _stop_logs(self) -> None:
-        watch = pvwatch.shared()
-        for name in self._logged:
-            watch.unlisten(name, self._on_sample)
-        self._sampling.set()
-        self._sampler = None
-        self._logged = []
-
     def _write_samples(self) -> None:
-        taken: dict[str, list[tuple[float, Any]]] = {}
-        while self._samples:
-            name, value, timestamp = self._samples.popleft()
-            taken.setdefault(name, []).append((timestamp, value))
+        taken = self._log.drain()
         count = 0
         for name, samples in taken.items():
             pair = self._logs.get(name)
@@ -416,7 +357,7 @@ class Table(FileWriter):
 
     def close_file(self) -> None:
         file = self._file
-        self._stop_logs()
+        self._log.stop()
         try:
             if file is not None:
                 self._write_block()
@@ -425,14 +366,14 @@ class Table(FileWriter):
         finally:
             self._file = self._group = None
             self._fixed, self._values, self._arrays, self._logs = {}, {}, {}, {}
-            self._samples.clear()
+            self._log.clear()
             if file is not None:
                 file.close()  # gives back this writer's share (h5share)
 
     def abandon_file(self) -> None:
         # A write failed inside HDF5: the file is not closed (see HDF1), and nothing more is
         # written; its share is kept, so the registry never closes it either.
-        self._stop_logs()
+        self._log.stop()
         self._file = self._group = None
         self._rows = []
         self._fixed, self._values, self._arrays, self._logs = {}, {}, {}, {}
@@ -441,25 +382,8 @@ class Table(FileWriter):
         return self.frame_settings
 
     def shutdown(self) -> None:
-        self._stop_logs()
+        self._log.stop()
         super().shutdown()
-
-
-def log_pv_names(text: str) -> list[str]:
-    """The PV names of a LogPVs value (spaces or commas between them), each checked;
-    ValueError saying what is wrong."""
-    names = [n for n in re.split(r"[\s,]+", text.strip()) if n]
-    if len(names) > MAX_LOG_PVS:
-        raise ValueError(f"{len(names)} PVs: at most {MAX_LOG_PVS}")
-    out: list[str] = []
-    for name in names:
-        try:
-            pvwatch.check_name(name)
-        except pvwatch.PVNameError as exc:
-            raise ValueError(str(exc)) from None
-        if name not in out:
-            out.append(name)
-    return out
 
 
 def detector_info(first: NDArray) -> dict[str, Any]:

@@ -121,11 +121,7 @@ def _write(create: Callable[[Path], Any], path: Path, sources: list, limit: int,
     frame_shape = tuple(first.shape[1:]) if first is not None else (0, 0)
     dtype = first.dtype if first is not None else np.dtype("u2")
     with create(path) as out:
-        out.attrs["creator"] = "ndflow cluster master"
-        entry = out.require_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        data_group = entry.require_group("data")
-        data_group.attrs["NX_class"] = "NXdata"
+        entry, data_group = _nexus_groups(out)
         layout = h5py.VirtualLayout(shape=(n, *frame_shape), dtype=dtype,
                                     maxshape=(n, *frame_shape))
         per_rank: dict[int, int] = {}
@@ -218,11 +214,7 @@ def _write_partial(create: Callable[[Path], Any], path: Path, sources: list, lim
     gw = max(x for x, _ in offsets.values()) + w
     shape = (n, *tile[:-2], gh, gw)
     with create(path) as out:
-        out.attrs["creator"] = "ndflow cluster master"
-        entry = out.require_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        data_group = entry.require_group("data")
-        data_group.attrs["NX_class"] = "NXdata"
+        entry, data_group = _nexus_groups(out)
         layout = h5py.VirtualLayout(shape=shape, dtype=dtype, maxshape=shape)
         per_rank: dict[int, int] = {}
         for s, (rf, f) in enumerate(sources):
@@ -250,6 +242,16 @@ def _write_partial(create: Callable[[Path], Any], path: Path, sources: list, lim
             "module, x, y, width, height"
         _link_sources(out, group, sources, path)
     return MasterSummary(n, missing_rows, per_rank)
+
+
+def _nexus_groups(out: Any) -> tuple[Any, Any]:
+    """The master's /entry (NXentry) and /entry/data (NXdata), as a single-process file has."""
+    out.attrs["creator"] = "ndflow cluster master"
+    entry = out.require_group("entry")
+    entry.attrs["NX_class"] = "NXentry"
+    data_group = entry.require_group("data")
+    data_group.attrs["NX_class"] = "NXdata"
+    return entry, data_group
 
 
 def _link_sources(out: Any, group: Any, sources: list, path: Path) -> None:
