@@ -52,7 +52,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, BinaryIO, ClassVar, Mapping
 
 from ndflow.busy import Busy
 from ndflow.component import PutRefused
@@ -330,3 +330,22 @@ class FileWriter(CaptureModes, FilePathPolicy, Plugin):
             self._close()
 
 
+class OneArrayFileWriter(FileWriter):
+    """A format with one array per file, written through one open file (TIFF, JPEG): the file
+    is created under its data root's descriptor (links refused, see open_output) and the
+    format writes to the open file, never to its name."""
+
+    multiple_arrays = False
+    compression_aware = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._fh: BinaryIO | None = None
+
+    def open_file(self, path: Path, first: NDArray) -> None:
+        self._fh = self.open_output(path)
+
+    def close_file(self) -> None:
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            fh.close()

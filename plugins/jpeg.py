@@ -17,14 +17,13 @@ imagecodecs is already a dependency (NDPluginCodec's JPEG), so JPEG needs nothin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import imagecodecs
 import numpy as np
 
 from ndflow.ndarray import NDArray
 from ndflow.params import RW, enum_param, int_param
-from ndflow.plugins.file_writer import FileWriter, WriteError
+from ndflow.plugins.file_writer import FileWriter, OneArrayFileWriter, WriteError
 
 MONO, RGB1, RGB2, RGB3 = 0, 2, 3, 4
 #: where the colour axis of size 3 is in the numpy array (slowest first) for each RGB mode
@@ -62,22 +61,16 @@ def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     return bytes(imagecodecs.jpeg8_encode(np.ascontiguousarray(pixels), level=level))
 
 
-class JPEG(FileWriter):
+class JPEG(OneArrayFileWriter):
     screen = "NDFileJPEG"
     kind = "jpeg"
     plugin_type = "NDFileJPEG"
     PARAMS = (*FileWriter.PARAMS, JPEG_PARAMS)
     extension = ".jpg"
-    multiple_arrays = False
-    compression_aware = False
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._fh: BinaryIO | None = None
 
     def open_file(self, path: Path, first: NDArray) -> None:
         jpeg_pixels(first)  # refuse before a file exists for an array JPEG cannot hold
-        self._fh = self.open_output(path)
+        super().open_file(path, first)
 
     def write_array(self, array: NDArray) -> None:
         assert self._fh is not None
@@ -86,9 +79,4 @@ class JPEG(FileWriter):
     def write_missing(self, array: NDArray) -> None:
         self.notes.line("missing", f"array {array.unique_id} lost "
                                    f"({array.status.missing.value}): no JPEG file for it")
-
-    def close_file(self) -> None:
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            fh.close()
 

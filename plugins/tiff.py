@@ -10,23 +10,20 @@ Any TIFF reader opens the files.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, BinaryIO
-
 import numpy as np
 import tifffile
 
 from ndflow import __version__
 from ndflow.ndarray import NDArray
 from ndflow.params import RW, enum_param
-from ndflow.plugins.file_writer import FileWriter
+from ndflow.plugins.file_writer import FileWriter, OneArrayFileWriter
 
 TAG_UNIQUE_ID, TAG_TIMESTAMP, TAG_EPICS_SEC, TAG_EPICS_NSEC = 65000, 65001, 65002, 65003
 TAG_FIRST_ATTRIBUTE = 65010
 RGB1 = 2
 
 
-class TIFF(FileWriter):
+class TIFF(OneArrayFileWriter):
     screen = "NDFileTIFF"
     kind = "tiff"
     plugin_type = "NDFileTIFF"
@@ -34,17 +31,6 @@ class TIFF(FileWriter):
         enum_param("FileFormat", ("TIFF", "Invalid"), 0, RW, rbv_choices=("TIFF", "Undefined"),
                    group="File"),))
     extension = ".tif"
-    multiple_arrays = False
-    compression_aware = False
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._fh: BinaryIO | None = None
-
-    def open_file(self, path: Path, first: NDArray) -> None:
-        # created under the data root's descriptor (links refused); tifffile writes to the
-        # open file, never to the name
-        self._fh = self.open_output(path)
 
     def write_array(self, array: NDArray) -> None:
         assert self._fh is not None
@@ -61,8 +47,3 @@ class TIFF(FileWriter):
         tifffile.imwrite(self._fh, np.ascontiguousarray(data), photometric=photometric,
                          software=f"ndflow {__version__}", extratags=tags,
                          description=f"NDArray {array.unique_id}", metadata=None)
-
-    def close_file(self) -> None:
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            fh.close()
