@@ -323,9 +323,13 @@ class FITSDriver(Driver):
                 return
             try:
                 ready = self._files.wait(self.options.poll_s, self._wake)
-            except (OSError, PathRefused) as exc:
-                # the folder vanished, went unreadable or was swapped for a link: say so (once
-                # per reason, not at every poll) and keep going
+            except (OSError, PathRefused, RuntimeError) as exc:
+                # the folder vanished, went unreadable or was swapped for a link, or inotify
+                # refused (watchfiles raises a RuntimeError: the watch limit, a watcher error):
+                # say so (once per reason, not at every poll) and keep going; a notifier that
+                # failed keeps its error, so the next wait makes a new one
+                if isinstance(exc, RuntimeError):
+                    self._files.close()
                 reason = getattr(exc, "strerror", None) or str(exc)
                 text = f"cannot scan {self._folder}: {reason}"
                 if text != self._scan_error:

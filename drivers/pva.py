@@ -58,7 +58,7 @@ from ndflow.adcore import AD_BASE, MAX_QUEUE, NDARRAY_BASE
 from ndflow.component import PutRefused
 from ndflow.driver import CONTINUOUS, MULTIPLE, SINGLE, Driver, FrameContext
 from ndflow.graph import PortGraph
-from ndflow.ndarray import NDArray, xyz_dims
+from ndflow.ndarray import MissingCause, NDArray, xyz_dims
 from ndflow.params import R, RW, enum_param, int_param, text_param
 from ndflow.pool import NoMemory
 
@@ -335,12 +335,15 @@ class PVADriver(Driver):
                 if isinstance(item, RemoteError):
                     self._say_bad(f"PV {_short(self._name)}: server error: {item}")
                 continue
-            frame = self._frame_of(item)
+            try:
+                frame = self._frame_of(item)
+            except NoMemory as exc:  # its place is kept; the acquisition's end still counts it
+                frame = NDArray.missing(MissingCause.NO_MEMORY, f"{self.port}: {exc}")
             if frame is None:
                 continue
             if self._last_of(ctx):
                 self._close_sub()  # the acquisition ends with this frame
-            if ctx.acquisition.first_id is None:  # the sorter starts from the source's ids
+            if ctx.acquisition.first_id is None and frame.valid:  # the sorter starts there
                 ctx.acquisition.first_id = frame.unique_id
             return frame
         return None

@@ -54,7 +54,7 @@ class MasterCapture:
             message = "Capture needs FileWriteMode Capture or Stream"
             w.set_many({"WriteStatus": 1, "WriteMessage": message})
             raise PutRefused(message)
-        if self.capturing:
+        if self.capturing or self._ending is not None:  # the previous capture ends first
             await self.stop()
         self.path = None
         if writes_hdf5(w):
@@ -101,6 +101,7 @@ class MasterCapture:
         """Stop every rank's capture (their queued frames are written first: DrainOnStop),
         write the master, and complete Capture=1's put."""
         w = self.writer
+        done = self.done  # this capture's put: a Capture=1 after it gets its own
         try:
             answers = await self.node.ask(w, "Capture", 0, complete=True)
             self.capturing = False
@@ -139,5 +140,5 @@ class MasterCapture:
             w.set("Capture", 0)
             if w.publisher is not None:
                 await w.publisher.drain()
-            if self.done is not None:
-                resolve(self.done)
+            if done is not None:
+                resolve(done)

@@ -153,9 +153,14 @@ class ControlNode:
                     stopping = not param.coerce(raw)[0]
                 except (TypeError, ValueError):
                     stopping = False  # refused by the put itself
-                if stopping:
+                if not stopping:
+                    return await original(param, raw, source)
+                self.mirror(component, "Acquire", 0, ranks=ranks)
+                try:
+                    return await original(param, raw, source)
+                finally:  # again once the stop event is set: a START the driver thread sent
+                    # in between (it had not seen the stop yet) is followed by this stop
                     self.mirror(component, "Acquire", 0, ranks=ranks)
-                return await original(param, raw, source)
             try:
                 result = await original(param, raw, source)
             except Exception:
@@ -231,9 +236,20 @@ class ControlNode:
             acquisition.in_flight.enter()
         for rank in self.remote:
             self.link.send(rank, {"kind": START, "acq": acquisition.id})
-        if self.acquisition is not None:
-            self.acquisition.begin(acquisition)
-            own_run(acquisition)
+        if self.driver._stop_event.is_set() and self.remote:
+            # stopped before START went out: the ranks ignored that stop (nothing ran yet), so
+            # they get it again, after START (one link, in order)
+            self.mirror(self.driver, "Acquire", 0, ranks=self.remote)
+        try:
+            if self.acquisition is not None:
+                self.acquisition.begin(acquisition)
+                own_run(acquisition)
+        except BaseException:  # the control rank's own run failed: the others stop too
+            if self.remote:
+                self.mirror(self.driver, "Acquire", 0, ranks=self.remote)
+            self.driver._stop_event.set()
+            self._wait_remote(acquisition)
+            raise
         self._wait_remote(acquisition)
 
     def _wait_remote(self, acquisition: Acquisition) -> None:

@@ -102,6 +102,23 @@ class Link:
     def queued(self) -> int:
         return len(self._out) + len(self._pending)
 
+    def _receive_pixels(self, header: dict[str, Any], source: int,
+                        status: Any) -> np.ndarray | None:
+        """The frame's pixels, the message after its header. If no buffer can be had for them
+        (memory refused, a bad header), they are still taken off the link, into a throwaway
+        buffer (else the next header read would be these bytes), and the frame becomes a
+        missing one with that cause."""
+        try:
+            data = self.buffer_for(header)
+        except Exception as exc:
+            self.comm.Probe(source=source, tag=TAG, status=status)
+            self.comm.Recv(bytearray(status.Get_count(self.MPI.BYTE)), source=source, tag=TAG)
+            header["missing"] = ("NO_MEMORY", f"rank {self.rank}: no buffer for the frame: "
+                                 f"{type(exc).__name__}: {exc}")
+            return None
+        self.comm.Recv(data, source=source, tag=TAG)
+        return data
+
     def _run(self) -> None:
         MPI, comm = self.MPI, self.comm
         status = MPI.Status()
@@ -129,8 +146,7 @@ class Link:
                     header = comm.recv(source=source, tag=TAG)
                     data = None
                     if header.get("kind") == FRAME and "dtype" in header:
-                        data = self.buffer_for(header)
-                        comm.Recv(data, source=source, tag=TAG)
+                        data = self._receive_pixels(header, source, status)
                         last_frame = time.monotonic()
                     self.on_message(source, header, data)
                     busy = received = True
