@@ -364,7 +364,8 @@ def rank_process(ioc: ClusterIOC, rank: int):
 def test_a_rank_that_stops_answering_is_reported_and_its_frames_become_missing(tmp_path):
     """Faults: rank 2 is stopped (SIGSTOP); the frames it was sent time out after the window
     and become missing frames of the acquisition; Cluster:SilentRanks_RBV names it; credit
-    dispatch sends the rest to rank 1."""
+    dispatch sends the rest to rank 1; Acquire's put-completion (WaitForPlugins) does not wait
+    for the silent rank."""
     ioc = ClusterIOC(config(dispatch="credit", credits=2, window_s=1.0), tmp_path)
     stopped = None
     try:
@@ -376,7 +377,11 @@ def test_a_rank_that_stops_answering_is_reported_and_its_frames_become_missing(t
         stopped.suspend()
         put(p + "cam1:ImageMode", 1)
         put(p + "cam1:NumImages", 10)
-        put(p + "cam1:Acquire", 1)
+        put(p + "cam1:WaitForPlugins", 1)
+        began = time.monotonic()
+        put(p + "cam1:Acquire", 1)  # completes once rank 2 is given up on (30 s at most)
+        assert time.monotonic() - began < 15, "Acquire waited for the silent rank"
+        assert get(p + "cam1:AcquireBusy") == 0
         assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "2", 10)
         assert get(p + "Cluster:RanksAnswering_RBV") == 1
         # every frame is either processed by rank 1 or missing (rank 2 got 1 or 2: credits)

@@ -425,6 +425,14 @@ class ControlNode:
             for rank in newly:
                 for stream in self.streams.values():
                     stream.reorder.give_up(rank, f"rank {rank} stopped answering")
+                # its acquisitions no longer wait for its DRAINED (WaitForPlugins, AcquireBusy):
+                # its frames are missing now; a DRAINED it sends later is ignored
+                for aid, (acquisition, ranks) in list(self._acqs.items()):
+                    if rank in ranks:
+                        ranks.discard(rank)
+                        acquisition.in_flight.leave()
+                        if not ranks:
+                            self._acqs.pop(aid, None)
             self._silent = (self._silent | silent) - {
                 r for r in self._silent if now - self._last_heard[r] < self.cluster.window_s}
             answering = len(self.workers) - len(self._silent)
