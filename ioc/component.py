@@ -151,8 +151,15 @@ class Component:
                     publisher.post(channel, channel.to_wire(value), coalesce=False)
 
     def collect(self, post: Callable[[Endpoint, Any], None]) -> None:
-        """Hand every value set since the last call to `post` (the publisher, under its lock)."""
-        self.before_publish()
+        """Hand every value set since the last call to `post` (the publisher, under its lock).
+        A bug in `before_publish` costs only what it would have set: the other values still go
+        out, and it is logged at most once per interval (not at every flush)."""
+        try:
+            self.before_publish()
+        except Exception as exc:
+            REFUSALS.line(self.log, f"{self.port}:before_publish",
+                          f"{self.port}: values derived for publishing failed: "
+                          f"{type(exc).__name__}: {exc}", logging.ERROR)
         dirty, values = self._dirty, self.values
         while dirty:
             try:
