@@ -36,7 +36,7 @@ from .params import R, bool_param, enum_param, int_param
 from .pool import Block, NoMemory, heap_block
 from .refusals import REFUSALS
 from .sparse import densify_array
-from .plugin_queues import _FRAME, _PASS, _STOP, Inbox, Sorter
+from .plugin_queues import QUEUED_FRAME, QUEUED_PASS, QUEUED_STOP, Inbox, Sorter
 from .throttle import ByteRate
 
 #: process() returns this when the result comes later, through complete() (child processes)
@@ -137,7 +137,7 @@ class Plugin(ArrayPort):
         if not self._running:
             return
         while len(self._workers) > count:
-            self._inbox.put(_STOP)
+            self._inbox.put(QUEUED_STOP)
             self._workers.pop()
         while len(self._workers) < count:
             worker = threading.Thread(target=self._work, name=f"{self.port}-worker", daemon=True)
@@ -154,7 +154,7 @@ class Plugin(ArrayPort):
     def shutdown(self) -> None:
         self._running = False
         for _ in self._workers:
-            self._inbox.put(_STOP)
+            self._inbox.put(QUEUED_STOP)
         for worker in self._workers:
             worker.join(timeout=2)
         self._workers.clear()
@@ -170,10 +170,10 @@ class Plugin(ArrayPort):
                 self._run_command(item)
                 continue
             kind, array, outputs = item
-            if kind is _STOP:
+            if kind is QUEUED_STOP:
                 return
             try:
-                if kind is _FRAME:
+                if kind is QUEUED_FRAME:
                     self._handle(array)
                 else:  # a frame lost at this door, in line with the frames around it: the
                     # plugin records it (a file writer's row) and passes it on
@@ -268,7 +268,7 @@ class Plugin(ArrayPort):
                 values["LossPolicy"] == BLOCK and self._offer_blocking(array)):
             self.increment("DroppedArrays")
             self._mark_lost(array, failed=False)
-            self._inbox.put(_PASS, array, [array.derive(
+            self._inbox.put(QUEUED_PASS, array, [array.derive(
                 None, status=FrameStatus(MissingCause.DROPPED, f"{self.port} queue full"))])
 
     def _offer_blocking(self, array: NDArray) -> bool:
@@ -304,7 +304,7 @@ class Plugin(ArrayPort):
                 self._finish(array, _as_list(self.process_missing(outputs[0])), None)
         else:
             self._enter(array)
-            self._inbox.put(_PASS, array, outputs)
+            self._inbox.put(QUEUED_PASS, array, outputs)
 
     def _count(self, name: str) -> None:
         """increment() for the per-frame counters (plain, coalesced values): one locked add."""

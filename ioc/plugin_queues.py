@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .plugin import Plugin
 
 # what an Inbox holds: (kind, array, outputs)
-_FRAME, _PASS, _STOP = "frame", "pass", "stop"
+QUEUED_FRAME, QUEUED_PASS, QUEUED_STOP = "frame", "pass", "stop"
 
 
 class Inbox:
@@ -47,7 +47,7 @@ class Inbox:
                     return False
                 self._room.wait(0.1)
             self._frames += 1
-            self._items.append((_FRAME, array, None))
+            self._items.append((QUEUED_FRAME, array, None))
             self._cond.notify()
         return True
 
@@ -72,7 +72,7 @@ class Inbox:
             if not self._items:
                 return None
             item = self._items.popleft()
-            if item[0] is _FRAME:
+            if item[0] is QUEUED_FRAME:
                 self._frames -= 1
                 self._room.notify()
             return item
