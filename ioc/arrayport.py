@@ -163,6 +163,8 @@ class ArrayPort(Component):
             self.message(f"{text}, {count - made} refused: {refusal}", logging.WARNING)
         else:
             self.message(text)
+        if self.publisher is not None:  # the put completes after its readback and message show
+            await self.publisher.drain()
         return HANDLED
 
     def _pre_allocate(self, nbytes: int, count: int) -> tuple[int, str]:
