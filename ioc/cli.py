@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, registry
 from .config import ConfigError, load_config
+from .stop_signals import cancel_on_stop_signals
 
 
 class OneLineErrors(logging.Filter):
@@ -204,16 +205,15 @@ class ProgressLines:
 
 
 async def _serve(ioc) -> int:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    release = cancel_on_stop_signals(asyncio.get_running_loop(), asyncio.current_task())
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck IOC is doing
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         await ioc.run()
     except asyncio.CancelledError:
         logging.getLogger("ndflow").info("shut down")
+    finally:
+        release()
     return 0
 
 

@@ -69,9 +69,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from typing import Any
 
+from ..stop_signals import cancel_on_stop_signals
 from .config import ClusterConfig, check_modules, check_roles
 
 __all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
@@ -128,10 +128,8 @@ async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control
     from .worker import WorkerNode
 
     log = logging.getLogger("ndflow.cluster")
-    task = asyncio.current_task()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    release = cancel_on_stop_signals(loop, asyncio.current_task())
     if not control:
         node = WorkerNode(ioc, cluster, comm, loop)
         node.install()
@@ -148,9 +146,12 @@ async def _serve(ioc: Any, node: Any, cluster: ClusterConfig, comm: Any, control
     except asyncio.CancelledError:
         log.info("shut down")
     finally:
-        runner.cancel()
-        await asyncio.gather(runner, return_exceptions=True)
-        node.stop()
+        try:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            node.stop()
+        finally:
+            release()
     return 0
 
 
