@@ -86,6 +86,8 @@ TABLE_PARAMS = (
     bool_param("FlushNow", "Done", "Flush", 0, W, group="Table"),
     int_param("NumColumns_RBV", 0, R, group="Table", doc="value and array columns in the file"),
     int_param("NumLogged_RBV", 0, R, group="Table", doc="PV samples logged in the file"),
+    int_param("LogPVsConnected_RBV", 0, R, group="Table",
+              doc="PVs of LogPVs that have a value (a misspelt name never connects)"),
 )
 
 
@@ -131,6 +133,14 @@ class Table(FileWriter):
             self._fail(f"LogPVs: {exc}")
             raise PutRefused(f"LogPVs: {exc}") from None
         return " ".join(names)
+
+    def periodic(self, elapsed: float) -> None:
+        """LogPVsConnected_RBV: an operator sees a name that never connects before a file
+        misses its log (the monitors started at the put)."""
+        super().periodic(elapsed)
+        watch = pvwatch.shared()
+        connected = sum(watch.latest(name) is not None for name in self.values["LogPVs"].split())
+        self.set_if_changed({"LogPVsConnected_RBV": connected})
 
     # --- the format -----------------------------------------------------------------------------
     def open_file(self, path: Path, first: NDArray) -> None:

@@ -117,7 +117,8 @@ def test_table_beside_images_in_one_file(ioc):
     arm(p, root, "shared")
     put(p + "Table1:LogPVs", f"{p}cam1:Temperature_RBV")
     put(p + "Table1:LogPeriod", 0.0)
-    time.sleep(1.5)  # the monitors connect (a frame never waits for them)
+    # the monitor connects (a frame never waits for it)
+    assert wait_for(lambda: get(p + "Table1:LogPVsConnected_RBV") == 1, timeout=20)
     for plugin in ("HDF1:", "Table1:"):
         put(p + plugin + "Capture", 1, wait=False)
     assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1 and get(p + "Table1:Capture_RBV"))
@@ -240,8 +241,9 @@ def test_separate_files_when_names_differ(ioc):
     # the temperature sampled every 0.2 s over pvAccess (p4p's client inside the IOC)
     put(p + "Table1:LogPVs", f"pva://{p}cam1:Temperature_RBV")
     put(p + "Table1:LogPeriod", 0.2)
+    assert wait_for(lambda: get(p + "Table1:LogPVsConnected_RBV") == 1, timeout=20)
     put(p + "cam1:Temperature", 24.5)
-    time.sleep(1.0)
+    time.sleep(1.0)  # the monitor's update of 24.5 arrives
     for plugin in ("HDF1:", "Table1:"):
         put(p + plugin + "Capture", 1, wait=False)
     assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1 and get(p + "Table1:Capture_RBV"))
@@ -256,7 +258,12 @@ def test_separate_files_when_names_differ(ioc):
         times, values = log["time"][()], log["value"][()]
         assert (values == 24.5).all() and len(values) >= 4  # 20 frames at 0.05 s: >= 1 s
         assert np.diff(times)[1:].min() >= 0.15  # the first is the value at the open
+    # a misspelt name never connects, and the readback says so
+    put(p + "Table1:LogPVs", f"{p}cam1:Temperature_RBV {p}cam1:NoSuchPV")
+    time.sleep(2.5)
+    assert get(p + "Table1:LogPVsConnected_RBV") == 1
     put(p + "Table1:LogPVs", "")
+    assert wait_for(lambda: get(p + "Table1:LogPVsConnected_RBV") == 0)
     put(p + "Table1:LogPeriod", 0.0)
 
 
