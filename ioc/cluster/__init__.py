@@ -10,8 +10,12 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   *processing* ranks (the plugin graph). A rank may hold several roles (acquisition with
   processing: its own frames go into its own plugin graph, no MPI hop). Without the section
   nothing here is imported, nor is mpi4py; with one rank the plain IOC runs.
-- **Modules (partial frames).** With several acquisition ranks each produces one detector
-  module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
+- **Shared whole frames.** With several acquisition ranks and a driver without modules, rank i
+  of M makes frames i, i+M, ... of each acquisition, numbered and (the sim) computed as one
+  process would, each rank paced at M x AcquirePeriod (`numbering`); the control rank's driver
+  shows the highest uniqueId and the summed NumImagesCounter.
+- **Modules (partial frames).** With several acquisition ranks and a driver of several
+  modules, each produces one detector module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
   go to the processing ranks in charge of it (`module_ranks`, or by default the acquisition
   rank itself when it also processes, else a round-robin share of the others). With
   `assemble` a processing rank rebuilds whole frames from the modules before its plugins
@@ -87,6 +91,17 @@ def _module_grid(ioc: Any) -> tuple[int, int]:
     return (1, 1)
 
 
+def _configured_modules(config: Any) -> int:
+    """The first driver's module count as its options say (the sim's `modules`), so the
+    roles are checked for module or shared whole frames before the IOC is built."""
+    drivers = getattr(config, "drivers", None) or []
+    grid = drivers[0].options.get("modules") if drivers else None
+    try:
+        return int(grid[0]) * int(grid[1]) if grid else 1
+    except (TypeError, ValueError, IndexError):
+        return 1  # the driver's own options check says what is wrong
+
+
 def launched_size() -> int:
     """The number of ranks the MPI launcher started, from its environment (no MPI import):
     1 when not started by a launcher."""
@@ -107,6 +122,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     cluster: ClusterConfig = config.cluster
+    cluster.set_modules(_configured_modules(config))  # checked against the driver below
     check_roles(cluster, size, lines)
     _tag_logs(rank)
     control = rank == cluster.control
