@@ -134,6 +134,9 @@ class Runs:
         upto = self.base + total if total is not None else max(seen | {highest})
         for rank in gone:
             self._missing(acquisition, rank, upto)
+        if gone and node.cluster.shared:  # as one process, the counter counts them
+            driver = node.driver
+            driver.set("ArrayCounter", max(int(driver.values["ArrayCounter"]), upto))
         if node.cluster.shared:
             self.numbering.end(self.base, max(highest, upto if gone else highest))
 
