@@ -28,18 +28,29 @@ ERROR = DETECTOR_STATES.index("Error")
 pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
 
 
-def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(tmp_path):
+#: M acquisition + N processing (the example), and N acquisition-with-processing (each rank
+#: keeps its frames): {processing rank: the uniqueIds its file holds}
+TOPOLOGIES = {"2 acquisition + 1 processing": (EXAMPLE, 4, {3: list(range(1, 12))}),
+              "2 acquisition-with-processing": (
+                  EXAMPLE.replace("processing: [3]", "processing: [1, 2]"), 3,
+                  {1: list(range(1, 12, 2)), 2: list(range(2, 12, 2))})}
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topology, tmp_path):
     """11 frames over ranks 1 and 2 (6 and 5): the master holds 11 frames equal to the sim
     formula in uniqueId order, each uniqueId once; the driver's facade counts as one IOC."""
-    ioc = ClusterIOC(EXAMPLE, tmp_path, ranks=4)
+    text, ranks, files = TOPOLOGIES[topology]
+    ioc = ClusterIOC(text, tmp_path, ranks=ranks)
     try:
         ioc.wait_ready()
         p = ioc.prefix
         put(p + "cam1:WaitForPlugins", 1)
         master = capture(p, tmp_path, "shared", 11)
         assert not check_frames(master, 11).any()  # 11 valid rows, uniqueIds 1..11 in order
-        with h5py.File(tmp_path / "shared_r3.h5") as f:  # the processing rank's own file
-            assert sorted(f[f"{ATTRS}/NDArrayUniqueId"][:]) == list(range(1, 12))
+        for rank, ids in files.items():  # each processing rank's own file
+            with h5py.File(tmp_path / f"shared_r{rank}.h5") as f:
+                assert sorted(f[f"{ATTRS}/NDArrayUniqueId"][:]) == ids
         assert get(p + "cam1:ArrayCounter_RBV") == 11  # the highest uniqueId, as one IOC
         assert wait_for(lambda: get(p + "cam1:NumImagesCounter_RBV") == 11, 5)  # 6 + 5
         assert get(p + "R1:cam1:ArrayCounter_RBV") == 11  # rank 1 made 1, 3, ..., 11

@@ -57,14 +57,20 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   MPI_THREAD_SERIALIZED); the event loop only queues messages. On a processing rank a feeder
   thread hands received frames to the plugins, so a blocking plugin never stalls MPI.
 
-Modules: `control` (the control rank), `capture` (the master capture), `worker` (any other rank:
+Modules: `control` (the control rank), `runs` (its acquisitions), `watch` (silent ranks),
+`numbering` (shared whole frames), `capture` (the master capture), `worker` (any other rank:
 its roles behind one link), `acquisition`, `processing`, `assembly`, `mirror` (puts applied, values
 reported), `common` (what they share), `dispatch` (pure rules), `wire`, `link`, `views`,
 `master`, `config`.
 
-What MPI does not give: a rank that dies usually takes the job down (MPICH aborts the others);
-a rank that stops answering is reported (`Cluster:SilentRanks_RBV`) and its outstanding frames
-become missing, but it cannot be replaced while the job runs. User algorithms still run in
+What MPI does not give: a rank that dies takes the job down (hydra, MPICH's mpiexec, ends
+every rank); a rank that stops answering (stopped, hung) is not noticed by MPICH, its messages
+just wait: the control rank finds it by its silence (`watch`: every rank reports at least every
+`report_interval_s`), lists it on `Cluster:SilentRanks_RBV`, and makes its frames missing with
+the cause: a processing rank's outstanding ones at once, an acquisition rank's owed ones when
+the others are done (`runs`: sent as placeholders so every sink records their rows; the driver
+shows Error), but it cannot be replaced while the job runs. If it answers again it leaves the
+list, and what it still sends for that acquisition is dropped, counted late. User algorithms still run in
 supervised children inside each rank, so their crashes never reach MPI.
 """
 

@@ -124,9 +124,16 @@ class ClusterConfig(BaseModel):
 
     def targets(self, rank: int, size: int) -> list[int]:
         """The processing ranks acquisition rank `rank` sends its frames to, in dispatch order
-        (round robin's ordering; a rank may repeat)."""
+        (round robin's ordering; a rank may repeat). Shared whole frames without an ordering:
+        an acquisition rank that processes keeps its frames (no MPI hop), the others send to
+        the processing ranks that acquire nothing."""
         if not self.partial:
-            return self.order(size)
+            if not self.shared or self.ordering:
+                return self.order(size)
+            processing = self.processing_ranks(size)
+            if rank in processing:
+                return [rank]
+            return [p for p in processing if p not in self.acquisition] or processing
         m = self.acquisition.index(rank)
         if self.module_ranks:
             return list(self.module_ranks[m])
@@ -176,8 +183,8 @@ def check_roles(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
     if cluster.partial:
         _check_modules(cluster, size, lines)
         return
-    order = cluster.order(size)
-    missing = sorted(set(cluster.processing_ranks(size)) - set(order))
+    fed = {p for a in cluster.acquisition for p in cluster.targets(a, size)}
+    missing = sorted(set(cluster.processing_ranks(size)) - fed)
     if missing:
         raise lines.error(("cluster", "ordering"), f"processing rank {missing[0]} never gets "
                           "a frame: add it to the ordering")

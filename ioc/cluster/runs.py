@@ -235,7 +235,8 @@ class Runs:
         mine = self._by_rank.setdefault(rank, {})
         mine.update((k, v) for k, v in values.items() if k in DRIVER_REPORTED)
         first = node.remote[0] if node.remote else None
-        out = dict(mine) if rank == first else {}
+        # only what this report says: a value a client put here since is not undone
+        out = {k: v for k, v in values.items() if k in DRIVER_REPORTED} if rank == first else {}
         if node.cluster.shared:
             ranks = [self._by_rank.get(r, {}) for r in node.remote]
             counter = values.get("ArrayCounter")
