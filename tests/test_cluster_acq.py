@@ -66,6 +66,19 @@ def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topo
         expected = wrap(ramp(1024, 1024, inc=10, frame=14), "u2")
         assert wait_for(lambda: get(p + "Stats1:MeanValue_RBV") ==
                         pytest.approx(expected.mean(), rel=1e-9), 5)
+        put(p + "cam1:ImageMode", 0)  # Single: one frame, made by rank 1 alone
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == 15
+        assert wait_for(lambda: get(p + "cam1:NumImagesCounter_RBV") == 1, 5)
+        put(p + "cam1:ImageMode", 2)  # Continuous on both ranks, stopped from the control rank
+        put(p + "cam1:AcquirePeriod", 0.02)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > 20, 10)
+        put(p + "cam1:Acquire", 0)
+        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
+        stopped_at = get(p + "cam1:ArrayCounter_RBV")
+        time.sleep(0.5)
+        assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
