@@ -15,9 +15,10 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   process would, each rank paced at M x AcquirePeriod (`numbering`); the control rank's driver
   shows the highest uniqueId and the summed NumImagesCounter.
 - **Modules (partial frames).** With several acquisition ranks and a driver of several
-  modules, each produces one detector module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
-  go to the processing ranks in charge of it (`module_ranks`, or by default the acquisition
-  rank itself when it also processes, else a round-robin share of the others). With
+  modules, each produces one detector module (module m = `acquisition[m]`; the sim's
+  `modules: [X, Y]` grid), and a module's frames go to the processing ranks in charge of it
+  (`module_ranks`, or by default the acquisition rank itself when it also processes, else a
+  round-robin share of the others). With
   `assemble` a processing rank rebuilds whole frames from the modules before its plugins
   (`assembly`), each tile placed by its recorded offset, dims and transform the whole frame's.
 - **Puts mirrored.** A put accepted on the control rank's plugin is sent, in order, to the same
@@ -70,8 +71,8 @@ just wait: the control rank finds it by its silence (`watch`: every rank reports
 the cause: a processing rank's outstanding ones at once, an acquisition rank's owed ones when
 the others are done (`runs`: sent as placeholders so every sink records their rows; the driver
 shows Error), but it cannot be replaced while the job runs. If it answers again it leaves the
-list, and what it still sends for that acquisition is dropped, counted late. User algorithms still run in
-supervised children inside each rank, so their crashes never reach MPI.
+list, and what it still sends for that acquisition is dropped, counted late. User algorithms
+still run in supervised children inside each rank, so their crashes never reach MPI.
 """
 
 from __future__ import annotations

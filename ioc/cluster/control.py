@@ -68,6 +68,7 @@ class Stream:
     #: is the rest), and those given up on (a late acknowledgement of one is counted late)
     seen: set[int] = field(default_factory=set)
     given_up: set[int] = field(default_factory=set)
+    last_frame: float = 0.0  # when one of its frames was last said sent or received
 
 
 class ControlNode:
@@ -268,6 +269,7 @@ class ControlNode:
             self._on_values(source, header["values"])
         elif kind == DISPATCHED:
             with self.lock:
+                self.streams[source].last_frame = time.monotonic()
                 given_up = self.streams[source].given_up
                 for aid, uid, rank in header["frames"]:
                     if uid not in given_up:  # else: sent after it was given up on, dropped
@@ -301,6 +303,7 @@ class ControlNode:
             if stream is None:
                 return
             self.acked[rank] = self.acked.get(rank, 0) + len(uids)
+            stream.last_frame = time.monotonic()
             for uid in uids:
                 if uid in stream.given_up:  # a frame of a silent rank after all: dropped there
                     stream.reorder.late += 1

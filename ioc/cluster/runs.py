@@ -44,7 +44,7 @@ class Runs:
         self.known: dict[int, Acquisition] = {}  # recent acquisitions by id
         self._acquired: dict[int, set[int]] = {}  # id -> remote acquisition ranks done
         self._acquired_event = threading.Event()
-        self._gone: dict[int, set[int]] = {}  # id -> acquisition ranks given up on
+        self._gone: dict[int, dict[int, str]] = {}  # id -> {acquisition rank given up on: why}
         self._highest: dict[int, int] = {}  # id -> the highest uniqueId a rank said it made
         self.numbering = ClusterNumbering()
         self.current: Acquisition | None = None
@@ -64,8 +64,10 @@ class Runs:
                 self.known.pop(next(iter(self.known)))
             self._acquired[acquisition.id] = set()
             self.current, self.base = acquisition, int(driver.values["ArrayCounter"])
+            now = time.monotonic()
             for stream in node.streams.values():
                 stream.seen.clear()
+                stream.last_frame = now
             fault, self.fault = self.fault, ""
         if fault and node.acquisition is None:  # the first acquisition rank's state again
             first = self._by_rank.get(node.remote[0], {}) if node.remote else {}
@@ -127,27 +129,26 @@ class Runs:
         and the image position moves on by the frames the cluster made."""
         node = self.node
         with self.lock:
-            gone = sorted(self._gone.pop(acquisition.id, set()))
+            gone = sorted(self._gone.pop(acquisition.id, {}).items())
             highest = self._highest.pop(acquisition.id, self.base)
             seen = set().union(*(s.seen for s in node.streams.values()))
         total = wanted(acquisition.settings)
         upto = self.base + total if total is not None else max(seen | {highest})
-        for rank in gone:
-            self._missing(acquisition, rank, upto)
+        for rank, why in gone:
+            self._missing(acquisition, rank, upto, why)
         if gone and node.cluster.shared:  # as one process, the counter counts them
             driver = node.driver
             driver.set("ArrayCounter", max(int(driver.values["ArrayCounter"]), upto))
         if node.cluster.shared:
             self.numbering.end(self.base, max(highest, upto if gone else highest))
 
-    def _missing(self, acquisition: Acquisition, rank: int, upto: int) -> None:
+    def _missing(self, acquisition: Acquisition, rank: int, upto: int, message: str) -> None:
         """Rank `rank` stopped answering: its frames not seen become missing, each sent as a
         placeholder to a processing rank (whole frames) so its sinks record the row; then the
         processing ranks hear that this rank's part of the acquisition is over (GONE)."""
         node, cluster = self.node, self.node.cluster
         ranks, index = (len(cluster.acquisition), cluster.acquisition.index(rank)) \
             if cluster.shared else (1, 0)
-        message = f"acquisition rank {rank} stopped answering"
         with self.lock:
             stream = node.streams[rank]
             uids = owed(self.base, ranks, index, upto, stream.seen)
@@ -177,7 +178,7 @@ class Runs:
     def on_acq_done(self, source: int, header: dict[str, Any]) -> None:
         with self.lock:
             aid = header["acq"]
-            if aid in self._acquired and source not in self._gone.get(aid, set()):
+            if aid in self._acquired and source not in self._gone.get(aid, {}):
                 self._acquired[aid].add(source)
                 if header.get("last") is not None:
                     self._highest[aid] = max(self._highest.get(aid, 0), header["last"])
@@ -208,19 +209,30 @@ class Runs:
         if current is None or current.id not in self._acquired:
             return set()
         return set(self.node.remote) - self._acquired[current.id] - \
-            self._gone.get(current.id, set())
+            set(self._gone.get(current.id, {}))
 
-    def give_up(self, rank: int) -> None:
-        """Acquisition rank `rank` stopped answering (lock held): the acquisition no longer
+    def frame_time(self) -> float:
+        """How long one acquisition rank takes per frame of the current acquisition at least:
+        its exposure, or its share of the period."""
+        current = self.current
+        if current is None:
+            return 0.0
+        ranks = len(self.node.cluster.acquisition) if self.node.cluster.shared else 1
+        return max(float(current.settings.get("AcquireTime", 0.0)),
+                   float(current.settings.get("AcquirePeriod", 0.0)) * ranks)
+
+    def give_up(self, rank: int, why: str) -> None:
+        """Acquisition rank `rank` stopped answering, or making frames (lock held; `why` is
+        the cause its missing frames carry): the acquisition no longer
         waits for it, and it is told to stop (it acts on it if it ever answers again). Without
         an end (Continuous) the whole acquisition stops: the frames the rank owes are the ones
         up to the last the others made."""
         current = self.current
         if current is None or current.id not in self._acquired:
             return
-        self._gone.setdefault(current.id, set()).add(rank)
+        self._gone.setdefault(current.id, {})[rank] = why
         self._acquired[current.id].add(rank)
-        self.fault = f"acquisition rank {rank} stopped answering"
+        self.fault = why
         driver = self.node.driver
         self.node.mirror(driver, "Acquire", 0, ranks=[rank])
         if wanted(current.settings) is None:
