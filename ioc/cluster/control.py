@@ -347,6 +347,10 @@ class ControlNode:
     def _on_values(self, rank: int, values: dict[str, dict[str, Any]]) -> None:
         mine = values.pop(self.driver.port, None)
         if mine:
+            if rank in self.streams and ("ArrayCounter" in mine or
+                                         "NumImagesCounter_RBV" in mine):
+                with self.lock:  # its driver makes frames (held ones too: not overdue)
+                    self.streams[rank].last_frame = time.monotonic()
             view = self.driver_views.get(rank)
             if view is not None:
                 for name, value in mine.items():
