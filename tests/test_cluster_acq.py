@@ -10,7 +10,6 @@ messages wait) and resumed with SIGCONT.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import h5py
 import numpy as np
