@@ -149,6 +149,12 @@ def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(tmp
         assert get(p + "cam1:ArrayCounter_RBV") == frames + 4
         assert get(p + "cam1:DetectorState_RBV") != ERROR
         assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames + 4, 5)
+        put(p + "cam1:ArrayCounter", 0)  # uniqueIds used again: the given-up ones are not
+        put(p + "cam1:NumImages", frames)  # held against the new frames
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == frames
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == 2 * frames + 4, 5)
+        assert get(p + "Cluster:FramesMissing_RBV") == len(lost)
     finally:
         if stopped is not None:
             stopped.resume()

@@ -68,6 +68,8 @@ class Stream:
     #: is the rest), and those given up on (a late acknowledgement of one is counted late)
     seen: set[int] = field(default_factory=set)
     given_up: set[int] = field(default_factory=set)
+    #: acquisitions this rank was given up on: what it says it sent for them was dropped
+    gone_acqs: set[int] = field(default_factory=set)
     last_frame: float = 0.0  # when one of its frames was last said sent or received
 
 
@@ -270,9 +272,9 @@ class ControlNode:
         elif kind == DISPATCHED:
             with self.lock:
                 self.streams[source].last_frame = time.monotonic()
-                given_up = self.streams[source].given_up
+                gone = self.streams[source].gone_acqs
                 for aid, uid, rank in header["frames"]:
-                    if uid not in given_up:  # else: sent after it was given up on, dropped
+                    if aid not in gone:  # else: sent after it was given up on, dropped
                         self._expect(source, uid, rank, self.runs.known.get(aid), False)
                 for aid, uid in header["lost"]:
                     acquisition = self.runs.known.get(aid)

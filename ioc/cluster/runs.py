@@ -66,7 +66,8 @@ class Runs:
             self.current, self.base = acquisition, int(driver.values["ArrayCounter"])
             now = time.monotonic()
             for stream in node.streams.values():
-                stream.seen.clear()
+                stream.seen.clear()  # uniqueIds may be used again (ArrayCounter set back)
+                stream.given_up.clear()
                 stream.last_frame = now
             fault, self.fault = self.fault, ""
         if fault and node.acquisition is None:  # the first acquisition rank's state again
@@ -231,6 +232,10 @@ class Runs:
         if current is None or current.id not in self._acquired:
             return
         self._gone.setdefault(current.id, {})[rank] = why
+        gone = self.node.streams[rank].gone_acqs
+        gone.add(current.id)
+        while len(gone) > 16:
+            gone.discard(min(gone))
         self._acquired[current.id].add(rank)
         self.fault = why
         driver = self.node.driver
