@@ -48,8 +48,10 @@ class ClusterConfig(BaseModel):
         "round_robin", description="round_robin: frame i goes to ordering[i % N]; credit: the "
         "least busy processing rank gets the next frame")
     ordering: list[int] = Field(default_factory=list, description="round_robin's order of "
-                                "processing ranks (empty: `processing` in order); a rank may "
-                                "appear more than once to get a bigger share")
+                                "processing ranks (empty: `processing` in order; for several "
+                                "acquisition ranks sharing whole frames, each keeps its frames "
+                                "if it processes, else sends to the ranks that only process); "
+                                "a rank may appear more than once to get a bigger share")
     credits: int = Field(8, ge=1, le=10_000, description="credit: frames a processing rank may "
                          "have in its pipeline before it gets no more; when every rank is full "
                          "the driver waits up to `window_s`, then the frame is dropped")

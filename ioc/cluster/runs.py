@@ -134,7 +134,10 @@ class Runs:
             highest = self._highest.pop(acquisition.id, self.base)
             seen = set().union(*(s.seen for s in node.streams.values()))
         total = wanted(acquisition.settings)
-        upto = self.base + total if total is not None else max(seen | {highest})
+        if total is None or node.driver._stop_event.is_set():  # up to the last frame made
+            upto = max(seen | {highest})
+        else:  # all of them, as one process would have made them
+            upto = self.base + total
         for rank, why in gone:
             self._missing(acquisition, rank, upto, why)
         if gone and node.cluster.shared:  # as one process, the counter counts them
