@@ -21,7 +21,7 @@ Pure and in-process (no MPI): tests/unit/test_cluster_numbering.py checks it in 
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Container, Mapping
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
 
@@ -59,11 +59,41 @@ def rank_settings(settings: Mapping[str, Any], ranks: int, index: int) -> dict[s
     return {"NumImages": mine, "AcquirePeriod": period}
 
 
-def owed(base: int, ranks: int, index: int, upto: int, seen: Iterable[int]) -> list[int]:
+def owed(base: int, ranks: int, index: int, upto: int, seen: Container[int]) -> list[int]:
     """Rank `index`'s uniqueIds of the acquisition after `base`, up to `upto` (base + N; or,
     without an end, the highest uniqueId the cluster made), that are not in `seen`."""
-    have = set(seen)
-    return [u for u in range(base + 1 + index, upto + 1, ranks) if u not in have]
+    return [u for u in range(base + 1 + index, upto + 1, ranks) if u not in seen]
+
+
+class Seen:
+    """The uniqueIds of one acquisition rank's frames known sent or received in the current
+    acquisition, held as the next one not seen yet (every one of the rank's before it was)
+    plus a set of the later ones: a continuous acquisition of millions of frames holds a few,
+    not ~70 bytes a frame."""
+
+    def __init__(self) -> None:
+        self.next = 0  # the rank's first uniqueId not seen yet
+        self.step = 1
+        self.later: set[int] = set()
+        self.highest: int | None = None
+
+    def reset(self, first: int, step: int) -> None:
+        """A new acquisition: the rank's uniqueIds are first, first + step, ..."""
+        self.next, self.step, self.highest = first, step, None
+        self.later.clear()
+
+    def add(self, unique_id: int) -> None:
+        self.highest = unique_id if self.highest is None else max(self.highest, unique_id)
+        if unique_id < self.next:
+            return
+        self.later.add(unique_id)
+        while self.next in self.later:
+            self.later.discard(self.next)
+            self.next += self.step
+
+    def __contains__(self, unique_id: object) -> bool:
+        return isinstance(unique_id, int) and (unique_id < self.next or
+                                               unique_id in self.later)
 
 
 class RankNumbering:

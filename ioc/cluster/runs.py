@@ -65,8 +65,13 @@ class Runs:
             self._acquired[acquisition.id] = set()
             self.current, self.base = acquisition, int(driver.values["ArrayCounter"])
             now = time.monotonic()
-            for stream in node.streams.values():
-                stream.seen.clear()  # uniqueIds may be used again (ArrayCounter set back)
+            ranks = len(node.cluster.acquisition)
+            for rank, stream in node.streams.items():  # uniqueIds may be used again
+                if shared:  # (ArrayCounter set back)
+                    stream.seen.reset(self.base + 1 + node.cluster.acquisition.index(rank),
+                                      ranks)
+                else:
+                    stream.seen.reset(self.base + 1, 1)
                 stream.given_up.clear()
                 stream.last_frame = now
             fault, self.fault = self.fault, ""
@@ -132,10 +137,10 @@ class Runs:
         with self.lock:
             gone = sorted(self._gone.pop(acquisition.id, {}).items())
             highest = self._highest.pop(acquisition.id, self.base)
-            seen = set().union(*(s.seen for s in node.streams.values()))
+            made = {s.seen.highest for s in node.streams.values()} - {None}
         total = wanted(acquisition.settings)
         if total is None or node.driver._stop_event.is_set():  # up to the last frame made
-            upto = max(seen | {highest})
+            upto = max(made | {highest})
         else:  # all of them, as one process would have made them
             upto = self.base + total
         for rank, why in gone:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
-                                      RankNumbering, owed, rank_settings, share, uid)
+                                      RankNumbering, Seen, owed, rank_settings, share, uid)
 from ndflow.driver import FrameContext
 from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
 from ndflow.graph import PortGraph
@@ -45,6 +45,22 @@ def test_a_silent_rank_owes_its_frames_not_seen():
     assert owed(100, 3, 0, 107, seen=[]) == [101, 104, 107]
     assert owed(100, 1, 0, 103, seen=[101]) == [102, 103]  # one rank (modules): every frame
     assert owed(100, 2, 0, 100, seen=[]) == []
+
+
+def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
+    """Sent or received in any order; a long acquisition keeps only the frames after a gap."""
+    seen = Seen()
+    seen.reset(first=102, step=2)  # rank 1 of 2 after uniqueId 100
+    for u in (104, 102, 108):
+        seen.add(u)
+    assert 102 in seen and 104 in seen and 106 not in seen and 108 in seen
+    assert owed(100, 2, 1, 112, seen) == [106, 110, 112]
+    assert seen.highest == 108
+    for u in range(106, 200_000, 2):
+        seen.add(u)
+    assert not seen.later and seen.next == 200_000  # nothing held per frame
+    seen.reset(first=1, step=2)  # the next acquisition, ArrayCounter set back
+    assert 102 not in seen and seen.highest is None
 
 
 def sim(data_type: str) -> SimDetector:
