@@ -28,7 +28,7 @@ and cuts its tile out: the random parts (Noise, PeakVariation) differ between mo
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -171,6 +171,10 @@ class SimDetector(Driver):
         self.module_grid: tuple[int, int] = tuple(opts.modules)  # type: ignore[assignment]
         #: the module this process produces (set by ndflow.cluster), None: the whole frame
         self.module: int | None = None
+        #: ndflow.cluster, several ranks sharing whole frames: (this frame resets the image) ->
+        #: how many frames the image moves on for it (the frames other ranks made in between
+        #: count); None: 1, every frame is this process's
+        self.frame_steps: Callable[[bool], int] | None = None
 
     def color_mode_of(self, params: Mapping[str, Any]) -> int:
         return SIM_TO_ND_COLOR[int(params["ColorMode"])]
@@ -230,12 +234,16 @@ class SimDetector(Driver):
             self.values["Reset"] = 0
             self.set("Reset", 0)
         mode = int(p["SimMode"])
+        skip = 0 if self.frame_steps is None else self.frame_steps(reset) - 1
         if mode == LINEAR_RAMP:
             self._linear_ramp(p, dtype, color, reset)
+            for _ in range(skip):  # one add per frame skipped: wraps as one process's adds do
+                self._linear_ramp(p, dtype, color, False)
         elif mode == PEAKS:
             self._peaks(p, dtype, color)
         elif mode == SINE:
-            self._sine(p, dtype, color)
+            for _ in range(skip + 1):  # the skipped frames move its counters on
+                self._sine(p, dtype, color)
         else:
             self._raw[...] = 0
         if self._background is not None and (mode != LINEAR_RAMP or reset):

@@ -134,6 +134,11 @@ class Driver(ArrayPort):
         """The ADCore NDColorMode value of frames made with these parameters."""
         return int(params["ColorMode"])
 
+    def next_unique_id(self) -> int:
+        """The next frame's uniqueId (acquisition thread): ArrayCounter + 1. A cluster rank that
+        makes every M-th frame numbers its frames as one process would (ndflow.cluster)."""
+        return self.increment("ArrayCounter")
+
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         self._thread = threading.Thread(target=self._acquisition_thread, name=f"{self.port}-acq",
@@ -401,7 +406,7 @@ class Driver(ArrayPort):
             frame = NDArray.missing(MissingCause.DETECTOR_FAULT, "driver returned no frame")
         elif isinstance(frame, np.ndarray):
             frame = NDArray.from_numpy(frame, color_mode=self.color_mode_of(settings))
-        counter = self.increment("ArrayCounter")
+        counter = self.next_unique_id()
         self.set("NumImagesCounter_RBV", number)
         # A driver that knows when the frame was taken (a file's DATE-OBS) has set it already.
         taken = frame.timestamp + EPICS_EPOCH_OFFSET if frame.timestamp else started_wall

@@ -167,9 +167,13 @@ def test_bad_module_grids_and_module_maps_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"^c.yml line 7: cluster.acquisition: 3 acquisition "
                                           r"ranks, but the driver has 4 modules \(2x2, more"):
         roles(PARTIAL.replace("[1, 2, 3, 4]", "[1, 2, 3]"), size=4)
-    with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: 4 acquisition ranks, "
-                                          r"but the driver has 1 module \(1x1, fewer"):
-        roles(PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]"))
+    # a driver without modules: the four acquisition ranks share whole frames (issue 14's "M
+    # acquisition + N processing" with full frames), no longer refused
+    roles(PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]"))
+    with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: rank 0 is the control "
+                                          r"rank: with several acquisition ranks sharing whole"):
+        roles(PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]").replace(
+            "acquisition: [1, 2, 3, 4]", "acquisition: [0, 1, 2, 3, 4]"))
     with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition\[3\]: rank 4, but "
                                           r"mpiexec started 4 ranks"):
         roles(PARTIAL.replace("processing: [1, 2, 3, 4]", "processing: [1, 2, 3]"), size=4)

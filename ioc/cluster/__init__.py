@@ -10,10 +10,15 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   *processing* ranks (the plugin graph). A rank may hold several roles (acquisition with
   processing: its own frames go into its own plugin graph, no MPI hop). Without the section
   nothing here is imported, nor is mpi4py; with one rank the plain IOC runs.
-- **Modules (partial frames).** With several acquisition ranks each produces one detector
-  module (module m = `acquisition[m]`; the sim's `modules: [X, Y]` grid), and a module's frames
-  go to the processing ranks in charge of it (`module_ranks`, or by default the acquisition
-  rank itself when it also processes, else a round-robin share of the others). With
+- **Shared whole frames.** With several acquisition ranks and a driver without modules, rank i
+  of M makes frames i, i+M, ... of each acquisition, numbered and (the sim) computed as one
+  process would, each rank paced at M x AcquirePeriod (`numbering`); the control rank's driver
+  shows the highest uniqueId and the summed NumImagesCounter.
+- **Modules (partial frames).** With several acquisition ranks and a driver of several
+  modules, each produces one detector module (module m = `acquisition[m]`; the sim's
+  `modules: [X, Y]` grid), and a module's frames go to the processing ranks in charge of it
+  (`module_ranks`, or by default the acquisition rank itself when it also processes, else a
+  round-robin share of the others). With
   `assemble` a processing rank rebuilds whole frames from the modules before its plugins
   (`assembly`), each tile placed by its recorded offset, dims and transform the whole frame's.
 - **Puts mirrored.** A put accepted on the control rank's plugin is sent, in order, to the same
@@ -53,15 +58,21 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
   MPI_THREAD_SERIALIZED); the event loop only queues messages. On a processing rank a feeder
   thread hands received frames to the plugins, so a blocking plugin never stalls MPI.
 
-Modules: `control` (the control rank), `capture` (the master capture), `worker` (any other rank:
+Modules: `control` (the control rank), `runs` (its acquisitions), `watch` (silent ranks),
+`numbering` (shared whole frames), `capture` (the master capture), `worker` (any other rank:
 its roles behind one link), `acquisition`, `processing`, `assembly`, `mirror` (puts applied, values
 reported), `common` (what they share), `dispatch` (pure rules), `wire`, `link`, `views`,
 `master`, `config`.
 
-What MPI does not give: a rank that dies usually takes the job down (MPICH aborts the others);
-a rank that stops answering is reported (`Cluster:SilentRanks_RBV`) and its outstanding frames
-become missing, but it cannot be replaced while the job runs. User algorithms still run in
-supervised children inside each rank, so their crashes never reach MPI.
+What MPI does not give: a rank that dies takes the job down (hydra, MPICH's mpiexec, ends
+every rank); a rank that stops answering (stopped, hung) is not noticed by MPICH, its messages
+just wait: the control rank finds it by its silence (`watch`: every rank reports at least every
+`report_interval_s`), lists it on `Cluster:SilentRanks_RBV`, and makes its frames missing with
+the cause: a processing rank's outstanding ones at once, an acquisition rank's owed ones when
+the others are done (`runs`: sent as placeholders so every sink records their rows; the driver
+shows Error), but it cannot be replaced while the job runs. If it answers again it leaves the
+list, and what it still sends for that acquisition is dropped, counted late. User algorithms
+still run in supervised children inside each rank, so their crashes never reach MPI.
 """
 
 from __future__ import annotations
@@ -87,6 +98,17 @@ def _module_grid(ioc: Any) -> tuple[int, int]:
     return (1, 1)
 
 
+def _configured_modules(config: Any) -> int:
+    """The first driver's module count as its options say (the sim's `modules`), so the
+    roles are checked for module or shared whole frames before the IOC is built."""
+    drivers = getattr(config, "drivers", None) or []
+    grid = drivers[0].options.get("modules") if drivers else None
+    try:
+        return int(grid[0]) * int(grid[1]) if grid else 1
+    except (TypeError, ValueError, IndexError):
+        return 1  # the driver's own options check says what is wrong
+
+
 def launched_size() -> int:
     """The number of ranks the MPI launcher started, from its environment (no MPI import):
     1 when not started by a launcher."""
@@ -107,6 +129,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     cluster: ClusterConfig = config.cluster
+    cluster.set_modules(_configured_modules(config))  # checked against the driver below
     check_roles(cluster, size, lines)
     _tag_logs(rank)
     control = rank == cluster.control

@@ -13,6 +13,11 @@ control rank's acquisition id, the driver runs it with its own (mirrored) values
 driver is done the rank says so (ACQ_DONE) and ends the acquisition on its processing ranks
 (ACQ_END, to every one of them, frames or not, so each knows when it has all its feeders'
 frames).
+
+Several acquisition ranks sharing whole frames (`numbering`): the rank numbers its frames as
+one process would (the driver's `next_unique_id`), makes its share of NumImages at M x
+AcquirePeriod, and tells a sim how far its image moves on per frame (`frame_steps`); a rank
+whose share is no frame ends the acquisition at once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..state import RunState
 from .common import ACQ_DONE, DISPATCHED
 from .config import ClusterConfig
 from .dispatch import CreditDispatch, RoundRobin
+from .numbering import RankNumbering, rank_settings
 from .wire import ACQ_END, frame_header
 
 log = logging.getLogger("ndflow.cluster")
@@ -40,7 +46,11 @@ Local = Callable[[dict[str, Any] | None, Any], None]
 
 class Dispatcher:
     def __init__(self, cluster: ClusterConfig, targets: list[int], link: Any, rank: int,
-                 record: Record, local: Local | None) -> None:
+                 record: Record, local: Local | None,
+                 shown: dict[int, dict[str, Any]] | None = None) -> None:
+        """`shown`: per acquisition id, the settings the processing ranks' copies record
+        (default the acquisition's own: a rank's share of NumImages is not the cluster's)."""
+        self.shown = shown if shown is not None else {}
         self.cluster = cluster
         self.rank = rank
         self.ranks = sorted(set(targets))
@@ -111,7 +121,8 @@ class Dispatcher:
         announced = self._announced.setdefault(rank, set())
         if acquisition is not None and acquisition.id not in announced:
             # the rank's copy of the acquisition records the driver's effective parameters
-            header["params"] = {k: v for k, v in acquisition.settings.items()
+            settings = self.shown.get(acquisition.id, acquisition.settings)
+            header["params"] = {k: v for k, v in settings.items()
                                 if isinstance(v, (int, float, str))}
             announced.add(acquisition.id)
             if len(announced) > 64:
@@ -164,9 +175,25 @@ class AcquisitionRole:
         self._notes: list[tuple[int, int, int]] = []
         self._lost: list[tuple[int, int]] = []
         self._notes_lock = threading.Lock()
+        self._shown: dict[int, dict[str, Any]] = {}
         self.dispatcher = Dispatcher(cluster, cluster.targets(rank, size), link, rank,
-                                     record or self._note, local)
+                                     record or self._note, local, self._shown)
         driver.emit = self.dispatcher.submit  # type: ignore[method-assign]
+        self.numbering: RankNumbering | None = None
+        if cluster.shared:
+            self.numbering = RankNumbering(len(cluster.acquisition),
+                                           cluster.acquisition.index(rank))
+            driver.next_unique_id = self._next_uid  # type: ignore[method-assign]
+            if hasattr(driver, "frame_steps"):
+                driver.frame_steps = self.numbering.steps  # type: ignore[attr-defined]
+
+    def _next_uid(self) -> int:
+        """The driver's next uniqueId (its thread); ArrayCounter shows it (the highest this
+        rank made: the control rank shows the highest over ranks)."""
+        assert self.numbering is not None
+        uid = self.numbering.next_uid()
+        self.driver.set("ArrayCounter", uid)
+        return uid
 
     def begin(self, acquisition: Acquisition) -> None:
         """`acquisition` is starting on this rank's driver: end it downstream when it is
@@ -174,27 +201,45 @@ class AcquisitionRole:
         acquisition.acquired.add_done_callback(lambda _: self._acquired(acquisition))
 
     # --- a rank other than the control rank ------------------------------------------------------
-    def start(self, acquisition_id: int) -> None:
+    def start(self, acquisition_id: int, base: int = 0, seq: int = 0) -> None:
         """START (event loop): run the control rank's acquisition `acquisition_id` with this
-        rank's values (the control rank's, mirrored), as Acquire=1 would."""
+        rank's values (the control rank's, mirrored), as Acquire=1 would; shared whole frames:
+        this rank's share, after uniqueId `base`, the first frame at image position `seq`."""
         d = self.driver
         if d.acquiring:
             log.error("rank %d: acquisition %d asked while %d runs: ignored", self.rank,
                       acquisition_id, d.acquisition.id if d.acquisition else 0)
-            self.dispatcher.end(acquisition_id)  # its processing ranks must not wait for it
-            self.link.send(self.cluster.control, {"kind": ACQ_DONE, "acq": acquisition_id,
-                                                  "frames": 0, "failed": True})
+            self._nothing(acquisition_id, failed=True)
             return
+        settings = dict(d.values)
+        if self.numbering is not None:
+            self.numbering.start(base, seq, bool(d.values.get("Reset")))
+            changes = rank_settings(settings, self.numbering.ranks, self.numbering.index)
+            if changes is None:  # no frame of this acquisition is this rank's
+                d.set("NumImagesCounter_RBV", 0)
+                self._nothing(acquisition_id, failed=False)
+                return
+            self._shown[acquisition_id] = dict(settings)
+            while len(self._shown) > 8:
+                self._shown.pop(next(iter(self._shown)))
+            settings.update(changes)
         d.acquiring = True
         d._stop_event.clear()
-        acquisition = Acquisition(acquisition_id, dict(d.values),
-                                  on_state=d._run_state_entered)
+        acquisition = Acquisition(acquisition_id, settings, on_state=d._run_state_entered)
         acquisition.on_lost = d._frames_lost
         d.acquisition = acquisition
         d.set("Acquire", 1)
         self.begin(acquisition)
         acquisition.acquired.add_done_callback(lambda _: self._done(acquisition))
         d._starts.put(acquisition)
+
+    def _nothing(self, acquisition_id: int, failed: bool) -> None:
+        """This rank makes nothing of `acquisition_id`: its processing ranks must not wait."""
+        self.dispatcher.end(acquisition_id)
+        if self.report is not None:
+            self.report()
+        self.link.send(self.cluster.control, {"kind": ACQ_DONE, "acq": acquisition_id,
+                                              "frames": 0, "failed": failed, "last": None})
 
     def _note(self, unique_id: int, rank: int, acquisition: Acquisition | None,
               lost: bool) -> None:
@@ -222,5 +267,7 @@ class AcquisitionRole:
         failed = acquisition.state is RunState.ACQ_FAILED
         if self.report is not None:
             self.report()
+        last = self.numbering.last if self.numbering is not None else None
         self.link.send(self.cluster.control, {"kind": ACQ_DONE, "acq": acquisition.id,
-                                              "frames": acquisition.frames, "failed": failed})
+                                              "frames": acquisition.frames, "failed": failed,
+                                              "last": last})

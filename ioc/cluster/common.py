@@ -14,8 +14,12 @@ import numpy as np
 from ..component import Component
 
 # header kinds (besides wire's)
-START = "start"  # control -> acquisition rank: run acquisition "acq" (the control rank's id)
-ACQ_DONE = "acq_done"  # acquisition rank -> control: the driver is done with "acq"
+START = "start"  # control -> acquisition rank: run acquisition "acq" (the control rank's id);
+#                  shared whole frames: after uniqueId "base", its first frame at image "seq"
+ACQ_DONE = "acq_done"  # acquisition rank -> control: the driver is done with "acq"; "last":
+#                        the last uniqueId it made
+GONE = "gone"  # control -> processing: acquisition rank "feeder" stopped answering; its part
+#                of "acq" is over (as ACQ_END), a frame it sends for it later is dropped
 DISPATCHED = "dispatched"  # acquisition rank -> control: "frames" [(acq, uid, rank)] it sent,
 #                            "lost" [(acq, uid)] it dropped at dispatch (no room in time)
 

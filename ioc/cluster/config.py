@@ -7,8 +7,10 @@ the driver's module grid against the acquisition ranks once the IOC is built (`c
 with the same kind of message.
 
 Roles: `control` (one rank), `acquisition` (one or more; the control rank may be one),
-`processing` (the control rank cannot be one). Whole frames: one acquisition rank sends to every
-processing rank (`ordering`, `dispatch`). Partial frames: with several acquisition ranks, the
+`processing` (the control rank cannot be one). Whole frames: each acquisition rank sends to every
+processing rank (`ordering`, `dispatch`); several acquisition ranks of a driver without modules
+share the frames, rank i making frames i, i+M, ... (`numbering`; the control rank then acquires
+nothing). Partial frames: with a driver of several modules, the
 rank at position m of `acquisition` produces detector module m (the sim's `modules: [X, Y]`
 grid, module m at column m % X, row m // X: one module per acquisition rank, exactly), and
 sends it to the ranks of `module_ranks[m]`; by default an acquisition rank that also processes
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 if TYPE_CHECKING:
     from ..config import LineMap
@@ -34,18 +36,22 @@ class ClusterConfig(BaseModel):
                          "state")
     acquisition: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=256,
                                    description="ranks that run the driver (the control rank may "
-                                   "be one of them). Several: each produces one detector module "
-                                   "(partial-frame dispatch), module m being the rank at "
-                                   "position m here; the driver needs as many modules (the "
-                                   "sim's `modules` option)")
+                                   "be one of them). Several, with a driver of several modules "
+                                   "(the sim's `modules` option): each produces one detector "
+                                   "module (partial-frame dispatch), module m being the rank at "
+                                   "position m here. Several, without modules: they share the "
+                                   "whole frames, the rank at position i making frames i, i+M, "
+                                   "... (M ranks), each paced at M x AcquirePeriod")
     processing: list[int] = Field(default_factory=list, description="ranks that run the "
                                   "plugin graph (empty: every rank but the control rank)")
     dispatch: Literal["round_robin", "credit"] = Field(
         "round_robin", description="round_robin: frame i goes to ordering[i % N]; credit: the "
         "least busy processing rank gets the next frame")
     ordering: list[int] = Field(default_factory=list, description="round_robin's order of "
-                                "processing ranks (empty: `processing` in order); a rank may "
-                                "appear more than once to get a bigger share")
+                                "processing ranks (empty: `processing` in order; for several "
+                                "acquisition ranks sharing whole frames, each keeps its frames "
+                                "if it processes, else sends to the ranks that only process); "
+                                "a rank may appear more than once to get a bigger share")
     credits: int = Field(8, ge=1, le=10_000, description="credit: frames a processing rank may "
                          "have in its pipeline before it gets no more; when every rank is full "
                          "the driver waits up to `window_s`, then the frame is dropped")
@@ -61,8 +67,11 @@ class ClusterConfig(BaseModel):
                            "whole frames from the modules before its plugins (for a plugin that "
                            "needs the whole image); every module's frames must reach the same "
                            "ranks in the same order: one module_ranks list for all, round_robin")
-    report_interval_s: float = Field(0.2, gt=0, le=10, description="how often processing ranks "
-                                     "send their counters to the control rank")
+    report_interval_s: float = Field(0.2, gt=0, le=10, description="how often the other ranks "
+                                     "send their counters (and acquisition ranks at least a "
+                                     "heartbeat) to the control rank")
+    #: the driver's number of detector modules, once known (`check_modules`)
+    _modules: int | None = PrivateAttr(None)
 
     @field_validator("processing", "acquisition")
     @classmethod
@@ -91,8 +100,24 @@ class ClusterConfig(BaseModel):
 
     @property
     def partial(self) -> bool:
-        """Whether frames travel as modules (several acquisition ranks, or a module map)."""
-        return len(self.acquisition) > 1 or bool(self.module_ranks)
+        """Whether frames travel as modules: a module map, or several acquisition ranks and
+        a driver of several modules (before `check_modules` knows the driver: several
+        acquisition ranks)."""
+        if self.module_ranks:
+            return True
+        if self._modules is not None:
+            return self._modules > 1
+        return len(self.acquisition) > 1
+
+    @property
+    def shared(self) -> bool:
+        """Whether several acquisition ranks share whole frames (`numbering`)."""
+        return len(self.acquisition) > 1 and not self.partial
+
+    def set_modules(self, modules: int) -> None:
+        """The driver's number of detector modules (`check_modules`; `run` before
+        `check_roles`, from the config's driver options)."""
+        self._modules = modules
 
     def module_of(self, rank: int) -> int | None:
         """The module acquisition rank `rank` produces (partial frames), else None."""
@@ -101,9 +126,16 @@ class ClusterConfig(BaseModel):
 
     def targets(self, rank: int, size: int) -> list[int]:
         """The processing ranks acquisition rank `rank` sends its frames to, in dispatch order
-        (round robin's ordering; a rank may repeat)."""
+        (round robin's ordering; a rank may repeat). Shared whole frames without an ordering:
+        an acquisition rank that processes keeps its frames (no MPI hop), the others send to
+        the processing ranks that acquire nothing."""
         if not self.partial:
-            return self.order(size)
+            if not self.shared or self.ordering:
+                return self.order(size)
+            processing = self.processing_ranks(size)
+            if rank in processing:
+                return [rank]
+            return [p for p in processing if p not in self.acquisition] or processing
         m = self.acquisition.index(rank)
         if self.module_ranks:
             return list(self.module_ranks[m])
@@ -153,8 +185,8 @@ def check_roles(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
     if cluster.partial:
         _check_modules(cluster, size, lines)
         return
-    order = cluster.order(size)
-    missing = sorted(set(cluster.processing_ranks(size)) - set(order))
+    fed = {p for a in cluster.acquisition for p in cluster.targets(a, size)}
+    missing = sorted(set(cluster.processing_ranks(size)) - fed)
     if missing:
         raise lines.error(("cluster", "ordering"), f"processing rank {missing[0]} never gets "
                           "a frame: add it to the ordering")
@@ -196,8 +228,15 @@ def _check_modules(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
 def check_modules(cluster: ClusterConfig, grid: tuple[int, int], lines: "LineMap") -> None:
     """The driver's module grid against the acquisition ranks: one module per rank."""
     modules = grid[0] * grid[1]
-    if modules == 1 and not cluster.partial:
+    if modules == 1 and not cluster.module_ranks:
+        cluster.set_modules(1)  # whole frames: several acquisition ranks share them
+        if cluster.shared and cluster.control in cluster.acquisition:
+            raise lines.error(("cluster", "acquisition"), f"rank {cluster.control} is the "
+                              "control rank: with several acquisition ranks sharing whole "
+                              "frames it cannot be one of them (its driver shows the "
+                              "cluster's counters)")
         return
+    cluster.set_modules(modules)
     if modules != len(cluster.acquisition):
         more = "more" if modules > len(cluster.acquisition) else "fewer"
         raise lines.error(("cluster", "acquisition"), f"{len(cluster.acquisition)} acquisition "

@@ -6,15 +6,15 @@ ranks' values (`views`).
   processing rank, the driver's to every other acquisition rank (Acquire=1 excepted: the
   acquisition is started by START, with the control rank's acquisition id). Two values are per
   rank: a file writer's FileName gets `_r<rank>` and NumCapture is 0 there (`capture`).
-- **Acquisitions**: the driver's acquisition loop is wrapped (`_run`): each processing rank
-  holds the acquisition's in-flight count until it says its frames left its plugins (DRAINED),
-  so Acquire's put-completion with WaitForPlugins covers every rank; other acquisition ranks get
-  START and the acquisition is over when each has said ACQ_DONE (and, if the control rank is an
-  acquisition rank too, its own driver is done).
-- **Order**: one stream per acquisition rank (module): a lookup table (frame -> processing rank,
-  local index) and a reorder stage fed by where the frames went (directly, or DISPATCHED notes)
-  and the processing ranks' acknowledgements. A frame not acknowledged within `window_s` becomes
-  a missing frame (timeout, naming the rank) of the acquisition.
+- **Acquisitions** (`runs`): the driver's acquisition loop is wrapped; it ends when every
+  acquisition rank is done (or given up on), and Acquire's put-completion with WaitForPlugins
+  covers every processing rank.
+- **Order**: one stream per acquisition rank (module, or share of the whole frames): a lookup
+  table (frame -> processing rank, local index) and a reorder stage fed by where the frames
+  went (directly, or DISPATCHED notes) and the processing ranks' acknowledgements. A frame not
+  acknowledged within `window_s` becomes a missing frame (timeout, naming the rank).
+- **Silence** (`watch`): a rank that owes something and says nothing for `window_s` is listed on
+  Cluster:SilentRanks_RBV and its frames become missing.
 
 Every MPI call is in the rank's `Link` thread; the event loop only queues messages and awaits
 futures.
@@ -38,12 +38,14 @@ from ..ndarray import Acquisition, resolve
 from ..plugin import Plugin
 from .acquisition import AcquisitionRole
 from .capture import MasterCapture
-from .common import ACQ_DONE, DISPATCHED, DRIVER_REPORTED, START, is_file_writer, \
-    rank_file_name, same_value
+from .common import ACQ_DONE, DISPATCHED, is_file_writer, rank_file_name, same_value
 from .config import ClusterConfig
 from .dispatch import LookupTable, Missing, Reorder
 from .link import Link
+from .numbering import Seen
+from .runs import Runs
 from .views import Aggregator, ClusterStatus, RankView
+from .watch import Watch
 from .wire import ACK, DRAINED, PUT, PUT_DONE, STOP, VALUES
 
 log = logging.getLogger("ndflow.cluster")
@@ -63,6 +65,13 @@ class Stream:
     reorder: Reorder
     acquisition_id: int = -1
     acq_of_uid: dict[int, Acquisition] = field(default_factory=dict)
+    #: uniqueIds of the current acquisition known sent or received (what a silent rank owes
+    #: is the rest), and those given up on (a late acknowledgement of one is counted late)
+    seen: Seen = field(default_factory=Seen)
+    given_up: set[int] = field(default_factory=set)
+    #: acquisitions this rank was given up on: what it says it sent for them was dropped
+    gone_acqs: set[int] = field(default_factory=set)
+    last_frame: float = 0.0  # when one of its frames was last said sent or received
 
 
 class ControlNode:
@@ -77,14 +86,11 @@ class ControlNode:
         self.lock = threading.Lock()
         self.streams = {a: Stream(LookupTable(), Reorder(cluster.window_s))
                         for a in cluster.acquisition}
-        self._sent = {r: 0 for r in self.workers}
-        self._acked = {r: 0 for r in self.workers}
-        self._last_heard = {r: time.monotonic() for r in self.workers + self.remote}
-        self._silent: set[int] = set()
-        self._acqs: dict[int, tuple[Acquisition, set[int]]] = {}  # id -> (acq, ranks to drain)
-        self._known: dict[int, Acquisition] = {}  # recent acquisitions by id
-        self._acquired: dict[int, set[int]] = {}  # id -> remote acquisition ranks done
-        self._acquired_event = threading.Event()
+        self.sent = {r: 0 for r in self.workers}
+        self.acked = {r: 0 for r in self.workers}
+        self.given_up = 0  # frames of silent acquisition ranks made missing
+        self.runs = Runs(self)
+        self.watch = Watch(self)
         self._replies: dict[int, tuple[Future, dict[int, dict]]] = {}
         self._next_reply = 1
         self._next_check = 0.0
@@ -103,7 +109,7 @@ class ControlNode:
                                      cluster.module_groups(self.size))
         #: each other acquisition rank's driver counters, under R<rank>:<driver prefix>
         self.driver_views = {a: RankView(self.driver, a) for a in self.remote}
-        self._driver_values: dict[str, Any] = {}  # the first acquisition rank's, last reported
+        self._driver_values: dict[str, Any] = {}  # the facade's, from the last reports
         self._captures: dict[str, MasterCapture] = {}
         self.acquisition: AcquisitionRole | None = None
         if self.rank in cluster.acquisition:
@@ -116,7 +122,7 @@ class ControlNode:
         for view in [*self.views.values(), *self.driver_views.values()]:
             self.ioc.add_component(view)
         own_run = self.driver._run
-        self.driver._run = lambda acquisition: self._run(acquisition, own_run)  # type: ignore
+        self.driver._run = lambda acquisition: self.runs.run(acquisition, own_run)  # type: ignore
         if self.remote:
             self._mirror_puts(self.driver, self.remote)
         if self.acquisition is None:  # the driver's rate is the first acquisition rank's
@@ -222,60 +228,7 @@ class ControlNode:
             self.link.send(rank, {"kind": STOP})
         self.link.stop()
 
-    # --- acquisitions (driver thread) ------------------------------------------------------------
-    def _run(self, acquisition: Acquisition, own_run: Any) -> None:
-        """The driver's acquisition loop, cluster-wide: every processing rank holds the
-        acquisition until it drained it; the other acquisition ranks run it too."""
-        with self.lock:
-            self._acqs[acquisition.id] = (acquisition, set(self.workers))
-            self._known[acquisition.id] = acquisition
-            while len(self._known) > 64:
-                self._known.pop(next(iter(self._known)))
-            self._acquired[acquisition.id] = set()
-        for _ in self.workers:
-            acquisition.in_flight.enter()
-        for rank in self.remote:
-            self.link.send(rank, {"kind": START, "acq": acquisition.id})
-        if self.driver._stop_event.is_set() and self.remote:
-            # stopped before START went out: the ranks ignored that stop (nothing ran yet), so
-            # they get it again, after START (one link, in order)
-            self.mirror(self.driver, "Acquire", 0, ranks=self.remote)
-        try:
-            if self.acquisition is not None:
-                self.acquisition.begin(acquisition)
-                own_run(acquisition)
-        except BaseException:  # the control rank's own run failed: the others stop too
-            if self.remote:
-                self.mirror(self.driver, "Acquire", 0, ranks=self.remote)
-            self.driver._stop_event.set()
-            self._wait_remote(acquisition)
-            raise
-        self._wait_remote(acquisition)
-
-    def _wait_remote(self, acquisition: Acquisition) -> None:
-        """Until every other acquisition rank is done with `acquisition`; after a stop, at most
-        a window more (a rank that does not answer is said, and the acquisition ends)."""
-        stop = self.driver._stop_event
-        deadline: float | None = None
-        while True:
-            with self.lock:
-                done = self._acquired.get(acquisition.id, set())
-                waiting = sorted(set(self.remote) - done)
-                if not waiting:
-                    self._acquired.pop(acquisition.id, None)
-                    return
-            if stop.is_set() and deadline is None:
-                deadline = time.monotonic() + self.cluster.window_s
-            if deadline is not None and time.monotonic() > deadline:
-                log.error("acquisition %d: acquisition rank%s %s did not end within %g s of "
-                          "the stop", acquisition.id, "s" * (len(waiting) > 1),
-                          " ".join(map(str, waiting)), self.cluster.window_s)
-                with self.lock:
-                    self._acquired.pop(acquisition.id, None)
-                return
-            self._acquired_event.wait(0.05)
-            self._acquired_event.clear()
-
+    # --- frames dispatched (driver thread, MPI thread) ------------------------------------------
     def _record_local(self, unique_id: int, rank: int, acquisition: Acquisition | None,
                       lost: bool) -> None:
         """This rank's own dispatcher sent a frame (its lock held)."""
@@ -296,8 +249,9 @@ class ControlNode:
             stream.lut.clear()
             stream.lut.assign(unique_id, rank)
         stream.reorder.expect(unique_id, rank)
-        if rank in self._sent:
-            self._sent[rank] += 1
+        stream.seen.add(unique_id)
+        if rank in self.sent:
+            self.sent[rank] += 1
         if acquisition is not None:
             stream.acq_of_uid[unique_id] = acquisition
             if lost:
@@ -311,34 +265,26 @@ class ControlNode:
 
     def _on_message(self, source: int, header: dict[str, Any], data: Any) -> None:
         kind = header["kind"]
-        self._last_heard[source] = time.monotonic()
+        self.watch.heard(source)
         if kind == ACK:
             self._on_ack(source, header)
         elif kind == VALUES:
             self._on_values(source, header["values"])
         elif kind == DISPATCHED:
             with self.lock:
+                self.streams[source].last_frame = time.monotonic()
+                gone = self.streams[source].gone_acqs
                 for aid, uid, rank in header["frames"]:
-                    self._expect(source, uid, rank, self._known.get(aid), False)
+                    if aid not in gone:  # else: sent after it was given up on, dropped
+                        self._expect(source, uid, rank, self.runs.known.get(aid), False)
                 for aid, uid in header["lost"]:
-                    acquisition = self._known.get(aid)
+                    acquisition = self.runs.known.get(aid)
                     if acquisition is not None:
                         acquisition.note_lost(uid, failed=False)
         elif kind == ACQ_DONE:
-            with self.lock:
-                self._acquired.setdefault(header["acq"], set()).add(source)
-                acquisition = self._known.get(header["acq"])
-                if acquisition is not None:
-                    acquisition.frames = max(acquisition.frames, header["frames"])
-            self._acquired_event.set()
+            self.runs.on_acq_done(source, header)
         elif kind == DRAINED:
-            with self.lock:
-                acquisition, ranks = self._acqs.get(header["acq"], (None, set()))
-                if acquisition is not None and source in ranks:
-                    ranks.discard(source)
-                    acquisition.in_flight.leave()
-                    if not ranks:
-                        self._acqs.pop(header["acq"], None)
+            self.runs.on_drained(source, header["acq"])
         elif kind == PUT_DONE:
             with self.lock:
                 waiting = self._replies.get(header["reply"])
@@ -359,10 +305,15 @@ class ControlNode:
             stream = self.streams.get(feeder)
             if stream is None:
                 return
-            self._acked[rank] = self._acked.get(rank, 0) + len(uids)
+            self.acked[rank] = self.acked.get(rank, 0) + len(uids)
+            stream.last_frame = time.monotonic()
             for uid in uids:
+                if uid in stream.given_up:  # a frame of a silent rank after all: dropped there
+                    stream.reorder.late += 1
+                    continue
+                stream.seen.add(uid)
                 stream.reorder.arrive(uid, rank)
-            acked = sum(self._acked.values())
+            acked = sum(self.acked.values())
         self.status.set("FramesAcknowledged_RBV", acked)
         self._pop_ordered()
 
@@ -378,33 +329,47 @@ class ControlNode:
                     if isinstance(entry, Missing):
                         lost.append((entry, acquisition))
             reorders = [s.reorder for s in self.streams.values()]
-            in_order = min(r.delivered + r.missing for r in reorders)
-            missing = sum(r.missing for r in reorders)
+            done = [r.delivered + r.missing for r in reorders]
+            # modules: every stream has every frame; shared whole frames: each has its share
+            in_order = (sum(done) if self.cluster.shared else min(done)) + self.given_up
+            missing = sum(r.missing for r in reorders) + self.given_up
             late = sum(r.late for r in reorders)
         for entry, acquisition in lost:
             log.warning("frame %d missing: %s", entry.unique_id, entry.message)
             if acquisition is not None:
                 acquisition.note_lost(entry.unique_id, failed=False)
-        if popped or late != self.status.values["FramesLate_RBV"]:
+        if popped or late != self.status.values["FramesLate_RBV"] or \
+                missing != self.status.values["FramesMissing_RBV"]:
             self.status.set_many({"FramesInOrder_RBV": in_order, "FramesMissing_RBV": missing,
                                   "FramesLate_RBV": late})
+
+    def count_missing(self) -> None:
+        """Frames were given up on: the status counts them (any thread)."""
+        self._pop_ordered()
 
     def _on_values(self, rank: int, values: dict[str, dict[str, Any]]) -> None:
         mine = values.pop(self.driver.port, None)
         if mine:
+            if rank in self.streams and ("ArrayCounter" in mine or
+                                         "NumImagesCounter_RBV" in mine):
+                with self.lock:  # its driver makes frames (held ones too: not overdue)
+                    self.streams[rank].last_frame = time.monotonic()
             view = self.driver_views.get(rank)
             if view is not None:
                 for name, value in mine.items():
                     if name in view.names:
                         view.set(view.names[name], value)
-            if self.remote and rank == self.remote[0] and self.acquisition is None:
+            if rank in self.remote and self.acquisition is None:
                 # the driver's counters: the first acquisition rank's (each module counts
-                # alike; each rank's own are under R<rank>:)
-                for name, value in mine.items():
-                    if name in DRIVER_REPORTED and name in self.driver.params:
+                # alike), or over the ranks sharing whole frames (`runs`); each rank's own
+                # are under R<rank>:
+                with self.lock:
+                    facade = self.runs.driver_values(rank, mine)
+                for name, value in facade.items():
+                    if name in self.driver.params:
                         self._driver_values[name] = value
                         self.driver.set(name, value)
-        if not values or rank not in self._sent:
+        if not values or rank not in self.sent:
             return
         ports = self.aggregator.update(rank, values)
         for port in ports:
@@ -418,27 +383,4 @@ class ControlNode:
             return
         self._next_check = now + 0.05
         self._pop_ordered()
-        with self.lock:  # a rank with frames outstanding that says nothing for a window
-            silent = {r for r in self.workers if self._sent[r] > self._acked[r] and
-                      now - self._last_heard[r] > self.cluster.window_s}
-            newly = silent - self._silent
-            for rank in newly:
-                for stream in self.streams.values():
-                    stream.reorder.give_up(rank, f"rank {rank} stopped answering")
-                # its acquisitions no longer wait for its DRAINED (WaitForPlugins, AcquireBusy):
-                # its frames are missing now; a DRAINED it sends later is ignored
-                for aid, (acquisition, ranks) in list(self._acqs.items()):
-                    if rank in ranks:
-                        ranks.discard(rank)
-                        acquisition.in_flight.leave()
-                        if not ranks:
-                            self._acqs.pop(aid, None)
-            self._silent = (self._silent | silent) - {
-                r for r in self._silent if now - self._last_heard[r] < self.cluster.window_s}
-            answering = len(self.workers) - len(self._silent)
-            text = " ".join(map(str, sorted(self._silent)))
-        for rank in newly:
-            log.error("processing rank %d stopped answering: its outstanding frames become "
-                      "missing", rank)
-        if self.status.values["SilentRanks_RBV"] != text:
-            self.status.set_many({"SilentRanks_RBV": text, "RanksAnswering_RBV": answering})
+        self.watch.check(now)

@@ -11,6 +11,12 @@ acquisition is over (ACQ_END), and once its frames have left every plugin the ra
 Received frames are acknowledged per feeder (`take_acks`): to the control rank, whose reorder
 stage needs them, and to the feeder, whose credit dispatch needs them. With `cluster.assemble`
 the module frames are rebuilt into whole frames before the plugins (`assembly`).
+
+A feeder the control rank gave up on (GONE: it stopped answering) has ended the acquisition as
+far as this rank is concerned: the control rank sends the frames it owed as placeholders (with
+its cause; not acknowledged, nothing here waits for them), and a frame it sends for that
+acquisition if it answers again is acknowledged (its credits) but dropped, so no frame is
+recorded twice.
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ class ProcessingRole:
         self._acks: dict[int, list[int]] = {}  # feeder -> unique ids received, not yet said
         self.received: dict[int, int] = {f: 0 for f in self.feeders}
         self._told: dict[int, int] = {}  # feeder -> the backlog it last heard
+        self._gone: set[tuple[int, int]] = set()  # (feeder, acquisition id) given up on
+        self.dropped = 0  # frames of a feeder given up on that came after all
 
     def start(self) -> None:
         self._feeder.start()
@@ -82,11 +90,21 @@ class ProcessingRole:
             self._accept(self.rank, header, item)
 
     def _accept(self, feeder: int, header: dict[str, Any], frame: NDArray) -> None:
+        with self._lock:
+            if (feeder, header.get("acq", 0)) in self._gone and not header.get("gone"):
+                self.received[feeder] = self.received.get(feeder, 0) + 1
+                self._acks.setdefault(feeder, []).append(frame.unique_id)
+                self.dropped += 1
+                log.warning("rank %d: frame %d of rank %d came after it was given up on: "
+                            "dropped (it is a missing frame already)", self.rank,
+                            frame.unique_id, feeder)
+                return
         acquisition = self._acquisition(header.get("acq", 0), header.get("params"))
         frame.acquisition = acquisition
         with self._lock:
-            self.received[feeder] = self.received.get(feeder, 0) + 1
-            self._acks.setdefault(feeder, []).append(frame.unique_id)
+            if not header.get("gone"):  # a placeholder for a silent feeder: nobody's credit
+                self.received[feeder] = self.received.get(feeder, 0) + 1
+                self._acks.setdefault(feeder, []).append(frame.unique_id)
             if self.assembler is not None:
                 whole = self.assembler.add(frame)
                 if whole is None:
@@ -107,7 +125,18 @@ class ProcessingRole:
                 acquisition.note_lost(frame.unique_id, failed=False)
 
     def on_end(self, feeder: int, acquisition_id: int) -> None:
+        with self._lock:
+            if (feeder, acquisition_id) in self._gone:
+                return  # ended already, by GONE
         self._feed.put(("end", acquisition_id, feeder))
+
+    def on_gone(self, feeder: int, acquisition_id: int) -> None:
+        """The control rank gave up on `feeder` for this acquisition: its part is over."""
+        self.on_end(feeder, acquisition_id)
+        with self._lock:
+            self._gone.add((feeder, acquisition_id))
+            while len(self._gone) > 256:
+                self._gone.discard(min(self._gone, key=lambda g: g[1]))
 
     def _acquisition(self, aid: int, params: dict | None = None) -> Acquisition | None:
         if not aid:

@@ -90,8 +90,9 @@ CLUSTER_PARAMS = (
               doc="acknowledgements that came after their frame was declared missing"),
     int_param("RanksAnswering_RBV", 0, R, group="Cluster"),
     text_param("SilentRanks_RBV", 256, "", R, group="Cluster",
-               doc="processing ranks that have frames outstanding and sent nothing for a "
-                   "window: their outstanding frames become missing"),
+               doc="ranks that owe something (a processing rank frames outstanding, an "
+                   "acquisition rank the running acquisition's frames) and sent nothing for a "
+                   "window: those frames become missing"),
     text_param("MasterFile_RBV", 512, "", R, group="Cluster",
                doc="the last master HDF5 file written"),
 )

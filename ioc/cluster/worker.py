@@ -21,7 +21,7 @@ import numpy as np
 from ..driver import Driver
 from ..plugin import Plugin
 from .acquisition import AcquisitionRole
-from .common import DRIVER_REPORTED, START
+from .common import DRIVER_REPORTED, GONE, START
 from .config import ClusterConfig
 from .link import Link
 from .mirror import PutApplier, Reporter
@@ -85,9 +85,12 @@ class WorkerNode:
     def _on_message(self, source: int, header: dict[str, Any], data: Any) -> None:
         kind = header["kind"]
         if kind == FRAME and self.processing is not None:
-            self.processing.on_frame(source, header, data)
+            # a placeholder the control rank sends for a silent acquisition rank is that rank's
+            self.processing.on_frame(header.get("feeder", source), header, data)
         elif kind == ACQ_END and self.processing is not None:
             self.processing.on_end(source, header["acq"])
+        elif kind == GONE and self.processing is not None:
+            self.processing.on_gone(header["feeder"], header["acq"])
         elif kind == ACK and self.acquisition is not None:
             self.acquisition.dispatcher.on_ack(source, header)
         elif kind == PUT and self.acquisition is not None and \
@@ -97,7 +100,8 @@ class WorkerNode:
             self.loop.call_soon_threadsafe(self.puts.apply, header)
         elif kind == START and self.acquisition is not None:
             role = self.acquisition
-            self.loop.call_soon_threadsafe(self._in_line, lambda: role.start(header["acq"]))
+            self.loop.call_soon_threadsafe(self._in_line, lambda: role.start(
+                header["acq"], header.get("base", 0), header.get("seq", 0)))
         elif kind == STOP:
             self.loop.call_soon_threadsafe(self.stopped.set)
         else:
@@ -138,12 +142,14 @@ class WorkerNode:
             self.acquisition.flush()
         if now >= self._next_report:
             self._next_report = now + self.cluster.report_interval_s
-            self._report()
+            self._report(heartbeat=True)
 
-    def _report(self) -> None:
-        """Send the values that changed (MPI thread, the feeder thread, or the driver's)."""
+    def _report(self, heartbeat: bool = False) -> None:
+        """Send the values that changed (MPI thread, the feeder thread, or the driver's);
+        `heartbeat`: even if nothing did, so the control rank knows this rank answers (a rank
+        silent for `window_s` while it owes frames is given up on)."""
         changes = self.reporter.changed()
-        if changes:
+        if changes or heartbeat:
             self.link.send(self.control, {"kind": VALUES, "values": changes})
 
     def _drained(self, acquisition_id: int) -> None:

@@ -1,0 +1,149 @@
+"""Several acquisition ranks sharing whole frames: which frames each one makes, and their numbers.
+
+With M acquisition ranks and a driver without modules, acquisition rank i (its position in
+`cluster.acquisition`) makes frames i, i+M, i+2M, ... of every acquisition, so that the frames,
+their uniqueIds and (for the sim) their pixels are the ones a single process would make:
+
+- the acquisition's frame j has uniqueId `base + 1 + j`, base being the control rank's
+  ArrayCounter when the acquisition starts (it shows the highest uniqueId made, as one process
+  would), so rank i's k-th frame is `base + 1 + i + k*M` (`uid`);
+- NumImages N is split: rank i makes the j < N with j % M == i, ceil/floor shares that add up
+  to N (`share`); Single mode is N = 1 (rank 0 makes it) and Continuous has no end;
+- each rank is paced at M x AcquirePeriod, so the cluster keeps AcquirePeriod (`rank_settings`);
+- an image that moves on every frame (the sim's LinearRamp and Sine) moves on by the frames the
+  other ranks made in between (`RankNumbering.steps`). The position is `seq`, the number of
+  frames the cluster made since the IOC started (the control rank adds each acquisition's
+  frames, `ClusterNumbering.end`), not the uniqueId: a client setting ArrayCounter back does not
+  move a single process's ramp back either.
+
+Pure and in-process (no MPI): tests/unit/test_cluster_numbering.py checks it in microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Container, Mapping
+
+SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
+
+
+def share(total: int, ranks: int, index: int) -> int:
+    """How many of an acquisition's `total` frames rank `index` of `ranks` makes."""
+    return total // ranks + (1 if index < total % ranks else 0)
+
+
+def wanted(settings: Mapping[str, Any]) -> int | None:
+    """The frames the acquisition makes over the cluster; None: until stopped."""
+    mode = int(settings.get("ImageMode", MULTIPLE))
+    if mode == SINGLE:
+        return 1
+    return None if mode == CONTINUOUS else max(0, int(settings.get("NumImages", 1)))
+
+
+def uid(base: int, ranks: int, index: int, k: int) -> int:
+    """The uniqueId of rank `index`'s k-th frame (0-based) of an acquisition after `base`."""
+    return base + 1 + index + k * ranks
+
+
+def rank_settings(settings: Mapping[str, Any], ranks: int, index: int) -> dict[str, Any] | None:
+    """What rank `index` changes in its copy of the acquisition's settings (its share of the
+    frames, the cluster's period times `ranks`); None when it makes no frame at all."""
+    total = wanted(settings)
+    period = float(settings.get("AcquirePeriod", 0.0)) * ranks
+    if total is None:
+        return {"AcquirePeriod": period}
+    mine = share(total, ranks, index)
+    if mine == 0:
+        return None
+    if int(settings.get("ImageMode", MULTIPLE)) == SINGLE:
+        return {"AcquirePeriod": period}
+    return {"NumImages": mine, "AcquirePeriod": period}
+
+
+def owed(base: int, ranks: int, index: int, upto: int, seen: Container[int]) -> list[int]:
+    """Rank `index`'s uniqueIds of the acquisition after `base`, up to `upto` (base + N; or,
+    without an end, the highest uniqueId the cluster made), that are not in `seen`."""
+    return [u for u in range(base + 1 + index, upto + 1, ranks) if u not in seen]
+
+
+class Seen:
+    """The uniqueIds of one acquisition rank's frames known sent or received in the current
+    acquisition, held as the next one not seen yet (every one of the rank's before it was)
+    plus a set of the later ones: a continuous acquisition of millions of frames holds a few,
+    not ~70 bytes a frame."""
+
+    def __init__(self) -> None:
+        self.next = 0  # the rank's first uniqueId not seen yet
+        self.step = 1
+        self.later: set[int] = set()
+        self.highest: int | None = None
+
+    def reset(self, first: int, step: int) -> None:
+        """A new acquisition: the rank's uniqueIds are first, first + step, ..."""
+        self.next, self.step, self.highest = first, step, None
+        self.later.clear()
+
+    def add(self, unique_id: int) -> None:
+        self.highest = unique_id if self.highest is None else max(self.highest, unique_id)
+        if unique_id < self.next:
+            return
+        self.later.add(unique_id)
+        while self.next in self.later:
+            self.later.discard(self.next)
+            self.next += self.step
+
+    def __contains__(self, unique_id: object) -> bool:
+        return isinstance(unique_id, int) and (unique_id < self.next or
+                                               unique_id in self.later)
+
+
+class RankNumbering:
+    """One acquisition rank's numbering (its driver thread; `start` before the driver runs)."""
+
+    def __init__(self, ranks: int, index: int) -> None:
+        self.ranks = ranks
+        self.index = index
+        self.base = 0
+        self.k = 0  # frames numbered in this acquisition
+        self.last: int | None = None  # the last uniqueId given in this acquisition
+        self._seq0 = 0
+        self._last_seq: int | None = None  # the image's position (seq of the last frame made)
+        self._reset_seq: int | None = None  # seq of the frame a pending reset happens at
+
+    def start(self, base: int, seq: int, reset_pending: bool) -> None:
+        """An acquisition after uniqueId `base`, its first frame the cluster's frame `seq`;
+        `reset_pending`: the image is recomputed at the next frame (a single process would do
+        so at this acquisition's first frame, whichever rank makes it here)."""
+        self.base, self._seq0, self.k, self.last = base, seq, 0, None
+        if reset_pending and self._reset_seq is None:
+            self._reset_seq = seq
+
+    def next_uid(self) -> int:
+        u = uid(self.base, self.ranks, self.index, self.k)
+        self.k += 1
+        self.last = u
+        return u
+
+    def steps(self, reset: bool) -> int:
+        """How many frames the image moves on for the frame about to be made (called before
+        `next_uid` for it): from the frame it holds, or, on a reset, from the frame before the
+        one a single process reset at."""
+        seq = self._seq0 + self.index + self.k * self.ranks
+        if reset:
+            prev = seq - 1 if self._reset_seq is None else self._reset_seq - 1
+            self._reset_seq = None
+        else:
+            prev = seq - 1 if self._last_seq is None else self._last_seq
+        self._last_seq = seq
+        return max(1, seq - prev)
+
+
+class ClusterNumbering:
+    """The control rank's side: the position of the next acquisition's first frame."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+
+    def end(self, base: int, highest: int) -> None:
+        """An acquisition after `base` is over; `highest`: the highest uniqueId it made (or
+        owed: a frame a silent rank owed counts as made, as one process would have made it)."""
+        self.seq += max(0, highest - base)

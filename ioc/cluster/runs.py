@@ -1,0 +1,277 @@
+"""The control rank's acquisitions over the cluster: started on every acquisition rank, over when
+each is done, held until each processing rank drained them, and settled when a rank went silent.
+
+- `run` wraps the driver's acquisition loop (its thread): each processing rank holds the
+  acquisition's in-flight count until it says the frames left its plugins (DRAINED), so Acquire's
+  put-completion with WaitForPlugins covers every rank; the other acquisition ranks get START
+  (with, for shared whole frames, the uniqueId base and image position: `numbering`) and the
+  acquisition is over when each said ACQ_DONE, or was given up on (`give_up`, from `watch`).
+- A rank given up on owes frames: once the others are done, each becomes a missing frame of
+  the acquisition with its cause ("acquisition rank 2 stopped answering"), sent as a
+  placeholder to a processing rank so every sink records its row (the rank files, hence the
+  master), and the processing ranks hear the rank's end (GONE: a frame it sends for that
+  acquisition later is dropped there, counted late here).
+- The driver's facade (`driver_values`): for shared whole frames ArrayCounter is the highest
+  uniqueId made and NumImagesCounter_RBV, ArrayRate_RBV the sums over the acquisition ranks;
+  otherwise the first acquisition rank's. A rank that went silent puts DetectorState_RBV in
+  Error, its StatusMessage_RBV naming the rank, until the next acquisition.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..ndarray import Acquisition, MissingCause, NDArray
+from ..state import DetectorState
+from .common import DRIVER_REPORTED, GONE, START
+from .numbering import ClusterNumbering, owed, wanted
+from .wire import frame_header
+
+if TYPE_CHECKING:
+    from .control import ControlNode
+
+log = logging.getLogger("ndflow.cluster")
+
+
+class Runs:
+    def __init__(self, node: "ControlNode") -> None:
+        self.node = node
+        self.lock = node.lock
+        self.acqs: dict[int, tuple[Acquisition, set[int]]] = {}  # id -> (acq, ranks to drain)
+        self.known: dict[int, Acquisition] = {}  # recent acquisitions by id
+        self._acquired: dict[int, set[int]] = {}  # id -> remote acquisition ranks done
+        self._acquired_event = threading.Event()
+        self._gone: dict[int, dict[int, str]] = {}  # id -> {acquisition rank given up on: why}
+        self._highest: dict[int, int] = {}  # id -> the highest uniqueId a rank said it made
+        self.numbering = ClusterNumbering()
+        self.current: Acquisition | None = None
+        self.base = 0  # ArrayCounter when the current acquisition started
+        self.fault = ""  # a silent acquisition rank, said until the next acquisition
+        self._by_rank: dict[int, dict[str, Any]] = {}  # acquisition rank -> its driver values
+
+    # --- the driver thread -----------------------------------------------------------------------
+    def run(self, acquisition: Acquisition, own_run: Any) -> None:
+        """The driver's acquisition loop, cluster-wide."""
+        node, driver = self.node, self.node.driver
+        shared = node.cluster.shared
+        with self.lock:
+            self.acqs[acquisition.id] = (acquisition, set(node.workers))
+            self.known[acquisition.id] = acquisition
+            while len(self.known) > 64:
+                self.known.pop(next(iter(self.known)))
+            self._acquired[acquisition.id] = set()
+            self.current, self.base = acquisition, int(driver.values["ArrayCounter"])
+            now = time.monotonic()
+            ranks = len(node.cluster.acquisition)
+            for rank, stream in node.streams.items():  # uniqueIds may be used again
+                if shared:  # (ArrayCounter set back)
+                    stream.seen.reset(self.base + 1 + node.cluster.acquisition.index(rank),
+                                      ranks)
+                else:
+                    stream.seen.reset(self.base + 1, 1)
+                stream.given_up.clear()
+                stream.last_frame = now
+            fault, self.fault = self.fault, ""
+        if fault and node.acquisition is None:  # the first acquisition rank's state again
+            first = self._by_rank.get(node.remote[0], {}) if node.remote else {}
+            driver.set("DetectorState_RBV", int(first.get("DetectorState_RBV",
+                                                          int(DetectorState.Idle))))
+            driver.set("StatusMessage_RBV", str(first.get("StatusMessage_RBV", "")))
+        for _ in node.workers:
+            acquisition.in_flight.enter()
+        start = {"kind": START, "acq": acquisition.id}
+        if shared:
+            start.update(base=self.base, seq=self.numbering.seq)
+        for rank in node.remote:
+            node.link.send(rank, start)
+        if driver._stop_event.is_set() and node.remote:
+            # stopped before START went out: the ranks ignored that stop (nothing ran yet), so
+            # they get it again, after START (one link, in order)
+            node.mirror(driver, "Acquire", 0, ranks=node.remote)
+        try:
+            if node.acquisition is not None:
+                node.acquisition.begin(acquisition)
+                own_run(acquisition)
+        except BaseException:  # the control rank's own run failed: the others stop too
+            if node.remote:
+                node.mirror(driver, "Acquire", 0, ranks=node.remote)
+            driver._stop_event.set()
+            self._wait_remote(acquisition)
+            self._settle(acquisition)
+            raise
+        self._wait_remote(acquisition)
+        self._settle(acquisition)
+
+    def _wait_remote(self, acquisition: Acquisition) -> None:
+        """Until every other acquisition rank is done with `acquisition` (or given up on);
+        after a stop, at most a window more (a rank that does not answer is said)."""
+        stop = self.node.driver._stop_event
+        window = self.node.cluster.window_s
+        deadline: float | None = None
+        while True:
+            with self.lock:
+                done = self._acquired.get(acquisition.id, set())
+                waiting = sorted(set(self.node.remote) - done)
+                if not waiting:
+                    self._acquired.pop(acquisition.id, None)
+                    return
+            if stop.is_set() and deadline is None:
+                deadline = time.monotonic() + window
+            if deadline is not None and time.monotonic() > deadline:
+                log.error("acquisition %d: acquisition rank%s %s did not end within %g s of "
+                          "the stop", acquisition.id, "s" * (len(waiting) > 1),
+                          " ".join(map(str, waiting)), window)
+                with self.lock:
+                    self._acquired.pop(acquisition.id, None)
+                return
+            self._acquired_event.wait(0.05)
+            self._acquired_event.clear()
+
+    def _settle(self, acquisition: Acquisition) -> None:
+        """The acquisition is over: the frames its silent ranks owe become missing frames,
+        and the image position moves on by the frames the cluster made."""
+        node = self.node
+        with self.lock:
+            gone = sorted(self._gone.pop(acquisition.id, {}).items())
+            highest = self._highest.pop(acquisition.id, self.base)
+            made = {s.seen.highest for s in node.streams.values()} - {None}
+        total = wanted(acquisition.settings)
+        if total is None or node.driver._stop_event.is_set():  # up to the last frame made
+            upto = max(made | {highest})
+        else:  # all of them, as one process would have made them
+            upto = self.base + total
+        for rank, why in gone:
+            self._missing(acquisition, rank, upto, why)
+        if gone and node.cluster.shared:  # as one process, the counter counts them
+            driver = node.driver
+            driver.set("ArrayCounter", max(int(driver.values["ArrayCounter"]), upto))
+        if node.cluster.shared:
+            self.numbering.end(self.base, max(highest, upto if gone else highest))
+
+    def _missing(self, acquisition: Acquisition, rank: int, upto: int, message: str) -> None:
+        """Rank `rank` stopped answering: its frames not seen become missing, each sent as a
+        placeholder to a processing rank (whole frames) so its sinks record the row; then the
+        processing ranks hear that this rank's part of the acquisition is over (GONE)."""
+        node, cluster = self.node, self.node.cluster
+        ranks, index = (len(cluster.acquisition), cluster.acquisition.index(rank)) \
+            if cluster.shared else (1, 0)
+        with self.lock:
+            stream = node.streams[rank]
+            uids = owed(self.base, ranks, index, upto, stream.seen)
+            stream.given_up.update(uids)
+            node.given_up += len(uids)
+            targets = cluster.targets(rank, node.size)
+            answering = [t for t in targets if t not in node.watch.silent] or targets
+        if uids:
+            log.error("acquisition %d: %d frame%s of acquisition rank %d missing (%d..%d): %s",
+                      acquisition.id, len(uids), "s" * (len(uids) > 1), rank, uids[0],
+                      uids[-1], message)
+        for n, uid in enumerate(uids):
+            acquisition.note_lost(uid, failed=False)
+            if not cluster.partial:  # a module placeholder would need its tile: the master
+                # gives a module in no file its missing row instead
+                frame = NDArray.missing(MissingCause.TIMEOUT, message)
+                frame.stamp(uid)
+                frame.acquisition = acquisition
+                header = frame_header(frame, -1)
+                header.update(feeder=rank, gone=True)
+                node.link.send(answering[n % len(answering)], header)
+        for target in sorted(set(targets)):
+            node.link.send(target, {"kind": GONE, "acq": acquisition.id, "feeder": rank})
+        node.count_missing()
+
+    # --- the MPI thread --------------------------------------------------------------------------
+    def on_acq_done(self, source: int, header: dict[str, Any]) -> None:
+        with self.lock:
+            aid = header["acq"]
+            if aid in self._acquired and source not in self._gone.get(aid, {}):
+                self._acquired[aid].add(source)
+                if header.get("last") is not None:
+                    self._highest[aid] = max(self._highest.get(aid, 0), header["last"])
+            acquisition = self.known.get(aid)
+            if acquisition is not None:
+                acquisition.frames = max(acquisition.frames, header["frames"])
+        self._acquired_event.set()
+
+    def on_drained(self, source: int, aid: int) -> None:
+        with self.lock:
+            acquisition, ranks = self.acqs.get(aid, (None, set()))
+            if acquisition is not None and source in ranks:
+                self.release(source, aid)
+
+    def release(self, rank: int, aid: int | None = None) -> None:
+        """Processing rank `rank` no longer holds acquisition `aid` (every one: None), drained
+        or silent (lock held)."""
+        for key, (acquisition, ranks) in list(self.acqs.items()):
+            if (aid is None or key == aid) and rank in ranks:
+                ranks.discard(rank)
+                acquisition.in_flight.leave()
+                if not ranks:
+                    self.acqs.pop(key, None)
+
+    def owing(self) -> set[int]:
+        """Acquisition ranks the current acquisition waits for (lock held)."""
+        current = self.current
+        if current is None or current.id not in self._acquired:
+            return set()
+        return set(self.node.remote) - self._acquired[current.id] - \
+            set(self._gone.get(current.id, {}))
+
+    def frame_time(self) -> float:
+        """How long one acquisition rank takes per frame of the current acquisition at least:
+        its exposure, or its share of the period."""
+        current = self.current
+        if current is None:
+            return 0.0
+        ranks = len(self.node.cluster.acquisition) if self.node.cluster.shared else 1
+        return max(float(current.settings.get("AcquireTime", 0.0)),
+                   float(current.settings.get("AcquirePeriod", 0.0)) * ranks)
+
+    def give_up(self, rank: int, why: str) -> None:
+        """Acquisition rank `rank` stopped answering, or making frames (lock held; `why` is
+        the cause its missing frames carry): the acquisition no longer
+        waits for it, and it is told to stop (it acts on it if it ever answers again). Without
+        an end (Continuous) the whole acquisition stops: the frames the rank owes are the ones
+        up to the last the others made."""
+        current = self.current
+        if current is None or current.id not in self._acquired:
+            return
+        self._gone.setdefault(current.id, {})[rank] = why
+        gone = self.node.streams[rank].gone_acqs
+        gone.add(current.id)
+        while len(gone) > 16:
+            gone.discard(min(gone))
+        self._acquired[current.id].add(rank)
+        self.fault = why
+        driver = self.node.driver
+        self.node.mirror(driver, "Acquire", 0, ranks=[rank])
+        if wanted(current.settings) is None:
+            self.node.mirror(driver, "Acquire", 0, ranks=[r for r in self.node.remote
+                                                          if r != rank])
+            driver._stop_event.set()
+        self._acquired_event.set()
+
+    def driver_values(self, rank: int, values: dict[str, Any]) -> dict[str, Any]:
+        """The facade's driver values after acquisition rank `rank` reported `values`."""
+        node = self.node
+        mine = self._by_rank.setdefault(rank, {})
+        mine.update((k, v) for k, v in values.items() if k in DRIVER_REPORTED)
+        first = node.remote[0] if node.remote else None
+        # only what this report says: a value a client put here since is not undone
+        out = {k: v for k, v in values.items() if k in DRIVER_REPORTED} if rank == first else {}
+        if node.cluster.shared:
+            ranks = [self._by_rank.get(r, {}) for r in node.remote]
+            counter = values.get("ArrayCounter")
+            if counter is not None:
+                out["ArrayCounter"] = max(int(counter), int(node.driver.values["ArrayCounter"]))
+            elif "ArrayCounter" in out:
+                del out["ArrayCounter"]
+            for name in ("NumImagesCounter_RBV", "ArrayRate_RBV"):
+                out[name] = sum(v.get(name, 0) for v in ranks)
+        if self.fault:
+            out["DetectorState_RBV"] = int(DetectorState.Error)
+            out["StatusMessage_RBV"] = self.fault
+        return out

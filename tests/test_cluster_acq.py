@@ -1,0 +1,162 @@
+"""Several acquisition ranks sharing whole frames (issue 14: "M acquisition + N processing" with
+full frames) and an acquisition rank that stops answering.
+
+Real parts only: MPICH's mpiexec starts the ranks (examples/cluster-acq2.yml: rank 0 control,
+ranks 1 and 2 acquisition, rank 3 processing), pyepics talks CA to the control rank, the master
+file is read back with h5py, and a rank is stopped with SIGSTOP (MPICH notices nothing; its
+messages wait) and resumed with SIGCONT.
+"""
+
+from __future__ import annotations
+
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from ndflow.adcore import DETECTOR_STATES
+from test_acquisition import ramp, wait_for, wrap
+from test_cluster import (MPIEXEC, REPO, ClusterIOC, capture, check_frames, get, put,
+                          rank_process, setup_camera)
+
+EXAMPLE = (REPO / "examples" / "cluster-acq2.yml").read_text()
+ATTRS = "/entry/instrument/NDAttributes"
+ERROR = DETECTOR_STATES.index("Error")
+
+pytestmark = pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
+
+
+#: M acquisition + N processing (the example), and N acquisition-with-processing (each rank
+#: keeps its frames): {processing rank: the uniqueIds its file holds}
+TOPOLOGIES = {"2 acquisition + 1 processing": (EXAMPLE, 4, {3: list(range(1, 12))}),
+              "2 acquisition-with-processing": (
+                  EXAMPLE.replace("processing: [3]", "processing: [1, 2]"), 3,
+                  {1: list(range(1, 12, 2)), 2: list(range(2, 12, 2))})}
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topology, tmp_path):
+    """11 frames over ranks 1 and 2 (6 and 5): the master holds 11 frames equal to the sim
+    formula in uniqueId order, each uniqueId once; the driver's facade counts as one IOC."""
+    text, ranks, files = TOPOLOGIES[topology]
+    ioc = ClusterIOC(text, tmp_path, ranks=ranks)
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        put(p + "cam1:WaitForPlugins", 1)
+        master = capture(p, tmp_path, "shared", 11)
+        assert not check_frames(master, 11).any()  # 11 valid rows, uniqueIds 1..11 in order
+        for rank, ids in files.items():  # each processing rank's own file
+            with h5py.File(tmp_path / f"shared_r{rank}.h5") as f:
+                assert sorted(f[f"{ATTRS}/NDArrayUniqueId"][:]) == ids
+        assert get(p + "cam1:ArrayCounter_RBV") == 11  # the highest uniqueId, as one IOC
+        assert wait_for(lambda: get(p + "cam1:NumImagesCounter_RBV") == 11, 5)  # 6 + 5
+        assert get(p + "R1:cam1:ArrayCounter_RBV") == 11  # rank 1 made 1, 3, ..., 11
+        assert get(p + "R2:cam1:ArrayCounter_RBV") == 10  # rank 2 made 2, 4, ..., 10
+        assert get(p + "HDF1:ArrayCounter_RBV") == 11
+        assert get(p + "Cluster:FramesInOrder_RBV") == 11
+        assert get(p + "Cluster:FramesMissing_RBV") == 0
+        # the next acquisition goes on from 11, and the ramp with it, as in one process
+        put(p + "cam1:NumImages", 3)
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == 14
+        assert wait_for(lambda: get(p + "Stats1:UniqueId_RBV") == 14, 5)
+        expected = wrap(ramp(1024, 1024, inc=10, frame=14), "u2")
+        assert wait_for(lambda: get(p + "Stats1:MeanValue_RBV") ==
+                        pytest.approx(expected.mean(), rel=1e-9), 5)
+        put(p + "cam1:ImageMode", 0)  # Single: one frame, made by rank 1 alone
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == 15
+        assert wait_for(lambda: get(p + "cam1:NumImagesCounter_RBV") == 1, 5)
+        put(p + "cam1:ImageMode", 2)  # Continuous on both ranks, stopped from the control rank
+        put(p + "cam1:AcquirePeriod", 0.02)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > 20, 10)
+        put(p + "cam1:Acquire", 0)
+        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
+        stopped_at = get(p + "cam1:ArrayCounter_RBV")
+        time.sleep(0.5)
+        assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
+    finally:
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()
+
+
+def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(tmp_path):
+    """Rank 2 is stopped (SIGSTOP) mid-acquisition: after the window it is listed on
+    Cluster:SilentRanks_RBV, Acquire's put completes (WaitForPlugins), the master holds every
+    frame: rank 1's valid, rank 2's not made missing rows naming it; DetectorState_RBV is Error
+    and StatusMessage_RBV names it. Resumed (SIGCONT), it leaves the list, a frame it still
+    sends is dropped (counted late), and the next acquisition is whole again."""
+    ioc = ClusterIOC(EXAMPLE.replace("window_s: 5.0", "window_s: 1.0"), tmp_path, ranks=4)
+    stopped = None
+    frames = 20
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        setup_camera(p, 64, 64)
+        put(p + "cam1:AcquirePeriod", 0.05)  # each rank at 0.1 s
+        put(p + "cam1:WaitForPlugins", 1)
+        for plugin in ("Stats1:", "HDF1:"):
+            put(p + plugin + "EnableCallbacks", 1)
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "silent"),
+                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
+                           ("NumCapture", frames), ("AutoIncrement", 0)]:
+            put(p + "HDF1:" + key, value)
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        put(p + "cam1:ImageMode", 1)
+        put(p + "cam1:NumImages", frames)
+        rank2 = rank_process(ioc, 2)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") >= 6, 10)
+        rank2.suspend()
+        stopped = rank2
+        assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "2", 10)
+        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 15), "Acquire did not end"
+        assert get(p + "cam1:Acquire") == 0
+        assert get(p + "cam1:DetectorState_RBV") == ERROR
+        assert get(p + "cam1:StatusMessage_RBV", as_string=True) == \
+            "acquisition rank 2 stopped answering"
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
+        with h5py.File(tmp_path / "silent.h5") as f:
+            ids = list(f[f"{ATTRS}/NDArrayUniqueId"][:])
+            assert ids == list(range(1, frames + 1))  # every frame once, in order
+            status = f[f"{ATTRS}/NDArrayStatus"][:]
+            lost = [u for u, s in zip(ids, status) if s]
+            missing = f["/entry/ndflow/missing"][:]
+            data = f["/entry/data/data"]
+            for row, uid in enumerate(ids):
+                if not status[row]:
+                    np.testing.assert_array_equal(
+                        data[row], wrap(ramp(64, 64, inc=10, frame=uid), "u2"))
+        assert lost and all(u % 2 == 0 for u in lost), lost  # rank 2's frames only
+        assert lost == list(range(lost[0], frames + 1, 2))  # every one from where it stopped
+        assert list(missing["unique_id"]) == lost
+        assert set(missing["message"]) == {b"acquisition rank 2 stopped answering"}
+        assert set(missing["cause"]) == {b"timeout"}
+        assert get(p + "cam1:FramesLost_RBV") == len(lost)
+        assert get(p + "Cluster:FramesMissing_RBV") == len(lost)
+        assert get(p + "Cluster:FramesInOrder_RBV") == frames
+        rank2.resume()
+        stopped = None
+        assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "", 10)
+        time.sleep(1.0)  # what it sends after all (a frame, its end) is dropped, not recorded
+        assert get(p + "Cluster:FramesInOrder_RBV") == frames
+        put(p + "cam1:NumImages", 4)
+        put(p + "cam1:Acquire", 1)  # both ranks again
+        assert get(p + "cam1:ArrayCounter_RBV") == frames + 4
+        assert get(p + "cam1:DetectorState_RBV") != ERROR
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames + 4, 5)
+        put(p + "cam1:ArrayCounter", 0)  # uniqueIds used again: the given-up ones are not
+        put(p + "cam1:NumImages", frames)  # held against the new frames
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == frames
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == 2 * frames + 4, 5)
+        assert get(p + "Cluster:FramesMissing_RBV") == len(lost)
+    finally:
+        if stopped is not None:
+            stopped.resume()
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()

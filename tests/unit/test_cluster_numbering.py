@@ -1,0 +1,118 @@
+"""Several acquisition ranks sharing whole frames (ndflow.cluster.numbering), in-process: the
+NumImages split, the uniqueIds, what a silent rank owes, and the sim's frames made over M
+"ranks" (M sims in one process, each with its rank's numbering) equal to one sim's, uid for uid.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
+                                      RankNumbering, Seen, owed, rank_settings, share, uid)
+from ndflow.driver import FrameContext
+from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
+from ndflow.graph import PortGraph
+from ndflow.ndarray import Acquisition
+
+
+@pytest.mark.parametrize("total", [0, 1, 2, 5, 7, 12])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4])
+def test_each_frame_is_made_by_exactly_one_rank_and_the_shares_add_up(total, ranks):
+    made = []
+    for i in range(ranks):
+        n = share(total, ranks, i)
+        assert n in (total // ranks, -(-total // ranks))  # floor or ceil
+        made += [uid(10, ranks, i, k) for k in range(n)]
+    assert sorted(made) == list(range(11, 11 + total))
+
+
+def test_each_rank_runs_its_share_at_m_times_the_period():
+    settings = {"ImageMode": MULTIPLE, "NumImages": 5, "AcquirePeriod": 0.1}
+    assert rank_settings(settings, 2, 0) == {"NumImages": 3, "AcquirePeriod": 0.2}
+    assert rank_settings(settings, 2, 1) == {"NumImages": 2, "AcquirePeriod": 0.2}
+    assert rank_settings({**settings, "NumImages": 1}, 2, 1) is None  # no frame: not run
+    single = {**settings, "ImageMode": SINGLE}
+    assert rank_settings(single, 3, 0) == {"AcquirePeriod": pytest.approx(0.3)}
+    assert rank_settings(single, 3, 1) is None and rank_settings(single, 3, 2) is None
+    assert rank_settings({**settings, "ImageMode": CONTINUOUS}, 2, 1) == {"AcquirePeriod": 0.2}
+
+
+def test_a_silent_rank_owes_its_frames_not_seen():
+    assert owed(100, 2, 1, 110, seen=[102, 104]) == [106, 108, 110]
+    assert owed(100, 3, 0, 107, seen=[]) == [101, 104, 107]
+    assert owed(100, 1, 0, 103, seen=[101]) == [102, 103]  # one rank (modules): every frame
+    assert owed(100, 2, 0, 100, seen=[]) == []
+
+
+def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
+    """Sent or received in any order; a long acquisition keeps only the frames after a gap."""
+    seen = Seen()
+    seen.reset(first=102, step=2)  # rank 1 of 2 after uniqueId 100
+    for u in (104, 102, 108):
+        seen.add(u)
+    assert 102 in seen and 104 in seen and 106 not in seen and 108 in seen
+    assert owed(100, 2, 1, 112, seen) == [106, 110, 112]
+    assert seen.highest == 108
+    for u in range(106, 200_000, 2):
+        seen.add(u)
+    assert not seen.later and seen.next == 200_000  # nothing held per frame
+    seen.reset(first=1, step=2)  # the next acquisition, ArrayCounter set back
+    assert 102 not in seen and seen.highest is None
+
+
+def sim(data_type: str) -> SimDetector:
+    return SimDetector("SIM1", "cam1:", PortGraph(), options=SimOptions(
+        max_size_x=16, max_size_y=8, data_type=data_type))
+
+
+def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: int,
+            total: int, values: dict) -> dict[int, np.ndarray]:
+    """One acquisition of `total` frames over the cluster, this sim's share: {uid: pixels}."""
+    params = {**det.values, "AcquireTime": 0.001, "ImageMode": MULTIPLE, "NumImages": total,
+              **values}
+    count = total
+    if numbering is not None:
+        numbering.start(base, seq, bool(det.values["Reset"]))
+        det.frame_steps = numbering.steps
+        count = share(total, numbering.ranks, numbering.index)
+    det.prepare(params)
+    acquisition = Acquisition(1, params)
+    out = {}
+    for k in range(count):
+        frame = det.produce_frame(FrameContext(acquisition, k, threading.Event()))
+        number = numbering.next_uid() if numbering is not None else base + 1 + k
+        out[number] = frame.data.copy()
+    return out
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("data_type,mode,gain", [("UInt8", LINEAR_RAMP, 40.0),
+                                                 ("Float32", LINEAR_RAMP, 0.7),
+                                                 ("Int16", SINE, 100.0)])
+def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain):
+    """Three acquisitions (5, then 1, then 4 frames after a Reset and a counter set back):
+    the ramp/sine moves on across acquisitions and resets at the first frame after the
+    reset, whichever rank makes it; UInt8 wraps as one process's adds do, Float32 rounds as
+    they do."""
+    values = {"SimMode": mode, "Gain": gain}
+    one = sim(data_type)
+    many = [sim(data_type) for _ in range(ranks)]
+    numberings = [RankNumbering(ranks, i) for i in range(ranks)]
+    cluster = ClusterNumbering()
+    for base, total, reset in ((0, 5, False), (5, 1, False), (2, 4, True)):
+        if reset:
+            for det in (one, *many):
+                det.values["Reset"] = 1
+        expected = acquire(one, None, base, 0, total, values)
+        got: dict[int, np.ndarray] = {}
+        for det, numbering in zip(many, numberings):
+            made = acquire(det, numbering, base, cluster.seq, total, values)
+            assert not set(made) & set(got), "a frame made twice"
+            got.update(made)
+        cluster.end(base, base + total)
+        assert sorted(got) == sorted(expected) == list(range(base + 1, base + 1 + total))
+        for number, pixels in expected.items():
+            np.testing.assert_array_equal(got[number], pixels, err_msg=f"uid {number}")
