@@ -9,13 +9,11 @@ import threading
 from typing import Any
 
 from p4p import Value
-from p4p.nt import NTNDArray
 from p4p.server import raw
 
 from ..transport import PVSpec
-from . import ntndarray
-
-_TYPE = NTNDArray.buildType()
+from .ntndarray import TYPE
+from .ntndarray_stream import to_value
 
 
 class _FramePV(raw.SharedPV):
@@ -50,7 +48,7 @@ class FrameEndpoint:
         self._clients = False
         self._unposted = False
         self._lock = threading.Lock()
-        self.pv = _FramePV(self._clients_changed, initial=Value(_TYPE, {}))
+        self.pv = _FramePV(self._clients_changed, initial=Value(TYPE, {}))
 
     def to_wire(self, value: Any) -> Any:
         return value
@@ -66,7 +64,7 @@ class FrameEndpoint:
             if not self._clients:
                 self._unposted = True
                 return
-            self.pv.post(ntndarray.to_value(array))
+            self.pv.post(to_value(array))
             self.posted += 1
 
     def _clients_changed(self, connected: bool) -> None:
@@ -75,7 +73,7 @@ class FrameEndpoint:
             if connected and self._unposted and self.value is not None:
                 self._unposted = False
                 try:
-                    self.pv.post(ntndarray.to_value(self.value))
+                    self.pv.post(to_value(self.value))
                     self.posted += 1
                 except ValueError:  # a frame NTNDArray cannot carry: post_frame said so
                     pass
