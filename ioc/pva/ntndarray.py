@@ -2,10 +2,11 @@
 both directions share.
 
 The two halves are separate modules, since a sender and a receiver never need each other:
-`ntndarray_stream` builds the `epics:nt/NTNDArray:1.0` Value NDPluginPva publishes,
-`ntndarray_in` reads one back into what pvaDriver needs to build an NDArray. Both are pure
-functions of their input, so a plugin thread (sending) and a driver thread (receiving) can call
-them concurrently.
+`ntndarray_stream` builds the `epics:nt/NTNDArray:1.0` Values NDPluginPva publishes (a full
+Value, or a stream of updates carrying only what changed), `ntndarray_in` reads one back into
+what pvaDriver needs to build an NDArray. Both are pure functions of their input (the stream of
+one PV keeps the previous frame's fields), so a plugin thread (sending) and a driver thread
+(receiving) can use them concurrently.
 
 Field by field, as ADCore (`ntndArrayConverter.cpp`):
 - value: the union member of the element type (`byteValue` ... `doubleValue`); a compressed

@@ -1,7 +1,8 @@
 """Frame -> NTNDArray: the sending half of ADCore's ntndArrayConverter (fromArray), for
 NDPluginPva; field meanings in `ntndarray`.
 
-`to_value` is one frame's complete Value.
+`to_value` is one frame's complete Value; `NTNDArrayStream` makes the successive updates of one
+PV, each marking only what changed since the previous one (see its docstring for why).
 
 Copies: p4p copies an assigned numpy array exactly once, into a PVXS shared_array (`storePy`:
 `PyArray_FromAny` with the array's own native dtype returns the array itself when it is
@@ -76,6 +77,81 @@ def frame_fields(array: NDArray) -> dict[str, Any]:
         "attribute": _attributes_out(array),
         "uniqueId": _int32(array.unique_id),
     }
+
+
+# --- successive frames of one PV ------------------------------------------------------------------
+#: fields that change with every frame: always marked
+PER_FRAME = ("value", "uniqueId", "timeStamp", "dataTimeStamp")
+#: fields that stay as they were from one frame to the next unless the acquisition changes:
+#: marked only when they differ from the previous frame's
+STRUCTURE = ("codec", "compressedSize", "uncompressedSize", "dimension", "attribute")
+
+
+class NTNDArrayStream:
+    """The updates of one NTNDArray PV: the first a complete Value, each later one marking only
+    the fields that differ from the previous update's (the pixels, uniqueId and time stamps
+    always). Not thread-safe: one PV posts from one thread at a time (its endpoint's lock).
+
+    Why: PVXS serialises only the marked fields of an update, and everything that holds a copy
+    merges updates into it (the SharedPV's current value, which a new subscriber and a get
+    receive; PVXS's squash of a slow subscriber's queue; p4p's and pvAccessCPP's client
+    monitors), so every client still sees complete frames while the unchanging dimension,
+    codec and attribute structures are not rebuilt and re-sent per frame.
+
+    The caller must `reset()` when an update it was given was not posted (the next one is then
+    complete again)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, Any] | None = None  # the fields of the last update handed out
+
+    def reset(self) -> None:
+        """Make the next update complete."""
+        self._last = None
+
+    def update(self, array: NDArray) -> Value:
+        """The next update, for `array`. Raises ValueError as `to_value` (the stream is then
+        as before)."""
+        fields = frame_fields(array)
+        last = self._last
+        if last is None:
+            marked = fields
+        else:
+            marked = {name: fields[name] for name in PER_FRAME}
+            for name in STRUCTURE:
+                if not _same(name, fields[name], last[name]):
+                    marked[name] = fields[name]
+        value = Value(TYPE, marked)
+        self._last = fields
+        return value
+
+
+def _same(name: str, new: Any, old: Any) -> bool:
+    """Whether field `name` is the same on the wire in both frames. Attribute values are
+    compared with their type code and, for floats, their sign (0.0 == -0.0 in Python, not on
+    the wire); an array value or a NaN always counts as changed."""
+    if name != "attribute":
+        return bool(new == old)
+    if len(new) != len(old):
+        return False
+    for a, b in zip(new, old):
+        if (a["name"] != b["name"] or a["descriptor"] != b["descriptor"]
+                or a["sourceType"] != b["sourceType"] or a["source"] != b["source"]
+                or not _same_variant(a["value"], b["value"])):
+            return False
+    return True
+
+
+def _same_variant(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    (code, x), (code_b, y) = a, b
+    if code != code_b or code.startswith("a"):
+        return False
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, float):
+        return x == y and math.copysign(1.0, x) == math.copysign(1.0, y)
+    return bool(x == y)
 
 
 def _dims_fit(array: NDArray) -> bool:
