@@ -57,12 +57,12 @@ What limits ndflow here (Dec 2026, p4p 4.3.0 / pvxslibs 1.5.3)
 ---------------------------------------------------------------
 The IOC saturates one core with no loss, and most of its CPU per frame is PVXS sending the frame
 (bench/pva_send.py: ~0.35 of ~0.45 ms at 512x512 with p4p and pvapy alone). The wheel's
-libpvxs calls ``bufferevent_set_max_single_write(bev, (size_t)-1)`` in ``ConnBase::connect``
-(src/conn.cpp; the source says EV_SSIZE_MAX), which libevent rejects as over EV_SSIZE_MAX and
-replaces with its 16 KiB default: every frame leaves in 16 KiB writev()s, one event-loop turn
-each (~16 per 256 KiB frame, strace), where pvAccessCPP writes its whole buffer. No PVXS, p4p
-or libevent setting changes that size; the fix is upstream (pass a positive bound libevent
-accepts, e.g. the socket's SO_SNDBUF as the read side already does with SO_RCVBUF).
+libpvxs passes ``(size_t)-1`` to ``bufferevent_set_max_single_write`` in ``ConnBase::connect``
+(src/conn.cpp; PVXS's source there says EV_SSIZE_MAX, the built code SIZE_MAX), which libevent
+rejects as over EV_SSIZE_MAX and replaces with its 16 KiB default: every frame leaves in 16 KiB
+writev()s, one event-loop turn each (~14 per 256 KiB frame, strace), where pvAccessCPP writes
+its whole buffer. No PVXS, p4p or libevent setting changes that size; the fix is upstream (a
+positive bound libevent accepts, checked with bufferevent_get_max_single_write in a test).
 
 Output: one JSON object per line per trial (``"trial": true``), one per producer and size with
 its result, and a last line ``{"summary": true, "ratios": {...}}`` with ndflow/pvapy per size.
