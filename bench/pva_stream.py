@@ -60,8 +60,8 @@ The IOC saturates one core with no loss, and most of its CPU per frame is PVXS s
 libpvxs passes ``(size_t)-1`` to ``bufferevent_set_max_single_write`` in ``ConnBase::connect``
 (src/conn.cpp; PVXS's source there says EV_SSIZE_MAX, the built code SIZE_MAX), which libevent
 rejects as over EV_SSIZE_MAX and replaces with its 16 KiB default: every frame leaves in 16 KiB
-writev()s, one event-loop turn each (~14 per 256 KiB frame, strace), where pvAccessCPP writes
-its whole buffer. No PVXS, p4p or libevent setting changes that size; the fix is upstream (a
+writev()s, one event-loop turn each (strace: 16 per 512x512 frame), where pvAccessCPP sends
+the frame's 262144 bytes in one send(). No PVXS, p4p or libevent setting changes that size; the fix is upstream (a
 positive bound libevent accepts, checked with bufferevent_get_max_single_write in a test).
 
 Output: one JSON object per line per trial (``"trial": true``), one per producer and size with
