@@ -53,6 +53,17 @@ trial, in % of one core over the consumer's receiving time and in ms per frame r
 shared 2-core machine the frame rates move with whatever else runs (each trial line has the load
 average); CPU ms per frame moves much less and is the better figure to compare implementations.
 
+What limits ndflow here (Dec 2026, p4p 4.3.0 / pvxslibs 1.5.3)
+---------------------------------------------------------------
+The IOC saturates one core with no loss, and most of its CPU per frame is PVXS sending the frame
+(bench/pva_send.py: ~0.35 of ~0.45 ms at 512x512 with p4p and pvapy alone). The wheel's
+libpvxs passes ``(size_t)-1`` to ``bufferevent_set_max_single_write`` in ``ConnBase::connect``
+(src/conn.cpp; PVXS's source there says EV_SSIZE_MAX, the built code SIZE_MAX), which libevent
+rejects as over EV_SSIZE_MAX and replaces with its 16 KiB default: every frame leaves in 16 KiB
+writev()s, one event-loop turn each (strace: 16 per 512x512 frame), where pvAccessCPP sends
+the frame's 262144 bytes in one send(). No PVXS, p4p or libevent setting changes that size; the fix is upstream (a
+positive bound libevent accepts, checked with bufferevent_get_max_single_write in a test).
+
 Output: one JSON object per line per trial (``"trial": true``), one per producer and size with
 its result, and a last line ``{"summary": true, "ratios": {...}}`` with ndflow/pvapy per size.
 Progress goes to stderr.

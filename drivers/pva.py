@@ -16,7 +16,7 @@ Threads. p4p (PVXS) calls our monitor handlers in its own threads; a handler onl
   alone, always open while a name is set: it tells connection (PvConnection_RBV, a status on
   disconnect, "not found", "not an NTNDArray") whether or not we acquire.
 - The acquisition thread (the base Driver's) opens the full monitor when an acquisition starts,
-  pops updates in `produce_frame`, converts each (`ndflow.pva.ntndarray.from_value`) and copies
+  pops updates in `produce_frame`, converts each (`ndflow.pva.ntndarray_in.from_value`) and copies
   the pixels into a pool buffer (the one copy, as pvaDriver's memcpy); it closes the monitor when
   the acquisition ends. A consumer slower than the source (a blocking plugin, AcquirePeriod,
   LossPolicy Pause) therefore leaves updates in the PVXS client queue (`queue_size` of them,
@@ -351,7 +351,7 @@ class PVADriver(Driver):
     def _frame_of(self, value: Any) -> NDArray | None:
         """The NDArray of one update; None if it is not a new frame (the value from before the
         monitor started) or cannot be read (the status says why)."""
-        from ndflow.pva.ntndarray import NTNDArrayError, from_value
+        from ndflow.pva.ntndarray_in import NTNDArrayError, from_value
         try:
             frame = from_value(value)
         except NTNDArrayError as exc:

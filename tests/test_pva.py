@@ -502,3 +502,80 @@ def test_fuzz_every_writable_pv_over_pva(default_ioc, pva):
     pva.put(p + "cam1:Acquire", 1, wait=True, timeout=10)
     assert wait_for(lambda: get(p + "Stats1:ArrayCounter_RBV") == before + 1, 5)
     assert "Traceback" not in default_ioc.log()
+
+
+def test_monitors_see_every_frame_complete_when_only_changes_are_sent(small, pva):
+    """Pva1 posts each frame marking only what changed since the previous one (the pixels,
+    uniqueId and time stamps; the dimensions, codec and attributes only when they change): a p4p
+    monitor (PVXS) and a pvapy monitor (pvAccessCPP) still see every frame complete, across a
+    change of size, element type and colour mode between acquisitions."""
+    import pvaccess
+    p = small.prefix
+    name = p + "Pva1:Image"
+    seen_p4p: list = []
+    seen_pvapy: list = []
+    connected: set[str] = set()
+
+    def on_p4p(value) -> None:
+        connected.add("p4p")
+        if isinstance(value, Exception) or value["value"] is None:
+            return
+        seen_p4p.append((value["uniqueId"], [d["size"] for d in value["dimension"]],
+                         np.array(value["value"]), {a["name"]: a["value"]
+                                                    for a in value["attribute"]},
+                         {n.split(".")[0] for n in value.changedSet()}))
+
+    def on_pvapy(obj) -> None:
+        connected.add("pvapy")
+        d = obj.get()
+        if not d["value"] or not d["value"][0]:
+            return
+        (member, values), = d["value"][0].items()
+        seen_pvapy.append((d["uniqueId"], [x["size"] for x in d["dimension"]], member,
+                           np.array(values), {a["name"]: a["value"][0]["value"]
+                                              for a in d["attribute"]}))
+
+    for setting, value in [("DataType", "UInt8"), ("ColorMode", "Mono"), ("SizeX", 64),
+                           ("ImageMode", "Multiple"), ("NumImages", 3), ("Reset", 1)]:
+        put(p + "cam1:" + setting, value)
+    start = get(p + "cam1:ArrayCounter_RBV")
+    sub = pva.monitor(name, on_p4p, request="record[queueSize=20]")
+    channel = pvaccess.Channel(name)
+    channel.setTimeout(10.0)
+    channel.subscribe("delta", on_pvapy)
+    channel.startMonitor("")
+    try:
+        assert wait_for(lambda: connected == {"p4p", "pvapy"}, 10)  # the value held before
+        put(p + "cam1:Acquire", 1)
+        assert wait_for(lambda: get(p + "cam1:Acquire_RBV") == 0, 10)
+        for setting, value in [("DataType", "UInt16"), ("ColorMode", "RGB1"), ("SizeX", 32)]:
+            put(p + "cam1:" + setting, value)
+        put(p + "cam1:Acquire", 1)
+        assert wait_for(lambda: get(p + "cam1:Acquire_RBV") == 0, 10)
+        last = start + 6
+        assert get(p + "cam1:ArrayCounter_RBV") == last
+        assert wait_for(lambda: seen_p4p[-1][0] == last and seen_pvapy[-1][0] == last, 10)
+    finally:
+        channel.stopMonitor()
+        sub.close()
+        for setting, value in [("ImageMode", "Single"), ("SizeX", 64), ("ColorMode", "Mono")]:
+            put(p + "cam1:" + setting, value)
+    frames_p4p = {uid: rest for uid, *rest in seen_p4p if uid > start}
+    frames_pvapy = {uid: rest for uid, *rest in seen_pvapy if uid > start}
+    assert sorted(frames_p4p) == sorted(frames_pvapy) == list(range(start + 1, last + 1))
+    for uid in range(start + 1, last + 1):
+        mono = uid <= start + 3
+        dims = [64, 48] if mono else [3, 32, 48]
+        p4p_dims, p4p_data, p4p_attrs, _ = frames_p4p[uid]
+        pvapy_dims, member, pvapy_data, pvapy_attrs = frames_pvapy[uid]
+        assert p4p_dims == pvapy_dims == dims, uid
+        assert member == ("ubyteValue" if mono else "ushortValue")
+        assert p4p_data.dtype == np.dtype("u1" if mono else "u2")
+        np.testing.assert_array_equal(pvapy_data, p4p_data)
+        data = p4p_data.reshape(dims[::-1]).astype(np.int64)
+        red = data if mono else data[..., 0]  # GainRed 1: the ramp itself
+        np.testing.assert_array_equal(red - red[0, 0], ramp(dims[-2], 48))
+        assert p4p_attrs["ColorMode"] == pvapy_attrs["ColorMode"] == (0 if mono else 2)
+    # on the wire, the frames after the first of each acquisition carried no dimensions
+    assert "dimension" not in frames_p4p[start + 2][3]
+    assert "dimension" in frames_p4p[start + 4][3]

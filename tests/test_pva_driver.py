@@ -30,7 +30,8 @@ from test_acquisition import get, put, wait_for
 
 from ndflow.ndarray import EPICS_EPOCH_OFFSET, AttrSource, Codec, NDArray, NDAttribute
 from ndflow.plugins.codec import encode_blosc, encode_bslz4, encode_lz4h5, encode_zlib
-from ndflow.pva.ntndarray import TYPE, to_value
+from ndflow.pva.ntndarray import TYPE
+from ndflow.pva.ntndarray_stream import to_value
 
 NX, NY = 24, 16
 IMAGE, SCALAR, PLAIN = "PVATEST:image", "PVATEST:scalar", "PVATEST:plain"

@@ -32,7 +32,7 @@ from p4p.client.asyncio import Context
 
 from ..framestream import FrameStream
 from ..ndarray import NDArray
-from . import ntndarray
+from . import ntndarray_in
 
 FOUND = 1  # FrameIndexStatus_RBV index
 
@@ -69,8 +69,8 @@ class Observer:
                 state["first"] = True
                 return
             try:
-                frame = ntndarray.from_value(value).to_ndarray()
-            except ntndarray.NTNDArrayError:
+                frame = ntndarray_in.from_value(value).to_ndarray()
+            except ntndarray_in.NTNDArrayError:
                 frame = None  # the server's initial empty value: no frame posted yet
             sample = _sample_index(frame)
             previous, state["sample"] = state["sample"], sample
@@ -100,7 +100,7 @@ class Observer:
                 if status["value.index"] != FOUND:
                     return None
                 value = await self._within(timeout, self.ctxt.get(self.prefix + "FrameByIndex"))
-                frame = ntndarray.from_value(value).to_ndarray()
+                frame = ntndarray_in.from_value(value).to_ndarray()
                 if unique_id == -1 or frame.unique_id == unique_id:
                     return frame
             return None

@@ -8,7 +8,7 @@
   serves FTVL=CHAR and ophyd-async expects;
 - a numeric waveform: NTScalarArray of its element type (unsigned and 64-bit included, which
   Channel Access cannot carry);
-- a frame (Kind.NDARRAY): NTNDArray, built by `ntndarray.to_value`.
+- a frame (Kind.NDARRAY): NTNDArray, its updates made by `ntndarray_stream.NTNDArrayStream`.
 
 A put is decoded from the Value the client sent into a plain Python value and handed to the
 component's put handler in the IOC's event loop; its completion follows the client's request:

@@ -1,7 +1,11 @@
 """Frames over pvAccess: a frame parameter (Kind.NDARRAY) served as NTNDArray, NDPluginPva's
 `Image`. Each frame is converted and posted in the thread that produced it (the plugin's), as
 NDPluginPva does in its own thread; PVXS then queues it to each subscriber, coalescing for a
-client that falls behind (which pvaDriver counts as overruns)."""
+client that falls behind (which pvaDriver counts as overruns).
+
+Each update marks only what changed since the previous one (`NTNDArrayStream`): the SharedPV's
+current value, which a client connecting later and a get receive, is the merge of every update,
+so it is always a complete frame."""
 
 from __future__ import annotations
 
@@ -9,13 +13,11 @@ import threading
 from typing import Any
 
 from p4p import Value
-from p4p.nt import NTNDArray
 from p4p.server import raw
 
 from ..transport import PVSpec
-from . import ntndarray
-
-_TYPE = NTNDArray.buildType()
+from .ntndarray import TYPE
+from .ntndarray_stream import NTNDArrayStream
 
 
 class _FramePV(raw.SharedPV):
@@ -50,7 +52,8 @@ class FrameEndpoint:
         self._clients = False
         self._unposted = False
         self._lock = threading.Lock()
-        self.pv = _FramePV(self._clients_changed, initial=Value(_TYPE, {}))
+        self.pv = _FramePV(self._clients_changed, initial=Value(TYPE, {}))
+        self._stream = NTNDArrayStream()
 
     def to_wire(self, value: Any) -> Any:
         return value
@@ -66,8 +69,7 @@ class FrameEndpoint:
             if not self._clients:
                 self._unposted = True
                 return
-            self.pv.post(ntndarray.to_value(array))
-            self.posted += 1
+            self._post(array)
 
     def _clients_changed(self, connected: bool) -> None:
         with self._lock:
@@ -75,7 +77,18 @@ class FrameEndpoint:
             if connected and self._unposted and self.value is not None:
                 self._unposted = False
                 try:
-                    self.pv.post(ntndarray.to_value(self.value))
-                    self.posted += 1
+                    self._post(self.value)
                 except ValueError:  # a frame NTNDArray cannot carry: post_frame said so
                     pass
+
+    def _post(self, array: Any) -> None:
+        """Post the update of `array` (the caller holds the lock). An update that was not
+        posted makes the next one complete, so the stream never marks changes against a frame
+        the PV does not hold."""
+        update = self._stream.update(array)
+        try:
+            self.pv.post(update)
+        except BaseException:
+            self._stream.reset()
+            raise
+        self.posted += 1

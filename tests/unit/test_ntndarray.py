@@ -1,4 +1,5 @@
-"""ndflow.pva.ntndarray: NDArray <-> NTNDArray Value, as ADCore's ntndArrayConverter.
+"""ndflow.pva.ntndarray_stream and ntndarray_in: NDArray <-> NTNDArray Value, as ADCore's
+ntndArrayConverter.
 
 Round trips for every element type, mono and RGB1 frames, attributes of each type, compressed
 frames (compressed with ndflow's own codec code and decompressed back), uniqueId and both
@@ -20,8 +21,9 @@ from ndflow.ndarray import EPICS_EPOCH_OFFSET, AttrSource, Codec, NDArray, NDAtt
 from ndflow.plugins.codec import (BSHUF_TARGET_BLOCK_BYTES, CODEC_NAMES, decode_bslz4,
                                   encode_blosc, encode_bslz4, encode_jpeg, encode_lz4h5,
                                   encode_zlib)
-from ndflow.pva.ntndarray import (TYPE, NTNDArrayError, check_type, from_value, scalar_type,
-                                  to_value)
+from ndflow.pva.ntndarray import TYPE, NTNDArrayError, scalar_type
+from ndflow.pva.ntndarray_in import check_type, from_value
+from ndflow.pva.ntndarray_stream import to_value
 
 DTYPES = ["i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f4", "f8"]
 MEMBERS = {"i1": "byteValue", "u1": "ubyteValue", "i2": "shortValue", "u2": "ushortValue",
