@@ -41,6 +41,7 @@ from ndflow.dtypes import c_cast, c_cast_scalar
 from ndflow.graph import PortGraph
 from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
+from ndflow.drivers.sim_ramp import PendingIncrements, one_pass
 from ndflow.drivers.sim_region import (SIM_TO_ND_COLOR, Region, bin_sum, color_planes,
                                       module_tile, raw_shape)
 
@@ -162,6 +163,8 @@ class SimDetector(Driver):
             self.params, opts.values,
             lambda name: hasattr(self, f"put_{name}") or name in self.put_hooks))
         self._raw: np.ndarray | None = None
+        #: integer Mono LinearRamp: increments not yet added to _raw (ndflow.drivers.sim_ramp)
+        self._pending = PendingIncrements()
         self._background: np.ndarray | None = None
         self._sine_counter = np.zeros(2, dtype=np.int64)
         self._rng = np.random.default_rng()
@@ -229,12 +232,15 @@ class SimDetector(Driver):
             self._raw.shape != shape or self._raw.dtype != dtype
         if reset:
             self._raw = np.zeros(shape, dtype=dtype)
+            self._pending.clear()
             self._background = self._make_background(p, shape, dtype)
             self._sine_counter[:] = 0
             self.values["Reset"] = 0
             self.set("Reset", 0)
         mode = int(p["SimMode"])
         skip = 0 if self.frame_steps is None else self.frame_steps(reset) - 1
+        if mode != LINEAR_RAMP or not one_pass(dtype, color):
+            self._pending.fold(self._raw)
         if mode == LINEAR_RAMP:
             self._linear_ramp(p, dtype, color, reset)
             for _ in range(skip):  # one add per frame skipped: wraps as one process's adds do
@@ -267,6 +273,8 @@ class SimDetector(Driver):
                 ny, nx = self._raw.shape
                 ramp = _ramp(nx, ny, p)
                 self._raw[...] = c_cast(float(inc) * ramp, dtype)
+            elif one_pass(dtype, color):
+                self._pending.add(inc)  # written with the region (_extract_region)
             else:
                 self._raw += inc
             return
@@ -349,12 +357,16 @@ class SimDetector(Driver):
         out = self.output_buffer(r.shape if channels == 1 else (channels, *r.shape), dtype)
         region = self._raw[r.index]
         if r.bx > 1 or r.by > 1:
-            region = bin_sum(region, r.x_axis, r.y_axis, r.bx, r.by, dtype)
+            region = bin_sum(self._pending.shifted(region), r.x_axis, r.y_axis, r.bx, r.by,
+                             dtype)
         if r.flips is not None:
             region = region[r.flips]
         if r.crop is not None:
             region = region[r.crop]
-        np.copyto(out if channels == 1 else out[0], region, casting="unsafe")
+        if r.bx > 1 or r.by > 1:
+            np.copyto(out if channels == 1 else out[0], region, casting="unsafe")
+        else:  # the ramp's pending increments added as the pixels are copied: one pass
+            self._pending.write(region, out if channels == 1 else out[0])
         if channels == 1:
             frame = NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
                             transform=r.transform)
