@@ -28,6 +28,8 @@ and cuts its tile out: the random parts (Noise, PeakVariation) differ between mo
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -41,6 +43,7 @@ from ndflow.dtypes import c_cast, c_cast_scalar
 from ndflow.graph import PortGraph
 from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
+from ndflow.thread_nice import MAX_NICE, nice_current_thread
 from ndflow.drivers.sim_ramp import PendingIncrements, one_pass
 from ndflow.drivers.sim_region import (SIM_TO_ND_COLOR, Region, bin_sum, color_planes,
                                       module_tile, raw_shape)
@@ -112,6 +115,9 @@ class SimOptions(BaseModel):
     modules: tuple[int, int] = Field(
         (1, 1), description="[X, Y]: the sensor as a gap-free grid of X x Y equal modules "
         "(tiles); in a cluster each acquisition rank produces one (partial-frame dispatch)")
+    nice: int = Field(0, ge=0, le=MAX_NICE, description="nice value of the thread making "
+                      "frames (Linux; 0 = the IOC's): a free-running sim yields CPU to the "
+                      "server and its clients")
 
     @field_validator("channel_names")
     @classmethod
@@ -178,6 +184,7 @@ class SimDetector(Driver):
         #: how many frames the image moves on for it (the frames other ranks made in between
         #: count); None: 1, every frame is this process's
         self.frame_steps: Callable[[bool], int] | None = None
+        self._nice, self._niced_thread = opts.nice, 0
 
     def color_mode_of(self, params: Mapping[str, Any]) -> int:
         return SIM_TO_ND_COLOR[int(params["ColorMode"])]
@@ -192,6 +199,11 @@ class SimDetector(Driver):
     # --- acquisition --------------------------------------------------------------------------------
     def prepare(self, settings: dict[str, Any]) -> None:
         """Clamp the region as simDetector::computeImage does, publishing the corrected values."""
+        if self._nice and self._niced_thread != threading.get_native_id():
+            self._niced_thread = threading.get_native_id()  # prepare runs on that thread
+            problem = nice_current_thread(self._nice)
+            if problem:
+                self.message(f"options.{problem}", logging.WARNING)
         p = settings
         max_x, max_y = p["MaxSizeX_RBV"], p["MaxSizeY_RBV"]
         fixes = {}
