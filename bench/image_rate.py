@@ -30,6 +30,11 @@ For each frame size (default 1024x1024 and 4096x4096 UInt16), one after another 
     server's CA path and the pyepics client compete for the same CPU; softioc's producer only
     copies a ready array). At most ``paced_factor`` x softioc by construction.
 
+``ndflow_nice``
+    The free-running IOC with the sim's ``nice`` option (``--sim-nice``, default 10): the thread
+    making frames runs at that nice value, so the scheduler prefers the server's CA path and
+    the client; the sim fills the CPU they leave. Not paced: no knowledge of softioc's rate.
+
 ``caproto_bare_paced`` / ``caproto_bare_tight``
     A caproto server with nothing but one NX*NY int16 waveform, whose startup hook posts two
     alternating preallocated arrays. *Paced* posts at the update rate ndflow delivered (at least
@@ -229,11 +234,11 @@ def wait_ready(server: Server, pv_name: str) -> None:
                        f"{server.log_tail()}")
 
 
-def ndflow_config(nx: int, ny: int) -> str:
+def ndflow_config(nx: int, ny: int, nice: int = 0) -> str:
     return (
         "drivers:\n"
         f'  - {{type: sim, port: SIM1, prefix: "cam1:", options: {{max_size_x: {nx}, '
-        f"max_size_y: {ny}, data_type: UInt16}}}}\n"
+        f"max_size_y: {ny}, data_type: UInt16, nice: {nice}}}}}\n"
         "plugins:\n"
         f'  - {{type: stdarrays, port: Image1, prefix: "image1:", input: SIM1, '
         f"options: {{data_type: Int16, nelm: {nx * ny}}}}}\n"
@@ -335,11 +340,12 @@ def with_payload(result: dict[str, Any], elements: int) -> dict[str, Any]:
 # --- the cases -------------------------------------------------------------------------------------
 
 def run_ndflow(nx: int, ny: int, workdir: Path, warmup: float, window: float,
-               period: float = 0.0) -> dict[str, Any]:
-    """The real IOC; the sim driver's AcquirePeriod is `period` (0: as fast as it can)."""
+               period: float = 0.0, nice: int = 0) -> dict[str, Any]:
+    """The real IOC; the sim driver's AcquirePeriod is `period` (0: as fast as it can), its
+    frame-making thread at nice value `nice`."""
     prefix = next_prefix("BENCH")
     config = workdir / f"ndflow_{nx}x{ny}.yml"
-    config.write_text(ndflow_config(nx, ny))
+    config.write_text(ndflow_config(nx, ny, nice))
     args = [sys.executable, "-m", "ndflow.cli", "run", str(config), "--prefix", prefix,
             "--log-level", "WARNING"]
     server = start_server(args, workdir / f"ndflow_{prefix[:-1]}.log", prefix + "cam1:Acquire_RBV")
@@ -420,11 +426,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
 
-CASES = ("softioc", "ndflow", "ndflow_paced", "caproto_bare_paced", "caproto_bare_tight")
+CASES = ("softioc", "ndflow", "ndflow_paced", "ndflow_nice", "caproto_bare_paced",
+         "caproto_bare_tight")
 
 
 def bench_size(size: int, workdir: Path, warmup: float, window: float,
-               cases: tuple[str, ...] = CASES, paced_factor: float = 2.0
+               cases: tuple[str, ...] = CASES, paced_factor: float = 2.0, sim_nice: int = 10
                ) -> dict[str, dict[str, Any]]:
     nx = ny = size
     frame = f"{nx}x{ny} UInt16"
@@ -452,6 +459,13 @@ def bench_size(size: int, workdir: Path, warmup: float, window: float,
                                    **run_ndflow(nx, ny, workdir, warmup, window, period)}
         emit(results["ndflow_paced"])
 
+    if "ndflow_nice" in cases:
+        progress(f"{frame}: ndflow, driver free-running at nice {sim_nice}")
+        results["ndflow_nice"] = {"case": "ndflow_nice", "frame": frame, "acquire_period_s": 0.0,
+                                  "sim_nice": sim_nice,
+                                  **run_ndflow(nx, ny, workdir, warmup, window, nice=sim_nice)}
+        emit(results["ndflow_nice"])
+
     if "caproto_bare_paced" in cases:
         rate = max(1.0, results.get("ndflow", {}).get("monitor_updates_per_s", 1.0))
         progress(f"{frame}: bare caproto paced at {rate:.2f} posts/s")
@@ -478,12 +492,14 @@ def summarize(all_results: dict[str, dict[str, dict[str, Any]]], warmup: float,
 
         nd = get("ndflow", "monitor_updates_per_s")
         nd_paced = get("ndflow_paced", "monitor_updates_per_s")
+        nd_nice = get("ndflow_nice", "monitor_updates_per_s")
         soft = get("softioc", "monitor_updates_per_s")
         paced = get("caproto_bare_paced", "monitor_updates_per_s")
         tight = get("caproto_bare_tight", "monitor_updates_per_s")
         bare = [v for v in (paced, tight) if v is not None]
         ratios[key] = {"ndflow_vs_softioc": ratio(nd, soft),
                        "ndflow_paced_vs_softioc": ratio(nd_paced, soft),
+                       "ndflow_nice_vs_softioc": ratio(nd_nice, soft),
                        "ndflow_vs_bare_paced": ratio(nd, paced),
                        "ndflow_vs_bare_best": ratio(nd, max(bare) if bare else None)}
         headline[key] = {
@@ -498,6 +514,10 @@ def summarize(all_results: dict[str, dict[str, dict[str, Any]]], warmup: float,
             "ndflow_paced_updates_per_s": nd_paced,
             "ndflow_paced_server_cpu_pct": get("ndflow_paced", "server_cpu_pct"),
             "ndflow_paced_client_cpu_pct": get("ndflow_paced", "client_cpu_pct"),
+            "ndflow_nice_driver_fps": get("ndflow_nice", "driver_fps"),
+            "ndflow_nice_updates_per_s": nd_nice,
+            "ndflow_nice_server_cpu_pct": get("ndflow_nice", "server_cpu_pct"),
+            "ndflow_nice_client_cpu_pct": get("ndflow_nice", "client_cpu_pct"),
             "softioc_updates_per_s": soft,
             "softioc_mb_per_s": get("softioc", "mb_per_s"),
             "softioc_server_posts_per_s": get("softioc", "server_posts_per_s"),
@@ -540,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--paced-factor", type=float, default=2.0,
                         help="ndflow_paced: the driver's frame rate as a multiple of softioc's "
                              "updates/s (default 2)")
+    parser.add_argument("--sim-nice", type=int, default=10, choices=range(20), metavar="N",
+                        help="ndflow_nice: the nice value of the sim's frame-making thread, "
+                             "0-19 (default 10)")
     args = parser.parse_args(argv)
     warmup, window = (1.0, 2.0) if args.quick else (args.warmup, args.window)
 
@@ -547,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ndflow-bench-") as tmp:
         for size in args.sizes:
             all_results[f"{size}x{size}"] = bench_size(size, Path(tmp), warmup, window,
-                                                       tuple(args.cases), args.paced_factor)
+                                                       tuple(args.cases), args.paced_factor,
+                                                       args.sim_nice)
     emit(summarize(all_results, warmup, window))
     return 0
 
