@@ -268,6 +268,8 @@ class SimDetector(Driver):
             # A ramp accumulates, so it gets the background once, on its reset frame.
             start = int(self._rng.integers(0, self._background.size))
             self._raw += np.roll(self._background.reshape(-1), -start).reshape(shape)
+        if reset and mode == LINEAR_RAMP and one_pass(dtype, color):
+            self._pending.rebase(self._raw)
 
     def _make_background(self, p: Mapping[str, Any], shape: tuple[int, ...],
                          dtype: np.dtype) -> np.ndarray | None:
@@ -378,7 +380,8 @@ class SimDetector(Driver):
         if r.bx > 1 or r.by > 1:
             np.copyto(out if channels == 1 else out[0], region, casting="unsafe")
         else:  # the ramp's pending increments added as the pixels are copied: one pass
-            self._pending.write(region, out if channels == 1 else out[0])
+            self._pending.write(region, out if channels == 1 else out[0],
+                                (r.index, r.flips, r.crop))
         if channels == 1:
             frame = NDArray(out, dims=list(r.dims), color_mode=SIM_TO_ND_COLOR[r.color],
                             transform=r.transform)

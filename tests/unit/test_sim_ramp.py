@@ -1,7 +1,9 @@
 """The sim's one-pass integer LinearRamp (ndflow.drivers.sim_ramp) gives the pixels of the
 straightforward formula: the reset frame `(type)(inc * (GainX*x + GainY*y)) + (type)Offset`,
 then `raw += inc` in the pixel type every frame, wrapping like C. Every DataType, increments
-that wrap, regions that flip, bin and add channels, and a mode switch without a reset."""
+that wrap, gains that make the base image separable (col[y] + row[x], written without reading
+an image) or not, regions that flip, bin, cut a module and add channels, and a mode switch
+without a reset."""
 
 from __future__ import annotations
 
@@ -27,13 +29,21 @@ REGIONS = {
     "reversed": {"ReverseX": 1, "ReverseY": 1, "MinX": 3, "SizeX": 30},
     "binned": {"BinX": 2, "BinY": 3, "MinY": 3, "SizeY": 18},
     "two_channels": {"NumChannels": 2},
+    "module_reversed": {"ReverseY": 1},  # module 3 of 2x2: crop after the flip
 }
+#: (GainX, GainY): integers give a separable base (unless 64-bit products overflow), the others
+#: truncate pixel by pixel
+GAINS_XY = [(3.0, -2.0), (0.37, 1.9)]
 
 
-def make_sim(data_type: str, **values: object) -> tuple[SimDetector, dict]:
+def make_sim(data_type: str, module: int | None = None, **values: object
+             ) -> tuple[SimDetector, dict]:
     sim = SimDetector("SIM1", "cam1:", PortGraph(),
-                      options=SimOptions(max_size_x=NX, max_size_y=NY, data_type=data_type))
-    sim.values.update(AcquireTime=ACQUIRE_TIME, GainX=3.0, GainY=-2.0, Reset=1, **values)
+                      options=SimOptions(max_size_x=NX, max_size_y=NY, data_type=data_type,
+                                         modules=(2, 2)))
+    sim.module = module
+    sim.values.update(AcquireTime=ACQUIRE_TIME, GainX=3.0, GainY=-2.0, Reset=1)
+    sim.values.update(values)
     params = dict(sim.values)
     sim.prepare(params)
     return sim, params
@@ -48,10 +58,11 @@ def frames(sim: SimDetector, params: dict, count: int) -> list[np.ndarray]:
     return out
 
 
-def reference_raw(dtype: np.dtype, gain: float, offset: float, count: int) -> list[np.ndarray]:
+def reference_raw(dtype: np.dtype, gain: float, offset: float, count: int,
+                  gains_xy: tuple[float, float] = GAINS_XY[0]) -> list[np.ndarray]:
     """The old formula, frame by frame: the reset image, then += inc in the pixel type."""
     inc = c_cast_scalar(gain * ACQUIRE_TIME * 1000.0, dtype)
-    ramp = 3.0 * np.arange(NX)[None, :] + -2.0 * np.arange(NY)[:, None]
+    ramp = gains_xy[0] * np.arange(NX)[None, :] + gains_xy[1] * np.arange(NY)[:, None]
     raw = c_cast(float(inc) * ramp, dtype)
     raw += c_cast(np.full(raw.shape, offset), dtype)
     out = [raw.copy()]
@@ -68,25 +79,44 @@ def gains(dtype: np.dtype) -> list[float]:
     return [3 * per_inc, 0.703 * half * per_inc, -0.41 * half * per_inc]
 
 
+@pytest.mark.parametrize("gains_xy", GAINS_XY)
 @pytest.mark.parametrize("region", REGIONS)
 @pytest.mark.parametrize("data_type", INTEGER_TYPES)
-def test_ramp_matches_the_frame_by_frame_formula(data_type: str, region: str) -> None:
+def test_ramp_matches_the_frame_by_frame_formula(data_type: str, region: str,
+                                                 gains_xy: tuple[float, float]) -> None:
     dtype = NUMPY_DTYPES[DATA_TYPES.index(data_type)]
+    module = 3 if region == "module_reversed" else None
     for gain in gains(dtype):
-        sim, params = make_sim(data_type, Gain=gain, Offset=5.7, **REGIONS[region])
+        sim, params = make_sim(data_type, module, Gain=gain, Offset=5.7, GainX=gains_xy[0],
+                               GainY=gains_xy[1], **REGIONS[region])
         got = frames(sim, params, FRAMES)
-        expected = reference_raw(dtype, gain, 5.7, FRAMES)
+        expected = reference_raw(dtype, gain, 5.7, FRAMES, gains_xy)
         for k, (image, raw) in enumerate(zip(got, expected)):
             if region == "reversed":
                 want = raw[:, 3:33][::-1, ::-1]
             elif region == "binned":
                 want = bin_sum(raw[3:21], 1, 0, 2, 3, dtype)
+            elif region == "module_reversed":
+                want = raw[::-1, :][12:24, 20:40]
             else:
                 want = raw
             image = image[0] if region == "two_channels" else image
             assert image.dtype == dtype
             np.testing.assert_array_equal(image, want, err_msg=f"{data_type} gain {gain} "
                                                                 f"frame {k}")
+
+
+@pytest.mark.parametrize("data_type", ["UInt8", "Int16", "UInt32"])
+def test_a_plain_ramp_is_written_from_its_row_and_column(data_type: str) -> None:
+    """The fast case is the common one: integer gains and an Offset give a separable base
+    (frames written, not copied); Noise does not (the base image is read every frame)."""
+    gain = gains(NUMPY_DTYPES[DATA_TYPES.index(data_type)])[1]
+    sim, params = make_sim(data_type, Gain=gain, Offset=3.0)
+    frames(sim, params, 2)
+    assert sim._pending.separable
+    noisy, params = make_sim(data_type, Gain=gain, Noise=9.0)
+    frames(noisy, params, 2)
+    assert not noisy._pending.separable
 
 
 @pytest.mark.parametrize("data_type", ["Int8", "UInt16", "Int64", "UInt64"])
