@@ -7,10 +7,12 @@ sensor, Gain such that the increment is 1 (so every frame changes every pixel), 
 through `produce_frame` as the acquisition thread does (the exposure wait is skipped: we time
 making the frame, not exposing it). Each frame is dropped at once, so its pool buffer is reused
 as when a client keeps up. For each of the ten DataTypes we report the CPU time (thread time;
-other processes' load barely moves it) and the wall time per frame, against the floor: one
-bare numpy write pass over the same number of pixels (np.add of a scalar into a preallocated
-buffer). Why: a free-running sim shares a small host with the CA server and its clients; every
-microsecond it spends per frame is taken from them.
+other processes' load barely moves it) and the wall time per frame, against two floors over
+the same number of pixels: a bare numpy write pass (`out.fill(1)`, what a frame must cost at
+least) and a bare copy pass (`np.copyto(out, image)`, what copying a stored image costs). The
+rounds of the three alternate, so a change of load hits them alike. Why: a free-running sim
+shares a small host with the CA server and its clients; every microsecond it spends per frame
+is taken from them.
 
 Output: one JSON line per DataType, then a summary line ``{"summary": true, ...}``.
 
@@ -36,7 +38,7 @@ from ndflow.drivers.sim import SimDetector, SimOptions
 from ndflow.graph import PortGraph
 from ndflow.ndarray import Acquisition
 
-ROUNDS = 5
+ROUNDS = 8
 ACQUIRE_TIME = 0.001  # with Gain 1: increment (type)(1 * 0.001 * 1000) = 1
 
 
@@ -47,17 +49,22 @@ class NoExposure(FrameContext):
         return True
 
 
-def timed(step: Callable[[], Any], frames: int) -> tuple[list[float], list[float]]:
-    """CPU and wall microseconds per call, one mean per round of frames // ROUNDS calls."""
-    cpu, wall = [], []
+def timed(steps: dict[str, Callable[[], Any]], frames: int) -> dict[str, tuple[float, float,
+                                                                               float]]:
+    """{name: (median CPU us, min CPU us, median wall us) per call}, over ROUNDS rounds of
+    frames // ROUNDS calls, the steps' rounds alternating."""
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
     per_round = max(1, frames // ROUNDS)
     for _ in range(ROUNDS):
-        c0, w0 = time.thread_time(), time.perf_counter()
-        for _ in range(per_round):
-            step()
-        cpu.append((time.thread_time() - c0) / per_round * 1e6)
-        wall.append((time.perf_counter() - w0) / per_round * 1e6)
-    return cpu, wall
+        for name, step in steps.items():
+            c0, w0 = time.thread_time(), time.perf_counter()
+            for _ in range(per_round):
+                step()
+            cpu[name].append((time.thread_time() - c0) / per_round * 1e6)
+            wall[name].append((time.perf_counter() - w0) / per_round * 1e6)
+    return {name: (statistics.median(cpu[name]), min(cpu[name]), statistics.median(wall[name]))
+            for name in steps}
 
 
 def sim_step(data_type: str, size: int) -> Callable[[], Any]:
@@ -75,27 +82,26 @@ def sim_step(data_type: str, size: int) -> Callable[[], Any]:
     return step
 
 
-def floor_step(dtype: np.dtype, size: int) -> Callable[[], Any]:
-    source = np.zeros((size, size), dtype)
-    out = np.empty_like(source)
-    one = dtype.type(1)
-    return lambda: np.add(source, one, out=out)
+def floor_steps(dtype: np.dtype, size: int) -> dict[str, Callable[[], Any]]:
+    image = np.ones((size, size), dtype)  # written: real pages, not the shared zero page
+    out = np.ones_like(image)
+    return {"write": lambda: out.fill(1), "copy": lambda: np.copyto(out, image)}
 
 
 def row(data_type: str, size: int, frames: int) -> dict[str, Any]:
     dtype = NUMPY_DTYPES[DATA_TYPES.index(data_type)]
-    step, floor = sim_step(data_type, size), floor_step(dtype, size)
+    steps = {"sim": sim_step(data_type, size), **floor_steps(dtype, size)}
     for _ in range(20):  # warm up: the pool's buffers, the pages, the reset frame
-        step()
-        floor()
-    cpu, wall = timed(step, frames)
-    floor_cpu, floor_wall = timed(floor, frames)
-    sim_us, floor_us = statistics.median(cpu), statistics.median(floor_cpu)
+        for step in steps.values():
+            step()
+    times = timed(steps, frames)
+    sim_us, write_us = times["sim"][0], times["write"][0]
     return {"data_type": data_type, "size": f"{size}x{size}",
-            "sim_cpu_us": round(sim_us, 1), "sim_cpu_us_min": round(min(cpu), 1),
-            "sim_wall_us": round(statistics.median(wall), 1),
-            "floor_cpu_us": round(floor_us, 1), "floor_wall_us": round(statistics.median(floor_wall), 1),
-            "sim_over_floor": round(sim_us / floor_us, 2) if floor_us else None}
+            "sim_cpu_us": round(sim_us, 1), "sim_cpu_us_min": round(times["sim"][1], 1),
+            "sim_wall_us": round(times["sim"][2], 1),
+            "write_pass_cpu_us": round(write_us, 1),
+            "copy_pass_cpu_us": round(times["copy"][0], 1),
+            "sim_over_write_pass": round(sim_us / write_us, 2) if write_us else None}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"summary": True, "size": f"{args.size}x{args.size}",
                       "sim_cpu_us": {r["data_type"]: r["sim_cpu_us"] for r in rows},
-                      "floor_cpu_us": {r["data_type"]: r["floor_cpu_us"] for r in rows},
-                      "sim_over_floor": {r["data_type"]: r["sim_over_floor"] for r in rows},
+                      "write_pass_cpu_us": {r["data_type"]: r["write_pass_cpu_us"] for r in rows},
+                      "copy_pass_cpu_us": {r["data_type"]: r["copy_pass_cpu_us"] for r in rows},
+                      "sim_over_write_pass": {r["data_type"]: r["sim_over_write_pass"]
+                                              for r in rows},
                       "loadavg": open("/proc/loadavg").read().split()[:3]}), flush=True)
     return 0
 
