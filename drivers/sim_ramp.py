@@ -9,12 +9,14 @@ frames is `base + k*inc` wrapped, whatever order the additions took. So the raw 
 base (the reset frame) and `PendingIncrements` keeps the wrapped sum of the increments since;
 each frame is `base + sum`, written straight into the pool buffer (np.add with out=).
 
-Better still, the base of a ramp without Noise is usually `col[y] + row[x]` (wrapped): then a
-frame is `(col + sum)[:, None] + row[None, :]`, which reads two short vectors and only writes
-the frame (a write pass costs about a third of a read-and-write pass). Whether the base is
-separable is checked on the base itself at the reset (one pass, once), so the pixels are
-bit-identical to adding every frame in either case (tests/unit/test_sim_ramp.py). Floats round,
-so they keep the per-frame addition.
+For 8- and 16-bit pixels, the base of a ramp without Noise is usually `col[y] + row[x]`
+(wrapped): then a frame is `(col + sum)[:, None] + row[None, :]`, which reads two short
+vectors instead of the image. numpy's broadcasting loop makes that ~10% cheaper than the
+contiguous add at 1024x1024 16-bit, but ~35% dearer at 32 and 64 bits (bench/sim_frame_cost.py),
+so wider types always add to the stored base. Whether the base is separable is checked on the
+base itself at the reset (one pass, once), so the pixels are bit-identical to adding every
+frame in either case (tests/unit/test_sim_ramp.py). Floats round, so they keep the per-frame
+addition.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 Index = Sequence[slice]
+#: the widest pixels written from a column and a row (wider: the broadcast is slower)
+MAX_SEPARABLE_ITEMSIZE = 2
 
 
 def one_pass(dtype: np.dtype, color: int) -> bool:
@@ -66,9 +70,10 @@ class PendingIncrements:
 
     def rebase(self, raw: np.ndarray) -> None:
         """The raw image was just written (a reset): nothing pending; note whether it is
-        separable (2-D integer images only)."""
+        separable (2-D images of 8- or 16-bit integers only)."""
         self.total = 0
-        self._parts = separate(raw) if raw.ndim == 2 and raw.dtype.kind in "iu" else None
+        self._parts = separate(raw) if raw.ndim == 2 and raw.dtype.kind in "iu" and \
+            raw.dtype.itemsize <= MAX_SEPARABLE_ITEMSIZE else None
 
     @property
     def separable(self) -> bool:
