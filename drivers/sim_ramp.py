@@ -69,9 +69,9 @@ class PendingIncrements:
         self._parts = None
 
     def rebase(self, raw: np.ndarray) -> None:
-        """The raw image was just written (a reset): nothing pending; note whether it is
-        separable (2-D images of 8- or 16-bit integers only)."""
-        self.total = 0
+        """The raw image was just written (a reset, its background added): note whether it is
+        separable (2-D images of 8- or 16-bit integers only). What is pending stays: the
+        frames a cluster's other ranks made since the reset (ndflow.cluster) moved it on."""
         self._parts = separate(raw) if raw.ndim == 2 and raw.dtype.kind in "iu" and \
             raw.dtype.itemsize <= MAX_SEPARABLE_ITEMSIZE else None
 
