@@ -1,11 +1,15 @@
 """Scale-out on MPI: what N processing ranks buy, and what the framework's transport costs.
 
-    python bench/cluster.py [--frames 60] [--ms 10]
+    python bench/cluster.py [--frames 60] [--ms 10] [--only CASE[,CASE]]
 
 In one run, on loopback:
   algorithm_1rank / algorithm_2ranks  `mpiexec -n 2|3 ndflow run`: the sim (1024x1024 UInt16)
       on the control rank, a CPU-bound Python algorithm (about --ms per frame, calibrated here)
       in a supervised child on each processing rank; frames/s of Acquire (WaitForPlugins=Yes)
+  algorithm_bare_1proc / algorithm_bare_2procs  `mpiexec -n 2|3` of this file in
+      --bare-algorithm mode: the same algorithm run by bare mpi4py, one rank making the frames
+      and sending them, 1 or 2 ranks receiving them and running it (in-process, polling, no
+      framework): the speedup this host allows, the ceiling for the ndflow one
   transport_ndflow  `mpiexec -n 2 ndflow run` with no plugin enabled: frames/s from the driver
       to the processing rank (acknowledged), i.e. the framework's per-rank transport
   driver_alone      the same sim in a one-process IOC without plugins: what the driver makes,
@@ -15,7 +19,10 @@ In one run, on loopback:
   transport_bare_rotating  the same with 16 buffers each side, as a pipeline's frames in
       flight are (told apart: the ratio to it shows what caches, not ndflow, account for)
 One JSON object per line; the last is the summary with the ratios (speedup 2 vs 1 rank, target
->= 1.8 on a quiet 2-core host; transport ndflow/bare, target >= 0.8).
+>= 1.8 on a quiet 2-core host; transport ndflow/bare, target >= 0.8; `speedup_vs_bare_ceiling`:
+ndflow's speedup over the bare one, what the framework keeps of what the host allows) and the
+1-minute load average at its end. `--only` runs some of the cases (the summary then has the
+ratios it can compute).
 
 frames/s depend on what else the host runs; CPU time per frame much less. Each ndflow case
 also reports `cpu_ms_per_frame`: the CPU each process of the cluster spent during the measured
@@ -40,6 +47,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -271,6 +279,8 @@ def run_bare(frames: int) -> dict:
 
 #: frames in flight in a pipeline: each a buffer of its own (the pools' blocks rotate)
 ROTATING = 16
+#: frames in flight per receiving rank in --bare-algorithm (the ndflow cases' credits)
+CREDITS_BARE = 4
 
 
 def bare(frames: int) -> None:
@@ -297,6 +307,65 @@ def bare(frames: int) -> None:
             print(json.dumps({"case": case, "frames": frames, "buffers": count,
                               "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
                               "MB_per_s": round(mb / seconds, 1)}), flush=True)
+
+
+def run_bare_algorithm(procs: int, frames: int, repeats: int) -> dict:
+    out = subprocess.run([str(MPIEXEC), "-n", str(procs + 1), sys.executable, __file__,
+                          "--bare-algorithm", str(frames), "--repeats", str(repeats)],
+                         capture_output=True, text=True, timeout=300)
+    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(out.stdout + out.stderr)
+    return lines[0]
+
+
+def _poll(request: Any, nap: float = 50e-6) -> None:
+    """Wait for an MPI request without MPICH's spinning wait (which would take a core from the
+    ranks that compute, as ndflow's MPI thread avoids too)."""
+    while not request.Test():
+        time.sleep(nap)
+
+
+def bare_algorithm(frames: int, repeats: int) -> None:
+    """Rank 0 makes `frames` UInt16 1024x1024 frames (a numpy pass, as the sim's) and sends them
+    round robin, at most CREDITS_BARE in flight per rank; ranks 1.. receive each into a buffer of
+    a rotating set and run the bench's algorithm on it (`repeats` sums). Timed on rank 0 from
+    the first frame to the last rank's "done"."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    workers = list(range(1, size))
+    per_worker = [len(range(i, frames, len(workers))) for i in range(len(workers))]
+    comm.Barrier()
+    if rank == 0:
+        base = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
+        buffers = [np.empty_like(base) for _ in range(CREDITS_BARE * len(workers))]
+        requests: list[Any] = [MPI.REQUEST_NULL] * len(buffers)
+        began = time.perf_counter()
+        for i in range(frames):
+            slot = i % len(buffers)
+            _poll(requests[slot])
+            np.add(base, i, out=buffers[slot])  # a new frame, as a driver makes one
+            requests[slot] = comm.Isend(buffers[slot], workers[i % len(workers)], 5)
+        for request in requests:
+            _poll(request)
+        for _ in workers:
+            _poll(comm.irecv(source=MPI.ANY_SOURCE, tag=6))
+        seconds = time.perf_counter() - began
+        print(json.dumps({"case": f"algorithm_bare_{len(workers)}proc{'s' * (len(workers) > 1)}",
+                          "frames": frames, "seconds": round(seconds, 3),
+                          "fps": round(frames / seconds, 1), "repeats": repeats,
+                          "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+    else:
+        buffers = [np.empty(SHAPE, np.uint16) for _ in range(ROTATING)]
+        for i in range(per_worker[rank - 1]):
+            image = buffers[i % len(buffers)]
+            _poll(comm.Irecv(image, 0, 5))
+            total = 0
+            for _ in range(repeats):
+                total += int(image.sum(dtype=np.int64))
+        comm.send(rank, 0, 6)
+    comm.Barrier()
 
 
 def calibrate(ms: float) -> int:
@@ -351,6 +420,17 @@ class CpuMeter:
         return {"cpu_ms_per_frame": per_frame, "load_avg_1min": round(os.getloadavg()[0], 2)}
 
 
+CASES = ("algorithm_1rank", "algorithm_2ranks", "algorithm_bare_1proc", "algorithm_bare_2procs",
+         "transport_ndflow", "driver_alone", "transport_bare")
+
+
+def ratio(results: dict, a: str, b: str) -> float | None:
+    """fps of case `a` over case `b`, or None if either did not run."""
+    if a not in results or b not in results:
+        return None
+    return round(results[a]["fps"] / results[b]["fps"], 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=60)
@@ -358,44 +438,61 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=0,
                         help="the algorithm's passes over each frame (default: calibrated "
                              "to --ms)")
+    parser.add_argument("--only", default="", help="comma-separated cases to run, of "
+                        f"{', '.join(CASES)} (transport_bare: both bare transport cases)")
     parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--bare-algorithm", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare:
         return bare(args.bare)
+    if args.bare_algorithm:
+        return bare_algorithm(args.bare_algorithm, args.repeats)
+    only = [c for c in args.only.split(",") if c] or list(CASES)
+    unknown = sorted(set(only) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {', '.join(unknown)}; known: {', '.join(CASES)}")
     import epicscorelibs.path.pyepics  # noqa: F401  (libca before pyepics loads)
     repeats = args.repeats or calibrate(args.ms)
     print(json.dumps({"case": "calibration", "repeats": repeats, "target_ms": args.ms}),
           flush=True)
-    results = {}
+    results: dict[str, dict] = {}
+
+    def done(r: dict) -> None:
+        results[r["case"]] = r
+        print(json.dumps(r), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "busy.py").write_text(ALGORITHM)
         for ranks in (2, 3):
-            r = run_algorithm(ranks, args.frames, repeats, folder)
-            results[r["case"]] = r
-            print(json.dumps(r), flush=True)
-        for r in (run_transport(args.frames * 3, folder),
-                  run_driver_alone(args.frames * 3, folder)):
-            results[r["case"]] = r
-            print(json.dumps(r), flush=True)
-    for r in run_bare(args.frames * 3):
-        results[r["case"]] = r
-        print(json.dumps(r), flush=True)
+            if f"algorithm_{ranks - 1}rank{'s' * (ranks > 2)}" in only:
+                done(run_algorithm(ranks, args.frames, repeats, folder))
+        for procs in (1, 2):
+            if f"algorithm_bare_{procs}proc{'s' * (procs > 1)}" in only:
+                done(run_bare_algorithm(procs, args.frames, repeats))
+        if "transport_ndflow" in only:
+            done(run_transport(args.frames * 3, folder))
+        if "driver_alone" in only:
+            done(run_driver_alone(args.frames * 3, folder))
+    if "transport_bare" in only:
+        for r in run_bare(args.frames * 3):
+            done(r)
+    speedup = ratio(results, "algorithm_2ranks", "algorithm_1rank")
+    bare_speedup = ratio(results, "algorithm_bare_2procs", "algorithm_bare_1proc")
     print(json.dumps({
         "case": "summary", "cores": os.cpu_count(), "algorithm_ms": args.ms,
         "algorithm_repeats": repeats,
-        "algorithm_cpu_ms_measured": results["algorithm_1rank"]["cpu_ms_per_frame"].get(
-            "children"),
-        "speedup_2_vs_1_rank": round(results["algorithm_2ranks"]["fps"] /
-                                     results["algorithm_1rank"]["fps"], 2),
-        "transport_vs_bare_mpi4py": round(results["transport_ndflow"]["fps"] /
-                                          results["transport_bare"]["fps"], 2),
-        "transport_vs_bare_rotating": round(results["transport_ndflow"]["fps"] /
-                                            results["transport_bare_rotating"]["fps"], 2),
-        "transport_vs_driver_alone": round(results["transport_ndflow"]["fps"] /
-                                           results["driver_alone"]["fps"], 2),
+        "algorithm_cpu_ms_measured": results.get("algorithm_1rank", {}).get(
+            "cpu_ms_per_frame", {}).get("children"),
+        "speedup_2_vs_1_rank": speedup,
+        "algorithm_bare_speedup": bare_speedup,
+        "speedup_vs_bare_ceiling": round(speedup / bare_speedup, 2)
+        if speedup and bare_speedup else None,
+        "transport_vs_bare_mpi4py": ratio(results, "transport_ndflow", "transport_bare"),
+        "transport_vs_bare_rotating": ratio(results, "transport_ndflow",
+                                            "transport_bare_rotating"),
+        "transport_vs_driver_alone": ratio(results, "transport_ndflow", "driver_alone"),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "targets": {"speedup_2_vs_1_rank": 1.8, "transport_vs_bare_mpi4py": 0.8}}), flush=True)
-
 
 if __name__ == "__main__":
     main()
