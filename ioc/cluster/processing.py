@@ -8,8 +8,9 @@ MPI. The rank keeps a copy of each acquisition (its id is the control rank's) so
 and files record it as in one process; the copy ends when every feeder has said the
 acquisition is over (ACQ_END), and once its frames have left every plugin the rank says so
 (`drained`: DRAINED to the control rank, which holds Acquire's put-completion until then).
-Received frames are acknowledged per feeder (`take_acks`): to the control rank, whose reorder
-stage needs them, and to the feeder, whose credit dispatch needs them. With `cluster.assemble`
+Received frames are acknowledged per feeder (`say_acks`, batched by `acks.AckBatcher`): to the
+control rank, whose reorder stage needs them, and to the feeder, whose credit dispatch needs
+them; all of them are said before DRAINED. With `cluster.assemble`
 the module frames are rebuilt into whole frames before the plugins (`assembly`).
 
 A feeder the control rank gave up on (GONE: it stopped answering) has ended the acquisition as
@@ -24,14 +25,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ..driver import Driver
 from ..ndarray import Acquisition, FrameStatus, MissingCause, NDArray
+from .acks import AckBatcher
 from .assembly import Assembler
-from .wire import ACK, frame_from
+from .wire import frame_from
 
 log = logging.getLogger("ndflow.cluster")
 
@@ -53,9 +55,10 @@ class ProcessingRole:
         self._feed: queue.SimpleQueue = queue.SimpleQueue()
         self._feeder = threading.Thread(target=self._feed_frames, name="cluster-feed",
                                         daemon=True)
-        self._acks: dict[int, list[int]] = {}  # feeder -> unique ids received, not yet said
-        self.received: dict[int, int] = {f: 0 for f in self.feeders}
-        self._told: dict[int, int] = {}  # feeder -> the backlog it last heard
+        self.acks = AckBatcher(self.feeders)  # under _lock
+        #: held while ACKs are taken and handed on, so none taken before a flush is sent after
+        #: it (and after the DRAINED that follows it)
+        self._saying = threading.Lock()
         self._gone: set[tuple[int, int]] = set()  # (feeder, acquisition id) given up on
         self.dropped = 0  # frames of a feeder given up on that came after all
 
@@ -92,8 +95,7 @@ class ProcessingRole:
     def _accept(self, feeder: int, header: dict[str, Any], frame: NDArray) -> None:
         with self._lock:
             if (feeder, header.get("acq", 0)) in self._gone and not header.get("gone"):
-                self.received[feeder] = self.received.get(feeder, 0) + 1
-                self._acks.setdefault(feeder, []).append(frame.unique_id)
+                self.acks.add(feeder, frame.unique_id)
                 self.dropped += 1
                 log.warning("rank %d: frame %d of rank %d came after it was given up on: "
                             "dropped (it is a missing frame already)", self.rank,
@@ -103,8 +105,7 @@ class ProcessingRole:
         frame.acquisition = acquisition
         with self._lock:
             if not header.get("gone"):  # a placeholder for a silent feeder: nobody's credit
-                self.received[feeder] = self.received.get(feeder, 0) + 1
-                self._acks.setdefault(feeder, []).append(frame.unique_id)
+                self.acks.add(feeder, frame.unique_id)
             if self.assembler is not None:
                 whole = self.assembler.add(frame)
                 if whole is None:
@@ -149,20 +150,15 @@ class ProcessingRole:
             return acquisition
 
     # --- acknowledgements (MPI thread) ------------------------------------------------------------
-    def take_acks(self, force: bool = False) -> list[tuple[int, dict[str, Any]]]:
-        """[(feeder, ACK header)] for the frames received since the last call; with `force`
-        (a changed backlog, for credit dispatch) one for every feeder even without frames."""
-        backlog = self.backlog()
-        with self._lock:
-            acks, self._acks = self._acks, {}
-            feeders = set(acks)
-            if force:
-                feeders |= {f for f in self.feeders if self._told.get(f, 0) != backlog}
-            for f in feeders:
-                self._told[f] = backlog
-            return [(f, {"kind": ACK, "feeder": f, "uids": acks.get(f, []),
-                         "received": self.received.get(f, 0), "backlog": backlog})
-                    for f in sorted(feeders)]
+    def say_acks(self, send: Callable[[int, dict[str, Any]], None], flush: bool = False) -> None:
+        """Hand `send(feeder, ACK header)` the ACKs due now (MPI thread), or with `flush` every
+        unsaid one (before DRAINED, from the feeder thread)."""
+        with self._saying:
+            backlog = self.backlog()
+            with self._lock:
+                acks: Iterable = self.acks.flush(backlog) if flush else self.acks.take(backlog)
+            for feeder, ack in acks:
+                send(feeder, ack)
 
     def backlog(self) -> int:
         """How busy this rank is: its acquisitions' deliveries in flight (frames in the

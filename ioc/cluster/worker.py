@@ -61,7 +61,6 @@ class WorkerNode:
         self.puts = PutApplier(ioc.graph.ports, self.reporter,
                                lambda answer: self.link.send(self.control, answer))
         self._next_report = 0.0
-        self._next_backlog = 0.0
         self._driver_steps: asyncio.Future | None = None  # the last driver put or START
         self.stopped = asyncio.Event()
 
@@ -127,22 +126,20 @@ class WorkerNode:
     def _on_idle(self) -> None:
         now = time.monotonic()
         if self.processing is not None:
-            # received frames at once; a changed backlog (credit dispatch) at most every 5 ms
-            force = now >= self._next_backlog
-            if force:
-                self._next_backlog = now + 0.005
-            for feeder, ack in self.processing.take_acks(force):
-                if feeder == self.rank and self.acquisition is not None:
-                    self.acquisition.dispatcher.on_ack(self.rank, ack)
-                else:
-                    self.link.send(feeder, ack)
-                if feeder != self.control and ack["uids"]:
-                    self.link.send(self.control, ack)  # its reorder stage
+            self.processing.say_acks(self._send_ack)  # batched (ndflow.cluster.acks)
         if self.acquisition is not None:
             self.acquisition.flush()
         if now >= self._next_report:
             self._next_report = now + self.cluster.report_interval_s
             self._report(heartbeat=True)
+
+    def _send_ack(self, feeder: int, ack: dict[str, Any]) -> None:
+        if feeder == self.rank and self.acquisition is not None:
+            self.acquisition.dispatcher.on_ack(self.rank, ack)
+        else:
+            self.link.send(feeder, ack)
+        if feeder != self.control and ack["uids"]:
+            self.link.send(self.control, ack)  # its reorder stage
 
     def _report(self, heartbeat: bool = False) -> None:
         """Send the values that changed (MPI thread, the feeder thread, or the driver's);
@@ -155,5 +152,7 @@ class WorkerNode:
     def _drained(self, acquisition_id: int) -> None:
         """The acquisition's frames have left every plugin here: the final values first, so
         the control rank shows them before WaitForPlugins lets Acquire's put complete."""
+        if self.processing is not None:
+            self.processing.say_acks(self._send_ack, flush=True)  # counts and credits exact
         self._report()
         self.link.send(self.control, {"kind": DRAINED, "acq": acquisition_id})
