@@ -6,15 +6,19 @@ what other threads queued (`send`, any thread) with non-blocking Isend, so a slo
 never stops it from receiving, and polls for incoming messages with Iprobe, sleeping when idle
 (MPICH's blocking receive spins a whole core, which a 2-core host cannot spare).
 
-The sleep backs off: 50 us after a message came, four times longer each time up to 2 ms while
+The sleep backs off: 50 us after a message came, four times longer each time up to 5 ms while
 nothing comes (a message sent from here does not shorten it: the thread is woken for those),
 and up to 10 ms once no frame has gone or come for half a second (an idle IOC; the processing
 ranks' value reports, five a second, do not keep it awake). Every wake-up costs CPU whatever it
 finds (25 us on a quiet 2-core VM, 60 us on a loaded one: the timer, two context switches, the
 GIL), so the fixed 0.1 ms poll this replaces cost 5,000 wake-ups a second per rank, about 2 ms
 of CPU per frame at 60 frames/s; backing off it is 100 to 700. A message queued here (`send`)
-wakes the thread at once; one from another rank waits at most one sleep (2 ms while frames
-flow), which the credits in flight cover (ndflow.cluster.dispatch).
+wakes the thread at once; one from another rank waits at most one sleep (5 ms while frames
+flow), which the credits in flight cover (ndflow.cluster.dispatch). 5 ms rather than 2: a
+processing rank of the 10 ms bench algorithm gets a frame every 16 ms, and its MPI thread woke
+14 times per frame with 2 ms, 8 with 5 ms (its CPU per frame 1.1 -> 0.86 ms, bench/cluster.py);
+frames less than 1 ms apart meet the same short sleeps as before, and a 2 ms algorithm's
+frame rate was the same with either (320-330 frames/s on two ranks).
 
 A frame is a pickled header then its pixels with the uppercase (buffer) API, same tag, same
 sender: MPI's non-overtaking rule keeps the pair together and, per destination, everything in
@@ -37,9 +41,9 @@ log = logging.getLogger("ndflow.cluster")
 
 #: sleep between polls: the first after a message, then longer up to the longest; the
 #: longest once no frame has passed for QUIET_S
-FIRST_SLEEP_S, LONGEST_SLEEP_S, QUIET_SLEEP_S, QUIET_S = 50e-6, 0.002, 0.01, 0.5
-#: each sleep this many times the one before: 50 us, 200 us, 0.8 ms, 2 ms (four wake-ups after
-#: a message, not seven as doubling takes)
+FIRST_SLEEP_S, LONGEST_SLEEP_S, QUIET_SLEEP_S, QUIET_S = 50e-6, 0.005, 0.01, 0.5
+#: each sleep this many times the one before: 50 us, 200 us, 0.8 ms, 3.2 ms, 5 ms (five
+#: wake-ups after a message, not eight as doubling takes)
 BACKOFF = 4
 
 
