@@ -96,12 +96,13 @@ def test_flush_says_everything_unsaid_at_once_and_then_nothing_is_left():
     acks.add(3, 11)
     acks.add(0, 12)
     assert acks.take(backlog=3) == []
-    out = dict(acks.flush(backlog=0))
+    clock.advance(1)  # no credit back, well within the hold: take would say nothing yet
+    out = dict(acks.flush(backlog=3))
     assert out[0]["uids"] == [10, 12] and out[0]["received"] == 2
     assert out[3]["uids"] == [11] and out[3]["received"] == 1
-    assert out[0]["backlog"] == out[3]["backlog"] == 0
+    assert out[0]["backlog"] == out[3]["backlog"] == 3
     clock.advance(100)
-    assert acks.take(backlog=0) == [] and acks.flush(backlog=0) == []
+    assert acks.take(backlog=3) == [] and acks.flush(backlog=3) == []
 
 
 def test_a_feeder_without_frames_hears_a_changed_backlog_within_the_hold():
