@@ -40,14 +40,17 @@ log = logging.getLogger("ndflow.cluster")
 
 class ProcessingRole:
     def __init__(self, driver: Driver, feeders: list[int], rank: int,
-                 drained: Callable[[int], None], assemble: int = 0) -> None:
+                 drained: Callable[[int], None], assemble: int = 0,
+                 say: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         """`assemble`: the number of detector modules to rebuild whole frames from (0: the
-        frames go to the plugins as they come)."""
+        frames go to the plugins as they come). `say(feeder, ACK header)`: hands an ACK on
+        (to the link), from `say_acks` and before `drained`."""
         self.driver = driver
         self.assembler = Assembler(assemble, driver.pool, rank) if assemble else None
         self.rank = rank
         self.feeders = set(feeders)
         self.drained = drained  # (acquisition id) -> None, from the feeder thread
+        self.say = say
         self._emit = driver.emit  # the port's delivery to its subscribers
         self._acqs: dict[int, Acquisition] = {}
         self._ends: dict[int, set[int]] = {}  # acquisition id -> feeders that ended it
@@ -150,15 +153,17 @@ class ProcessingRole:
             return acquisition
 
     # --- acknowledgements (MPI thread) ------------------------------------------------------------
-    def say_acks(self, send: Callable[[int, dict[str, Any]], None], flush: bool = False) -> None:
-        """Hand `send(feeder, ACK header)` the ACKs due now (MPI thread), or with `flush` every
-        unsaid one (before DRAINED, from the feeder thread)."""
+    def say_acks(self, flush: bool = False) -> None:
+        """Hand `say` the ACKs due now (MPI thread), or with `flush` every unsaid one (before
+        `drained`, from the feeder thread)."""
+        if self.say is None:
+            return
         with self._saying:
             backlog = self.backlog()
             with self._lock:
                 acks: Iterable = self.acks.flush(backlog) if flush else self.acks.take(backlog)
             for feeder, ack in acks:
-                send(feeder, ack)
+                self.say(feeder, ack)
 
     def backlog(self) -> int:
         """How busy this rank is: its acquisitions' deliveries in flight (frames in the
@@ -212,4 +217,5 @@ class ProcessingRole:
     def _drained(self, acquisition: Acquisition) -> None:
         with self._lock:
             self._acqs.pop(acquisition.id, None)
+        self.say_acks(flush=True)  # every frame said before DRAINED: counts and credits exact
         self.drained(acquisition.id)

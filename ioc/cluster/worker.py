@@ -49,7 +49,8 @@ class WorkerNode:
             # before the acquisition role takes the driver's delivery: this role keeps it
             modules = len(cluster.acquisition) if cluster.partial and cluster.assemble else 0
             self.processing = ProcessingRole(driver, cluster.feeders(rank, size), rank,
-                                             self._drained, assemble=modules)
+                                             self._drained, assemble=modules,
+                                             say=self._send_ack)
             reporting += [(c, reported) for c in ioc.components if isinstance(c, Plugin)]
         self.acquisition: AcquisitionRole | None = None
         if rank in cluster.acquisition:
@@ -126,7 +127,7 @@ class WorkerNode:
     def _on_idle(self) -> None:
         now = time.monotonic()
         if self.processing is not None:
-            self.processing.say_acks(self._send_ack)  # batched (ndflow.cluster.acks)
+            self.processing.say_acks()  # batched (ndflow.cluster.acks)
         if self.acquisition is not None:
             self.acquisition.flush()
         if now >= self._next_report:
@@ -152,7 +153,5 @@ class WorkerNode:
     def _drained(self, acquisition_id: int) -> None:
         """The acquisition's frames have left every plugin here: the final values first, so
         the control rank shows them before WaitForPlugins lets Acquire's put complete."""
-        if self.processing is not None:
-            self.processing.say_acks(self._send_ack, flush=True)  # counts and credits exact
         self._report()
         self.link.send(self.control, {"kind": DRAINED, "acq": acquisition_id})
