@@ -125,3 +125,69 @@ def test_take_with_nothing_unsaid_does_not_even_read_the_clock():
         raise AssertionError("the fast path read the clock")
     acks.clock = no_clock
     assert acks.take(backlog=1) == []
+
+
+# --- the processing role: its ACKs all said before it says an acquisition drained -------------
+
+class Driver:
+    """What the processing role uses of a driver: its pool and its delivery (here a plugin
+    that holds each frame `hold` seconds in its own thread, as a queued plugin does)."""
+
+    def __init__(self, hold: float = 0.0) -> None:
+        from ndflow.pool import ArrayPool
+        self.pool = ArrayPool()
+        self.hold = hold
+
+    def emit(self, frame) -> None:
+        import threading
+        import time
+        acquisition = frame.acquisition
+        acquisition.in_flight.enter()
+
+        def done() -> None:
+            time.sleep(self.hold)
+            acquisition.in_flight.leave()
+        threading.Thread(target=done, daemon=True).start()
+
+
+def test_every_frame_is_acknowledged_before_the_rank_says_its_acquisition_drained():
+    """No MPI thread takes ACKs here (nothing calls say_acks): whatever the feeders hear comes
+    from the flush the role does before `drained`, and must be every frame, with the final
+    backlog (0), before DRAINED, so the control rank's counters and the feeders' credits are
+    exact when Acquire completes."""
+    import threading
+
+    import numpy as np
+
+    from ndflow.cluster.processing import ProcessingRole
+    from ndflow.cluster.wire import frame_header
+    from ndflow.ndarray import NDArray
+
+    said: list[tuple] = []
+    drained = threading.Event()
+
+    def on_drained(aid: int) -> None:
+        said.append(("drained", aid))
+        drained.set()
+    role = ProcessingRole(Driver(hold=0.01), feeders=[0, 3], rank=1, drained=on_drained,
+                          say=lambda feeder, ack: said.append(("ack", feeder, ack)))
+    role.start()
+    try:
+        for uid in range(1, 9):
+            frame = NDArray(np.full((4, 4), uid, np.uint16), unique_id=uid)
+            header = frame_header(frame, uid // 2)
+            header["acq"] = 5
+            data = role.buffer_for(header)
+            data[...] = frame.data
+            role.on_frame(0 if uid % 2 else 3, header, data)
+        role.on_end(0, 5)
+        role.on_end(3, 5)
+        assert drained.wait(5), "the acquisition never drained"
+    finally:
+        role.stop()
+    assert said[-1] == ("drained", 5)
+    acks = [entry for entry in said if entry[0] == "ack"]
+    assert sorted(u for _, _, ack in acks for u in ack["uids"]) == list(range(1, 9))
+    last = {feeder: ack for _, feeder, ack in acks}
+    assert last[0]["received"] == last[3]["received"] == 4
+    assert last[0]["backlog"] == last[3]["backlog"] == 0
