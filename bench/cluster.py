@@ -6,16 +6,16 @@ In one run, on loopback:
   algorithm_1rank / algorithm_2ranks  `mpiexec -n 2|3 ndflow run`: the sim (1024x1024 UInt16)
       on the control rank, a CPU-bound Python algorithm (about --ms per frame, calibrated here)
       in a supervised child on each processing rank; frames/s of Acquire (WaitForPlugins=Yes)
-  algorithm_bare_1proc / algorithm_bare_2procs  `mpiexec -n 2|3` of this file in
-      --bare-algorithm mode: the same algorithm run by bare mpi4py, one rank making the frames
-      and sending them, 1 or 2 ranks receiving them and running it (in-process, polling, no
-      framework): the speedup this host allows, the ceiling for the ndflow one
+  algorithm_bare_1proc / algorithm_bare_2procs  the same algorithm run by bare mpi4py
+      (cluster_bare.py): one rank making the frames and sending them, 1 or 2 ranks receiving
+      them and running it in-process, no framework: the speedup this host allows, the ceiling
+      for the ndflow one
   transport_ndflow  `mpiexec -n 2 ndflow run` with no plugin enabled: frames/s from the driver
       to the processing rank (acknowledged), i.e. the framework's per-rank transport
   driver_alone      the same sim in a one-process IOC without plugins: what the driver makes,
       the most the transport after it can be asked to carry
-  transport_bare    `mpiexec -n 2` of this file in --bare mode: mpi4py Send/Recv of the same
-      frames (2 MiB), nothing else, one buffer each side: the ceiling on this host
+  transport_bare    mpi4py Send/Recv of the same frames (2 MiB), nothing else, one buffer
+      each side (cluster_bare.py): the ceiling on this host
   transport_bare_rotating  the same with 16 buffers each side, as a pipeline's frames in
       flight are (told apart: the ratio to it shows what caches, not ndflow, account for)
 One JSON object per line; the last is the summary with the ratios (speedup 2 vs 1 rank, target
@@ -47,10 +47,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from cluster_bare import run_bare, run_bare_algorithm  # this folder (run as a script)
 from ndflow.ports import free_port_pair
 
 HERE = Path(__file__).resolve().parent
@@ -268,106 +268,6 @@ def run_driver_alone(frames: int, folder: Path) -> dict:
             "fps": round(frames / seconds, 1)}
 
 
-def run_bare(frames: int) -> dict:
-    out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, __file__, "--bare",
-                          str(frames)], capture_output=True, text=True, timeout=300)
-    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if len(lines) < 2:
-        raise RuntimeError(out.stdout + out.stderr)
-    return lines
-
-
-#: frames in flight in a pipeline: each a buffer of its own (the pools' blocks rotate)
-ROTATING = 16
-#: frames in flight per receiving rank in --bare-algorithm (the ndflow cases' credits)
-CREDITS_BARE = 4
-
-
-def bare(frames: int) -> None:
-    """mpi4py Send/Recv of `frames` UInt16 1024x1024 frames, rank 0 -> rank 1: one buffer on
-    each side (the ceiling: it stays in the caches), then ROTATING buffers on each side, as
-    frames in flight in a pipeline have (each copy then goes to memory, not cache)."""
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    for case, count in (("transport_bare", 1), ("transport_bare_rotating", ROTATING)):
-        sent = [np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
-                for _ in range(count)]
-        received = [np.ones_like(sent[0]) for _ in range(count)]
-        comm.Barrier()
-        began = time.perf_counter()
-        for i in range(frames):
-            if comm.Get_rank() == 0:
-                comm.Send(sent[i % count], 1, 5)
-            else:
-                comm.Recv(received[i % count], 0, 5)
-        seconds = time.perf_counter() - began
-        comm.Barrier()
-        if comm.Get_rank() == 1:
-            mb = frames * sent[0].nbytes / 1e6
-            print(json.dumps({"case": case, "frames": frames, "buffers": count,
-                              "seconds": round(seconds, 3), "fps": round(frames / seconds, 1),
-                              "MB_per_s": round(mb / seconds, 1)}), flush=True)
-
-
-def run_bare_algorithm(procs: int, frames: int, repeats: int) -> dict:
-    out = subprocess.run([str(MPIEXEC), "-n", str(procs + 1), sys.executable, __file__,
-                          "--bare-algorithm", str(frames), "--repeats", str(repeats)],
-                         capture_output=True, text=True, timeout=300)
-    lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if not lines:
-        raise RuntimeError(out.stdout + out.stderr)
-    return lines[0]
-
-
-def _poll(request: Any, nap: float = 50e-6) -> None:
-    """Wait for an MPI request without MPICH's spinning wait (which would take a core from the
-    ranks that compute, as ndflow's MPI thread avoids too)."""
-    while not request.Test():
-        time.sleep(nap)
-
-
-def bare_algorithm(frames: int, repeats: int) -> None:
-    """Rank 0 makes `frames` UInt16 1024x1024 frames (a numpy pass, as the sim's) and sends them
-    round robin, at most CREDITS_BARE in flight per rank; ranks 1.. receive each into a buffer of
-    a rotating set and run the bench's algorithm on it (`repeats` sums). Timed on rank 0 from
-    the first frame to the last rank's "done"."""
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
-    workers = list(range(1, size))
-    per_worker = [len(range(i, frames, len(workers))) for i in range(len(workers))]
-    comm.Barrier()
-    if rank == 0:
-        base = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
-        buffers = [np.empty_like(base) for _ in range(CREDITS_BARE * len(workers))]
-        requests: list[Any] = [MPI.REQUEST_NULL] * len(buffers)
-        began = time.perf_counter()
-        for i in range(frames):
-            slot = i % len(buffers)
-            _poll(requests[slot])
-            np.add(base, i, out=buffers[slot])  # a new frame, as a driver makes one
-            requests[slot] = comm.Isend(buffers[slot], workers[i % len(workers)], 5)
-        for request in requests:
-            _poll(request)
-        for _ in workers:
-            _poll(comm.irecv(source=MPI.ANY_SOURCE, tag=6))
-        seconds = time.perf_counter() - began
-        print(json.dumps({"case": f"algorithm_bare_{len(workers)}proc{'s' * (len(workers) > 1)}",
-                          "frames": frames, "seconds": round(seconds, 3),
-                          "fps": round(frames / seconds, 1), "repeats": repeats,
-                          "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
-    else:
-        buffers = [np.empty(SHAPE, np.uint16) for _ in range(ROTATING)]
-        for i in range(per_worker[rank - 1]):
-            image = buffers[i % len(buffers)]
-            _poll(comm.Irecv(image, 0, 5))
-            total = 0
-            for _ in range(repeats):
-                total += int(image.sum(dtype=np.int64))
-        comm.send(rank, 0, 6)
-    comm.Barrier()
-
-
 def calibrate(ms: float) -> int:
     """Passes over a frame that take about `ms` of CPU here: timed on this thread's CPU clock
     (a loaded host stretches wall time, not CPU time, so the work stays the same), the
@@ -440,13 +340,7 @@ def main() -> None:
                              "to --ms)")
     parser.add_argument("--only", default="", help="comma-separated cases to run, of "
                         f"{', '.join(CASES)} (transport_bare: both bare transport cases)")
-    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--bare-algorithm", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.bare:
-        return bare(args.bare)
-    if args.bare_algorithm:
-        return bare_algorithm(args.bare_algorithm, args.repeats)
     only = [c for c in args.only.split(",") if c] or list(CASES)
     unknown = sorted(set(only) - set(CASES))
     if unknown:
