@@ -145,6 +145,8 @@ class SimDetector(Driver):
     manufacturer = "Simulated detector"
     model = "Basic simulator"
     driver_version = __version__
+    shares_frames = True  # frame_steps moves the image on as one process's frames would
+    bounded_frame_time = True
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
                  options: SimOptions | None = None, **kw: Any) -> None:

@@ -109,12 +109,14 @@ class RankNumbering:
         self._last_seq: int | None = None  # the image's position (seq of the last frame made)
         self._reset_seq: int | None = None  # seq of the frame a pending reset happens at
 
-    def start(self, base: int, seq: int, reset_pending: bool) -> None:
+    def start(self, base: int, seq: int, reset: bool) -> None:
         """An acquisition after uniqueId `base`, its first frame the cluster's frame `seq`;
-        `reset_pending`: the image is recomputed at the next frame (a single process would do
-        so at this acquisition's first frame, whichever rank makes it here)."""
+        `reset`: a put since the previous acquisition resets the image, so a single process
+        recomputes it at this acquisition's first frame, whichever rank makes it here (an
+        earlier reset this rank made no frame after is replaced: the image it holds is
+        recomputed, from this one)."""
         self.base, self._seq0, self.k, self.last = base, seq, 0, None
-        if reset_pending and self._reset_seq is None:
+        if reset:
             self._reset_seq = seq
 
     def next_uid(self) -> int:

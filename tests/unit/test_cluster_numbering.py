@@ -69,13 +69,14 @@ def sim(data_type: str) -> SimDetector:
 
 
 def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: int,
-            total: int, values: dict) -> dict[int, np.ndarray]:
-    """One acquisition of `total` frames over the cluster, this sim's share: {uid: pixels}."""
+            total: int, values: dict, reset: bool = False) -> dict[int, np.ndarray]:
+    """One acquisition of `total` frames over the cluster, this sim's share: {uid: pixels};
+    `reset`: START says a put since the last one resets the image (the control rank's)."""
     params = {**det.values, "AcquireTime": 0.001, "ImageMode": MULTIPLE, "NumImages": total,
               **values}
     count = total
     if numbering is not None:
-        numbering.start(base, seq, bool(det.values["Reset"]))
+        numbering.start(base, seq, reset)
         det.frame_steps = numbering.steps
         count = share(total, numbering.ranks, numbering.index)
     det.prepare(params)
@@ -102,17 +103,41 @@ def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode,
     many = [sim(data_type) for _ in range(ranks)]
     numberings = [RankNumbering(ranks, i) for i in range(ranks)]
     cluster = ClusterNumbering()
-    for base, total, reset in ((0, 5, False), (5, 1, False), (2, 4, True)):
+    for base, total, reset in ((0, 5, True), (5, 1, False), (2, 4, True)):
         if reset:
             for det in (one, *many):
                 det.values["Reset"] = 1
         expected = acquire(one, None, base, 0, total, values)
         got: dict[int, np.ndarray] = {}
         for det, numbering in zip(many, numberings):
-            made = acquire(det, numbering, base, cluster.seq, total, values)
+            made = acquire(det, numbering, base, cluster.seq, total, values, reset)
             assert not set(made) & set(got), "a frame made twice"
             got.update(made)
         cluster.end(base, base + total)
         assert sorted(got) == sorted(expected) == list(range(base + 1, base + 1 + total))
+        for number, pixels in expected.items():
+            np.testing.assert_array_equal(got[number], pixels, err_msg=f"uid {number}")
+
+
+@pytest.mark.parametrize("third_reset", [True, False])
+def test_a_reset_again_after_an_acquisition_a_rank_made_no_frame_of(third_reset):
+    """3 frames; 1 frame after a Reset (rank 0 makes it, rank 1 none: its sim still holds the
+    Reset); 4 frames, after another Reset or none. Rank 1's frames count from the latest
+    reset a put asked for, as one process's do."""
+    values = {"SimMode": LINEAR_RAMP, "Gain": 40.0}
+    one = sim("UInt16")
+    many = [sim("UInt16") for _ in range(2)]
+    numberings = [RankNumbering(2, i) for i in range(2)]
+    cluster = ClusterNumbering()
+    for base, total, reset in ((0, 3, True), (3, 1, True), (4, 4, third_reset)):
+        if reset:
+            for det in (one, *many):
+                det.values["Reset"] = 1
+        expected = acquire(one, None, base, 0, total, values)
+        got: dict[int, np.ndarray] = {}
+        for det, numbering in zip(many, numberings):
+            got.update(acquire(det, numbering, base, cluster.seq, total, values, reset))
+        cluster.end(base, base + total)
+        assert sorted(got) == list(range(base + 1, base + 1 + total))
         for number, pixels in expected.items():
             np.testing.assert_array_equal(got[number], pixels, err_msg=f"uid {number}")
