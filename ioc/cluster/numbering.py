@@ -132,9 +132,11 @@ class RankNumbering:
         seq = self._seq0 + self.index + self.k * self.ranks
         if reset:
             prev = seq - 1 if self._reset_seq is None else self._reset_seq - 1
-            self._reset_seq = None
         else:
             prev = seq - 1 if self._last_seq is None else self._last_seq
+        # a frame without a reset: a reset START said is done with (this rank's sim took a
+        # Reset put during an acquisition at its own next frame already)
+        self._reset_seq = None
         self._last_seq = seq
         return max(1, seq - prev)
 
