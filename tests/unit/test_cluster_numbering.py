@@ -91,6 +91,7 @@ def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: i
 
 @pytest.mark.parametrize("ranks", [2, 3])
 @pytest.mark.parametrize("data_type,mode,gain", [("UInt8", LINEAR_RAMP, 40.0),
+                                                 ("Int8", LINEAR_RAMP, -30.0),
                                                  ("Float32", LINEAR_RAMP, 0.7),
                                                  ("Int16", SINE, 100.0)])
 def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain):
