@@ -221,12 +221,15 @@ class Runs:
     def on_acq_done(self, source: int, header: dict[str, Any]) -> None:
         with self.lock:
             aid = header["acq"]
-            if aid in self._acquired and source not in self._gone.get(aid, {}):
+            acquisition = self.known.get(aid)
+            if aid in self._acquired and source not in self._gone.get(aid, {}) and \
+                    source not in self._acquired[aid]:
                 self._acquired[aid].add(source)
                 if header.get("last") is not None:
                     self._highest[aid] = max(self._highest.get(aid, 0), header["last"])
-            acquisition = self.known.get(aid)
-            if acquisition is not None:
+                if acquisition is not None and self.node.cluster.shared:  # each its share
+                    acquisition.frames += header["frames"]
+            if acquisition is not None and not self.node.cluster.shared:  # each every frame
                 acquisition.frames = max(acquisition.frames, header["frames"])
         self._acquired_event.set()
 
