@@ -58,6 +58,7 @@ class ProcessingRole:
         self._told: dict[int, int] = {}  # feeder -> the backlog it last heard
         self._gone: set[tuple[int, int]] = set()  # (feeder, acquisition id) given up on
         self.dropped = 0  # frames of a feeder given up on that came after all
+        self._drained_ids: set[int] = set()  # recent acquisitions this rank drained
 
     def start(self) -> None:
         self._feeder.start()
@@ -99,8 +100,10 @@ class ProcessingRole:
                             "dropped (it is a missing frame already)", self.rank,
                             frame.unique_id, feeder)
                 return
-        acquisition = self._acquisition(header.get("acq", 0), header.get("params"))
-        frame.acquisition = acquisition
+        aid = header.get("acq", 0)
+        with self._lock:  # a missing row settled after this rank drained the acquisition
+            ended = header.get("gone") and aid in self._drained_ids  # (not opened again)
+        frame.acquisition = None if ended else self._acquisition(aid, header.get("params"))
         with self._lock:
             if not header.get("gone"):  # a placeholder for a silent feeder: nobody's credit
                 self.received[feeder] = self.received.get(feeder, 0) + 1
@@ -216,4 +219,7 @@ class ProcessingRole:
     def _drained(self, acquisition: Acquisition) -> None:
         with self._lock:
             self._acqs.pop(acquisition.id, None)
+            self._drained_ids.add(acquisition.id)
+            if len(self._drained_ids) > 64:
+                self._drained_ids.discard(min(self._drained_ids))
         self.drained(acquisition.id)
