@@ -11,6 +11,11 @@ each is done, held until each processing rank drained them, and settled when a r
   placeholder to a processing rank so every sink records its row (the rank files, hence the
   master), and the processing ranks hear the rank's end (GONE: a frame it sends for that
   acquisition later is dropped there, counted late here).
+- Stopped (Continuous, or a stop), each rank sharing whole frames ends at its own frame: a
+  uniqueId below the highest made that its rank never made becomes a missing frame too
+  ("acquisition stopped before acquisition rank N made it"), as one process counts it.
+- START says whether a put since the last one resets the image (`_reset`): a rank whose share
+  of an acquisition was no frame still holds an older Reset, which is not a new one.
 - The driver's facade (`driver_values`): for shared whole frames ArrayCounter is the highest
   uniqueId made and NumImagesCounter_RBV, ArrayRate_RBV the sums over the acquisition ranks;
   otherwise the first acquisition rank's. A rank that went silent puts DetectorState_RBV in
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..ndarray import Acquisition, MissingCause, NDArray
 from ..state import DetectorState
 from .common import DRIVER_REPORTED, GONE, START
-from .numbering import ClusterNumbering, owed, wanted
+from .numbering import ClusterNumbering, Owed, owed, wanted
 from .wire import frame_header
 
 if TYPE_CHECKING:
@@ -171,7 +176,7 @@ class Runs:
         if node.cluster.shared:
             self.numbering.end(self.base, max(highest, upto if gone else highest))
 
-    def _owed(self, rank: int, upto: int) -> list[int]:
+    def _owed(self, rank: int, upto: int) -> Owed:
         """Acquisition rank `rank`'s uniqueIds of the current acquisition up to `upto` not
         seen sent or received."""
         cluster = self.node.cluster
@@ -180,29 +185,30 @@ class Runs:
         with self.lock:
             return owed(self.base, ranks, index, upto, self.node.streams[rank].seen)
 
-    def _missing(self, acquisition: Acquisition, rank: int, uids: list[int], message: str,
+    def _missing(self, acquisition: Acquisition, rank: int, uids: Owed, message: str,
                  cause: MissingCause, end: bool = True) -> None:
         """Frames `uids` of acquisition rank `rank` become missing (`cause`, `message`), each
         sent as a placeholder to a processing rank that answers (whole frames) so its sinks
         record the row; `end`: the rank stopped answering, the processing ranks hear that its
         part of the acquisition is over (GONE)."""
         node, cluster = self.node, self.node.cluster
-        if not uids and not end:
+        if not len(uids) and not end:
             return
         with self.lock:
             stream = node.streams[rank]
-            stream.given_up.update(uids)
-            node.given_up += len(uids)
+            stream.given_up.add(uids)
+            count = len(uids)
+            node.given_up += count
             targets = cluster.targets(rank, node.size)
             silent = node.watch.silent
             # acquisition-with-processing: the silent rank is its own only target
             answering = [t for t in targets if t not in silent] or \
                 [w for w in node.workers if w not in silent] or targets
-        if uids:
+        if count:
+            first, last = uids.first_last()
             log.log(logging.ERROR if end else logging.WARNING,
                     "acquisition %d: %d frame%s of acquisition rank %d missing (%d..%d): %s",
-                    acquisition.id, len(uids), "s" * (len(uids) > 1), rank, uids[0],
-                    uids[-1], message)
+                    acquisition.id, count, "s" * (count > 1), rank, first, last, message)
         for n, uid in enumerate(uids):
             acquisition.note_lost(uid, failed=False)
             if not cluster.partial:  # a module placeholder would need its tile: the master

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
-                                      RankNumbering, Seen, owed, rank_settings, share, uid)
+                                      GivenUp, RankNumbering, Seen, owed, rank_settings, share,
+                                      uid)
 from ndflow.driver import FrameContext
 from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
 from ndflow.graph import PortGraph
@@ -41,10 +42,24 @@ def test_each_rank_runs_its_share_at_m_times_the_period():
 
 
 def test_a_silent_rank_owes_its_frames_not_seen():
-    assert owed(100, 2, 1, 110, seen=[102, 104]) == [106, 108, 110]
-    assert owed(100, 3, 0, 107, seen=[]) == [101, 104, 107]
-    assert owed(100, 1, 0, 103, seen=[101]) == [102, 103]  # one rank (modules): every frame
-    assert owed(100, 2, 0, 100, seen=[]) == []
+    assert list(owed(100, 2, 1, 110, seen=[102, 104])) == [106, 108, 110]
+    assert list(owed(100, 3, 0, 107, seen=[])) == [101, 104, 107]
+    assert list(owed(100, 1, 0, 103, seen=[101])) == [102, 103]  # one rank (modules): all
+    assert list(owed(100, 2, 0, 100, seen=[])) == []
+
+
+def test_a_rank_silent_early_in_a_long_acquisition_owes_a_range_not_each_frame():
+    seen = Seen()
+    seen.reset(first=2, step=2)
+    for u in (2, 4, 8):
+        seen.add(u)
+    owes = owed(0, 2, 1, 10_000_000, seen)
+    assert len(owes) == 4_999_997 and owes.first_last() == (6, 10_000_000)
+    assert isinstance(owes.span, range) and owes.seen == {8}  # nothing held per frame
+    given_up = GivenUp()
+    given_up.add(owes)
+    assert 6 in given_up and 9_999_998 in given_up
+    assert 8 not in given_up and 4 not in given_up and 7 not in given_up
 
 
 def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
@@ -54,7 +69,8 @@ def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
     for u in (104, 102, 108):
         seen.add(u)
     assert 102 in seen and 104 in seen and 106 not in seen and 108 in seen
-    assert owed(100, 2, 1, 112, seen) == [106, 110, 112]
+    assert list(owed(100, 2, 1, 112, seen)) == [106, 110, 112]
+    assert len(owed(100, 2, 1, 112, seen)) == 3 and 108 not in owed(100, 2, 1, 112, seen)
     assert seen.highest == 108
     for u in range(106, 200_000, 2):
         seen.add(u)
