@@ -44,7 +44,7 @@ from ndflow.graph import PortGraph
 from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 from ndflow.thread_nice import MAX_NICE, nice_current_thread
-from ndflow.drivers.sim_ramp import PendingIncrements, one_pass
+from ndflow.drivers.sim_ramp import PendingIncrements, one_pass, wrap_int
 from ndflow.drivers.sim_region import (SIM_TO_ND_COLOR, Region, bin_sum, color_planes,
                                       module_tile, raw_shape)
 
@@ -293,7 +293,7 @@ class SimDetector(Driver):
                 ramp = _ramp(nx, ny, p)
                 self._raw[...] = c_cast(float(inc) * ramp, dtype)
             elif one_pass(dtype, color):
-                self._pending.add(inc)  # written with the region (_extract_region)
+                self._pending.add(int(inc) * times)  # written with the region
             else:
                 self._raw += _times(inc, times, dtype)
             return
@@ -428,9 +428,5 @@ def _ramp(nx: int, ny: int, p: Mapping[str, Any]) -> np.ndarray:
 
 def _times(inc: Any, times: int, dtype: np.dtype) -> Any:
     """`times` adds of the integer increment `inc` as one value of `dtype`, wrapped as the
-    adds wrap (modulo 2**bits; a signed type is two's complement)."""
-    if times == 1:
-        return inc
-    bits = dtype.itemsize * 8
-    total = (int(inc) * times) % (1 << bits)
-    return np.array(total, dtype=f"u{dtype.itemsize}").view(dtype)[()]
+    adds wrap."""
+    return inc if times == 1 else wrap_int(int(inc) * times, dtype)

@@ -106,16 +106,17 @@ def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: i
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("data_type,mode,gain", [("UInt8", LINEAR_RAMP, 40.0),
-                                                 ("Int8", LINEAR_RAMP, -30.0),
-                                                 ("Float32", LINEAR_RAMP, 0.7),
-                                                 ("Int16", SINE, 100.0)])
-def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain):
+@pytest.mark.parametrize("data_type,mode,gain,color", [("UInt8", LINEAR_RAMP, 40.0, 0),
+                                                       ("Int8", LINEAR_RAMP, -30.0, 0),
+                                                       ("UInt8", LINEAR_RAMP, 40.0, 1),
+                                                       ("Float32", LINEAR_RAMP, 0.7, 0),
+                                                       ("Int16", SINE, 100.0, 0)])
+def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain, color):
     """Three acquisitions (5, then 1, then 4 frames after a Reset and a counter set back):
     the ramp/sine moves on across acquisitions and resets at the first frame after the
     reset, whichever rank makes it; UInt8 wraps as one process's adds do, Float32 rounds as
     they do."""
-    values = {"SimMode": mode, "Gain": gain}
+    values = {"SimMode": mode, "Gain": gain, "ColorMode": color}  # 1: RGB1
     one = sim(data_type)
     many = [sim(data_type) for _ in range(ranks)]
     numberings = [RankNumbering(ranks, i) for i in range(ranks)]
