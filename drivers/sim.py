@@ -44,7 +44,7 @@ from ndflow.graph import PortGraph
 from ndflow.ndarray import AttrSource, NDArray, NDAttribute, NDDimension
 from ndflow.params import R, RW, enum_param, float_param, initial_values, int_param, text_param
 from ndflow.thread_nice import MAX_NICE, nice_current_thread
-from ndflow.drivers.sim_ramp import PendingIncrements, one_pass
+from ndflow.drivers.sim_ramp import PendingIncrements, one_pass, wrap_int
 from ndflow.drivers.sim_region import (SIM_TO_ND_COLOR, Region, bin_sum, color_planes,
                                       module_tile, raw_shape)
 
@@ -145,6 +145,8 @@ class SimDetector(Driver):
     manufacturer = "Simulated detector"
     model = "Basic simulator"
     driver_version = __version__
+    shares_frames = True  # frame_steps moves the image on as one process's frames would
+    bounded_frame_time = True
 
     def __init__(self, port: str, prefix: str, graph: PortGraph, pool_bytes: int = 0,
                  options: SimOptions | None = None, **kw: Any) -> None:
@@ -255,13 +257,15 @@ class SimDetector(Driver):
             self._pending.fold(self._raw)
         if mode == LINEAR_RAMP:
             self._linear_ramp(p, dtype, color, reset)
-            for _ in range(skip):  # one add per frame skipped: wraps as one process's adds do
-                self._linear_ramp(p, dtype, color, False)
+            if skip and dtype.kind in "iu":  # one add of skip x inc wraps as skip adds do
+                self._linear_ramp(p, dtype, color, False, skip)
+            else:
+                for _ in range(skip):  # floats: one add per frame skipped rounds as they do
+                    self._linear_ramp(p, dtype, color, False)
         elif mode == PEAKS:
             self._peaks(p, dtype, color)
         elif mode == SINE:
-            for _ in range(skip + 1):  # the skipped frames move its counters on
-                self._sine(p, dtype, color)
+            self._sine(p, dtype, color, skip)  # the skipped frames move its counters on
         else:
             self._raw[...] = 0
         if self._background is not None and (mode != LINEAR_RAMP or reset):
@@ -280,7 +284,8 @@ class SimDetector(Driver):
         return c_cast(values, dtype)
 
     def _linear_ramp(self, p: Mapping[str, Any], dtype: np.dtype, color: int,
-                     reset: bool) -> None:
+                     reset: bool, times: int = 1) -> None:
+        """`times` (integer types only, not on a reset): the add of that many frames."""
         inc = self._increment(float(p["Gain"]) * float(p["AcquireTime"]) * 1000.0, dtype)
         if color == 0:
             if reset:
@@ -288,9 +293,9 @@ class SimDetector(Driver):
                 ramp = _ramp(nx, ny, p)
                 self._raw[...] = c_cast(float(inc) * ramp, dtype)
             elif one_pass(dtype, color):
-                self._pending.add(inc)  # written with the region (_extract_region)
+                self._pending.add(int(inc) * times)  # written with the region
             else:
-                self._raw += inc
+                self._raw += _times(inc, times, dtype)
             return
         incs = [_color_increment(float(p[g]), inc, dtype) for g in ("GainRed", "GainGreen", "GainBlue")]
         planes = color_planes(self._raw, color)
@@ -300,7 +305,7 @@ class SimDetector(Driver):
                 plane[...] = c_cast(float(c_inc) * ramp, dtype)
         else:
             for plane, c_inc in zip(planes, incs):
-                plane += c_inc
+                plane += _times(c_inc, times, dtype)
 
     def _increment(self, value: float, dtype: np.dtype) -> Any:
         """scalar_cast of the ramp increment, cached: it is the same for every frame."""
@@ -334,10 +339,12 @@ class SimDetector(Driver):
                 for plane, cg in zip(planes, color_gains):
                     plane[y0:y1, x0:x1] += c_cast(cg * peak, dtype)
 
-    def _sine(self, p: Mapping[str, Any], dtype: np.dtype, color: int) -> None:
+    def _sine(self, p: Mapping[str, Any], dtype: np.dtype, color: int, skip: int = 0) -> None:
+        """`skip`: frames other ranks made since this one's last (their counters' moves)."""
         ny, nx = (color_planes(self._raw, color)[0] if color else self._raw).shape
         waves = {}
         for k, (axis, n, gain_axis) in enumerate((("X", nx, "GainX"), ("Y", ny, "GainY"))):
+            self._sine_counter[k] += n * skip
             t = (self._sine_counter[k] + np.arange(n)) * float(p[gain_axis]) / n
             self._sine_counter[k] += n
             for s in ("1", "2"):
@@ -417,3 +424,9 @@ def _color_increment(color_gain: float, inc: Any, dtype: np.dtype) -> Any:
 
 def _ramp(nx: int, ny: int, p: Mapping[str, Any]) -> np.ndarray:
     return float(p["GainX"]) * np.arange(nx)[None, :] + float(p["GainY"]) * np.arange(ny)[:, None]
+
+
+def _times(inc: Any, times: int, dtype: np.dtype) -> Any:
+    """`times` adds of the integer increment `inc` as one value of `dtype`, wrapped as the
+    adds wrap."""
+    return inc if times == 1 else wrap_int(int(inc) * times, dtype)

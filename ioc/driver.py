@@ -93,6 +93,14 @@ class Driver(ArrayPort):
     manufacturer: ClassVar[str] = "Unknown"
     model: ClassVar[str] = "Unknown"
     driver_version: ClassVar[str] = "Unknown"
+    #: whether several MPI acquisition ranks can share its whole frames (rank i of M makes
+    #: frames i, i+M, ...; ndflow.cluster.numbering): only a driver that makes each frame
+    #: itself, as one process would have at that uniqueId (the sim), not one reading frames
+    #: from outside (each rank would read every file)
+    shares_frames: ClassVar[bool] = False
+    #: whether its frames take a bounded time (exposure, period): a cluster rank of it that
+    #: makes no frame for long hangs; a driver waiting for outside input may wait any time
+    bounded_frame_time: ClassVar[bool] = False
 
     def declare(self) -> ParamTable:
         return ParamTable.of(*self.PARAMS, DRIVER_PARAMS)

@@ -83,15 +83,53 @@ def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topo
     assert "Traceback" not in ioc.log(), ioc.log()
 
 
-def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(tmp_path):
+def hdf_capture(p: str, folder, name: str, frames: int) -> None:
+    """Stream `frames` frames into HDF1 (Capture=1 is answered by every processing rank)."""
+    for key, value in [("FilePath", str(folder) + "/"), ("FileName", name),
+                       ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
+                       ("NumCapture", frames), ("AutoIncrement", 0)]:
+        put(p + "HDF1:" + key, value)
+    put(p + "HDF1:Capture", 1, wait=False)
+    assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+
+
+def missing_rows(path, cause: bytes = b"timeout") -> tuple[list[int], list[int], set[bytes]]:
+    """The master's uniqueIds, those of its missing rows, and their messages (checking each
+    valid row against the sim formula, 64x64, AcquireTime 0.01)."""
+    with h5py.File(path) as f:
+        ids = [int(u) for u in f[f"{ATTRS}/NDArrayUniqueId"][:]]
+        status = f[f"{ATTRS}/NDArrayStatus"][:]
+        missing = f["/entry/ndflow/missing"][:]
+        data = f["/entry/data/data"]
+        for row, uid in enumerate(ids):
+            if not status[row]:
+                np.testing.assert_array_equal(
+                    data[row], wrap(ramp(64, 64, inc=10, frame=uid), "u2"))
+        lost = [u for u, s in zip(ids, status) if s]
+        assert [int(u) for u in missing["unique_id"]] == lost
+        assert set(missing["cause"]) <= {cause}
+        return ids, lost, set(missing["message"])
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(topology,
+                                                                             tmp_path):
     """Rank 2 is stopped (SIGSTOP) mid-acquisition: after the window it is listed on
     Cluster:SilentRanks_RBV, Acquire's put completes (WaitForPlugins), the master holds every
     frame: rank 1's valid, rank 2's not made missing rows naming it; DetectorState_RBV is Error
-    and StatusMessage_RBV names it. Resumed (SIGCONT), it leaves the list, a frame it still
-    sends is dropped (counted late), and the next acquisition is whole again."""
-    ioc = ClusterIOC(EXAMPLE.replace("window_s: 5.0", "window_s: 1.0"), tmp_path, ranks=4)
+    and StatusMessage_RBV names it. The next acquisition, rank 2 still stopped, completes
+    too, rank 2's share missing. Resumed (SIGCONT), it leaves the list, a frame it still sends
+    is dropped (counted late), and the next acquisition is whole again.
+
+    Acquisition-with-processing (rank 2 processes its own frames): the acquisitions do not
+    wait for its DRAINED either; no file is captured there (a capture's end waits the put
+    timeout for the stopped rank's answer, and the frames it kept are in its own file)."""
+    text, ranks, _ = TOPOLOGIES[topology]
+    files = ranks == 4
+    ioc = ClusterIOC(text.replace("window_s: 5.0", "window_s: 1.0"), tmp_path, ranks=ranks)
     stopped = None
     frames = 20
+    message = "acquisition rank 2 stopped answering"
     try:
         ioc.wait_ready()
         p = ioc.prefix
@@ -100,12 +138,8 @@ def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(tmp
         put(p + "cam1:WaitForPlugins", 1)
         for plugin in ("Stats1:", "HDF1:"):
             put(p + plugin + "EnableCallbacks", 1)
-        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "silent"),
-                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
-                           ("NumCapture", frames), ("AutoIncrement", 0)]:
-            put(p + "HDF1:" + key, value)
-        put(p + "HDF1:Capture", 1, wait=False)
-        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        if files:
+            hdf_capture(p, tmp_path, "silent", frames)
         put(p + "cam1:ImageMode", 1)
         put(p + "cam1:NumImages", frames)
         rank2 = rank_process(ioc, 2)
@@ -117,46 +151,93 @@ def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(tmp
         assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 15), "Acquire did not end"
         assert get(p + "cam1:Acquire") == 0
         assert get(p + "cam1:DetectorState_RBV") == ERROR
-        assert get(p + "cam1:StatusMessage_RBV", as_string=True) == \
-            "acquisition rank 2 stopped answering"
-        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
-        with h5py.File(tmp_path / "silent.h5") as f:
-            ids = list(f[f"{ATTRS}/NDArrayUniqueId"][:])
+        assert get(p + "cam1:StatusMessage_RBV", as_string=True) == message
+        assert get(p + "cam1:ArrayCounter_RBV") == frames
+        lost_count = get(p + "Cluster:FramesMissing_RBV")
+        assert 0 < lost_count <= frames // 2
+        if files:
+            assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
+            ids, lost, messages = missing_rows(tmp_path / "silent.h5")
             assert ids == list(range(1, frames + 1))  # every frame once, in order
-            status = f[f"{ATTRS}/NDArrayStatus"][:]
-            lost = [u for u, s in zip(ids, status) if s]
-            missing = f["/entry/ndflow/missing"][:]
-            data = f["/entry/data/data"]
-            for row, uid in enumerate(ids):
-                if not status[row]:
-                    np.testing.assert_array_equal(
-                        data[row], wrap(ramp(64, 64, inc=10, frame=uid), "u2"))
-        assert lost and all(u % 2 == 0 for u in lost), lost  # rank 2's frames only
-        assert lost == list(range(lost[0], frames + 1, 2))  # every one from where it stopped
-        assert list(missing["unique_id"]) == lost
-        assert set(missing["message"]) == {b"acquisition rank 2 stopped answering"}
-        assert set(missing["cause"]) == {b"timeout"}
-        assert get(p + "cam1:FramesLost_RBV") == len(lost)
-        assert get(p + "Cluster:FramesMissing_RBV") == len(lost)
+            assert lost and all(u % 2 == 0 for u in lost), lost  # rank 2's frames only
+            assert lost == list(range(lost[0], frames + 1, 2))  # every one from where it stopped
+            assert messages == {message.encode()}
+            assert len(lost) == lost_count
+        else:  # rank 2's missing rows go to rank 1's plugins: the stopped rank 2 takes none
+            assert wait_for(lambda: get(p + "R1:Stats1:ArrayCounter_RBV") ==
+                            frames // 2 + lost_count, 5)
+        assert get(p + "cam1:FramesLost_RBV") == lost_count
         assert get(p + "Cluster:FramesInOrder_RBV") == frames
+        # the next acquisition, rank 2 still stopped: it completes, rank 2's share missing
+        put(p + "cam1:NumImages", 4)
+        if files:
+            hdf_capture(p, tmp_path, "silent2", 4)
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "cam1:ArrayCounter_RBV") == frames + 4
+        assert get(p + "cam1:DetectorState_RBV") == ERROR
+        assert get(p + "cam1:StatusMessage_RBV", as_string=True) == message
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames + 4, 5)
+        assert get(p + "Cluster:FramesMissing_RBV") == lost_count + 2  # 22 and 24
+        if files:
+            assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
+            assert missing_rows(tmp_path / "silent2.h5") == (
+                [21, 22, 23, 24], [22, 24], {message.encode()})
+        else:
+            assert wait_for(lambda: get(p + "R1:Stats1:ArrayCounter_RBV") ==
+                            frames // 2 + lost_count + 4, 5)
         rank2.resume()
         stopped = None
         assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "", 10)
         time.sleep(1.0)  # what it sends after all (a frame, its end) is dropped, not recorded
-        assert get(p + "Cluster:FramesInOrder_RBV") == frames
-        put(p + "cam1:NumImages", 4)
+        assert get(p + "Cluster:FramesInOrder_RBV") == frames + 4
         put(p + "cam1:Acquire", 1)  # both ranks again
-        assert get(p + "cam1:ArrayCounter_RBV") == frames + 4
+        assert get(p + "cam1:ArrayCounter_RBV") == frames + 8
         assert get(p + "cam1:DetectorState_RBV") != ERROR
-        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames + 4, 5)
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == frames + 8, 5)
         put(p + "cam1:ArrayCounter", 0)  # uniqueIds used again: the given-up ones are not
         put(p + "cam1:NumImages", frames)  # held against the new frames
         put(p + "cam1:Acquire", 1)
         assert get(p + "cam1:ArrayCounter_RBV") == frames
-        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == 2 * frames + 4, 5)
-        assert get(p + "Cluster:FramesMissing_RBV") == len(lost)
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == 2 * frames + 8, 5)
+        assert get(p + "Cluster:FramesMissing_RBV") == lost_count + 2
     finally:
         if stopped is not None:
             stopped.resume()
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()
+
+
+def test_a_continuous_acquisition_stopped_counts_every_unique_id_up_to_the_counter(tmp_path):
+    """Each acquisition rank stops at its own frame: rank 1 may have made 285 and rank 2 only
+    up to 282, so 284 was never made. As one process, every uniqueId up to ArrayCounter is a
+    frame or a missing row ("acquisition stopped before acquisition rank 2 made it"), and the
+    reorder stage counts it: FramesInOrder_RBV is ArrayCounter_RBV."""
+    ioc = ClusterIOC(EXAMPLE, tmp_path, ranks=4)
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        setup_camera(p, 64, 64)
+        for plugin in ("Stats1:", "HDF1:"):
+            put(p + plugin + "EnableCallbacks", 1)
+        hdf_capture(p, tmp_path, "stopped", 0)  # until Capture=0
+        put(p + "cam1:ImageMode", 2)
+        put(p + "cam1:AcquirePeriod", 0.01)
+        for i in range(5):
+            put(p + "cam1:Acquire", 1, wait=False)
+            time.sleep(0.6 + 0.013 * i)  # the stop falls at another place of each rank's frame
+            put(p + "cam1:Acquire", 0)
+            assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
+            counter = get(p + "cam1:ArrayCounter_RBV")
+            assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") == counter, 5), \
+                (i, counter, get(p + "Cluster:FramesInOrder_RBV"))
+        missing = get(p + "Cluster:FramesMissing_RBV")
+        put(p + "HDF1:Capture", 0)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20)
+        ids, lost, messages = missing_rows(tmp_path / "stopped.h5", b"overrun/dropped")
+        assert ids == list(range(1, counter + 1))  # every uniqueId once, in order
+        assert len(lost) == missing
+        assert messages <= {f"acquisition stopped before acquisition rank {r} made it".encode()
+                            for r in (1, 2)}
+    finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -19,6 +20,8 @@ import pytest
 from ndflow.cluster.config import check_modules, check_roles
 from ndflow.cluster.master import STATUS_CODES, build_master
 from ndflow.config import ConfigError, parse_config
+from ndflow.drivers.fits import FITSDriver
+from ndflow.drivers.sim import SimDetector
 from ndflow.ndarray import FrameStatus, MissingCause
 from test_acquisition import ramp, wait_for, wrap
 from test_cluster import MPIEXEC, ClusterIOC, get, put
@@ -155,11 +158,11 @@ def test_a_frame_with_a_module_missing_is_a_missing_row_with_its_cause(tmp_path)
 
 
 # --- config errors: one line naming the key and its line ----------------------------------------
-def roles(text: str, size: int = 5):
+def roles(text: str, size: int = 5, driver: Any = SimDetector):
     config, lines = parse_config(text, "c.yml")
     check_roles(config.cluster, size, lines)
     check_modules(config.cluster, tuple(config.drivers[0].options.get("modules", (1, 1))),
-                  lines)
+                  lines, driver)
 
 
 def test_bad_module_grids_and_module_maps_are_one_line_errors():
@@ -193,6 +196,19 @@ def test_bad_module_grids_and_module_maps_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"line 7: cluster.acquisition: Value error, a rank is "
                                           r"listed twice"):
         parse_config(PARTIAL.replace("[1, 2, 3, 4]\n  processing", "[1, 1, 3, 4]\n  processing"))
+
+
+def test_several_acquisition_ranks_sharing_whole_frames_need_a_driver_that_can():
+    """A FITS driver on two acquisition ranks would make every file on each rank (each
+    numbering it as its share): refused with one line naming the driver and the key."""
+    shared = PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]")
+    roles(shared)  # the sim shares them
+    with pytest.raises(ConfigError, match=r"^c.yml line 7: cluster.acquisition: 4 acquisition "
+                                          r"ranks sharing whole frames, but the fits driver "
+                                          r"cannot share them"):
+        roles(shared, driver=FITSDriver)
+    roles(PARTIAL.replace("modules: [2, 2]", "modules: [1, 1]").replace(
+        "acquisition: [1, 2, 3, 4]", "acquisition: [1]"), driver=FITSDriver)  # one: fine
 
 
 @pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")

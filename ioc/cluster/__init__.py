@@ -88,14 +88,16 @@ from .config import ClusterConfig, check_modules, check_roles
 __all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
 
 
-def _module_grid(ioc: Any) -> tuple[int, int]:
+def _driver(ioc: Any) -> Any:
+    """The IOC's driver (None without one)."""
+    from ..driver import Driver
+    return next((c for c in ioc.components if isinstance(c, Driver)), None)
+
+
+def _module_grid(driver: Any) -> tuple[int, int]:
     """The driver's detector-module grid (the sim's `modules` option); (1, 1) for a driver
     without modules."""
-    from ..driver import Driver
-    for component in ioc.components:
-        if isinstance(component, Driver):
-            return tuple(getattr(component, "module_grid", (1, 1)))  # type: ignore[return-value]
-    return (1, 1)
+    return tuple(getattr(driver, "module_grid", (1, 1)))  # type: ignore[return-value]
 
 
 def _configured_modules(config: Any) -> int:
@@ -135,7 +137,8 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     control = rank == cluster.control
     ioc = make_ioc(None if control else [])  # only the control rank serves transports
     try:
-        check_modules(cluster, _module_grid(ioc), lines)
+        driver = _driver(ioc)
+        check_modules(cluster, _module_grid(driver), lines, driver)
     except Exception:
         ioc.shutdown()  # algorithm children started while it was built
         raise

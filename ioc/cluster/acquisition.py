@@ -201,10 +201,13 @@ class AcquisitionRole:
         acquisition.acquired.add_done_callback(lambda _: self._acquired(acquisition))
 
     # --- a rank other than the control rank ------------------------------------------------------
-    def start(self, acquisition_id: int, base: int = 0, seq: int = 0) -> None:
+    def start(self, acquisition_id: int, base: int = 0, seq: int = 0,
+              reset: bool = False) -> None:
         """START (event loop): run the control rank's acquisition `acquisition_id` with this
         rank's values (the control rank's, mirrored), as Acquire=1 would; shared whole frames:
-        this rank's share, after uniqueId `base`, the first frame at image position `seq`."""
+        this rank's share, after uniqueId `base`, the first frame at image position `seq`,
+        `reset`: a put since the last START resets the image at that frame (this rank's own
+        Reset may be an older one, from an acquisition it made no frame of)."""
         d = self.driver
         if d.acquiring:
             log.error("rank %d: acquisition %d asked while %d runs: ignored", self.rank,
@@ -213,7 +216,7 @@ class AcquisitionRole:
             return
         settings = dict(d.values)
         if self.numbering is not None:
-            self.numbering.start(base, seq, bool(d.values.get("Reset")))
+            self.numbering.start(base, seq, reset)
             changes = rank_settings(settings, self.numbering.ranks, self.numbering.index)
             if changes is None:  # no frame of this acquisition is this rank's
                 d.set("NumImagesCounter_RBV", 0)

@@ -21,7 +21,7 @@ frames, or, with `assemble`, whole frames rebuilt from every module (`assembly`)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -225,11 +225,20 @@ def _check_modules(cluster: ClusterConfig, size: int, lines: "LineMap") -> None:
         raise lines.error(key, f"processing rank {idle[0]} gets no module's frames")
 
 
-def check_modules(cluster: ClusterConfig, grid: tuple[int, int], lines: "LineMap") -> None:
-    """The driver's module grid against the acquisition ranks: one module per rank."""
+def check_modules(cluster: ClusterConfig, grid: tuple[int, int], lines: "LineMap",
+                  driver: Any) -> None:
+    """The driver's module grid against the acquisition ranks: one module per rank; several
+    ranks share whole frames only for a driver that can (`Driver.shares_frames`; `driver`:
+    its class or instance)."""
     modules = grid[0] * grid[1]
     if modules == 1 and not cluster.module_ranks:
         cluster.set_modules(1)  # whole frames: several acquisition ranks share them
+        if cluster.shared and not getattr(driver, "shares_frames", False):
+            kind = getattr(driver, "kind", type(driver).__name__)
+            raise lines.error(("cluster", "acquisition"), f"{len(cluster.acquisition)} "
+                              f"acquisition ranks sharing whole frames, but the {kind} driver "
+                              "cannot share them (each rank would make every frame): one "
+                              "acquisition rank")
         if cluster.shared and cluster.control in cluster.acquisition:
             raise lines.error(("cluster", "acquisition"), f"rank {cluster.control} is the "
                               "control rank: with several acquisition ranks sharing whole "

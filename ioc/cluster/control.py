@@ -42,7 +42,7 @@ from .common import ACQ_DONE, DISPATCHED, is_file_writer, rank_file_name, same_v
 from .config import ClusterConfig
 from .dispatch import LookupTable, Missing, Reorder
 from .link import Link
-from .numbering import Seen
+from .numbering import GivenUp, Seen
 from .runs import Runs
 from .views import Aggregator, ClusterStatus, RankView
 from .watch import Watch
@@ -68,7 +68,7 @@ class Stream:
     #: uniqueIds of the current acquisition known sent or received (what a silent rank owes
     #: is the rest), and those given up on (a late acknowledgement of one is counted late)
     seen: Seen = field(default_factory=Seen)
-    given_up: set[int] = field(default_factory=set)
+    given_up: GivenUp = field(default_factory=GivenUp)
     #: acquisitions this rank was given up on: what it says it sent for them was dropped
     gone_acqs: set[int] = field(default_factory=set)
     last_frame: float = 0.0  # when one of its frames was last said sent or received

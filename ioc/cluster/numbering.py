@@ -21,7 +21,7 @@ Pure and in-process (no MPI): tests/unit/test_cluster_numbering.py checks it in 
 
 from __future__ import annotations
 
-from typing import Any, Container, Mapping
+from typing import Any, Container, Iterator, Mapping
 
 SINGLE, MULTIPLE, CONTINUOUS = 0, 1, 2
 
@@ -59,10 +59,58 @@ def rank_settings(settings: Mapping[str, Any], ranks: int, index: int) -> dict[s
     return {"NumImages": mine, "AcquirePeriod": period}
 
 
-def owed(base: int, ranks: int, index: int, upto: int, seen: Container[int]) -> list[int]:
+def owed(base: int, ranks: int, index: int, upto: int, seen: Container[int]) -> "Owed":
     """Rank `index`'s uniqueIds of the acquisition after `base`, up to `upto` (base + N; or,
-    without an end, the highest uniqueId the cluster made), that are not in `seen`."""
-    return [u for u in range(base + 1 + index, upto + 1, ranks) if u not in seen]
+    without an end, the highest uniqueId the cluster made), that are not in `seen` (a `Seen`:
+    from its watermark on, less the few it saw after a gap)."""
+    start = base + 1 + index
+    watermark = getattr(seen, "next", start)
+    if watermark > start and (watermark - start) % ranks == 0:
+        start = watermark  # every one of the rank's before it was seen
+    span = range(start, upto + 1, ranks)
+    later = getattr(seen, "later", None)
+    return Owed(span, {u for u in later if u in span} if later is not None else
+                {u for u in span if u in seen})
+
+
+class Owed:
+    """UniqueIds a rank owes: a range of its uniqueIds less the few seen in it. A rank silent
+    early in a long acquisition owes millions: held as a range, not one by one."""
+
+    def __init__(self, span: range, seen: set[int]) -> None:
+        self.span = span
+        self.seen = seen
+
+    def __iter__(self) -> Iterator[int]:
+        return (u for u in self.span if u not in self.seen)
+
+    def __len__(self) -> int:
+        return len(self.span) - len(self.seen)
+
+    def __contains__(self, unique_id: object) -> bool:
+        return unique_id in self.span and unique_id not in self.seen
+
+    def first_last(self) -> tuple[int, int]:
+        """The lowest and highest (not empty)."""
+        return (next(iter(self)), next(u for u in reversed(self.span) if u not in self.seen))
+
+
+class GivenUp:
+    """What the current acquisition gave up on, per acquisition rank (`Owed` spans): a late
+    frame of it is dropped, counted late."""
+
+    def __init__(self) -> None:
+        self.spans: list[Owed] = []
+
+    def add(self, owed: Owed) -> None:
+        if len(owed):
+            self.spans.append(owed)
+
+    def clear(self) -> None:
+        self.spans.clear()
+
+    def __contains__(self, unique_id: object) -> bool:
+        return any(unique_id in o for o in self.spans)
 
 
 class Seen:
@@ -109,12 +157,14 @@ class RankNumbering:
         self._last_seq: int | None = None  # the image's position (seq of the last frame made)
         self._reset_seq: int | None = None  # seq of the frame a pending reset happens at
 
-    def start(self, base: int, seq: int, reset_pending: bool) -> None:
+    def start(self, base: int, seq: int, reset: bool) -> None:
         """An acquisition after uniqueId `base`, its first frame the cluster's frame `seq`;
-        `reset_pending`: the image is recomputed at the next frame (a single process would do
-        so at this acquisition's first frame, whichever rank makes it here)."""
+        `reset`: a put since the previous acquisition resets the image, so a single process
+        recomputes it at this acquisition's first frame, whichever rank makes it here (an
+        earlier reset this rank made no frame after is replaced: the image it holds is
+        recomputed, from this one)."""
         self.base, self._seq0, self.k, self.last = base, seq, 0, None
-        if reset_pending and self._reset_seq is None:
+        if reset:
             self._reset_seq = seq
 
     def next_uid(self) -> int:
@@ -130,9 +180,11 @@ class RankNumbering:
         seq = self._seq0 + self.index + self.k * self.ranks
         if reset:
             prev = seq - 1 if self._reset_seq is None else self._reset_seq - 1
-            self._reset_seq = None
         else:
             prev = seq - 1 if self._last_seq is None else self._last_seq
+        # a frame without a reset: a reset START said is done with (this rank's sim took a
+        # Reset put during an acquisition at its own next frame already)
+        self._reset_seq = None
         self._last_seq = seq
         return max(1, seq - prev)
 

@@ -64,6 +64,7 @@ class ProcessingRole:
         self._saying = threading.Lock()
         self._gone: set[tuple[int, int]] = set()  # (feeder, acquisition id) given up on
         self.dropped = 0  # frames of a feeder given up on that came after all
+        self._drained_ids: set[int] = set()  # recent acquisitions this rank drained
 
     def start(self) -> None:
         self._feeder.start()
@@ -104,8 +105,10 @@ class ProcessingRole:
                             "dropped (it is a missing frame already)", self.rank,
                             frame.unique_id, feeder)
                 return
-        acquisition = self._acquisition(header.get("acq", 0), header.get("params"))
-        frame.acquisition = acquisition
+        aid = header.get("acq", 0)
+        with self._lock:  # a missing row settled after this rank drained the acquisition
+            ended = header.get("gone") and aid in self._drained_ids  # (not opened again)
+        frame.acquisition = None if ended else self._acquisition(aid, header.get("params"))
         with self._lock:
             if not header.get("gone"):  # a placeholder for a silent feeder: nobody's credit
                 self.acks.add(feeder, frame.unique_id)
@@ -217,5 +220,8 @@ class ProcessingRole:
     def _drained(self, acquisition: Acquisition) -> None:
         with self._lock:
             self._acqs.pop(acquisition.id, None)
+            self._drained_ids.add(acquisition.id)
+            if len(self._drained_ids) > 64:
+                self._drained_ids.discard(min(self._drained_ids))
         self.say_acks(flush=True)  # every frame said before DRAINED: counts and credits exact
         self.drained(acquisition.id)

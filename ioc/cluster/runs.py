@@ -11,6 +11,11 @@ each is done, held until each processing rank drained them, and settled when a r
   placeholder to a processing rank so every sink records its row (the rank files, hence the
   master), and the processing ranks hear the rank's end (GONE: a frame it sends for that
   acquisition later is dropped there, counted late here).
+- Stopped (Continuous, or a stop), each rank sharing whole frames ends at its own frame: a
+  uniqueId below the highest made that its rank never made becomes a missing frame too
+  ("acquisition stopped before acquisition rank N made it"), as one process counts it.
+- START says whether a put since the last one resets the image (`_reset`): a rank whose share
+  of an acquisition was no frame still holds an older Reset, which is not a new one.
 - The driver's facade (`driver_values`): for shared whole frames ArrayCounter is the highest
   uniqueId made and NumImagesCounter_RBV, ArrayRate_RBV the sums over the acquisition ranks;
   otherwise the first acquisition rank's. A rank that went silent puts DetectorState_RBV in
@@ -27,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ..ndarray import Acquisition, MissingCause, NDArray
 from ..state import DetectorState
 from .common import DRIVER_REPORTED, GONE, START
-from .numbering import ClusterNumbering, owed, wanted
+from .numbering import ClusterNumbering, Owed, owed, wanted
 from .wire import frame_header
 
 if TYPE_CHECKING:
@@ -84,7 +89,7 @@ class Runs:
             acquisition.in_flight.enter()
         start = {"kind": START, "acq": acquisition.id}
         if shared:
-            start.update(base=self.base, seq=self.numbering.seq)
+            start.update(base=self.base, seq=self.numbering.seq, reset=self._reset())
         for rank in node.remote:
             node.link.send(rank, start)
         if driver._stop_event.is_set() and node.remote:
@@ -104,6 +109,17 @@ class Runs:
             raise
         self._wait_remote(acquisition)
         self._settle(acquisition)
+
+    def _reset(self) -> int:
+        """1 when a put since the last START resets the image (the sim's Reset): the
+        acquisition's first frame recomputes it, whichever rank makes it. The control rank's
+        driver makes no frame here, so its Reset is taken back as one process's first frame
+        would (a rank whose share was no frame still holds an older Reset: not a new one)."""
+        driver = self.node.driver
+        if not driver.values.get("Reset"):
+            return 0
+        driver.set("Reset", 0)
+        return 1
 
     def _wait_remote(self, acquisition: Acquisition) -> None:
         """Until every other acquisition rank is done with `acquisition` (or given up on);
@@ -144,42 +160,66 @@ class Runs:
         else:  # all of them, as one process would have made them
             upto = self.base + total
         for rank, why in gone:
-            self._missing(acquisition, rank, upto, why)
+            self._missing(acquisition, rank, self._owed(rank, upto), why, MissingCause.TIMEOUT)
+        if node.cluster.shared and (total is None or node.driver._stop_event.is_set()):
+            # each rank stopped at its own frame: the uniqueIds below the highest made that
+            # its rank never made are missing frames too (as one process, every one counts)
+            gone_ranks = {r for r, _ in gone}
+            for rank in node.cluster.acquisition:
+                if rank not in gone_ranks:
+                    self._missing(acquisition, rank, self._owed(rank, upto),
+                                  f"acquisition stopped before acquisition rank {rank} "
+                                  "made it", MissingCause.DROPPED, end=False)
         if gone and node.cluster.shared:  # as one process, the counter counts them
             driver = node.driver
             driver.set("ArrayCounter", max(int(driver.values["ArrayCounter"]), upto))
         if node.cluster.shared:
             self.numbering.end(self.base, max(highest, upto if gone else highest))
 
-    def _missing(self, acquisition: Acquisition, rank: int, upto: int, message: str) -> None:
-        """Rank `rank` stopped answering: its frames not seen become missing, each sent as a
-        placeholder to a processing rank (whole frames) so its sinks record the row; then the
-        processing ranks hear that this rank's part of the acquisition is over (GONE)."""
-        node, cluster = self.node, self.node.cluster
+    def _owed(self, rank: int, upto: int) -> Owed:
+        """Acquisition rank `rank`'s uniqueIds of the current acquisition up to `upto` not
+        seen sent or received."""
+        cluster = self.node.cluster
         ranks, index = (len(cluster.acquisition), cluster.acquisition.index(rank)) \
             if cluster.shared else (1, 0)
         with self.lock:
+            return owed(self.base, ranks, index, upto, self.node.streams[rank].seen)
+
+    def _missing(self, acquisition: Acquisition, rank: int, uids: Owed, message: str,
+                 cause: MissingCause, end: bool = True) -> None:
+        """Frames `uids` of acquisition rank `rank` become missing (`cause`, `message`), each
+        sent as a placeholder to a processing rank that answers (whole frames) so its sinks
+        record the row; `end`: the rank stopped answering, the processing ranks hear that its
+        part of the acquisition is over (GONE)."""
+        node, cluster = self.node, self.node.cluster
+        if not len(uids) and not end:
+            return
+        with self.lock:
             stream = node.streams[rank]
-            uids = owed(self.base, ranks, index, upto, stream.seen)
-            stream.given_up.update(uids)
-            node.given_up += len(uids)
+            stream.given_up.add(uids)
+            count = len(uids)
+            node.given_up += count
             targets = cluster.targets(rank, node.size)
-            answering = [t for t in targets if t not in node.watch.silent] or targets
-        if uids:
-            log.error("acquisition %d: %d frame%s of acquisition rank %d missing (%d..%d): %s",
-                      acquisition.id, len(uids), "s" * (len(uids) > 1), rank, uids[0],
-                      uids[-1], message)
+            silent = node.watch.silent
+            # acquisition-with-processing: the silent rank is its own only target
+            answering = [t for t in targets if t not in silent] or \
+                [w for w in node.workers if w not in silent] or targets
+        if count:
+            first, last = uids.first_last()
+            log.log(logging.ERROR if end else logging.WARNING,
+                    "acquisition %d: %d frame%s of acquisition rank %d missing (%d..%d): %s",
+                    acquisition.id, count, "s" * (count > 1), rank, first, last, message)
         for n, uid in enumerate(uids):
             acquisition.note_lost(uid, failed=False)
             if not cluster.partial:  # a module placeholder would need its tile: the master
                 # gives a module in no file its missing row instead
-                frame = NDArray.missing(MissingCause.TIMEOUT, message)
+                frame = NDArray.missing(cause, message)
                 frame.stamp(uid)
                 frame.acquisition = acquisition
                 header = frame_header(frame, -1)
                 header.update(feeder=rank, gone=True)
                 node.link.send(answering[n % len(answering)], header)
-        for target in sorted(set(targets)):
+        for target in sorted(set(targets)) if end else ():
             node.link.send(target, {"kind": GONE, "acq": acquisition.id, "feeder": rank})
         node.count_missing()
 
@@ -187,12 +227,15 @@ class Runs:
     def on_acq_done(self, source: int, header: dict[str, Any]) -> None:
         with self.lock:
             aid = header["acq"]
-            if aid in self._acquired and source not in self._gone.get(aid, {}):
+            acquisition = self.known.get(aid)
+            if aid in self._acquired and source not in self._gone.get(aid, {}) and \
+                    source not in self._acquired[aid]:
                 self._acquired[aid].add(source)
                 if header.get("last") is not None:
                     self._highest[aid] = max(self._highest.get(aid, 0), header["last"])
-            acquisition = self.known.get(aid)
-            if acquisition is not None:
+                if acquisition is not None and self.node.cluster.shared:  # each its share
+                    acquisition.frames += header["frames"]
+            if acquisition is not None and not self.node.cluster.shared:  # each every frame
                 acquisition.frames = max(acquisition.frames, header["frames"])
         self._acquired_event.set()
 
@@ -211,6 +254,10 @@ class Runs:
                 acquisition.in_flight.leave()
                 if not ranks:
                     self.acqs.pop(key, None)
+
+    def holding(self) -> set[int]:
+        """Processing ranks an acquisition still waits to drain (lock held)."""
+        return {r for _, ranks in self.acqs.values() for r in ranks}
 
     def owing(self) -> set[int]:
         """Acquisition ranks the current acquisition waits for (lock held)."""

@@ -2,15 +2,18 @@
 
 Every other rank sends something at least every `report_interval_s` (its changed values, or an
 empty report as a heartbeat). A rank that owes something and has said nothing for `window_s`
-is silent, listed on `Cluster:SilentRanks_RBV` until it is heard from again:
-- a processing rank with frames outstanding: the frames it was sent time out at once (missing,
-  "rank N stopped answering") and the acquisitions no longer wait for its DRAINED;
+is silent, listed on `Cluster:SilentRanks_RBV` until it is heard from again. What it owes is
+given up on at every check while it stays quiet (an acquisition started since owes again):
+- a processing rank with frames outstanding, or an acquisition waiting for its DRAINED: the
+  frames it was sent time out at once (missing, "rank N stopped answering") and the
+  acquisitions no longer wait for its DRAINED;
 - an acquisition rank in a running acquisition it has not ended: the acquisition no longer
   waits for it, and the frames it owes become missing when the others are done (`runs`);
   DetectorState_RBV goes to Error and StatusMessage_RBV names the rank. A rank that answers but
   whose frames are overdue (none said sent or received for twice the window plus the time a
   frame takes it: its driver hangs) is given up on alike, and stays listed until a frame of it
-  comes again.
+  comes again; only for a driver with a bounded frame time (`bounded_frame_time`, the sim)
+  making a share or a module of every frame: a driver waiting for outside input may wait.
 
 MPI gives no more than that: a rank stopped (SIGSTOP, a hung host) makes MPICH notice nothing
 and its messages wait, so it is found by its silence; a rank killed takes the job down (hydra
@@ -42,6 +45,14 @@ class Watch:
     def heard(self, rank: int) -> None:
         self.last_heard[rank] = time.monotonic()
 
+    def _bounded(self) -> bool:
+        """Whether "no frame for long" means a hang: only for a driver whose frame takes a
+        bounded time (the sim) making a share or a module of every frame; a driver waiting on
+        outside input (a FITS file to come) may make none for any time."""
+        cluster = self.node.cluster
+        return bool(getattr(self.node.driver, "bounded_frame_time", False)) and \
+            bool(cluster.shared or cluster.partial)
+
     def check(self, now: float) -> None:
         """Declare the ranks silent that owe something and said nothing for a window; a rank
         heard from again within the window leaves the list."""
@@ -49,21 +60,21 @@ class Watch:
         window = node.cluster.window_s
         with node.lock:
             quiet = {r for r, t in self.last_heard.items() if now - t > window}
-            processing = {r for r in node.workers if node.sent[r] > node.acked[r]} & quiet
-            owing = node.runs.owing()
-            limit = 2 * window + node.runs.frame_time()
-            overdue = {r for r in owing if now - node.streams[r].last_frame > limit}
+            holding = node.runs.holding()  # processing ranks an acquisition waits to drain
+            processing = {r for r in node.workers
+                          if node.sent[r] > node.acked[r] or r in holding} & quiet
+            owing = node.runs.owing()  # skips the ranks given up on in this acquisition
+            overdue: set[int] = set()
+            if self._bounded():
+                limit = 2 * window + node.runs.frame_time()
+                overdue = {r for r in owing if now - node.streams[r].last_frame > limit}
+            # every rank still quiet is given up on again in each acquisition: one stopped
+            # in the previous acquisition owes this one's frames too
             acquiring = (owing & quiet) | overdue
             newly = (processing | acquiring) - self.silent
-            for rank in newly & processing:
-                for stream in node.streams.values():
-                    stream.reorder.give_up(rank, f"rank {rank} stopped answering")
-                # its acquisitions no longer wait for its DRAINED (WaitForPlugins,
-                # AcquireBusy): its frames are missing now; a DRAINED it sends later is ignored
-                node.runs.release(rank)
             why = {r: f"acquisition rank {r} stopped answering" if r in quiet else
                    f"acquisition rank {r} made no frame for "
-                   f"{now - node.streams[r].last_frame:.0f} s" for r in newly & acquiring}
+                   f"{now - node.streams[r].last_frame:.0f} s" for r in acquiring}
             for rank, cause in why.items():
                 node.runs.give_up(rank, cause)
                 if rank not in quiet:
@@ -73,6 +84,13 @@ class Watch:
             self.silent = (self.silent | newly) - {
                 r for r in self.silent if now - self.last_heard[r] < window and
                 r not in self.stalled}
+            for rank in self.silent & set(node.workers) & quiet:
+                # at every check: an acquisition started since it went quiet must not wait
+                # for its DRAINED either, nor for the frames it was sent
+                for stream in node.streams.values():
+                    stream.reorder.give_up(rank, f"rank {rank} stopped answering")
+                # its frames are missing now; a DRAINED it sends later is ignored
+                node.runs.release(rank)
             answering = len(node.workers) - len(self.silent & set(node.workers))
             text = " ".join(map(str, sorted(self.silent)))
         for rank in sorted(newly & processing):

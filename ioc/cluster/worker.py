@@ -101,7 +101,8 @@ class WorkerNode:
         elif kind == START and self.acquisition is not None:
             role = self.acquisition
             self.loop.call_soon_threadsafe(self._in_line, lambda: role.start(
-                header["acq"], header.get("base", 0), header.get("seq", 0)))
+                header["acq"], header.get("base", 0), header.get("seq", 0),
+                bool(header.get("reset"))))
         elif kind == STOP:
             self.loop.call_soon_threadsafe(self.stopped.set)
         else:

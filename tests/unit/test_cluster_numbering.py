@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
-                                      RankNumbering, Seen, owed, rank_settings, share, uid)
+                                      GivenUp, RankNumbering, Seen, owed, rank_settings, share,
+                                      uid)
 from ndflow.driver import FrameContext
 from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
 from ndflow.graph import PortGraph
@@ -41,10 +42,24 @@ def test_each_rank_runs_its_share_at_m_times_the_period():
 
 
 def test_a_silent_rank_owes_its_frames_not_seen():
-    assert owed(100, 2, 1, 110, seen=[102, 104]) == [106, 108, 110]
-    assert owed(100, 3, 0, 107, seen=[]) == [101, 104, 107]
-    assert owed(100, 1, 0, 103, seen=[101]) == [102, 103]  # one rank (modules): every frame
-    assert owed(100, 2, 0, 100, seen=[]) == []
+    assert list(owed(100, 2, 1, 110, seen=[102, 104])) == [106, 108, 110]
+    assert list(owed(100, 3, 0, 107, seen=[])) == [101, 104, 107]
+    assert list(owed(100, 1, 0, 103, seen=[101])) == [102, 103]  # one rank (modules): all
+    assert list(owed(100, 2, 0, 100, seen=[])) == []
+
+
+def test_a_rank_silent_early_in_a_long_acquisition_owes_a_range_not_each_frame():
+    seen = Seen()
+    seen.reset(first=2, step=2)
+    for u in (2, 4, 8):
+        seen.add(u)
+    owes = owed(0, 2, 1, 10_000_000, seen)
+    assert len(owes) == 4_999_997 and owes.first_last() == (6, 10_000_000)
+    assert isinstance(owes.span, range) and owes.seen == {8}  # nothing held per frame
+    given_up = GivenUp()
+    given_up.add(owes)
+    assert 6 in given_up and 9_999_998 in given_up
+    assert 8 not in given_up and 4 not in given_up and 7 not in given_up
 
 
 def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
@@ -54,7 +69,8 @@ def test_what_a_rank_was_seen_to_make_is_held_in_a_few_entries():
     for u in (104, 102, 108):
         seen.add(u)
     assert 102 in seen and 104 in seen and 106 not in seen and 108 in seen
-    assert owed(100, 2, 1, 112, seen) == [106, 110, 112]
+    assert list(owed(100, 2, 1, 112, seen)) == [106, 110, 112]
+    assert len(owed(100, 2, 1, 112, seen)) == 3 and 108 not in owed(100, 2, 1, 112, seen)
     assert seen.highest == 108
     for u in range(106, 200_000, 2):
         seen.add(u)
@@ -69,13 +85,14 @@ def sim(data_type: str) -> SimDetector:
 
 
 def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: int,
-            total: int, values: dict) -> dict[int, np.ndarray]:
-    """One acquisition of `total` frames over the cluster, this sim's share: {uid: pixels}."""
+            total: int, values: dict, reset: bool = False) -> dict[int, np.ndarray]:
+    """One acquisition of `total` frames over the cluster, this sim's share: {uid: pixels};
+    `reset`: START says a put since the last one resets the image (the control rank's)."""
     params = {**det.values, "AcquireTime": 0.001, "ImageMode": MULTIPLE, "NumImages": total,
               **values}
     count = total
     if numbering is not None:
-        numbering.start(base, seq, bool(det.values["Reset"]))
+        numbering.start(base, seq, reset)
         det.frame_steps = numbering.steps
         count = share(total, numbering.ranks, numbering.index)
     det.prepare(params)
@@ -89,30 +106,56 @@ def acquire(det: SimDetector, numbering: RankNumbering | None, base: int, seq: i
 
 
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("data_type,mode,gain", [("UInt8", LINEAR_RAMP, 40.0),
-                                                 ("Float32", LINEAR_RAMP, 0.7),
-                                                 ("Int16", SINE, 100.0)])
-def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain):
+@pytest.mark.parametrize("data_type,mode,gain,color", [("UInt8", LINEAR_RAMP, 40.0, 0),
+                                                       ("Int8", LINEAR_RAMP, -30.0, 0),
+                                                       ("UInt8", LINEAR_RAMP, 40.0, 1),
+                                                       ("Float32", LINEAR_RAMP, 0.7, 0),
+                                                       ("Int16", SINE, 100.0, 0)])
+def test_frames_made_over_ranks_equal_one_process_frames(ranks, data_type, mode, gain, color):
     """Three acquisitions (5, then 1, then 4 frames after a Reset and a counter set back):
     the ramp/sine moves on across acquisitions and resets at the first frame after the
     reset, whichever rank makes it; UInt8 wraps as one process's adds do, Float32 rounds as
     they do."""
-    values = {"SimMode": mode, "Gain": gain}
+    values = {"SimMode": mode, "Gain": gain, "ColorMode": color}  # 1: RGB1
     one = sim(data_type)
     many = [sim(data_type) for _ in range(ranks)]
     numberings = [RankNumbering(ranks, i) for i in range(ranks)]
     cluster = ClusterNumbering()
-    for base, total, reset in ((0, 5, False), (5, 1, False), (2, 4, True)):
+    for base, total, reset in ((0, 5, True), (5, 1, False), (2, 4, True)):
         if reset:
             for det in (one, *many):
                 det.values["Reset"] = 1
         expected = acquire(one, None, base, 0, total, values)
         got: dict[int, np.ndarray] = {}
         for det, numbering in zip(many, numberings):
-            made = acquire(det, numbering, base, cluster.seq, total, values)
+            made = acquire(det, numbering, base, cluster.seq, total, values, reset)
             assert not set(made) & set(got), "a frame made twice"
             got.update(made)
         cluster.end(base, base + total)
         assert sorted(got) == sorted(expected) == list(range(base + 1, base + 1 + total))
+        for number, pixels in expected.items():
+            np.testing.assert_array_equal(got[number], pixels, err_msg=f"uid {number}")
+
+
+@pytest.mark.parametrize("third_reset", [True, False])
+def test_a_reset_again_after_an_acquisition_a_rank_made_no_frame_of(third_reset):
+    """3 frames; 1 frame after a Reset (rank 0 makes it, rank 1 none: its sim still holds the
+    Reset); 4 frames, after another Reset or none. Rank 1's frames count from the latest
+    reset a put asked for, as one process's do."""
+    values = {"SimMode": LINEAR_RAMP, "Gain": 40.0}
+    one = sim("UInt16")
+    many = [sim("UInt16") for _ in range(2)]
+    numberings = [RankNumbering(2, i) for i in range(2)]
+    cluster = ClusterNumbering()
+    for base, total, reset in ((0, 3, True), (3, 1, True), (4, 4, third_reset)):
+        if reset:
+            for det in (one, *many):
+                det.values["Reset"] = 1
+        expected = acquire(one, None, base, 0, total, values)
+        got: dict[int, np.ndarray] = {}
+        for det, numbering in zip(many, numberings):
+            got.update(acquire(det, numbering, base, cluster.seq, total, values, reset))
+        cluster.end(base, base + total)
+        assert sorted(got) == list(range(base + 1, base + 1 + total))
         for number, pixels in expected.items():
             np.testing.assert_array_equal(got[number], pixels, err_msg=f"uid {number}")

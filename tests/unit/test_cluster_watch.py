@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
+from typing import Any
 
 from ndflow.adcore import DETECTOR_STATES
 from ndflow.cluster.control import Stream
 from ndflow.cluster.dispatch import LookupTable, Reorder
 from ndflow.cluster.views import ClusterStatus
 from ndflow.cluster.watch import Watch
+from ndflow.drivers.fits import FITSDriver
 from ndflow.drivers.sim import SimDetector
 from ndflow.graph import PortGraph
 
@@ -26,6 +28,10 @@ class Runs:
         self.owes = {1, 2}
         self.given_up: dict[int, str] = {}
         self.released: list[int] = []
+        self.holds: set[int] = set()  # processing ranks an acquisition waits to drain
+
+    def holding(self) -> set[int]:
+        return self.holds - set(self.released)
 
     def owing(self) -> set[int]:
         return self.owes - set(self.given_up)
@@ -40,12 +46,15 @@ class Runs:
         self.released.append(rank)
 
 
-def node(now: float) -> SimpleNamespace:
+def node(now: float, workers: tuple[int, ...] = (3,), driver: Any = None) -> SimpleNamespace:
+    """Acquisition ranks 1 and 2 sharing whole frames; `workers` the processing ranks."""
     streams = {a: Stream(LookupTable(), Reorder(WINDOW), last_frame=now) for a in (1, 2)}
-    return SimpleNamespace(lock=threading.Lock(), cluster=SimpleNamespace(window_s=WINDOW),
-                           workers=[3], remote=[1, 2], sent={3: 0}, acked={3: 0},
+    return SimpleNamespace(lock=threading.Lock(),
+                           cluster=SimpleNamespace(window_s=WINDOW, shared=True, partial=False),
+                           workers=list(workers), remote=[1, 2],
+                           sent={w: 0 for w in workers}, acked={w: 0 for w in workers},
                            runs=Runs(), streams=streams, status=ClusterStatus(),
-                           driver=SimDetector("SIM1", "cam1:", PortGraph()))
+                           driver=driver or SimDetector("SIM1", "cam1:", PortGraph()))
 
 
 def silent(n: SimpleNamespace) -> str:
@@ -108,3 +117,49 @@ def test_a_quiet_processing_rank_with_frames_outstanding_is_given_up_on():
     watch.check(5.0)
     assert silent(n) == "3" and n.runs.released == [3]
     assert n.status.values["RanksAnswering_RBV"] == 0
+
+
+def test_a_rank_still_quiet_is_given_up_on_in_the_next_acquisition_too():
+    """Stopped in acquisition A and still stopped when B starts: B must not wait for it."""
+    n = node(0.0)
+    watch = Watch(n)
+    watch.last_heard = {1: 1.4, 2: 0.0, 3: 1.4}
+    watch.check(1.5)
+    assert silent(n) == "2" and set(n.runs.given_up) == {2}
+    n.runs.given_up = {}  # A settled; B starts, START went to both ranks
+    n.streams[1].last_frame = n.streams[2].last_frame = 10.0
+    watch.last_heard.update({1: 10.0, 3: 10.0})
+    watch.check(10.1)
+    assert n.runs.given_up == {2: "acquisition rank 2 stopped answering"}
+    assert silent(n) == "2"
+    assert n.driver.values["StatusMessage_RBV"] == "acquisition rank 2 stopped answering"
+
+
+def test_a_quiet_processing_rank_an_acquisition_waits_to_drain_is_released_every_check():
+    """Acquisition-with-processing (ranks 1 and 2 both): rank 2 keeps its own frames, so none
+    is outstanding at the control rank, but the acquisition waits for its DRAINED; and a later
+    acquisition waits for it again."""
+    n = node(0.0, workers=(1, 2))
+    watch = Watch(n)
+    n.runs.holds = {1, 2}
+    watch.last_heard = {1: 1.4, 2: 0.0}
+    watch.check(1.5)
+    assert silent(n) == "2"
+    assert n.runs.released == [2]
+    assert n.status.values["RanksAnswering_RBV"] == 1
+    n.runs.holds = {1, 2}  # the next acquisition
+    n.runs.released = []
+    watch.last_heard[1] = 3.0
+    watch.check(3.1)
+    assert n.runs.released == [2]
+
+
+def test_a_driver_waiting_for_outside_input_is_never_overdue():
+    """A FITS driver waits for the next file as long as it takes: answering, it is not given
+    up on however long it makes no frame."""
+    n = node(0.0, driver=FITSDriver("FITS1", "cam1:", PortGraph()))
+    n.cluster.shared = False
+    watch = Watch(n)
+    watch.last_heard = {1: 100.0, 2: 100.0, 3: 100.0}
+    watch.check(100.0)
+    assert silent(n) == "" and not n.runs.given_up
