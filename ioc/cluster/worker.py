@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -62,6 +63,10 @@ class WorkerNode:
         self.puts = PutApplier(ioc.graph.ports, self.reporter,
                                lambda answer: self.link.send(self.control, answer))
         self._next_report = 0.0
+        #: held from taking the changes to queueing them: a report taken by one thread (the
+        #: heartbeat) cannot go out after a later message of another (the driver's ACQ_DONE),
+        #: which let Acquire's put complete before the final ArrayCounter arrived
+        self._reporting = threading.Lock()
         self._driver_steps: asyncio.Future | None = None  # the last driver put or START
         self.stopped = asyncio.Event()
 
@@ -147,9 +152,10 @@ class WorkerNode:
         """Send the values that changed (MPI thread, the feeder thread, or the driver's);
         `heartbeat`: even if nothing did, so the control rank knows this rank answers (a rank
         silent for `window_s` while it owes frames is given up on)."""
-        changes = self.reporter.changed()
-        if changes or heartbeat:
-            self.link.send(self.control, {"kind": VALUES, "values": changes})
+        with self._reporting:
+            changes = self.reporter.changed()
+            if changes or heartbeat:
+                self.link.send(self.control, {"kind": VALUES, "values": changes})
 
     def _drained(self, acquisition_id: int) -> None:
         """The acquisition's frames have left every plugin here: the final values first, so
