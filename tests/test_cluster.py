@@ -187,6 +187,19 @@ def check_frames(path: Path, frames: int, acquire_time: float = 0.01) -> np.ndar
         return status
 
 
+def run_continuous_then_stop(p: str, above: int) -> int:
+    """Acquire in Continuous mode until ArrayCounter passes `above`, stop from the control
+    rank: Acquire ends and no frame comes after; the counter where it stopped."""
+    put(p + "cam1:Acquire", 1, wait=False)
+    assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > above, 10)
+    put(p + "cam1:Acquire", 0)
+    assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
+    stopped_at = get(p + "cam1:ArrayCounter_RBV")
+    time.sleep(0.5)
+    assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
+    return stopped_at
+
+
 def test_ophyd_async_count_writes_a_master_file_in_unique_id_order(round_robin, tmp_path):
     """Acceptance 1: SimDetector + HDF writer count([det], num=20) through three ranks."""
     from bluesky import RunEngine
@@ -434,13 +447,7 @@ def test_an_acquisition_rank_other_than_the_control_rank_runs_the_driver(tmp_pat
         assert get(p + "HDF1:ArrayCounter_RBV") == 10  # WaitForPlugins: both ranks done
         assert get(p + "Cluster:FramesInOrder_RBV") == 10
         put(p + "cam1:ImageMode", 2)  # continuous, stopped from the control rank
-        put(p + "cam1:Acquire", 1, wait=False)
-        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > 12, 10)
-        put(p + "cam1:Acquire", 0)
-        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
-        stopped_at = get(p + "cam1:ArrayCounter_RBV")
-        time.sleep(0.5)
-        assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
+        run_continuous_then_stop(p, above=12)
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()

@@ -18,7 +18,7 @@ import pytest
 from ndflow.adcore import DETECTOR_STATES
 from test_acquisition import ramp, wait_for, wrap
 from test_cluster import (MPIEXEC, REPO, ClusterIOC, capture, check_frames, get, put,
-                          rank_process, setup_camera)
+                          rank_process, run_continuous_then_stop, setup_camera)
 
 EXAMPLE = (REPO / "examples" / "cluster-acq2.yml").read_text()
 ATTRS = "/entry/instrument/NDAttributes"
@@ -71,13 +71,7 @@ def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topo
         assert wait_for(lambda: get(p + "cam1:NumImagesCounter_RBV") == 1, 5)
         put(p + "cam1:ImageMode", 2)  # Continuous on both ranks, stopped from the control rank
         put(p + "cam1:AcquirePeriod", 0.02)
-        put(p + "cam1:Acquire", 1, wait=False)
-        assert wait_for(lambda: get(p + "cam1:ArrayCounter_RBV") > 20, 10)
-        put(p + "cam1:Acquire", 0)
-        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 10)
-        stopped_at = get(p + "cam1:ArrayCounter_RBV")
-        time.sleep(0.5)
-        assert get(p + "cam1:ArrayCounter_RBV") == stopped_at
+        run_continuous_then_stop(p, above=20)
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
