@@ -136,7 +136,8 @@ class PVADriver(Driver):
         # --- the acquisition thread's monitor
         self._sub: Any = None
         self._sub_version = -1  # the name version the monitor was opened for
-        self._sub_retry = 0.0  # monotonic time before which it is not reopened
+        self._sub_retry = 0.0  # monotonic time before which it is not reopened...
+        self._retry_version = -1  # ...if PvName is still the one that failed
         self._data = threading.Event()
         self._fresh = True  # the next update is the monitor's first since (re)connecting
         #: a first update with this uniqueId is the frame from before (re)connecting: skipped
@@ -418,8 +419,8 @@ class PVADriver(Driver):
             return self._sub
         if self._sub is not None:  # PvName changed while acquiring
             self._close_sub()
-        if time.monotonic() < self._sub_retry:
-            return None
+        if time.monotonic() < self._sub_retry and self._retry_version == version:
+            return None  # (a new name is tried at once: its first frame is not missed)
         self._open_sub()
         return self._sub
 
@@ -438,7 +439,7 @@ class PVADriver(Driver):
             sub = self._context.monitor(name, self._data.set, request=request)
         except Exception as exc:
             self._say_bad(f"PvName {_short(name)}: cannot monitor: {exc}")
-            self._sub_retry = time.monotonic() + RETRY_S
+            self._sub_retry, self._retry_version = time.monotonic() + RETRY_S, version
             return
         with self._lock:
             self._sub = sub
@@ -448,7 +449,7 @@ class PVADriver(Driver):
             sub, self._sub = self._sub, None
         if retry:
             self._sub_retry = time.monotonic() + RETRY_S
-            self._sub_version = -1
+            self._retry_version, self._sub_version = self._sub_version, -1
         if sub is not None:
             sub.close()
 
