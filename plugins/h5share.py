@@ -108,6 +108,7 @@ class Registry:
         self._lock = threading.Lock()  # the tables below; never held across HDF5 I/O
         self._open: dict[str, SharedFile] = {}
         self._closed: OrderedDict[str, _Closed] = OrderedDict()
+        self._creating = threading.Lock()  # held by the one writer making or reopening a file
 
     def open(self, key: str, owner: str, acquisition: int | None, libver: str,
              create: Opener, reopen: Reopener) -> SharedH5File:
@@ -115,11 +116,27 @@ class Registry:
         acquisition just closed it (and `owner` did not write it), else made with `create`.
         `reopen` opens the existing file read-write (it must be the inode remembered)."""
         while True:
+            joined = self._join(key, owner, acquisition, libver)
+            if joined is not None:
+                return joined
+            # one writer at a time makes or reopens a file: a second h5py.File(path, "w")
+            # while the first is open fails ("unable to truncate a file which is already
+            # open"), which a Table and an HDF1 opening one name together used to hit
+            with self._creating:
+                with self._lock:
+                    if key in self._open:  # another writer made it first: join it
+                        continue
+                    closed = self._closed.get(key)
+                return self._create(key, owner, acquisition, libver, closed, create, reopen)
+
+    def _join(self, key: str, owner: str, acquisition: int | None,
+              libver: str) -> SharedH5File | None:
+        """A share of the open file at `key`; None if it is not open."""
+        while True:
             with self._lock:
                 shared = self._open.get(key)
-                closed = self._closed.get(key) if shared is None else None
             if shared is None:
-                break
+                return None
             with shared.lock:
                 with self._lock:
                     if self._open.get(key) is not shared:
@@ -130,6 +147,11 @@ class Registry:
                     if acquisition is not None:
                         shared.acquisitions.add(acquisition)
                 return SharedH5File(shared, owner, self)
+
+    def _create(self, key: str, owner: str, acquisition: int | None, libver: str,
+                closed: _Closed | None, create: Opener, reopen: Reopener) -> SharedH5File:
+        """The file at `key` made anew, or reopened if a writer of the same acquisition just
+        closed it (`_creating` held)."""
         rejoin = (closed is not None and acquisition is not None
                   and acquisition in closed.acquisitions and owner not in closed.writers
                   and libver == closed.libver)
@@ -140,14 +162,11 @@ class Registry:
             rejoin = False
             file = create()
         shared = SharedFile(key, file, libver, {owner: 1},
-                            set(closed.acquisitions) if rejoin else set(),
-                            set(closed.writers) | {owner} if rejoin else {owner})
+                            set(closed.acquisitions) if rejoin and closed else set(),
+                            set(closed.writers) | {owner} if rejoin and closed else {owner})
         if acquisition is not None:
             shared.acquisitions.add(acquisition)
         with self._lock:
-            if key in self._open:  # another writer opened it between our look and now
-                file.close()
-                return self.open(key, owner, acquisition, libver, create, reopen)
             self._open[key] = shared
             self._closed.pop(key, None)
         return SharedH5File(shared, owner, self)

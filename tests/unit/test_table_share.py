@@ -126,3 +126,42 @@ def test_two_writers_in_threads_lose_no_row(tmp_path):
     with h5py.File(path, "r") as f:
         for i in range(2):
             assert f[f"g{i}/rows"][()].tolist() == list(range(500))
+
+
+def test_two_writers_opening_one_new_file_together_both_get_it(tmp_path):
+    """HDF1 and Table1 told the same name open it at the same moment: one makes the file,
+    the other joins it (a second h5py.File(path, "w") while the first is open fails with
+    "unable to truncate a file which is already open": CI saw it in test_table)."""
+    reg, path = Registry(), tmp_path / "f.h5"
+    create, reopen = openers(path)
+    both_looked = threading.Barrier(2)
+
+    def slow_create():  # both writers have seen no open file before either makes it
+        try:
+            both_looked.wait(timeout=0.5)
+        except threading.BrokenBarrierError:
+            pass  # the other waits for this one to finish making it
+        return create()
+
+    files, errors = {}, []
+
+    def open_as(owner):
+        try:
+            files[owner] = reg.open(str(path), owner, 1, "earliest", slow_create, reopen)
+        except Exception as exc:
+            errors.append(f"{owner}: {exc}")
+
+    threads = [threading.Thread(target=open_as, args=(o,)) for o in ("HDF1", "TABLE1")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    assert reg.holders(str(path)) == {"HDF1": 1, "TABLE1": 1}
+    files["HDF1"].create_dataset("entry/data/data", data=np.arange(3))
+    files["TABLE1"].create_dataset("entry/table/uniqueId", data=[1, 2, 3])
+    for f in files.values():
+        f.close()
+    with h5py.File(path, "r") as f:
+        assert f["entry/data/data"][()].tolist() == [0, 1, 2]
+        assert f["entry/table/uniqueId"][()].tolist() == [1, 2, 3]
