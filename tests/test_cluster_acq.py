@@ -116,8 +116,8 @@ def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(top
     is dropped (counted late), and the next acquisition is whole again.
 
     Acquisition-with-processing (rank 2 processes its own frames): the acquisitions do not
-    wait for its DRAINED either; no file is captured there (a capture's end waits the put
-    timeout for the stopped rank's answer, and the frames it kept are in its own file)."""
+    wait for its DRAINED either; a capture is refused at once, naming the stopped rank (the
+    frames it kept are in its own file, which it cannot close)."""
     text, ranks, _ = TOPOLOGIES[topology]
     files = ranks == 4
     ioc = ClusterIOC(text.replace("window_s: 5.0", "window_s: 1.0"), tmp_path, ranks=ranks)
@@ -179,6 +179,15 @@ def test_a_silent_acquisition_rank_is_reported_and_its_frames_become_missing(top
         else:
             assert wait_for(lambda: get(p + "R1:Stats1:ArrayCounter_RBV") ==
                             frames // 2 + lost_count + 4, 5)
+            # a capture asks every processing rank: the stopped one is not waited for (the
+            # put timeout is 30 s), and the refusal names it
+            for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "refused"),
+                               ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2)]:
+                put(p + "HDF1:" + key, value)
+            put(p + "HDF1:Capture", 1, wait=False)
+            assert wait_for(lambda: "rank 2 stopped answering" in
+                            get(p + "HDF1:WriteMessage", as_string=True), 10)
+            assert get(p + "HDF1:Capture_RBV") == 0
         rank2.resume()
         stopped = None
         assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "", 10)

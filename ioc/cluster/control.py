@@ -53,6 +53,8 @@ log = logging.getLogger("ndflow.cluster")
 #: how long the control rank waits for the processing ranks to answer a mirrored put that
 #: needs an answer (Capture), before it says which rank did not
 PUT_REPLY_TIMEOUT = 30.0
+#: how often a put waiting for the ranks' answers looks whether the rest are all silent
+SILENT_POLL_S = 0.2
 #: driver puts never mirrored: the acquisition is started by START, AcquireBusy follows it
 _NOT_MIRRORED = {"AcquireBusy", "AcquireBusyCB", "ReleaseFrames"}
 
@@ -212,15 +214,24 @@ class ControlNode:
             self._next_reply += 1
             self._replies[token] = (future, {})
         self.mirror(component, name, value, reply=token, complete=complete)
-        try:
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        except asyncio.TimeoutError:
-            pass
+        waiter = asyncio.wrap_future(future)
+        deadline = time.monotonic() + timeout
+        while not waiter.done() and time.monotonic() < deadline:
+            # a rank listed silent is not waited for (its answer would come after the put
+            # timeout): it gets a refusal that names it, at once
+            with self.lock:
+                answered = self._replies[token][1]
+                if all(r in answered or r in self.watch.silent for r in self.workers):
+                    break
+            await asyncio.wait({waiter}, timeout=min(SILENT_POLL_S,
+                                                     max(0.0, deadline - time.monotonic())))
         with self.lock:
             _, answers = self._replies.pop(token)
+            silent = set(self.watch.silent)
         for rank in self.workers:
-            answers.setdefault(rank, {"ok": False, "error": f"rank {rank} did not answer "
-                                      f"within {timeout:g} s"})
+            answers.setdefault(rank, {"ok": False, "error": (
+                f"rank {rank} stopped answering (Cluster:SilentRanks_RBV)" if rank in silent
+                else f"rank {rank} did not answer within {timeout:g} s")})
         return answers
 
     def stop(self) -> None:
