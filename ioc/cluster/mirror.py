@@ -87,10 +87,24 @@ class PutApplier:
         self.ports = ports
         self.reporter = reporter
         self.answer = answer  # sends a reply to the control rank (any thread)
+        self._last: dict[str, asyncio.Future] = {}  # port -> its latest put being applied
 
     def apply(self, header: dict[str, Any]) -> None:
-        """Event loop: apply a mirrored put (in the order they came)."""
-        asyncio.ensure_future(self.put(header))
+        """Event loop: apply a mirrored put in the order they came for its port: it starts
+        once the port's previous put is done, or answered if that one is busy (a put with an
+        awaited check, FilePath, must not be overtaken by the Capture=1 sent after it, which
+        would then see no folder)."""
+        port = header["port"]
+        previous = self._last.get(port)
+        task = asyncio.ensure_future(self._after(previous, header))
+        self._last[port] = task
+        task.add_done_callback(
+            lambda t: self._last.pop(port) if self._last.get(port) is t else None)
+
+    async def _after(self, previous: asyncio.Future | None, header: dict[str, Any]) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous}, timeout=BUSY_PUT_ANSWER)  # a busy one runs on
+        await self.put(header)
 
     async def put(self, header: dict[str, Any]) -> None:
         """Apply a mirrored put; done when it completed (or, for a busy put that asked for an
