@@ -97,20 +97,21 @@ class ProcessingRole:
             self._accept(self.rank, header, item)
 
     def _accept(self, feeder: int, header: dict[str, Any], frame: NDArray) -> None:
+        aid, placeholder = header.get("acq", 0), bool(header.get("gone"))
         with self._lock:
-            if (feeder, header.get("acq", 0)) in self._gone and not header.get("gone"):
+            late = (feeder, aid) in self._gone and not placeholder
+            if late:  # acknowledged (the feeder's credits), not recorded
                 self.acks.add(feeder, frame.unique_id)
                 self.dropped += 1
-                log.warning("rank %d: frame %d of rank %d came after it was given up on: "
-                            "dropped (it is a missing frame already)", self.rank,
-                            frame.unique_id, feeder)
-                return
-        aid = header.get("acq", 0)
-        with self._lock:  # a missing row settled after this rank drained the acquisition
-            ended = header.get("gone") and aid in self._drained_ids  # (not opened again)
+            # a missing row settled after this rank drained the acquisition: not opened again
+            ended = placeholder and aid in self._drained_ids
+        if late:
+            log.warning("rank %d: frame %d of rank %d came after it was given up on: dropped "
+                        "(it is a missing frame already)", self.rank, frame.unique_id, feeder)
+            return
         frame.acquisition = None if ended else self._acquisition(aid, header.get("params"))
         with self._lock:
-            if not header.get("gone"):  # a placeholder for a silent feeder: nobody's credit
+            if not placeholder:  # a placeholder for a silent feeder: nobody's credit
                 self.acks.add(feeder, frame.unique_id)
             if self.assembler is not None:
                 whole = self.assembler.add(frame)

@@ -102,7 +102,9 @@ class NTNDArrayStream:
     complete again)."""
 
     def __init__(self) -> None:
-        self._last: dict[str, Any] | None = None  # the fields of the last update handed out
+        #: the structure fields of the last update handed out (not its pixels: a reference to
+        #: them would hold the previous frame's buffer until the next frame)
+        self._last: dict[str, Any] | None = None
 
     def reset(self) -> None:
         """Make the next update complete."""
@@ -121,7 +123,7 @@ class NTNDArrayStream:
                 if not _same(name, fields[name], last[name]):
                     marked[name] = fields[name]
         value = Value(TYPE, marked)
-        self._last = fields
+        self._last = {name: fields[name] for name in STRUCTURE}
         return value
 
 
