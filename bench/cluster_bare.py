@@ -5,7 +5,9 @@
 
 `transport`: mpi4py Send/Recv of UInt16 1024x1024 frames from rank 0 to rank 1, one buffer each
 side (the ceiling: it stays in the caches), then ROTATING buffers each side (as a pipeline's
-frames in flight are). `algorithm`: rank 0 makes frames (one numpy pass, as the sim) and sends
+frames in flight are), then rotating buffers with rank 0 making each frame before it sends it
+(the sim's own one pass for a LinearRamp, `(col + k)[:, None] + row[None, :]`: ndflow's
+transport case includes its sim making the frames). `algorithm`: rank 0 makes frames (one numpy pass, as the sim) and sends
 them round robin to the other ranks, which receive and run the bench's algorithm (`REPEATS`
 sums of the frame) in-process: with 1 and 2 receiving ranks, the speedup this host allows,
 the ceiling for ndflow's. Waits poll with short sleeps, as ndflow's MPI thread does (MPICH's
@@ -56,17 +58,24 @@ CREDITS_BARE = 4
 def bare(frames: int) -> None:
     """mpi4py Send/Recv of `frames` UInt16 1024x1024 frames, rank 0 -> rank 1: one buffer on
     each side (the ceiling: it stays in the caches), then ROTATING buffers on each side, as
-    frames in flight in a pipeline have (each copy then goes to memory, not cache)."""
+    frames in flight in a pipeline have (each copy then goes to memory, not cache), then the
+    same with rank 0 writing each frame first, as ndflow's transport case has its sim do."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    for case, count in (("transport_bare", 1), ("transport_bare_rotating", ROTATING)):
-        sent = [np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
-                for _ in range(count)]
+    base = np.arange(np.prod(SHAPE), dtype=np.uint16).reshape(SHAPE)
+    col, row = np.arange(SHAPE[0], dtype=np.uint16), np.arange(SHAPE[1], dtype=np.uint16)
+    for case, count, make in (("transport_bare", 1, False),
+                              ("transport_bare_rotating", ROTATING, False),
+                              ("transport_bare_made", ROTATING, True)):
+        sent = [base.copy() for _ in range(count)]
         received = [np.ones_like(sent[0]) for _ in range(count)]
         comm.Barrier()
         began = time.perf_counter()
         for i in range(frames):
             if comm.Get_rank() == 0:
+                if make:  # a new frame, made as the sim makes a LinearRamp frame
+                    np.add((col + np.uint16(i & 0xFFFF))[:, None], row[None, :],
+                           out=sent[i % count])
                 comm.Send(sent[i % count], 1, 5)
             else:
                 comm.Recv(received[i % count], 0, 5)

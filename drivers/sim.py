@@ -397,11 +397,25 @@ class SimDetector(Driver):
             frame = NDArray(out, dims=[*r.dims, NDDimension(channels)], transform=r.transform,
                             channels=self.channel_names[:channels])
         if r.module is not None:
-            for name, value, text in (("ModuleIndex", r.module, "detector module"),
-                                      ("ModuleOffsetX", r.tile_x0, "module's X offset"),
-                                      ("ModuleOffsetY", r.tile_y0, "module's Y offset")):
-                frame.attributes[name] = NDAttribute(name, value, text, AttrSource.DRIVER)
+            frame.attributes.update(_module_attributes(r.module, r.tile_x0, r.tile_y0))
         return frame
+
+    def module_attributes(self, module: int) -> dict[str, NDAttribute]:
+        """Module `module`'s attributes as its rank would give them with the current
+        parameters (the tile's offsets in the frame's region)."""
+        if self.module_grid == (1, 1):
+            return {}
+        region = Region.of(self.values, self._raw.ndim if self._raw is not None else
+                           (2 if int(self.values["ColorMode"]) == 0 else 3))
+        x0, y0, _, _ = module_tile(self.module_grid, module, region.nx, region.ny)
+        return _module_attributes(module, x0, y0)
+
+
+def _module_attributes(module: int, x0: int, y0: int) -> dict[str, NDAttribute]:
+    return {name: NDAttribute(name, value, text, AttrSource.DRIVER)
+            for name, value, text in (("ModuleIndex", module, "detector module"),
+                                      ("ModuleOffsetX", x0, "module's X offset"),
+                                      ("ModuleOffsetY", y0, "module's Y offset"))}
 
 
 def fill_channels(frame: np.ndarray, gain: float, offset: float) -> None:

@@ -142,6 +142,13 @@ class Driver(ArrayPort):
         """The ADCore NDColorMode value of frames made with these parameters."""
         return int(params["ColorMode"])
 
+    def module_attributes(self, module: int) -> dict[str, NDAttribute]:
+        """The NDAttributes a frame of detector `module` carries (partial frames, ndflow.cluster),
+        as made with the current parameters: what a missing frame needs to take that module's
+        place in its file when the rank making the module stopped answering. Empty for a driver
+        without modules."""
+        return {}
+
     def next_unique_id(self) -> int:
         """The next frame's uniqueId (acquisition thread): ArrayCounter + 1. A cluster rank that
         makes every M-th frame numbers its frames as one process would (ndflow.cluster)."""

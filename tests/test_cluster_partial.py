@@ -24,7 +24,7 @@ from ndflow.drivers.fits import FITSDriver
 from ndflow.drivers.sim import SimDetector
 from ndflow.ndarray import FrameStatus, MissingCause
 from test_acquisition import ramp, wait_for, wrap
-from test_cluster import MPIEXEC, ClusterIOC, get, put
+from test_cluster import MPIEXEC, ClusterIOC, get, put, rank_process
 
 ATTRS = "/entry/instrument/NDAttributes"
 WIDTH, HEIGHT = 64, 48
@@ -106,6 +106,86 @@ def test_four_module_ranks_give_a_master_file_with_the_whole_sim_frame(tmp_path)
                 np.testing.assert_array_equal(f["/entry/data/data"][0],
                                               frame(1)[y0:y0 + 24, x0:x0 + 32])
     finally:
+        ioc.stop()
+    assert "Traceback" not in ioc.log(), ioc.log()
+
+
+TWO_MODULES = f"""\
+# 2x1 modules: ranks 1 and 2 make modules 0 and 1, ranks 3 and 4 write them; rank 0 serves the PVs
+prefix: "13SIM1:"
+transports: [ca]
+data_roots: ["/tmp"]
+cluster:
+  control: 0
+  acquisition: [1, 2]
+  processing: [3, 4]
+  window_s: 1.0
+drivers:
+  - type: sim
+    port: SIM1
+    prefix: "cam1:"
+    options: {{max_size_x: {WIDTH}, max_size_y: {HEIGHT}, data_type: UInt16, modules: [2, 1]}}
+plugins:
+  - {{type: hdf5, port: FileHDF1, prefix: "HDF1:", input: SIM1}}
+"""
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason="no mpiexec (pip install ndflow[mpi])")
+def test_a_silent_module_rank_gives_its_module_file_missing_rows_and_the_capture_ends(tmp_path):
+    """The rank making module 1 is stopped (SIGSTOP) mid-acquisition. The frames it owes go to
+    module 1's processing rank as missing rows tagged with the module's attributes, so that
+    rank's capture reaches NumCapture on its own; the master holds every frame in order: whole
+    sim frames until then, missing rows naming module 1 and the stopped rank after."""
+    ioc = ClusterIOC(TWO_MODULES, tmp_path, ranks=5)
+    frames, stopped = 20, None
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
+                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.05), ("ArrayCounter", 0),
+                            ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
+                            ("Reset", 1)]:
+            put(p + "cam1:" + name, value)
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "mod"),
+                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
+                           ("NumCapture", frames), ("AutoIncrement", 0)]:
+            put(p + "HDF1:" + key, value)
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        rank2 = rank_process(ioc, 2)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "R2:cam1:ArrayCounter_RBV") >= 5, 10)
+        rank2.suspend()
+        stopped = rank2
+        assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "2", 10)
+        assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 15), "Acquire did not end"
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
+        with h5py.File(tmp_path / "mod_r4.h5") as f:  # module 1's file: every frame's row
+            assert list(f[f"{ATTRS}/NDArrayUniqueId"][:]) == list(range(1, frames + 1))
+            assert set(f[f"{ATTRS}/ModuleIndex"][:]) == {1}
+            assert set(f[f"{ATTRS}/ModuleOffsetX"][:]) == {32}
+        with h5py.File(tmp_path / "mod.h5") as f:
+            data = f["/entry/data/data"]
+            assert data.shape == (frames, HEIGHT, WIDTH)
+            ids = [int(u) for u in f[f"{ATTRS}/NDArrayUniqueId"][:]]
+            assert ids == list(range(1, frames + 1))
+            status = f[f"{ATTRS}/NDArrayStatus"][:]
+            lost = [u for u, s in zip(ids, status) if s]
+            assert lost and lost == list(range(lost[0], frames + 1)), lost  # from its stop on
+            assert lost[0] > 5
+            for row, uid in enumerate(ids):
+                if not status[row]:
+                    np.testing.assert_array_equal(data[row], frame(uid), err_msg=f"row {row}")
+            missing = f["/entry/ndflow/missing"][:]
+            assert [int(u) for u in missing["unique_id"]] == lost
+            assert set(missing["message"]) == {
+                b"module 1: acquisition rank 2 stopped answering"}
+        assert get(p + "Cluster:FramesInOrder_RBV") == frames
+        rank2.resume()
+        stopped = None
+    finally:
+        if stopped is not None:
+            stopped.resume()
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
 

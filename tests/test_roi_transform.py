@@ -462,3 +462,32 @@ def test_pre_alloc_buffers_fills_the_free_list_with_buffers_of_the_array_size(p)
     assert message == f"PreAllocBuffers: 7 buffers of {size} bytes in the free list", message
     assert wait_until(lambda: read(p + "ROI1:PoolFreeBuffers") == 7)
     assert read(p + "ROI1:PoolUsedMem") >= 7 * size / 2**20 * 0.99
+
+
+@pytest.mark.parametrize("region", [{}, dict(MinX=6, SizeX=40, BinX=2, MinY=3, SizeY=36, BinY=3),
+                                    dict(BinX=2, ReverseX=1, ReverseY=1)])
+def test_a_module_placeholder_carries_the_attributes_its_module_frames_carry(region):
+    """ndflow.cluster sends a silent module rank's frames as placeholders tagged by
+    `module_attributes`: the same ModuleIndex and offsets as that module's real frames."""
+    frames = {}
+    for module in range(4):
+        sim = SimDetector("SIM1", "cam1:", PortGraph(), options=SimOptions(
+            max_size_x=NX, max_size_y=NY, modules=(2, 2)))
+        sim.module = module
+        sim.values.update(AcquireTime=0.001, Reset=1, **region)
+        params = dict(sim.values)
+        sim.prepare(params)
+        frame = sim.produce_frame(FrameContext(Acquisition.start(params), 0, threading.Event()))
+        control = SimDetector("SIM1", "cam1:", PortGraph(), options=SimOptions(
+            max_size_x=NX, max_size_y=NY, modules=(2, 2)))  # the control rank's: no module
+        control.values.update(**region)
+        placeholder = control.module_attributes(module)
+        assert {k: a.value for k, a in placeholder.items()} == \
+            {k: frame.attributes[k].value for k in placeholder}
+        assert set(placeholder) == {"ModuleIndex", "ModuleOffsetX", "ModuleOffsetY"}
+        frames[module] = (int(placeholder["ModuleOffsetX"].value),
+                          int(placeholder["ModuleOffsetY"].value))
+    assert len(set(frames.values())) == 4
+    plain = SimDetector("SIM1", "cam1:", PortGraph(), options=SimOptions(max_size_x=NX,
+                                                                           max_size_y=NY))
+    assert plain.module_attributes(0) == {}  # no modules: no placeholder attributes

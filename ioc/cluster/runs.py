@@ -9,7 +9,8 @@ each is done, held until each processing rank drained them, and settled when a r
 - A rank given up on owes frames: once the others are done, each becomes a missing frame of
   the acquisition with its cause ("acquisition rank 2 stopped answering"), sent as a
   placeholder to a processing rank so every sink records its row (the rank files, hence the
-  master), and the processing ranks hear the rank's end (GONE: a frame it sends for that
+  master; a module's placeholder carries the module's attributes and goes to that module's
+  processing ranks), and the processing ranks hear the rank's end (GONE: a frame it sends for that
   acquisition later is dropped there, counted late here).
 - Stopped (Continuous, or a stop), each rank sharing whole frames ends at its own frame: a
   uniqueId below the highest made that its rank never made becomes a missing frame too
@@ -188,12 +189,21 @@ class Runs:
     def _missing(self, acquisition: Acquisition, rank: int, uids: Owed, message: str,
                  cause: MissingCause, end: bool = True) -> None:
         """Frames `uids` of acquisition rank `rank` become missing (`cause`, `message`), each
-        sent as a placeholder to a processing rank that answers (whole frames) so its sinks
-        record the row; `end`: the rank stopped answering, the processing ranks hear that its
-        part of the acquisition is over (GONE)."""
+        sent as a placeholder to a processing rank that answers so its sinks record the row;
+        `end`: the rank stopped answering, the processing ranks hear that its part of the
+        acquisition is over (GONE).
+
+        Whole frames: to the rank's processing ranks that answer, else to any that does
+        (acquisition-with-processing: the silent rank is its own only target). A module's
+        placeholder carries the module's attributes (its file's rows are tagged with them)
+        and goes only to that module's processing ranks that answer; with none (the module's
+        rank processes it itself) or assembling ranks, the master gives the module's missing
+        row instead."""
         node, cluster = self.node, self.node.cluster
         if not len(uids) and not end:
             return
+        module = cluster.module_of(rank)
+        module_attributes = node.driver.module_attributes(module) if module is not None else {}
         with self.lock:
             stream = node.streams[rank]
             stream.given_up.add(uids)
@@ -201,9 +211,14 @@ class Runs:
             node.given_up += count
             targets = cluster.targets(rank, node.size)
             silent = node.watch.silent
-            # acquisition-with-processing: the silent rank is its own only target
-            answering = [t for t in targets if t not in silent] or \
-                [w for w in node.workers if w not in silent] or targets
+            answering = [t for t in targets if t not in silent]
+            if not cluster.partial:
+                answering = answering or [w for w in node.workers if w not in silent] or targets
+            elif not module_attributes or cluster.assemble:
+                # assembling ranks need each frame's modules on one rank, which a placeholder
+                # sent here need not reach: their flush at the acquisition's end makes those
+                # frames missing instead
+                answering = []
         if count:
             first, last = uids.first_last()
             log.log(logging.ERROR if end else logging.WARNING,
@@ -211,9 +226,9 @@ class Runs:
                     acquisition.id, count, "s" * (count > 1), rank, first, last, message)
         for n, uid in enumerate(uids):
             acquisition.note_lost(uid, failed=False)
-            if not cluster.partial:  # a module placeholder would need its tile: the master
-                # gives a module in no file its missing row instead
+            if answering:
                 frame = NDArray.missing(cause, message)
+                frame.attributes.update(module_attributes)
                 frame.stamp(uid)
                 frame.acquisition = acquisition
                 header = frame_header(frame, -1)
