@@ -134,15 +134,17 @@ plugins:
 def test_a_silent_module_rank_gives_its_module_file_missing_rows_and_the_capture_ends(tmp_path):
     """The rank making module 1 is stopped (SIGSTOP) mid-acquisition. The frames it owes go to
     module 1's processing rank as missing rows tagged with the module's attributes, so that
-    rank's capture reaches NumCapture on its own; the master holds every frame in order: whole
-    sim frames until then, missing rows naming module 1 and the stopped rank after."""
+    rank's capture reaches NumCapture on its own; they become missing while rank 1 goes on (the
+    in-order count passes them before the acquisition ends); the master holds every frame in
+    order: whole sim frames until then, missing rows naming module 1 and the stopped rank
+    after."""
     ioc = ClusterIOC(TWO_MODULES, tmp_path, ranks=5)
-    frames, stopped = 20, None
+    frames, stopped = 60, None
     try:
         ioc.wait_ready()
         p = ioc.prefix
         for name, value in [("DataType", UINT16), ("SimMode", LINEAR_RAMP), ("Gain", 1.0),
-                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.05), ("ArrayCounter", 0),
+                            ("AcquireTime", 0.01), ("AcquirePeriod", 0.1), ("ArrayCounter", 0),
                             ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
                             ("Reset", 1)]:
             put(p + "cam1:" + name, value)
@@ -158,6 +160,8 @@ def test_a_silent_module_rank_gives_its_module_file_missing_rows_and_the_capture
         rank2.suspend()
         stopped = rank2
         assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "2", 10)
+        assert wait_for(lambda: get(p + "Cluster:FramesInOrder_RBV") > 20, 10)
+        assert get(p + "R1:cam1:ArrayCounter_RBV") < frames  # while rank 1 still acquires
         assert wait_for(lambda: get(p + "cam1:AcquireBusy") == 0, 15), "Acquire did not end"
         assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 0, 20), "capture did not end"
         with h5py.File(tmp_path / "mod_r4.h5") as f:  # module 1's file: every frame's row

@@ -68,8 +68,8 @@ What MPI does not give: a rank that dies takes the job down (hydra, MPICH's mpie
 every rank); a rank that stops answering (stopped, hung) is not noticed by MPICH, its messages
 just wait: the control rank finds it by its silence (`watch`: every rank reports at least every
 `report_interval_s`), lists it on `Cluster:SilentRanks_RBV`, and makes its frames missing with
-the cause: a processing rank's outstanding ones at once, an acquisition rank's owed ones when
-the others are done (`runs`: sent as placeholders so every sink records their rows; the driver
+the cause: a processing rank's outstanding ones at once, an acquisition rank's owed ones as
+the others make theirs (`runs`: sent as placeholders so every sink records their rows; the driver
 shows Error), but it cannot be replaced while the job runs. If it answers again it leaves the
 list, and what it still sends for that acquisition is dropped, counted late. User algorithms
 still run in supervised children inside each rank, so their crashes never reach MPI.

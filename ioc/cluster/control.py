@@ -395,3 +395,4 @@ class ControlNode:
         self._next_check = now + 0.05
         self._pop_ordered()
         self.watch.check(now)
+        self.runs.settle_gone(now)

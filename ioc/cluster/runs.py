@@ -6,7 +6,8 @@ each is done, held until each processing rank drained them, and settled when a r
   put-completion with WaitForPlugins covers every rank; the other acquisition ranks get START
   (with, for shared whole frames, the uniqueId base and image position: `numbering`) and the
   acquisition is over when each said ACQ_DONE, or was given up on (`give_up`, from `watch`).
-- A rank given up on owes frames: once the others are done, each becomes a missing frame of
+- A rank given up on owes frames: as the others go on (up to the highest uniqueId they made,
+  `settle_gone`, every second) and once they are done, each becomes a missing frame of
   the acquisition with its cause ("acquisition rank 2 stopped answering"), sent as a
   placeholder to a processing rank so every sink records its row (the rank files, hence the
   master; a module's placeholder carries the module's attributes and goes to that module's
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ndflow.cluster")
 
+#: how often, at most, the frames a silent acquisition rank owes are settled while the others
+#: go on making theirs
+SETTLE_EVERY_S = 1.0
+
 
 class Runs:
     def __init__(self, node: "ControlNode") -> None:
@@ -52,6 +57,10 @@ class Runs:
         self._acquired_event = threading.Event()
         self._gone: dict[int, dict[int, str]] = {}  # id -> {acquisition rank given up on: why}
         self._highest: dict[int, int] = {}  # id -> the highest uniqueId a rank said it made
+        #: silent acquisition rank -> the highest uniqueId up to which its owed frames were
+        #: made missing in the current acquisition (`settle_gone`)
+        self._settled: dict[int, int] = {}
+        self._next_settle = 0.0
         self.numbering = ClusterNumbering()
         self.current: Acquisition | None = None
         self.base = 0  # ArrayCounter when the current acquisition started
@@ -80,6 +89,7 @@ class Runs:
                     stream.seen.reset(self.base + 1, 1)
                 stream.given_up.clear()
                 stream.last_frame = now
+            self._settled.clear()
             fault, self.fault = self.fault, ""
         if fault and node.acquisition is None:  # the first acquisition rank's state again
             first = self._by_rank.get(node.remote[0], {}) if node.remote else {}
@@ -161,7 +171,8 @@ class Runs:
         else:  # all of them, as one process would have made them
             upto = self.base + total
         for rank, why in gone:
-            self._missing(acquisition, rank, self._owed(rank, upto), why, MissingCause.TIMEOUT)
+            self._missing(acquisition, rank, self._unsettled(rank, upto), why,
+                          MissingCause.TIMEOUT)
         if node.cluster.shared and (total is None or node.driver._stop_event.is_set()):
             # each rank stopped at its own frame: the uniqueIds below the highest made that
             # its rank never made are missing frames too (as one process, every one counts)
@@ -180,14 +191,48 @@ class Runs:
     def _owed(self, rank: int, upto: int) -> Owed:
         """Acquisition rank `rank`'s uniqueIds of the current acquisition up to `upto` not
         seen sent or received."""
+        with self.lock:
+            return self._owed_locked(rank, upto)
+
+    def _owed_locked(self, rank: int, upto: int) -> Owed:
         cluster = self.node.cluster
         ranks, index = (len(cluster.acquisition), cluster.acquisition.index(rank)) \
             if cluster.shared else (1, 0)
+        return owed(self.base, ranks, index, upto, self.node.streams[rank].seen)
+
+    def _unsettled(self, rank: int, upto: int) -> Owed:
+        """What silent rank `rank` owes up to `upto` that `settle_gone` did not make missing
+        yet; from now on settled."""
         with self.lock:
-            return owed(self.base, ranks, index, upto, self.node.streams[rank].seen)
+            owes = self._owed_locked(rank, upto)
+            after = self._settled.get(rank, 0)
+            span = owes.span
+            if span and after >= span.start:
+                span = span[(after - span.start) // span.step + 1:]
+            self._settled[rank] = max(after, upto)
+            return Owed(span, {u for u in owes.seen if u in span})
+
+    def settle_gone(self, now: float) -> None:
+        """(MPI thread) While the other acquisition ranks go on, the frames a silent one owes
+        up to the highest uniqueId they made become missing now (at most every
+        SETTLE_EVERY_S), not when the acquisition ends: in a long acquisition the in-order
+        prefix (FramesInOrder_RBV, the consumers in order) moves on past them."""
+        if now < self._next_settle:
+            return
+        self._next_settle = now + SETTLE_EVERY_S
+        with self.lock:
+            current = self.current
+            gone = dict(self._gone.get(current.id, {})) if current is not None else {}
+            made = [s.seen.highest for r, s in self.node.streams.items() if r not in gone]
+        upto = max((h for h in made if h is not None), default=None)
+        if not gone or upto is None:
+            return
+        for rank, why in sorted(gone.items()):
+            self._missing(current, rank, self._unsettled(rank, upto), why,
+                          MissingCause.TIMEOUT, end=False, level=logging.DEBUG)
 
     def _missing(self, acquisition: Acquisition, rank: int, uids: Owed, message: str,
-                 cause: MissingCause, end: bool = True) -> None:
+                 cause: MissingCause, end: bool = True, level: int | None = None) -> None:
         """Frames `uids` of acquisition rank `rank` become missing (`cause`, `message`), each
         sent as a placeholder to a processing rank that answers so its sinks record the row;
         `end`: the rank stopped answering, the processing ranks hear that its part of the
@@ -221,7 +266,7 @@ class Runs:
                 answering = []
         if count:
             first, last = uids.first_last()
-            log.log(logging.ERROR if end else logging.WARNING,
+            log.log(level or (logging.ERROR if end else logging.WARNING),
                     "acquisition %d: %d frame%s of acquisition rank %d missing (%d..%d): %s",
                     acquisition.id, count, "s" * (count > 1), rank, first, last, message)
         for n, uid in enumerate(uids):

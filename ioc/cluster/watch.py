@@ -8,7 +8,7 @@ given up on at every check while it stays quiet (an acquisition started since ow
   frames it was sent time out at once (missing, "rank N stopped answering") and the
   acquisitions no longer wait for its DRAINED;
 - an acquisition rank in a running acquisition it has not ended: the acquisition no longer
-  waits for it, and the frames it owes become missing when the others are done (`runs`);
+  waits for it, and the frames it owes become missing as the others make theirs (`runs`);
   DetectorState_RBV goes to Error and StatusMessage_RBV names the rank. A rank that answers but
   whose frames are overdue (none said sent or received for twice the window plus the time a
   frame takes it: its driver hangs) is given up on alike, and stays listed until a frame of it
