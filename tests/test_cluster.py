@@ -150,9 +150,10 @@ def setup_camera(p: str, size_x: int = 1024, size_y: int = 1024,
 
 
 def capture(p: str, folder: Path, name: str, frames: int, extra: dict | None = None,
-            acquire_time: float = 0.01) -> Path:
+            acquire_time: float = 0.01, acquire_period: float = 0.0) -> Path:
     """Stream `frames` frames into HDF1 through the cluster; returns the master file."""
     setup_camera(p, acquire_time=acquire_time)
+    put(p + "cam1:AcquirePeriod", acquire_period)
     for plugin in ("Stats1:", "HDF1:"):
         put(p + plugin + "EnableCallbacks", 1)
     for key, value in [("FilePath", str(folder) + "/"), ("FileName", name),

@@ -38,15 +38,20 @@ TOPOLOGIES = {"2 acquisition + 1 processing": (EXAMPLE, 4, {3: list(range(1, 12)
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_two_acquisition_ranks_share_whole_frames_as_one_process_makes_them(topology, tmp_path):
     """11 frames over ranks 1 and 2 (6 and 5): the master holds 11 frames equal to the sim
-    formula in uniqueId order, each uniqueId once; the driver's facade counts as one IOC."""
+    formula in uniqueId order, each uniqueId once, their timestamps rising with them (each rank
+    at 2 x AcquirePeriod, rank 2 starting one period after rank 1); the driver's facade counts
+    as one IOC."""
     text, ranks, files = TOPOLOGIES[topology]
     ioc = ClusterIOC(text, tmp_path, ranks=ranks)
     try:
         ioc.wait_ready()
         p = ioc.prefix
         put(p + "cam1:WaitForPlugins", 1)
-        master = capture(p, tmp_path, "shared", 11)
+        master = capture(p, tmp_path, "shared", 11, acquire_period=0.05)
         assert not check_frames(master, 11).any()  # 11 valid rows, uniqueIds 1..11 in order
+        with h5py.File(master) as f:  # frames 50 ms apart, as from one process
+            stamps = f[f"{ATTRS}/NDArrayTimeStamp"][:]
+        assert (np.diff(stamps) > 0.01).all(), np.diff(stamps)
         for rank, ids in files.items():  # each processing rank's own file
             with h5py.File(tmp_path / f"shared_r{rank}.h5") as f:
                 assert sorted(f[f"{ATTRS}/NDArrayUniqueId"][:]) == ids

@@ -22,6 +22,7 @@ whose share is no frame ends the acquisition at once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from ..state import RunState
 from .common import ACQ_DONE, DISPATCHED
 from .config import ClusterConfig
 from .dispatch import CreditDispatch, RoundRobin
-from .numbering import RankNumbering, rank_settings
+from .numbering import RankNumbering, rank_settings, stagger
 from .wire import ACQ_END, frame_header
 
 log = logging.getLogger("ndflow.cluster")
@@ -209,6 +210,7 @@ class AcquisitionRole:
         `reset`: a put since the last START resets the image at that frame (this rank's own
         Reset may be an older one, from an acquisition it made no frame of)."""
         d = self.driver
+        delay = 0.0
         if d.acquiring:
             log.error("rank %d: acquisition %d asked while %d runs: ignored", self.rank,
                       acquisition_id, d.acquisition.id if d.acquisition else 0)
@@ -225,6 +227,7 @@ class AcquisitionRole:
             self._shown[acquisition_id] = dict(settings)
             while len(self._shown) > 8:
                 self._shown.pop(next(iter(self._shown)))
+            delay = stagger(settings, self.numbering.ranks, self.numbering.index)
             settings.update(changes)
         d.acquiring = True
         d._stop_event.clear()
@@ -234,7 +237,10 @@ class AcquisitionRole:
         d.set("Acquire", 1)
         self.begin(acquisition)
         acquisition.acquired.add_done_callback(lambda _: self._done(acquisition))
-        d._starts.put(acquisition)
+        if delay > 0:  # its place among the cluster's frames (a stop meanwhile ends it at once)
+            asyncio.get_running_loop().call_later(delay, d._starts.put, acquisition)
+        else:
+            d._starts.put(acquisition)
 
     def _nothing(self, acquisition_id: int, failed: bool) -> None:
         """This rank makes nothing of `acquisition_id`: its processing ranks must not wait."""

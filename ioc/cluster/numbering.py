@@ -9,7 +9,9 @@ their uniqueIds and (for the sim) their pixels are the ones a single process wou
   would), so rank i's k-th frame is `base + 1 + i + k*M` (`uid`);
 - NumImages N is split: rank i makes the j < N with j % M == i, ceil/floor shares that add up
   to N (`share`); Single mode is N = 1 (rank 0 makes it) and Continuous has no end;
-- each rank is paced at M x AcquirePeriod, so the cluster keeps AcquirePeriod (`rank_settings`);
+- each rank is paced at M x AcquirePeriod, so the cluster keeps AcquirePeriod (`rank_settings`),
+  and rank i starts i/M of a rank's frame time after rank 0 (`stagger`), so the frames come
+  evenly spaced and their timestamps rise with their uniqueIds, as from one process;
 - an image that moves on every frame (the sim's LinearRamp and Sine) moves on by the frames the
   other ranks made in between (`RankNumbering.steps`). The position is `seq`, the number of
   frames the cluster made since the IOC started (the control rank adds each acquisition's
@@ -42,6 +44,15 @@ def wanted(settings: Mapping[str, Any]) -> int | None:
 def uid(base: int, ranks: int, index: int, k: int) -> int:
     """The uniqueId of rank `index`'s k-th frame (0-based) of an acquisition after `base`."""
     return base + 1 + index + k * ranks
+
+
+def stagger(settings: Mapping[str, Any], ranks: int, index: int) -> float:
+    """Seconds rank `index` of `ranks` waits before its first frame: its place among the
+    cluster's frames, index x the cluster's frame time (a rank's, max(AcquireTime,
+    ranks x AcquirePeriod), over `ranks`)."""
+    exposure = max(0.0, float(settings.get("AcquireTime", 0.0)))
+    period = max(0.0, float(settings.get("AcquirePeriod", 0.0)))
+    return index * max(exposure, ranks * period) / ranks
 
 
 def rank_settings(settings: Mapping[str, Any], ranks: int, index: int) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ import pytest
 
 from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
                                       GivenUp, RankNumbering, Seen, owed, rank_settings, share,
-                                      uid)
+                                      stagger, uid)
 from ndflow.driver import FrameContext
 from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
 from ndflow.graph import PortGraph
@@ -39,6 +39,21 @@ def test_each_rank_runs_its_share_at_m_times_the_period():
     assert rank_settings(single, 3, 0) == {"AcquirePeriod": pytest.approx(0.3)}
     assert rank_settings(single, 3, 1) is None and rank_settings(single, 3, 2) is None
     assert rank_settings({**settings, "ImageMode": CONTINUOUS}, 2, 1) == {"AcquirePeriod": 0.2}
+
+
+def test_the_ranks_start_staggered_so_their_frames_come_evenly_spaced():
+    """Rank i starts i cluster frame times after rank 0: with M ranks each taking T per frame,
+    frame j (rank j % M, its (j // M)-th) starts at j * T / M, as from one process."""
+    for settings in ({"AcquireTime": 0.01, "AcquirePeriod": 0.1},
+                     {"AcquireTime": 0.05, "AcquirePeriod": 0.0},
+                     {"AcquireTime": 0.3, "AcquirePeriod": 0.1}):
+        ranks = 3
+        rank_time = max(settings["AcquireTime"], ranks * settings["AcquirePeriod"])
+        starts = sorted(stagger(settings, ranks, j % ranks) + (j // ranks) * rank_time
+                        for j in range(9))
+        assert np.allclose(np.diff(starts), rank_time / ranks), settings
+        assert stagger(settings, ranks, 0) == 0.0
+    assert stagger({"AcquireTime": 0.0, "AcquirePeriod": 0.0}, 2, 1) == 0.0  # free-running
 
 
 def test_a_silent_rank_owes_its_frames_not_seen():
