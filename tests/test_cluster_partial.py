@@ -25,6 +25,7 @@ from ndflow.drivers.sim import SimDetector
 from ndflow.ndarray import FrameStatus, MissingCause
 from test_acquisition import ramp, wait_for, wrap
 from test_cluster import MPIEXEC, ClusterIOC, get, put, rank_process
+from test_cluster_acq import hdf_capture
 
 ATTRS = "/entry/instrument/NDAttributes"
 WIDTH, HEIGHT = 64, 48
@@ -148,12 +149,7 @@ def test_a_silent_module_rank_gives_its_module_file_missing_rows_and_the_capture
                             ("WaitForPlugins", 1), ("ImageMode", 1), ("NumImages", frames),
                             ("Reset", 1)]:
             put(p + "cam1:" + name, value)
-        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "mod"),
-                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2),
-                           ("NumCapture", frames), ("AutoIncrement", 0)]:
-            put(p + "HDF1:" + key, value)
-        put(p + "HDF1:Capture", 1, wait=False)
-        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        hdf_capture(p, tmp_path, "mod", frames)
         rank2 = rank_process(ioc, 2)
         put(p + "cam1:Acquire", 1, wait=False)
         assert wait_for(lambda: get(p + "R2:cam1:ArrayCounter_RBV") >= 5, 10)
