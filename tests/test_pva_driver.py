@@ -288,11 +288,6 @@ def test_a_plain_p4p_server_frame_is_received(cam, source):
 
 
 # --- connection -------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="in 2 of the last 3 full CI runs (never alone, ~2 s there) the driver "
-                   "did not see the restarted source server within 15 s. Suspected: the test "
-                   "session's shared UDP search port (SO_REUSEPORT hands a unicast beacon or "
-                   "search to one of the sockets bound to it) plus PVXS's search backoff; "
-                   "not yet fixed", strict=False)
 def test_server_gone_sets_down_and_frames_flow_when_it_returns(cam, source):
     p = cam
     acquire(p, "Continuous")
@@ -356,10 +351,6 @@ def test_gaps_in_unique_id_are_overruns_and_a_restart_is_not(cam, source):
 
 
 # --- bad input --------------------------------------------------------------------------------
-@pytest.mark.xfail(reason="race seen once under two test workers: after PvName is switched back "
-                   "while acquiring, PvConnection_RBV says Up (the link monitor) before the "
-                   "frame monitor is subscribed, so a frame posted 0.3 s later can be missed",
-                   strict=False)
 def test_bad_pv_names_give_a_status_and_the_driver_carries_on(cam, source):
     p = cam
     # not an NTNDArray
