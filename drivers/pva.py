@@ -119,16 +119,17 @@ class PVADriver(Driver):
                             "SDKVersion_RBV": _p4p_version()})
         self._context: Any = None  # p4p.client.raw.Context, made in start()
         self._name = self.options.pv_name  # the PV both monitors read
-        #: bumped by each PvName change and each renewal of the PV's channel by the link: the
-        #: frame monitor is reopened when it changes
-        self._name_version = 0
+        self._name_version = 0  # bumped by each PvName change
+        self._renewals = 0  # bumped by each renewal of the PV's channel by the link
         self._lock = threading.Lock()  # the subscriptions, the name
         self._quit = threading.Event()
         self._connection = Connection(self._show_connection)
         self._link: Link | None = None  # made in start()
         # --- the acquisition thread's monitor
         self._sub: Any = None
-        self._sub_version = -1  # the name version the monitor was opened for
+        #: (name version, renewals) the monitor was opened for: reopened when they change
+        self._sub_version = (-1, -1)
+        self._opened_name = -1  # the name version a monitor was last opened for
         self._sub_retry = 0.0  # monotonic time before which it is not reopened...
         self._retry_version = -1  # ...if PvName is still the one that failed
         self._data = threading.Event()
@@ -190,7 +191,7 @@ class PVADriver(Driver):
         """The link renewed the PV's channel (left disconnected): the frame monitor, still on
         the old one, is reopened on the new one by the acquisition thread."""
         with self._lock:
-            self._name_version += 1
+            self._renewals += 1
             self._connection.frame_monitor_replaced()
         self._data.set()
 
@@ -202,7 +203,9 @@ class PVADriver(Driver):
         connected now, PvConnection_RBV stays Up meanwhile (no Down/Up at each Acquire=1); on
         one that is not, it shows Up once this monitor has its first update."""
         self._bad = ""
-        self._open_sub()
+        with self._lock:
+            name = self._name
+        self._open_sub(self._link.seen_id(name) if self._link is not None else None)
         self._connection.frame_monitor(self._connection.probe_up)
         deadline = time.monotonic() + FIRST_UPDATE_S
         while self._sub is not None and not self._data.is_set() \
@@ -238,7 +241,7 @@ class PVADriver(Driver):
                 continue
             if self._connection.frames is False:  # subscribed: the server sends what follows
                 with self._lock:  # (unless PvName changed since this monitor was opened)
-                    if self._sub_version == self._name_version:
+                    if self._sub_version == (self._name_version, self._renewals):
                         self._connection.frame_monitor(True)
             try:
                 frame = self._frame_of(item)
@@ -315,27 +318,35 @@ class PVADriver(Driver):
 
     # --- the full monitor -------------------------------------------------------------------------
     def _current_sub(self) -> Any:
-        """The monitor of the current PvName, (re)opened if the name changed or the server
-        ended the previous one; None while there is no name, or waiting to retry."""
+        """The monitor of the current PvName, (re)opened if the name changed, the link renewed
+        the channel or the server ended the previous one; None while there is no name, or
+        waiting to retry, or (a new name) waiting for the probe to hear from a server."""
         with self._lock:
-            version = self._name_version
+            name, version = self._name, (self._name_version, self._renewals)
         if self._sub is not None and self._sub_version == version:
             return self._sub
-        if self._sub is not None:  # PvName changed, or the link renewed the channel: Down
-            self._close_sub(live=False)  # until the new monitor's first update
-        if time.monotonic() < self._sub_retry and self._retry_version == version:
+        if self._sub is not None:  # Down until the new monitor's first update
+            self._close_sub(live=False)
+        if time.monotonic() < self._sub_retry and self._retry_version == version[0]:
             return None  # (a new name is tried at once: its first frame is not missed)
-        self._open_sub()
+        if version[0] != self._opened_name:  # a new name
+            # opened once the probe has the PV's value: it is then known as the one posted
+            # before (skipped), whichever monitor is told first
+            if self._link is not None and not self._link.answered(name):
+                return None
+            skip = self._link.seen_id(name) if self._link is not None else None
+        else:  # the same PV again: its value is the frame we took last, unless a new one
+            skip = self._last_id if self._last_id is not None else self._skip_id
+        self._open_sub(skip)
         return self._sub
 
-    def _open_sub(self) -> None:
+    def _open_sub(self, skip_id: int | None) -> None:
+        """Open the frame monitor; its first update is skipped if its uniqueId is `skip_id`."""
         with self._lock:
-            name, version = self._name, self._name_version
+            name, version = self._name, (self._name_version, self._renewals)
         self._close_sub(live=self._connection.frames)  # (its state is the caller's to say)
-        # the PV's value now is the last frame posted before: the probe saw its uniqueId
-        seen = self._link.seen_id if self._link is not None else None
-        self._fresh, self._skip_id, self._last_id = True, seen, None
-        self._sub_version = version
+        self._fresh, self._skip_id, self._last_id = True, skip_id, None
+        self._sub_version, self._opened_name = version, version[0]
         self._data.clear()
         if not name or self._context is None:
             return
@@ -344,7 +355,7 @@ class PVADriver(Driver):
             sub = self._context.monitor(name, self._data.set, request=request)
         except Exception as exc:
             self._say_bad(f"PvName {_short(name)}: cannot monitor: {exc}")
-            self._sub_retry, self._retry_version = time.monotonic() + RETRY_S, version
+            self._sub_retry, self._retry_version = time.monotonic() + RETRY_S, version[0]
             return
         with self._lock:
             self._sub = sub
@@ -358,7 +369,7 @@ class PVADriver(Driver):
         self._connection.frame_monitor(live)
         if retry:
             self._sub_retry = time.monotonic() + RETRY_S
-            self._retry_version, self._sub_version = self._sub_version, -1
+            self._retry_version, self._sub_version = self._sub_version[0], (-1, -1)
         if sub is not None:
             sub.close()
 

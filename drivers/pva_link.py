@@ -95,7 +95,10 @@ class Link:
         self._quit = threading.Event()
         self._probe: Any = None
         self._said = ""  # the last warning (each said once, not at every retry)
-        self.seen_id: int | None = None  # the latest uniqueId the probe saw
+        #: (name, uniqueId) of the probe's latest update: a server answered for that name
+        self._seen: tuple[str, int | None] | None = None
+        self._wanted: str | None = None  # the name asked for last (the thread may lag)
+        self._lock = threading.Lock()  # the name asked for, and what is said of it
         self.thread = threading.Thread(target=self._loop, name=f"{port}-pva", daemon=True)
 
     def start(self, name: str) -> None:
@@ -103,8 +106,23 @@ class Link:
         self.rename(name)
 
     def rename(self, name: str) -> None:
+        """Read `name` from now on (any thread): Down at once, so that a client waiting for Up
+        after changing PvName never sees the previous PV's."""
+        with self._lock:
+            self._wanted, self._seen = name, None
+            self._connection.probe(False)
         self._names.put(name)
         self._wake.set()
+
+    def answered(self, name: str) -> bool:
+        """Whether the probe has had an update (or a refusal) from a server for `name`."""
+        seen = self._seen
+        return seen is not None and seen[0] == name
+
+    def seen_id(self, name: str) -> int | None:
+        """The uniqueId of the probe's latest update for `name`: the frame the PV holds."""
+        seen = self._seen
+        return seen[1] if seen is not None and seen[0] == name else None
 
     def stop(self) -> None:
         self._quit.set()
@@ -134,9 +152,6 @@ class Link:
             if renamed or (self._probe is None and name and now >= retry):
                 self._close_probe()
                 found, opened, down_since = False, now, now
-                if renamed:  # a retry keeps what is known (no Down/Up flapping)
-                    self.seen_id = None
-                    self._connection.probe(False)
                 if not name:
                     self._message("no PvName: not reading any PV", logging.INFO)
                     continue
@@ -197,31 +212,39 @@ class Link:
             if item is None:
                 return False
             if isinstance(item, Finished):
-                self._connection.probe(False)
+                self._tell(name, False)
                 self._say(f"PV {short(name)}: the server closed it")
                 return True
             if isinstance(item, Disconnected):
-                if self._connection.probe_up:
+                if self._tell(name, False):
                     self._message(f"PV {short(name)} disconnected; waiting for it to return",
                                   logging.WARNING)
-                self._connection.probe(False)
                 continue
             if isinstance(item, RemoteError):
                 # the channel exists (a server answered) but has no uniqueId: not a frame PV
-                self._connection.probe(True)
+                self._tell(name, True, None)
                 self._say(f"PV {short(name)} is not an NTNDArray (no uniqueId field: {item})")
                 return True
             if isinstance(item, Exception):
                 self._say(f"PV {short(name)}: {type(item).__name__}: {item}")
                 return True
             uid = item.get("uniqueId")
-            if isinstance(uid, int):
-                self.seen_id = uid
-            if not self._connection.probe_up:
+            if self._tell(name, True, uid if isinstance(uid, int) else None) is False:
                 self._said = ""
                 self._message(f"PV {short(name)} connected", logging.INFO)
-                self._connection.probe(True)
         return False
+
+    def _tell(self, name: str, up: bool, uid: int | None = None) -> bool | None:
+        """The probe's news of `name`, unless PvName has changed since (it is about the
+        previous PV: None). `uid`: the frame the PV holds (when up). Whether it was up."""
+        with self._lock:
+            if name != self._wanted:
+                return None
+            was = self._connection.probe_up
+            if up:
+                self._seen = (name, uid)
+            self._connection.probe(up)
+            return was
 
     def _say(self, text: str) -> None:
         """A warning about the PV, said once until something changes (the link retries every

@@ -183,3 +183,37 @@ def test_a_source_restarted_while_the_client_hurries_its_searches_is_found_in_se
     finally:
         acq.end()
         other.stop()
+
+
+def test_the_new_pvs_frame_from_before_a_name_change_is_not_taken_when_the_link_is_slow(
+        driver, source, monkeypatch):
+    """After PvName changes while acquiring, the new PV's value (posted before the change) is
+    not a frame of this acquisition, whichever of the two monitors sees it first: here the
+    link thread is late (a loaded machine) and the frame monitor opens before the probe."""
+    from ndflow.drivers import pva_link
+    drain = pva_link.Link._drain
+
+    def late(self, name):
+        if name == B:
+            time.sleep(0.3)
+        return drain(self, name)
+
+    monkeypatch.setattr(pva_link.Link, "_drain", late)
+    acq = Acquiring(driver)
+    try:
+        driver.put_PvName(B)  # B holds frame 3, posted before
+        assert wait_for(lambda: up(driver))
+        source.pvs[B].post(frame(7))
+        assert wait_for(lambda: 7 in [f.unique_id for f in acq.frames])
+        time.sleep(0.1)
+        assert [f.unique_id for f in acq.frames] == [7]
+    finally:
+        acq.end()
+
+
+def test_pv_connection_is_down_as_soon_as_pv_name_changes(driver, source):
+    """A client that waits for Up after writing PvName must not see the previous PV's Up (it
+    would acquire before the new PV's value is known, and take that value as a frame)."""
+    driver.put_PvName(B)
+    assert not up(driver)
+    assert wait_for(lambda: up(driver))
