@@ -38,7 +38,9 @@ Deliberate differences from pvaDriver:
   it, not a new one: it is skipped when its uniqueId is the latest one already seen (pvaDriver
   takes it). So Acquire=1 in Single mode waits for the next frame the source posts. Acquire=1
   waits (up to FIRST_UPDATE_S) for that first update before the detector shows Acquire, so a
-  client that starts its source once it sees Acquire loses no frame.
+  client that starts its source once it sees Acquire loses no frame. When PvName changes while
+  acquiring, the new frame monitor opens once the link's monitor has the new PV's value (the one
+  skipped), and PvConnection_RBV is Down from the write until the new monitor is live.
 - A frame with no dataTimeStamp and no timeStamp (p4p's wrap) is stamped with its arrival time.
 - An update that is not a readable frame (not an NTNDArray, a booleanValue, sizes that disagree)
   is skipped with a status message naming the PV and the reason, and counted nowhere else.
