@@ -12,9 +12,11 @@ binning, data type and colour mode of the latest frame show on the ADBase readba
 pvaDriver sets them.
 
 Threads. p4p (PVXS) calls our monitor handlers in its own threads; a handler only sets an Event.
-- The link thread (`<port>-pva`) owns the PV name and a small monitor of the PV's `uniqueId`
-  alone, always open while a name is set: it tells connection (PvConnection_RBV, a status on
-  disconnect, "not found", "not an NTNDArray") whether or not we acquire.
+- The link thread (`<port>-pva`, ndflow.drivers.pva_link) owns a small monitor of the PV's
+  `uniqueId` alone, always open while a name is set: it tells connection (a status on
+  disconnect, "not found", "not an NTNDArray") whether or not we acquire, and renews a channel
+  left disconnected so that a restarted source is found within seconds. PvConnection_RBV is Up
+  when that monitor is connected and, while acquiring, the frame monitor is live (pva_link).
 - The acquisition thread (the base Driver's) opens the full monitor when an acquisition starts,
   pops updates in `produce_frame`, converts each (`ndflow.pva.ntndarray_in.from_value`) and copies
   the pixels into a pool buffer (the one copy, as pvaDriver's memcpy); it closes the monitor when
@@ -36,7 +38,9 @@ Deliberate differences from pvaDriver:
   it, not a new one: it is skipped when its uniqueId is the latest one already seen (pvaDriver
   takes it). So Acquire=1 in Single mode waits for the next frame the source posts. Acquire=1
   waits (up to FIRST_UPDATE_S) for that first update before the detector shows Acquire, so a
-  client that starts its source once it sees Acquire loses no frame.
+  client that starts its source once it sees Acquire loses no frame. When PvName changes while
+  acquiring, the new frame monitor opens once the link's monitor has the new PV's value (the one
+  skipped), and PvConnection_RBV is Down from the write until the new monitor is live.
 - A frame with no dataTimeStamp and no timeStamp (p4p's wrap) is stamped with its arrival time.
 - An update that is not a readable frame (not an NTNDArray, a booleanValue, sizes that disagree)
   is skipped with a status message naming the PV and the reason, and counted nowhere else.
@@ -45,7 +49,6 @@ Deliberate differences from pvaDriver:
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from typing import Any
@@ -62,14 +65,9 @@ from ndflow.ndarray import MissingCause, NDArray, xyz_dims
 from ndflow.params import R, RW, enum_param, int_param, text_param
 from ndflow.pool import NoMemory
 
+from .pva_link import DOWN, RETRY_S, Connection, Link, short as _short
+
 PV_NAME_LENGTH = 256  # the PvName waveform's NELM
-DOWN, UP = 0, 1
-#: the link's monitor: the uniqueId alone (a few bytes per frame), enough to tell connection
-PROBE_REQUEST = "field(uniqueId)"
-#: a name nobody answers for this long is reported as not found (searching goes on)
-NOT_FOUND_AFTER_S = 2.0
-#: after the server ended or refused a monitor, wait this long before asking again
-RETRY_S = 1.0
 WAIT_S = 0.1  # how often a waiting thread looks at its stop flag
 #: how long Acquire=1 waits for a reachable PV's current value before acquiring regardless
 FIRST_UPDATE_S = 2.0
@@ -124,18 +122,16 @@ class PVADriver(Driver):
         self._context: Any = None  # p4p.client.raw.Context, made in start()
         self._name = self.options.pv_name  # the PV both monitors read
         self._name_version = 0  # bumped by each PvName change
+        self._renewals = 0  # bumped by each renewal of the PV's channel by the link
         self._lock = threading.Lock()  # the subscriptions, the name
-        # --- the link thread
-        self._commands: queue.SimpleQueue[str] = queue.SimpleQueue()
-        self._link_wake = threading.Event()
         self._quit = threading.Event()
-        self._link: threading.Thread | None = None
-        self._probe: Any = None
-        self._seen_id: int | None = None  # the latest uniqueId the probe saw
-        self._link_said = ""  # the link's last status (each said once, not at every retry)
+        self._connection = Connection(self._show_connection)
+        self._link: Link | None = None  # made in start()
         # --- the acquisition thread's monitor
         self._sub: Any = None
-        self._sub_version = -1  # the name version the monitor was opened for
+        #: (name version, renewals) the monitor was opened for: reopened when they change
+        self._sub_version = (-1, -1)
+        self._opened_name = -1  # the name version a monitor was last opened for
         self._sub_retry = 0.0  # monotonic time before which it is not reopened...
         self._retry_version = -1  # ...if PvName is still the one that failed
         self._data = threading.Event()
@@ -151,25 +147,22 @@ class PVADriver(Driver):
         from p4p.client.raw import Context
         # useenv=True: the raw Context would otherwise ignore EPICS_PVA_* (addresses, ports)
         self._context = Context("pva", nt=False, useenv=True)
-        self._link = threading.Thread(target=self._link_loop, name=f"{self.port}-pva",
-                                      daemon=True)
-        self._link.start()
-        self._commands.put(self._name)
-        self._link_wake.set()
+        self._link = Link(self.port, self._context, self._connection, self.message,
+                          self._renewed, self.log)
+        self._link.start(self._name)
         if self.options.acquire_at_start:
             self._begin()
 
     def threads(self) -> list[threading.Thread]:
-        return super().threads() + ([self._link] if self._link is not None else [])
+        return super().threads() + ([self._link.thread] if self._link is not None else [])
 
     def shutdown(self) -> None:
         self._quit.set()
-        self._link_wake.set()
         self._data.set()
         super().shutdown()
         self._close_sub()
         if self._link is not None:
-            self._link.join(timeout=5)
+            self._link.stop()
         if self._context is not None:
             self._context.close()
             self._context = None
@@ -182,129 +175,40 @@ class PVADriver(Driver):
         with self._lock:
             self._name = name
             self._name_version += 1
-        self._commands.put(name)
-        self._link_wake.set()
+            self._connection.frame_monitor_replaced()
+        if self._link is not None:  # (before start(), start() opens the probe on it)
+            self._link.rename(name)
         self._data.set()  # an acquisition waiting on the old PV reopens on this one
         return name
 
     def put_OverrunCounter(self, value: int) -> int:
         return value  # stored; counting goes on from it (0 resets), as an asyn parameter
 
-    # --- the link thread: connection, whatever the acquisition --------------------------------
-    def _link_loop(self) -> None:
-        name, opened, found, retry = "", 0.0, False, 0.0
-        while not self._quit.is_set():
-            self._link_wake.wait(0.5)
-            self._link_wake.clear()
-            if self._quit.is_set():
-                break
-            renamed = False
-            while True:
-                try:
-                    name = self._commands.get_nowait()
-                    renamed = True
-                except queue.Empty:
-                    break
-            now = time.monotonic()
-            if renamed:
-                self._link_said = ""
-            if renamed or (self._probe is None and name and now >= retry):
-                self._close_probe()
-                found, opened = False, now
-                if renamed:  # a retry keeps what is known (no Down/Up flapping)
-                    self._seen_id = None
-                    self._set_connection(DOWN)
-                if not name:
-                    self.message("no PvName: not reading any PV")
-                    continue
-                if not self._open_probe(name):
-                    retry = now + RETRY_S
-                    continue
-                if renamed:
-                    self.message(f"searching for {_short(name)}")
-            try:
-                ended = self._drain_probe(name)
-            except Exception as exc:  # never let the link thread die
-                self.log.error("%s: PV link: %s: %s", self.prefix, type(exc).__name__, exc)
-                ended = True
-            if ended:
-                self._close_probe()
-                retry = time.monotonic() + RETRY_S
-            if self.values["PvConnection_RBV"] == UP:
-                found = True
-            elif name and not found and time.monotonic() - opened >= NOT_FOUND_AFTER_S:
-                found = True  # said once per name
-                self.message(f"PV {_short(name)} not found (no server answers; still searching)",
-                             logging.WARNING)
-        self._close_probe()
-
-    def _open_probe(self, name: str) -> bool:
-        try:
-            self._probe = self._context.monitor(name, self._link_wake.set,
-                                                request=PROBE_REQUEST)
-            return True
-        except Exception as exc:  # a name p4p cannot even ask for
-            self._say_link(f"PvName {_short(name)}: cannot monitor: {exc}")
-            return False
-
-    def _close_probe(self) -> None:
-        probe, self._probe = self._probe, None
-        if probe is not None:
-            probe.close()
-
-    def _drain_probe(self, name: str) -> bool:
-        """Pop everything the probe holds; True if the monitor ended (to be reopened)."""
-        from p4p.client.raw import Disconnected, Finished, RemoteError
-        probe = self._probe
-        while probe is not None:
-            item = probe.pop()
-            if item is None:
-                return False
-            if isinstance(item, Finished):
-                self._set_connection(DOWN)
-                self._say_link(f"PV {_short(name)}: the server closed it")
-                return True
-            if isinstance(item, Disconnected):
-                if self.values["PvConnection_RBV"] == UP:
-                    self.message(f"PV {_short(name)} disconnected; waiting for it to return",
-                                 logging.WARNING)
-                self._set_connection(DOWN)
-                continue
-            if isinstance(item, RemoteError):
-                # the channel exists (a server answered) but has no uniqueId: not a frame PV
-                self._set_connection(UP)
-                self._say_link(f"PV {_short(name)} is not an NTNDArray (no uniqueId field: {item})")
-                return True
-            if isinstance(item, Exception):
-                self._say_link(f"PV {_short(name)}: {type(item).__name__}: {item}")
-                return True
-            if self.values["PvConnection_RBV"] != UP:
-                self._set_connection(UP)
-                self._link_said = ""
-                self.message(f"PV {_short(name)} connected")
-            uid = item.get("uniqueId")
-            if isinstance(uid, int):
-                self._seen_id = uid
-        return False
-
-    def _say_link(self, text: str) -> None:
-        """A warning about the PV, said once until something changes (the link retries every
-        second; the log and the status should not)."""
-        if text != self._link_said:
-            self._link_said = text
-            self.message(text, logging.WARNING)
-
-    def _set_connection(self, state: int) -> None:
+    # --- connection ------------------------------------------------------------------------------
+    def _show_connection(self, state: int) -> None:
         if self.values["PvConnection_RBV"] != state:
             self.set("PvConnection_RBV", state)
+
+    def _renewed(self) -> None:
+        """The link renewed the PV's channel (left disconnected): the frame monitor, still on
+        the old one, is reopened on the new one by the acquisition thread."""
+        with self._lock:
+            self._renewals += 1
+            self._connection.frame_monitor_replaced()
+        self._data.set()
 
     # --- the acquisition thread: frames ---------------------------------------------------------
     def prepare(self, settings: dict[str, Any]) -> None:
         """Open the monitor and wait (up to FIRST_UPDATE_S, stoppable) for its first update, the
         PV's value now: once the detector shows Acquire, every frame the source posts is a new
-        update of a live monitor (a source started right after Acquire=1 loses none)."""
+        update of a live monitor (a source started right after Acquire=1 loses none). On a PV
+        connected now, PvConnection_RBV stays Up meanwhile (no Down/Up at each Acquire=1); on
+        one that is not, it shows Up once this monitor has its first update."""
         self._bad = ""
-        self._open_sub()
+        with self._lock:
+            name = self._name
+        self._open_sub(self._link.seen_id(name) if self._link is not None else None)
+        self._connection.frame_monitor(self._connection.probe_up)
         deadline = time.monotonic() + FIRST_UPDATE_S
         while self._sub is not None and not self._data.is_set() \
                 and not self._stop_event.is_set() and time.monotonic() < deadline:
@@ -327,15 +231,20 @@ class PVADriver(Driver):
             if item is None:
                 self._data.wait(WAIT_S)
                 continue
-            if isinstance(item, Disconnected):  # the link thread reports it
+            if isinstance(item, Disconnected):  # the link thread says it
                 # no gap is counted across the outage; the frame we had is not taken again
                 self._fresh, self._skip_id, self._last_id = True, self._last_id, None
+                self._connection.frame_monitor(False)
                 continue
             if isinstance(item, (Finished, RemoteError)) or isinstance(item, Exception):
-                self._close_sub(retry=True)
+                self._close_sub(live=False, retry=True)
                 if isinstance(item, RemoteError):
                     self._say_bad(f"PV {_short(self._name)}: server error: {item}")
                 continue
+            if self._connection.frames is False:  # subscribed: the server sends what follows
+                with self._lock:  # (unless PvName changed since this monitor was opened)
+                    if self._sub_version == (self._name_version, self._renewals):
+                        self._connection.frame_monitor(True)
             try:
                 frame = self._frame_of(item)
             except NoMemory as exc:  # its place is kept; the acquisition's end still counts it
@@ -411,26 +320,35 @@ class PVADriver(Driver):
 
     # --- the full monitor -------------------------------------------------------------------------
     def _current_sub(self) -> Any:
-        """The monitor of the current PvName, (re)opened if the name changed or the server
-        ended the previous one; None while there is no name, or waiting to retry."""
+        """The monitor of the current PvName, (re)opened if the name changed, the link renewed
+        the channel or the server ended the previous one; None while there is no name, or
+        waiting to retry, or (a new name) waiting for the probe to hear from a server."""
         with self._lock:
-            version = self._name_version
+            name, version = self._name, (self._name_version, self._renewals)
         if self._sub is not None and self._sub_version == version:
             return self._sub
-        if self._sub is not None:  # PvName changed while acquiring
-            self._close_sub()
-        if time.monotonic() < self._sub_retry and self._retry_version == version:
+        if self._sub is not None:  # Down until the new monitor's first update
+            self._close_sub(live=False)
+        if time.monotonic() < self._sub_retry and self._retry_version == version[0]:
             return None  # (a new name is tried at once: its first frame is not missed)
-        self._open_sub()
+        if version[0] != self._opened_name:  # a new name
+            # opened once the probe has the PV's value: it is then known as the one posted
+            # before (skipped), whichever monitor is told first
+            if self._link is not None and not self._link.answered(name):
+                return None
+            skip = self._link.seen_id(name) if self._link is not None else None
+        else:  # the same PV again: its value is the frame we took last, unless a new one
+            skip = self._last_id if self._last_id is not None else self._skip_id
+        self._open_sub(skip)
         return self._sub
 
-    def _open_sub(self) -> None:
+    def _open_sub(self, skip_id: int | None) -> None:
+        """Open the frame monitor; its first update is skipped if its uniqueId is `skip_id`."""
         with self._lock:
-            name, version = self._name, self._name_version
-        self._close_sub()
-        # the PV's value now is the last frame posted before: the probe saw its uniqueId
-        self._fresh, self._skip_id, self._last_id = True, self._seen_id, None
-        self._sub_version = version
+            name, version = self._name, (self._name_version, self._renewals)
+        self._close_sub(live=self._connection.frames)  # (its state is the caller's to say)
+        self._fresh, self._skip_id, self._last_id = True, skip_id, None
+        self._sub_version, self._opened_name = version, version[0]
         self._data.clear()
         if not name or self._context is None:
             return
@@ -439,25 +357,23 @@ class PVADriver(Driver):
             sub = self._context.monitor(name, self._data.set, request=request)
         except Exception as exc:
             self._say_bad(f"PvName {_short(name)}: cannot monitor: {exc}")
-            self._sub_retry, self._retry_version = time.monotonic() + RETRY_S, version
+            self._sub_retry, self._retry_version = time.monotonic() + RETRY_S, version[0]
             return
         with self._lock:
             self._sub = sub
 
-    def _close_sub(self, retry: bool = False) -> None:
+    def _close_sub(self, live: bool | None = None, retry: bool = False) -> None:
+        """Close the frame monitor. `live`: the connection state it leaves (None: the
+        acquisition ends, PvConnection_RBV follows the probe; False: Down until a new monitor
+        has its first update)."""
         with self._lock:
             sub, self._sub = self._sub, None
+        self._connection.frame_monitor(live)
         if retry:
             self._sub_retry = time.monotonic() + RETRY_S
-            self._retry_version, self._sub_version = self._sub_version, -1
+            self._retry_version, self._sub_version = self._sub_version[0], (-1, -1)
         if sub is not None:
             sub.close()
-
-
-def _short(name: str, limit: int = 60) -> str:
-    """A PV name as status messages show it: a long one is cut, so the message's reason still
-    fits StatusMessage_RBV."""
-    return name if len(name) <= limit else f"{name[:limit - 3]}..."
 
 
 def _p4p_version() -> str:
