@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster_bare import run_bare, run_bare_algorithm  # this folder (run as a script)
+from ndflow.cluster import single_copy
 from ndflow.ports import free_port_pair
 
 HERE = Path(__file__).resolve().parent
@@ -389,6 +390,7 @@ def main() -> None:
                                             "transport_bare_rotating"),
         "transport_vs_bare_made": ratio(results, "transport_ndflow", "transport_bare_made"),
         "transport_vs_driver_alone": ratio(results, "transport_ndflow", "driver_alone"),
+        "single_copy": single_copy.enable(dict(os.environ)),  # MPICH's CMA, both sides
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "targets": {"speedup_2_vs_1_rank": 1.8, "transport_vs_bare_mpi4py": 0.8}}), flush=True)
 

@@ -31,8 +31,14 @@ SHAPE = (1024, 1024)
 
 
 def _launch(procs: int, *args: object) -> list[dict]:
+    """The bare ranks under the same MPI settings as ndflow's (its single-copy choice)."""
+    from ndflow.cluster import single_copy
+
+    env = dict(os.environ)
+    single_copy.enable(env)
     out = subprocess.run([str(MPIEXEC), "-n", str(procs), sys.executable, __file__,
-                          *map(str, args)], capture_output=True, text=True, timeout=300)
+                          *map(str, args)], capture_output=True, text=True, timeout=300,
+                         env=env)
     lines = [json.loads(ln) for ln in out.stdout.splitlines() if ln.startswith("{")]
     if not lines:
         raise RuntimeError(out.stdout + out.stderr)

@@ -124,6 +124,9 @@ def launched_size() -> int:
 def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     """Serve this rank's part of the IOC until stopped (`ndflow run` under mpiexec).
     `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
+    from . import single_copy
+
+    single_copy.enable()  # before MPI starts: frames between ranks of one host in one copy
     from mpi4py import MPI
 
     from .control import ControlNode

@@ -1,0 +1,64 @@
+"""Single-copy frames between ranks on one host: MPICH's CMA, switched on where the kernel allows.
+
+Why: without it MPICH moves a large message between two processes of one host through small
+shared-memory cells, the sender copying in and the receiver copying out, slice by slice, and a
+slice moves only while both processes are in MPI. ndflow's MPI threads sleep between polls (a
+2-core host cannot spare a spinning core), so a 2 MiB frame took one sender wake-up per slice:
+`bench/cluster.py`'s transport case fell from ~2,000 to 4 frames/s on a loaded host. With CMA
+(Linux cross-memory attach, `process_vm_readv`) the receiver copies the frame straight out of
+the sender's memory in one call once it has the header: one copy instead of two, and a sender
+stopped (SIGSTOP) or asleep mid-frame no longer holds the receiver.
+
+MPICH leaves CMA off by default because it needs ptrace permission between the ranks, which
+Yama (`kernel.yama.ptrace_scope` >= 1) or a seccomp profile may refuse: then every large
+transfer fails. So it is switched on only if Yama does not restrict ptrace and a
+`process_vm_readv` of this process's own memory works (seccomp), and never over a value the
+user set (`MPIR_CVAR_CH4_CMA_ENABLE`, MPICH's own variable; 0 turns it off). Must run before
+mpi4py initialises MPI.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+VARIABLE = "MPIR_CVAR_CH4_CMA_ENABLE"
+YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+def cma_allowed() -> bool:
+    """Whether ranks of one user may read each other's memory (Yama, then a probe of the
+    system call itself on this process)."""
+    try:
+        if YAMA.exists() and int(YAMA.read_text().strip() or "0") > 0:
+            return False
+    except (OSError, ValueError):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.process_vm_readv
+    except (OSError, AttributeError):
+        return False
+    source, target = ctypes.create_string_buffer(b"ndflow", 8), ctypes.create_string_buffer(8)
+    local = _IoVec(ctypes.cast(target, ctypes.c_void_p), 8)
+    remote = _IoVec(ctypes.cast(source, ctypes.c_void_p), 8)
+    call.restype = ctypes.c_ssize_t
+    read = call(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    return read == 8 and target.raw[:6] == b"ndflow"
+
+
+def enable(environ: dict[str, str] | None = None) -> bool:
+    """Switch MPICH's CMA on in `environ` (os.environ) unless set already or not allowed;
+    whether it is on."""
+    env = os.environ if environ is None else environ
+    if VARIABLE in env:
+        return env[VARIABLE].strip() not in ("", "0")
+    if not cma_allowed():
+        return False
+    env[VARIABLE] = "1"
+    return True
