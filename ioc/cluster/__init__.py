@@ -31,7 +31,8 @@ Design (DESIGN.md §6; Lima2's MPI layout, `reference/lima2.md`):
 - **Frames dispatched.** On each acquisition rank the driver's delivery is replaced by the
   dispatcher (`acquisition`): each frame goes whole to one of its processing ranks, strict round
   robin over an ordering or by credit (least busy first), as a small pickled header and its
-  pixel buffer with the uppercase (buffer) API (`wire`, `link`). On the processing rank
+  pixel buffer with the uppercase (buffer) API (`wire`, `link`); between ranks of one host
+  in one copy where the kernel allows it (MPICH's CMA, `single_copy`). On the processing rank
   (`processing`) the frame enters the plugin graph through the driver's port, as if that rank's
   driver had made it. Frames of one acquisition carry its id; the rank keeps a copy of the
   acquisition so its plugins and files record it as in one process.
