@@ -3,7 +3,7 @@
 Funnelling every call through one thread needs only MPI_THREAD_SERIALIZED (checked at start;
 MPICH gives MULTIPLE), and keeps MPI's busy-polling out of the IOC's threads. The thread sends
 what other threads queued (`send`, any thread) with non-blocking Isend, so a slow receiver
-never stops it from receiving, and polls for incoming messages with Iprobe, sleeping when idle
+never stops it from receiving, and polls for incoming messages with probes, sleeping when idle
 (MPICH's blocking receive spins a whole core, which a 2-core host cannot spare).
 
 The sleep backs off: 50 us after a message came, four times longer each time up to 5 ms while
@@ -23,6 +23,12 @@ frame rate was the same with either (320-330 frames/s on two ranks).
 A frame is a pickled header then its pixels with the uppercase (buffer) API, same tag, same
 sender: MPI's non-overtaking rule keeps the pair together and, per destination, everything in
 the order it was queued (a put mirrored before a frame reaches the rank before that frame).
+Nothing is received blocking (`inbox`): a message is matched by its probe and received with
+a non-blocking call, a frame's pixels too; a receive not finished at once is tested on later
+turns, and meanwhile nothing more is taken from that sender, each other sender probed on its
+own instead of ANY_SOURCE (a blocking Recv of the pixels held the whole thread as long as a
+stopped sender, so the control rank took the healthy receiver for silent too). A pending
+receive that has not finished keeps the thread on its sleeps, not spinning.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .inbox import Inbox, Incoming
 from .wire import FRAME, TAG
 
 log = logging.getLogger("ndflow.cluster")
@@ -45,6 +52,9 @@ FIRST_SLEEP_S, LONGEST_SLEEP_S, QUIET_SLEEP_S, QUIET_S = 50e-6, 0.005, 0.01, 0.5
 #: each sleep this many times the one before: 50 us, 200 us, 0.8 ms, 3.2 ms, 5 ms (five
 #: wake-ups after a message, not eight as doubling takes)
 BACKOFF = 4
+#: at shutdown, how long a cancelled receive is waited for (MPI may not cancel a receive its
+#: sender has begun to fill)
+CANCEL_WAIT_S = 0.2
 
 
 class Link:
@@ -74,6 +84,13 @@ class Link:
         self._thread: threading.Thread | None = None
         self.sent_frames = 0
         self.sent_bytes = 0
+        self._inbox = Inbox(self.rank)  # frames whose pixels are pending, one per sender
+        self._sources = range(self.size)
+        #: buffers of receives that could not be cancelled at shutdown: MPI may still write
+        #: into them, so they are never freed (nor given back to the pool)
+        self._abandoned: list[Any] = []
+        self._status = MPI.Status()
+        self.last_frame = time.monotonic()  # a frame last sent or received
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"mpi-rank{self.rank}",
@@ -106,28 +123,100 @@ class Link:
     def queued(self) -> int:
         return len(self._out) + len(self._pending)
 
-    def _receive_pixels(self, header: dict[str, Any], source: int,
-                        status: Any) -> np.ndarray | None:
-        """The frame's pixels, the message after its header. If no buffer can be had for them
-        (memory refused, a bad header), they are still taken off the link, into a throwaway
-        buffer (else the next header read would be these bytes), and the frame becomes a
-        missing one with that cause."""
-        try:
-            data = self.buffer_for(header)
-        except Exception as exc:
-            self.comm.Probe(source=source, tag=TAG, status=status)
-            self.comm.Recv(bytearray(status.Get_count(self.MPI.BYTE)), source=source, tag=TAG)
-            header["missing"] = ("NO_MEMORY", f"rank {self.rank}: no buffer for the frame: "
-                                 f"{type(exc).__name__}: {exc}")
-            return None
-        self.comm.Recv(data, source=source, tag=TAG)
-        return data
+    @property
+    def receiving(self) -> int:
+        """Frames whose pixels are pending (their senders may be stopped)."""
+        return len(self._inbox)
+
+    def _take(self, message: Any, source: int) -> None:
+        """Take `source`'s next message (matched by its probe): its header, then for a frame
+        its pixels; handed on once whole, else kept pending (its source blocked)."""
+        incoming = Incoming(source, None, None, request=message.irecv(),
+                            since=time.monotonic())
+        if self._inbox.check(incoming, self._complete):  # mostly at once
+            self._hand_on(incoming)
+        else:
+            self._inbox.add(incoming)
+
+    def _complete(self, incoming: Incoming) -> bool:
+        """Move a message on as far as what has come allows (never waits); True once whole."""
+        if incoming.header is None:
+            done, header = incoming.request.test()
+            if not done:
+                return False
+            incoming.header, incoming.request = header, None
+            if header.get("kind") != FRAME or "dtype" not in header:
+                return True  # a header alone
+            self.last_frame = time.monotonic()
+            try:
+                incoming.data = self.buffer_for(header)
+                incoming.request = self.comm.Irecv(incoming.data, source=incoming.source,
+                                                   tag=TAG)
+            except Exception as exc:
+                # no buffer can be had (memory refused, a bad header): the pixels are still
+                # taken off the link, into a throwaway buffer sized by their probe (else the
+                # next header read would be these bytes), and the frame becomes missing
+                incoming.data = None
+                incoming.fail("NO_MEMORY", f"rank {self.rank}: no buffer for the frame: "
+                              f"{type(exc).__name__}: {exc}")
+        if incoming.request is None:  # a throwaway buffer: its size comes with the probe
+            status = self._status
+            if not self.comm.Iprobe(incoming.source, TAG, status):
+                return False
+            incoming.data = bytearray(status.Get_count(self.MPI.BYTE))
+            incoming.request = self.comm.Irecv(incoming.data, source=incoming.source, tag=TAG)
+        return bool(incoming.request.Test())
+
+    def _hand_on(self, incoming: Incoming) -> None:
+        if incoming.header is not None:  # None: a message lost to an MPI error (said)
+            self.on_message(incoming.source, incoming.header, incoming.pixels)
+
+    def _cancel(self, incoming: Incoming) -> bool:
+        """Shutdown: cancel a pending receive; True if the frame's pixels came in after all (a
+        header that comes after all is not read: the message is said lost)."""
+        request = incoming.request
+        if request is None:
+            return False
+        request.Cancel()
+        status = self.MPI.Status()
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while not request.Test(status):
+            if time.monotonic() > deadline:  # being filled: MPI may still write into it
+                self._abandoned.append((request, incoming.data))
+                return False
+            time.sleep(0.001)
+        return incoming.header is not None and not status.Is_cancelled()
+
+    def _receive(self) -> bool:
+        """Take every message come from a sender not blocked by a pending one; True if any
+        was taken or handed on."""
+        comm, status, inbox = self.comm, self._status, self._inbox
+        got = False
+        if inbox:
+            for incoming in inbox.poll(self._complete, time.monotonic()):
+                self._hand_on(incoming)
+                got = True
+        while not inbox:  # the common case: one probe for every sender
+            message = comm.improbe(self.MPI.ANY_SOURCE, TAG, status)
+            if message is None:
+                break
+            self._take(message, status.Get_source())
+            got = True
+        if inbox:  # a sender is blocked: probe the others one by one (ANY_SOURCE would
+            # take its next message, which must wait for the pending one)
+            for source in inbox.open(self._sources):
+                while not inbox.blocked(source):
+                    message = comm.improbe(source, TAG, status)
+                    if message is None:
+                        break
+                    self._take(message, source)
+                    got = True
+        return got
 
     def _run(self) -> None:
         MPI, comm = self.MPI, self.comm
-        status = MPI.Status()
         sleep = FIRST_SLEEP_S
-        last_frame = time.monotonic()
+        self.last_frame = time.monotonic()
         while not self._stop.is_set():
             busy = received = False
             try:
@@ -138,22 +227,14 @@ class Link:
                         buffer = np.ascontiguousarray(data)
                         requests.append(comm.Isend(buffer, dest, TAG))
                         self.sent_frames += 1
-                        last_frame = time.monotonic()
+                        self.last_frame = time.monotonic()
                         self.sent_bytes += buffer.nbytes
                         data = (data, buffer)
                     self._pending.append((requests, data))
                     busy = True
                 if self._pending:
                     self._pending = [p for p in self._pending if not MPI.Request.Testall(p[0])]
-                while comm.Iprobe(MPI.ANY_SOURCE, TAG, status):
-                    source = status.Get_source()
-                    header = comm.recv(source=source, tag=TAG)
-                    data = None
-                    if header.get("kind") == FRAME and "dtype" in header:
-                        data = self._receive_pixels(header, source, status)
-                        last_frame = time.monotonic()
-                    self.on_message(source, header, data)
-                    busy = received = True
+                received = self._receive()
                 if self.on_idle is not None:
                     self.on_idle()
             except Exception as exc:  # a bug in a handler: said, and the link keeps going
@@ -162,7 +243,18 @@ class Link:
             if received:  # more may follow: look again soon
                 sleep = FIRST_SLEEP_S
             elif not busy and not self._out:
+                # pixels still pending count as idle: the sleep backs off as for no message
                 self._wake.acquire(True, sleep)  # returns early when `send` releases it
-                longest = QUIET_SLEEP_S if time.monotonic() - last_frame >= QUIET_S else \
-                    LONGEST_SLEEP_S
+                longest = QUIET_SLEEP_S if time.monotonic() - self.last_frame >= QUIET_S \
+                    else LONGEST_SLEEP_S
                 sleep = min(BACKOFF * sleep, longest)
+        self._shut_receives()
+
+    def _shut_receives(self) -> None:
+        """The thread ends: a frame whose pixels are pending becomes a missing one (dropped,
+        the cause says why), handed on as every frame is, so none goes unaccounted."""
+        for incoming in self._inbox.cancel_all(self._cancel):
+            try:
+                self._hand_on(incoming)
+            except Exception as exc:
+                log.error("rank %d: MPI thread: %s: %s", self.rank, type(exc).__name__, exc)
