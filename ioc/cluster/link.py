@@ -242,8 +242,10 @@ class Link:
                 log.debug("traceback", exc_info=True)
             if received:  # more may follow: look again soon
                 sleep = FIRST_SLEEP_S
+            elif self._inbox.moving(time.monotonic()):
+                time.sleep(0)  # MPI moves it only when called: again at once (the GIL let go)
             elif not busy and not self._out:
-                # pixels still pending count as idle: the sleep backs off as for no message
+                # a message pending longer counts as idle: its sender is likely stopped
                 self._wake.acquire(True, sleep)  # returns early when `send` releases it
                 longest = QUIET_SLEEP_S if time.monotonic() - self.last_frame >= QUIET_S \
                     else LONGEST_SLEEP_S

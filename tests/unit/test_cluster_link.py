@@ -84,6 +84,19 @@ def test_a_message_pending_past_the_stall_time_is_said_once_and_when_it_comes(ca
     assert caplog.records[-1].getMessage() == "rank 2: frame 7 from rank 1 came in full after 3.0 s"
 
 
+def test_only_a_young_pending_message_is_polled_without_sleeping():
+    """Without CMA a large message moves only while both sides call MPI, so one just begun
+    is polled at once; one pending longer is likely its stopped sender's, and waits on the
+    thread's sleeps."""
+    inbox = Inbox(rank=2)
+    assert not inbox.moving(now=10.0)
+    inbox.add(frame(1, 7))  # since 10.0
+    assert inbox.moving(now=10.1, spin_s=0.25)
+    assert not inbox.moving(now=10.3, spin_s=0.25)
+    inbox.add(Incoming(3, None, None, since=10.2))
+    assert inbox.moving(now=10.3, spin_s=0.25)  # the younger one
+
+
 def test_shutdown_cancels_every_pending_message_and_each_frame_not_come_is_missing():
     inbox = Inbox(rank=2)
     for source, uid in ((0, 5), (1, 6), (3, 7)):
