@@ -31,7 +31,8 @@ log = logging.getLogger("ndflow.cluster")
 #: a frame's pixels pending this long are said (once): their sender is stopped or hung. A
 #: frame's transfer takes milliseconds; the control rank's silence window is seconds.
 STALL_S = 1.0
-#: a message pending less than this is taken to be moving: the link polls it without sleeping.
+#: a receive posted for a message come (its probe saw it) less than this long ago is taken to
+#: be moving: the link polls it without sleeping.
 #: Without CMA (MPICH reading the sender's memory directly, which needs ptrace rights) a 2 MiB
 #: message crosses shared memory in about 260 slices, each moved only while both sides call
 #: MPI: polled with even 50 us sleeps it takes 37 ms instead of 0.24 (mpi4py, this host). With
@@ -51,7 +52,8 @@ class Incoming:
     data: Any
     keep: bool = True
     request: Any = None  # the receive, once posted
-    since: float = 0.0  # when the header came
+    since: float = 0.0  # when its header was probed
+    posted: float | None = None  # when the receive in progress was posted (its message came)
     said: bool = False  # its long wait was logged
 
     def fail(self, cause: str, message: str) -> None:
@@ -85,8 +87,10 @@ class Inbox:
         return len(self._waiting)
 
     def moving(self, now: float, spin_s: float = SPIN_S) -> bool:
-        """Whether a pending message is young enough to be polled without sleeping."""
-        return any(now - i.since < spin_s for i in self._waiting.values())
+        """Whether a receive is under way, posted for a message that came, recently enough to
+        be polled without sleeping (pixels not sent yet are not moving)."""
+        return any(i.request is not None and i.posted is not None and now - i.posted < spin_s
+                   for i in self._waiting.values())
 
     def blocked(self, source: int) -> bool:
         """Whether nothing more may be taken from `source` (its pixels are pending)."""

@@ -27,8 +27,10 @@ Nothing is received blocking (`inbox`): a message is matched by its probe and re
 a non-blocking call, a frame's pixels too; a receive not finished at once is tested on later
 turns, and meanwhile nothing more is taken from that sender, each other sender probed on its
 own instead of ANY_SOURCE (a blocking Recv of the pixels held the whole thread as long as a
-stopped sender, so the control rank took the healthy receiver for silent too). A pending
-receive that has not finished keeps the thread on its sleeps, not spinning.
+stopped sender, so the control rank took the healthy receiver for silent too). A receive
+posted for a message come is polled without sleeping for a while (`inbox.SPIN_S`: without
+CMA, MPICH moves a large message only while both sides call MPI), then on the sleeps as when
+idle; pixels not sent yet (the probe shows nothing) leave the thread on its sleeps.
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ class Link:
         self._thread: threading.Thread | None = None
         self.sent_frames = 0
         self.sent_bytes = 0
-        self._inbox = Inbox(self.rank)  # frames whose pixels are pending, one per sender
+        self._inbox = Inbox(self.rank)  # messages not in full yet, one per sender at most
         self._sources = range(self.size)
         #: buffers of receives that could not be cancelled at shutdown: MPI may still write
         #: into them, so they are never freed (nor given back to the pool)
@@ -125,21 +127,24 @@ class Link:
 
     @property
     def receiving(self) -> int:
-        """Frames whose pixels are pending (their senders may be stopped)."""
+        """Messages not in full yet, mostly frames' pixels (their senders may be stopped)."""
         return len(self._inbox)
 
     def _take(self, message: Any, source: int) -> None:
         """Take `source`'s next message (matched by its probe): its header, then for a frame
         its pixels; handed on once whole, else kept pending (its source blocked)."""
-        incoming = Incoming(source, None, None, request=message.irecv(),
-                            since=time.monotonic())
+        now = time.monotonic()
+        incoming = Incoming(source, None, None, request=message.irecv(), since=now,
+                            posted=now)
         if self._inbox.check(incoming, self._complete):  # mostly at once
             self._hand_on(incoming)
         else:
             self._inbox.add(incoming)
 
     def _complete(self, incoming: Incoming) -> bool:
-        """Move a message on as far as what has come allows (never waits); True once whole."""
+        """Move a message on as far as what has come allows (never waits); True once whole.
+        A frame's pixels are received once their probe shows them come (a receive posted
+        before would look the same whether they move or their sender has not sent them)."""
         if incoming.header is None:
             done, header = incoming.request.test()
             if not done:
@@ -150,21 +155,20 @@ class Link:
             self.last_frame = time.monotonic()
             try:
                 incoming.data = self.buffer_for(header)
-                incoming.request = self.comm.Irecv(incoming.data, source=incoming.source,
-                                                   tag=TAG)
             except Exception as exc:
                 # no buffer can be had (memory refused, a bad header): the pixels are still
-                # taken off the link, into a throwaway buffer sized by their probe (else the
-                # next header read would be these bytes), and the frame becomes missing
-                incoming.data = None
+                # taken off the link, into a throwaway buffer of their size (else the next
+                # header read would be these bytes), and the frame becomes missing
                 incoming.fail("NO_MEMORY", f"rank {self.rank}: no buffer for the frame: "
                               f"{type(exc).__name__}: {exc}")
-        if incoming.request is None:  # a throwaway buffer: its size comes with the probe
+        if incoming.request is None:
             status = self._status
             if not self.comm.Iprobe(incoming.source, TAG, status):
-                return False
-            incoming.data = bytearray(status.Get_count(self.MPI.BYTE))
+                return False  # not sent yet
+            if incoming.data is None:  # the throwaway buffer
+                incoming.data = bytearray(status.Get_count(self.MPI.BYTE))
             incoming.request = self.comm.Irecv(incoming.data, source=incoming.source, tag=TAG)
+            incoming.posted = time.monotonic()
         return bool(incoming.request.Test())
 
     def _hand_on(self, incoming: Incoming) -> None:

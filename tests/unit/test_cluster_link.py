@@ -84,17 +84,20 @@ def test_a_message_pending_past_the_stall_time_is_said_once_and_when_it_comes(ca
     assert caplog.records[-1].getMessage() == "rank 2: frame 7 from rank 1 came in full after 3.0 s"
 
 
-def test_only_a_young_pending_message_is_polled_without_sleeping():
-    """Without CMA a large message moves only while both sides call MPI, so one just begun
-    is polled at once; one pending longer is likely its stopped sender's, and waits on the
-    thread's sleeps."""
+def test_only_a_receive_just_posted_for_a_message_come_is_polled_without_sleeping():
+    """Without CMA a large message moves only while both sides call MPI, so a receive just
+    posted for one that came is polled at once; pixels not sent yet (no receive posted), or
+    a receive pending long (its sender likely stopped), wait on the thread's sleeps."""
     inbox = Inbox(rank=2)
     assert not inbox.moving(now=10.0)
-    inbox.add(frame(1, 7))  # since 10.0
-    assert inbox.moving(now=10.1, spin_s=0.25)
-    assert not inbox.moving(now=10.3, spin_s=0.25)
-    inbox.add(Incoming(3, None, None, since=10.2))
-    assert inbox.moving(now=10.3, spin_s=0.25)  # the younger one
+    waiting = frame(1, 7)  # header in, its pixels not sent yet
+    inbox.add(waiting)
+    assert not inbox.moving(now=10.1, spin_s=0.25)
+    waiting.request, waiting.posted = object(), 10.1  # the probe saw them: receive posted
+    assert inbox.moving(now=10.2, spin_s=0.25)
+    assert not inbox.moving(now=10.4, spin_s=0.25)
+    inbox.add(Incoming(3, None, None, request=object(), since=10.3, posted=10.3))
+    assert inbox.moving(now=10.4, spin_s=0.25)  # the younger one
 
 
 def test_shutdown_cancels_every_pending_message_and_each_frame_not_come_is_missing():
