@@ -1,20 +1,22 @@
-"""Single-copy frames between ranks on one host: MPICH's CMA, switched on where the kernel allows.
+"""Single-copy frames between ranks on one host: MPICH's CMA, asked for where the kernel allows.
 
-Why: without it MPICH moves a large message between two processes of one host through small
-shared-memory cells, the sender copying in and the receiver copying out, slice by slice, and a
-slice moves only while both processes are in MPI. ndflow's MPI threads sleep between polls (a
-2-core host cannot spare a spinning core), so a 2 MiB frame took one sender wake-up per slice:
-`bench/cluster.py`'s transport case fell from ~2,000 to 4 frames/s on a loaded host. With CMA
-(Linux cross-memory attach, `process_vm_readv`) the receiver copies the frame straight out of
-the sender's memory in one call once it has the header: one copy instead of two, and a sender
-stopped (SIGSTOP) or asleep mid-frame no longer holds the receiver.
+Why: without CMA (Linux cross-memory attach, `process_vm_readv`) MPICH moves a large message
+between two processes of one host through small shared-memory cells, the sender copying in and
+the receiver copying out, slice by slice, and a slice moves only while both processes are in
+MPI. ndflow's MPI threads sleep between polls (a 2-core host cannot spare a spinning core), so
+a 2 MiB frame waits for the sender's wake-ups: `bench/cluster.py`'s transport case makes 4 to
+12 frames/s with `MPIR_CVAR_CH4_CMA_ENABLE=0`, against ~1,500-2,000 with CMA. With CMA the
+receiver copies the frame straight out of the sender's memory in one call: one copy instead of
+two, and a sender asleep or stopped once its pixels are posted no longer holds the receiver.
 
-MPICH leaves CMA off by default because it needs ptrace permission between the ranks, which
-Yama (`kernel.yama.ptrace_scope` >= 1) or a seccomp profile may refuse: then every large
-transfer fails. So it is switched on only if Yama does not restrict ptrace and a
-`process_vm_readv` of this process's own memory works (seccomp), and never over a value the
-user set (`MPIR_CVAR_CH4_CMA_ENABLE`, MPICH's own variable; 0 turns it off). Must run before
-mpi4py initialises MPI.
+The MPICH wheel ndflow installs already uses CMA on this kind of host when nothing is set
+(strace shows its `process_vm_readv`); MPICH's own documentation says CMA is off by default,
+as other builds may have it. So it is asked for explicitly, but only if Yama does not restrict
+ptrace between the ranks (`kernel.yama.ptrace_scope` >= 1 refuses it, and every large transfer
+would fail) and a `process_vm_readv` of this process's own memory works (a seccomp profile may
+forbid it), and never over a value the user set (`MPIR_CVAR_CH4_CMA_ENABLE`; 0 turns it off).
+Where CMA cannot be had, frames between ranks of one host are slow (see above): run such ranks
+on separate hosts, or allow ptrace between them. Must run before mpi4py initialises MPI.
 """
 
 from __future__ import annotations
