@@ -127,7 +127,7 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
     from . import single_copy
 
-    single_copy.enable()  # before MPI starts: frames between ranks of one host in one copy
+    cma = single_copy.enable()  # before MPI starts: frames between ranks of one host in one copy
     from mpi4py import MPI
 
     from .control import ControlNode
@@ -139,6 +139,12 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     check_roles(cluster, size, lines)
     _tag_logs(rank)
     control = rank == cluster.control
+    if control and not cma:
+        logging.getLogger("ndflow.cluster").warning(
+            "MPICH's single-copy transfers (CMA) are off (%s): large frames between ranks on "
+            "one host move slowly; allow ptrace between the ranks (kernel.yama.ptrace_scope=0) "
+            "or place them on separate hosts", "MPIR_CVAR_CH4_CMA_ENABLE=0"
+            if single_copy.VARIABLE in os.environ else "ptrace between processes is refused")
     ioc = make_ioc(None if control else [])  # only the control rank serves transports
     try:
         driver = _driver(ioc)
