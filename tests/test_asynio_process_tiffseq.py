@@ -90,7 +90,9 @@ def test_ophyd_asyn_io_signal_connects(ioc):
     plugin.asyn_io.wait_for_connection(timeout=10)
     assert plugin.asyn_io.get() == 0
     assert plugin.port_name.get() == "OUT1"
-    plugin.destroy()
+    # not destroyed here: ophyd's metadata thread may still be reading the plugin's other
+    # signals' control values, and destroy() clears their channels under it; libca then
+    # segfaulted in ca.write_access (this process, CI of 2917e88). ophyd's race, not the IOC's
 
 
 def test_asyn_fields_refuse_bad_values(ioc):
