@@ -143,10 +143,9 @@ class Driver(ArrayPort):
         return int(params["ColorMode"])
 
     def module_attributes(self, module: int) -> dict[str, NDAttribute]:
-        """The NDAttributes a frame of detector `module` carries (partial frames, ndflow.cluster),
-        as made with the current parameters: what a missing frame needs to take that module's
-        place in its file when the rank making the module stopped answering. Empty for a driver
-        without modules."""
+        """The NDAttributes a frame of detector `module` carries with the current parameters:
+        a missing frame takes that module's place in its file with them when the rank making
+        it stopped answering (ndflow.cluster). Empty for a driver without modules."""
         return {}
 
     def next_unique_id(self) -> int:
