@@ -115,7 +115,10 @@ def serve(mode: str, size: int, rate: float, count: int, port: int) -> None:
     pv = SharedPV(initial=Value(TYPE, {}))
     provider = StaticProvider("bench")
     provider.add(CHANNEL, pv)
+    from ndflow.pva.pvxs_send import apply, batch_sender
+    apply()  # as the IOC's transport does
     server = Server(providers=[provider])
+    batch_sender()
     made, post = frames(size, 1), poster(mode)
     post(pv, made[0])
     sys.stdin.readline()  # the client has the first frame

@@ -19,6 +19,7 @@ from p4p.server import Server, StaticProvider
 
 from ..access import AccessSecurity
 from ..transport import PVSpec
+from . import pvxs_send
 from .endpoints import PVAEndpoint, make_endpoint
 
 log = logging.getLogger("ndflow.pva")
@@ -61,8 +62,10 @@ class PVATransport:
 
     async def serve(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        log.info("PVXS send path: %s", pvxs_send.apply())
         self.server = Server(providers=[self.provider])
         conf = self.server.conf()
+        log.info("PVXS send thread: %s", pvxs_send.batch_sender())
         log.info("pvAccess on TCP port %s, searches on UDP port %s, interfaces %s",
                  conf.get("EPICS_PVAS_SERVER_PORT"), conf.get("EPICS_PVAS_BROADCAST_PORT"),
                  conf.get("EPICS_PVAS_INTF_ADDR_LIST"))
