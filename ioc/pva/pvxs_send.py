@@ -52,6 +52,7 @@ NDFLOW_PVXS_SEND=0 in the environment leaves PVXS and its threads alone.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import mmap
 import os
@@ -209,7 +210,7 @@ def _apply() -> str:
         return "left alone (NDFLOW_PVXS_SEND=0)"
     if not sys.platform.startswith("linux") or os.uname().machine != "x86_64":
         return "left alone (only on Linux x86-64)"
-    import p4p._p4p  # noqa: F401  (maps libpvxs and libevent_core into the process)
+    importlib.import_module("p4p._p4p")  # maps libpvxs and libevent_core into the process
 
     pvxs, events = mapped("libpvxs.so"), mapped("libevent_core")
     if pvxs is None or events is None:
