@@ -3,7 +3,9 @@
 A concrete driver only says how to `prepare` an acquisition from its frozen parameters, how to
 `produce_frame` (waiting for its exposure through `ctx.wait`, which returns early on stop), and
 optionally how to `stop_hardware`. The base implements ImageMode Single/Multiple/Continuous,
-NumImages, AcquirePeriod pacing, the counters, ArrayCallbacks, DetectorState_RBV through the
+NumImages, AcquirePeriod pacing (frames start on a grid of AcquirePeriod, so the rate is
+1/AcquirePeriod on average though each wait overshoots a little; a frame more than a period late
+restarts the grid, so there is never a burst to catch up), the counters, ArrayCallbacks, DetectorState_RBV through the
 transition table, and Acquire's put-completion: a put-callback of Acquire=1 completes when the
 acquisition is over and, with WaitForPlugins=Yes, when the plugins have processed its frames.
 
@@ -351,6 +353,7 @@ class Driver(ArrayPort):
         taken = 0
         self._paused = 0.0
         self.set("PausedTime_RBV", 0.0)
+        due = 0.0  # when this frame was due to start: frames start on a grid of AcquirePeriod
         while True:
             if int(settings.get("LossPolicy", DROP)) == PAUSE:
                 self._pause_while_overloaded(float(settings["PauseThreshold"]) / 100.0)
@@ -358,6 +361,7 @@ class Driver(ArrayPort):
                     break
             started = time.monotonic()
             started_wall = time.time()
+            due = due or started
             if self.state.state is not DetectorState.Acquire:
                 self.state.fire(Event.NEXT)
             ctx = FrameContext(acquisition, taken, self._stop_event)
@@ -374,7 +378,11 @@ class Driver(ArrayPort):
                 self.message("Waiting for acquisition")
                 self.state.fire(Event.DONE)
                 return
-            delay = float(settings["AcquirePeriod"]) - (time.monotonic() - started)
+            period, now = float(settings["AcquirePeriod"]), time.monotonic()
+            due += period
+            if due < now - period:  # more than a period late: the grid restarts, no burst
+                due = now
+            delay = due - now
             if delay > 0:
                 self.state.fire(Event.WAIT)
                 if self._stop_event.wait(delay):
