@@ -94,19 +94,27 @@ def at_most(maximum: int, target: int) -> bytes:
 
 
 class Stubs:
-    """Machine code in a page of its own: written while writable, then made read+execute."""
+    """Machine code in a page of its own: written while writable, then made read+execute.
+
+    The page comes from libc's mmap, not Python's mmap object, so that nothing ever unmaps it:
+    PVXS's threads may still send while the interpreter shuts down."""
 
     def __init__(self, codes: list[bytes]) -> None:
-        self.page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        self.offsets = []
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        base = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE,
+                         mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        if base is None or base == ctypes.c_void_p(-1).value:
+            raise OSError(ctypes.get_errno(), "mmap refused a page")
+        self.base, self.offsets = int(base), []
         at = 0
         for code in codes:
             self.offsets.append(at)
-            self.page[at:at + len(code)] = code
+            ctypes.memmove(self.base + at, code, len(code))
             at += (len(code) + 15) // 16 * 16
-        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
         if libc.mprotect(self.base, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC) != 0:
             raise OSError(ctypes.get_errno(), "mprotect refused an executable page")
 
