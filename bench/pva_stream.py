@@ -55,14 +55,15 @@ average); CPU ms per frame moves much less and is the better figure to compare i
 
 What limits ndflow here (Dec 2026, p4p 4.3.0 / pvxslibs 1.5.3)
 ---------------------------------------------------------------
-The IOC saturates one core with no loss, and most of its CPU per frame is PVXS sending the frame
-(bench/pva_send.py: ~0.35 of ~0.45 ms at 512x512 with p4p and pvapy alone). The wheel's
-libpvxs passes ``(size_t)-1`` to ``bufferevent_set_max_single_write`` in ``ConnBase::connect``
-(src/conn.cpp; PVXS's source there says EV_SSIZE_MAX, the built code SIZE_MAX), which libevent
-rejects as over EV_SSIZE_MAX and replaces with its 16 KiB default: every frame leaves in 16 KiB
-writev()s, one event-loop turn each (strace: 16 per 512x512 frame), where pvAccessCPP sends
-the frame's 262144 bytes in one send(). No PVXS, p4p or libevent setting changes that size; the fix is upstream (a
-positive bound libevent accepts, checked with bufferevent_get_max_single_write in a test).
+PVXS as the wheels ship it sent a frame in 1 KiB evbuffer chains and 16 KiB writes, from a
+thread whose every wake-up preempted the one making frames; ndflow.pva.pvxs_send corrects both
+at run time (its docstring has the mechanism). One run on 2 cores, IOC CPU ms per frame at its
+best zero-loss rate, before -> after: 512x512 0.43 -> 0.28, 1024x1024 1.15 -> 0.78, 2048x2048
+4.2 -> 2.8, 4096x4096 23 -> 13. What is left is the data path itself: the sim computes every
+frame (the pvapy sim server replays ten pre-made ones), p4p copies the pixels into the Value
+(its assignment always allocates and copies: p4p src/pvxs_value.cpp), and PVXS copies them
+again into its send buffers, where pvAccessCPP sends from the array. On 2 cores the IOC's
+threads and the consumer share the CPU, so every one of those copies lowers the rate.
 
 Output: one JSON object per line per trial (``"trial": true``), one per producer and size with
 its result, and a last line ``{"summary": true, "ratios": {...}}`` with ndflow/pvapy per size.
