@@ -77,20 +77,23 @@ _kept: dict[str, object] = {}  # the result, and the stubs' page, for the proces
 
 def at_least(minimum: int, target: int) -> bytes:
     """x86-64: raise the second argument (rsi) to `minimum` (unsigned), then jump to `target`."""
-    return (b"\x48\xc7\xc0" + struct.pack("<i", minimum)   # mov rax, minimum
-            + b"\x48\x39\xc6"                              # cmp rsi, rax
-            + b"\x48\x0f\x42\xf0"                          # cmovb rsi, rax
-            + b"\x48\xb8" + struct.pack("<Q", target)      # movabs rax, target
-            + b"\xff\xe0")                                 # jmp rax
+    return _clamp(b"\x48\xc7\xc0" + struct.pack("<i", minimum),  # mov rax, minimum
+                  b"\x48\x0f\x42\xf0", target)                   # cmovb rsi, rax
 
 
 def at_most(maximum: int, target: int) -> bytes:
     """x86-64: lower the second argument (rsi) to `maximum` (unsigned), then jump to `target`."""
-    return (b"\x48\xb8" + struct.pack("<Q", maximum)       # movabs rax, maximum
-            + b"\x48\x39\xc6"                              # cmp rsi, rax
-            + b"\x48\x0f\x47\xf0"                          # cmova rsi, rax
-            + b"\x48\xb8" + struct.pack("<Q", target)      # movabs rax, target
-            + b"\xff\xe0")                                 # jmp rax
+    return _clamp(b"\x48\xb8" + struct.pack("<Q", maximum),       # movabs rax, maximum
+                  b"\x48\x0f\x47\xf0", target)                   # cmova rsi, rax
+
+
+def _clamp(load_bound: bytes, move_if: bytes, target: int) -> bytes:
+    """Bound in rax, compare rsi with it, the conditional move, then a jump to `target`."""
+    return (load_bound
+            + b"\x48\x39\xc6"                                # cmp rsi, rax
+            + move_if
+            + b"\x48\xb8" + struct.pack("<Q", target)         # movabs rax, target
+            + b"\xff\xe0")                                    # jmp rax
 
 
 class Stubs:
