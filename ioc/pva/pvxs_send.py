@@ -31,7 +31,7 @@ adjust one argument and jump to libevent's own function:
 
 Nothing else changes: libevent and PVXS's code stay as loaded, and only libpvxs's two slots are
 redirected. It is applied once per process, only when everything matches what was checked: Linux
-on x86-64, libpvxs and libevent_core mapped in this process, a JUMP_SLOT relocation for each
+on x86-64, libpvxs mapped in this process, a JUMP_SLOT relocation for each
 symbol outside the read-only (RELRO) part, each slot holding the PLT's lazy stub or libevent's
 function, and an executable page to be had. Otherwise nothing changes and `apply` returns the
 reason (one log line); PVXS then works as before, only slower for large values. A pvxslibs that
@@ -44,7 +44,8 @@ of CPU is unchanged (same nice value); only its wake-ups no longer preempt a run
 host with fewer cores than busy threads, every post woke it onto the core of the thread making
 the frames, and each frame cost two context switches there (perf: 42% of that thread's switches
 were such preemptions). Measured on 2 cores, 512x512 UInt8 into one pvapy-hpc-consumer: the
-zero-loss rate went from 2334 to 3817 frames/s and the IOC's CPU per frame from 0.38 to 0.26 ms.
+zero-loss rate went from 2334 to 3817 frames/s and the IOC's CPU per frame from 0.38 to 0.26 ms
+(bench/pva_stream.py, one run each, the same search).
 
 NDFLOW_PVXS_SEND=0 in the environment leaves PVXS and its threads alone.
 """
@@ -53,15 +54,12 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import logging
 import mmap
 import os
 import struct
 import sys
 import threading
 from dataclasses import dataclass
-
-log = logging.getLogger("ndflow.pva")
 
 SSIZE_MAX = (1 << 63) - 1
 #: the least evbuffer_reserve_space gets: libevent then allocates chains of 32 KiB (its chain
@@ -182,7 +180,8 @@ def plt_slots(path: str, base: int, symbols: tuple[str, ...]) -> dict[str, Slot]
 
 def passes_unsigned_max(path: str) -> bool:
     """Whether libpvxs's one call of MAX_WRITE passes (size_t)-1: ``mov $-1, %rsi`` (48 c7 c6
-    ff ff ff ff) right before a call."""
+    ff ff ff ff) right before a call. Either answer is safe when wrong: the stub changes only
+    a size over EV_SSIZE_MAX, and without it PVXS keeps libevent's 16 KiB."""
     with open(path, "rb") as stream:
         return b"\x48\xc7\xc6\xff\xff\xff\xff\xe8" in stream.read()
 
@@ -223,9 +222,9 @@ def _apply() -> str:
         return "left alone (only on Linux x86-64)"
     importlib.import_module("p4p._p4p")  # maps libpvxs and libevent_core into the process
 
-    pvxs, events = mapped("libpvxs.so"), mapped("libevent_core")
-    if pvxs is None or events is None:
-        return "left alone (libpvxs or libevent_core not found in /proc/self/maps)"
+    pvxs = mapped("libpvxs.so")
+    if pvxs is None:
+        return "left alone (libpvxs not found in /proc/self/maps)"
     symbols = (RESERVE, MAX_WRITE) if passes_unsigned_max(pvxs[0]) else (RESERVE,)
     try:
         slots = plt_slots(pvxs[0], pvxs[1], symbols)
@@ -235,8 +234,13 @@ def _apply() -> str:
         return f"left alone ({pvxs[0]}: {exc})"
     if isinstance(slots, str):
         return f"left alone ({pvxs[0]}: {slots})"
-    library = ctypes.CDLL(events[0])
-    real = {name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value for name in symbols}
+    # looked up from libpvxs's handle: its own dependencies first, so the libevent it binds to
+    library = ctypes.CDLL(pvxs[0])
+    try:
+        real = {name: ctypes.cast(getattr(library, name), ctypes.c_void_p).value
+                for name in symbols}
+    except AttributeError as exc:
+        return f"left alone ({exc})"
     for name, slot in slots.items():
         current = ctypes.c_void_p.from_address(slot.address).value or 0
         if not (slot.lazy[0] <= current < slot.lazy[1] or current == real[name]):
