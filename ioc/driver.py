@@ -4,8 +4,9 @@ A concrete driver only says how to `prepare` an acquisition from its frozen para
 `produce_frame` (waiting for its exposure through `ctx.wait`, which returns early on stop), and
 optionally how to `stop_hardware`. The base implements ImageMode Single/Multiple/Continuous,
 NumImages, AcquirePeriod pacing (frames start on a grid of AcquirePeriod, so the rate is
-1/AcquirePeriod on average though each wait overshoots a little; a frame more than a period late
-restarts the grid, so there is never a burst to catch up), the counters, ArrayCallbacks, DetectorState_RBV through the
+1/AcquirePeriod on average though each wait overshoots a little; a frame starts no sooner than
+3/4 of a period after the one before, so a late frame moves the grid instead of being followed
+by a burst that catches up), the counters, ArrayCallbacks, DetectorState_RBV through the
 transition table, and Acquire's put-completion: a put-callback of Acquire=1 completes when the
 acquisition is over and, with WaitForPlugins=Yes, when the plugins have processed its frames.
 
@@ -65,6 +66,9 @@ DRIVER_PARAMS = (
 )
 DEFER_OFF, DEFER_UNTIL_DONE, DEFER_UNTIL_RELEASED = 0, 1, 2
 PLUGIN_WAIT_TIMEOUT = 60.0
+#: a frame starts no sooner than this many AcquirePeriods after the one before (the grid makes
+#: up a wait's overshoot, 0.05-0.15 ms here, from the next wait; never a burst after a late one)
+EARLIEST = 0.75
 
 
 @dataclass
@@ -378,11 +382,11 @@ class Driver(ArrayPort):
                 self.message("Waiting for acquisition")
                 self.state.fire(Event.DONE)
                 return
-            period, now = float(settings["AcquirePeriod"]), time.monotonic()
-            due += period
-            if due < now - period:  # more than a period late: the grid restarts, no burst
-                due = now
-            delay = due - now
+            period = float(settings["AcquirePeriod"])
+            # on the grid, but never sooner than EARLIEST periods after this frame began: a
+            # wait's overshoot is made up by the next one, a frame late by more moves the grid
+            due = max(due + period, started + EARLIEST * period)
+            delay = due - time.monotonic()
             if delay > 0:
                 self.state.fire(Event.WAIT)
                 if self._stop_event.wait(delay):
