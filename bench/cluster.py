@@ -12,6 +12,9 @@ In one run, on loopback:
       for the ndflow one
   transport_ndflow  `mpiexec -n 2 ndflow run` with no plugin enabled: frames/s from the driver
       to the processing rank (acknowledged), i.e. the framework's per-rank transport
+  transport_ndflow_no_cma  the same with MPICH's single-copy transfers (CMA) off, as on a host
+      that refuses ptrace between processes (Ubuntu's default): MPICH then moves a large
+      frame only while both ranks call MPI
   driver_alone      the same sim in a one-process IOC without plugins: what the driver makes,
       the most the transport after it can be asked to carry
   transport_bare    mpi4py Send/Recv of the same frames (2 MiB), nothing else, one buffer
@@ -110,12 +113,13 @@ _COUNT = itertools.count(1)
 
 
 class Cluster:
-    def __init__(self, text: str, ranks: int, folder: Path) -> None:
+    def __init__(self, text: str, ranks: int, folder: Path,
+                 extra_env: dict[str, str] | None = None) -> None:
         port = PORT
-        self.env = {**os.environ, "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        self.env = {**os.environ, **(extra_env or {}), "EPICS_CA_AUTO_ADDR_LIST": "NO",
                     "EPICS_CA_ADDR_LIST": f"127.0.0.1:{port}", "EPICS_CA_SERVER_PORT": str(port),
                     "EPICS_CAS_SERVER_PORT": str(port), "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1"}
-        os.environ.update(self.env)
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("EPICS_")})
         path = folder / f"cluster{ranks}.yml"
         path.write_text(text)
         if text.endswith("  []\n"):
@@ -218,9 +222,12 @@ def run_algorithm(ranks: int, frames: int, repeats: int, folder: Path) -> dict:
             "processed_incl_warmup": done, **cpu}
 
 
-def run_transport(frames: int, folder: Path) -> dict:
+def run_transport(frames: int, folder: Path, cma: bool = True) -> dict:
+    """`cma` False: MPICH's single-copy transfers off, as where ptrace between processes is
+    refused (Ubuntu's default kernel.yama.ptrace_scope=1)."""
     # credits: frames in flight to the rank; 32 so the acknowledgement round trip is not the limit
-    with Cluster(config(2, False, 1, folder, credits=32), 2, folder) as cluster:
+    extra = None if cma else {single_copy.VARIABLE: "0"}
+    with Cluster(config(2, False, 1, folder, credits=32), 2, folder, extra) as cluster:
         setup(frames, False)
         put("cam1:Acquire", 1)  # warm-up
         wait_until("Cluster:FramesAcknowledged_RBV", frames)
@@ -232,7 +239,8 @@ def run_transport(frames: int, folder: Path) -> dict:
         seconds = time.perf_counter() - began
         cpu = meter.stop(frames)
     mb = frames * np.prod(SHAPE) * 2 / 1e6
-    return {"case": "transport_ndflow", "frames": frames, "seconds": round(seconds, 3),
+    return {"case": "transport_ndflow" + ("" if cma else "_no_cma"), "frames": frames,
+            "seconds": round(seconds, 3),
             "fps": round(frames / seconds, 1), "MB_per_s": round(mb / seconds, 1),
             "note": "includes the sim making each frame on the control rank", **cpu}
 
@@ -325,7 +333,7 @@ class CpuMeter:
 
 
 CASES = ("algorithm_1rank", "algorithm_2ranks", "algorithm_bare_1proc", "algorithm_bare_2procs",
-         "transport_ndflow", "driver_alone", "transport_bare")
+         "transport_ndflow", "transport_ndflow_no_cma", "driver_alone", "transport_bare")
 
 
 def ratio(results: dict, a: str, b: str) -> float | None:
@@ -369,6 +377,8 @@ def main() -> None:
                 done(run_bare_algorithm(procs, args.frames, repeats))
         if "transport_ndflow" in only:
             done(run_transport(args.frames * 3, folder))
+        if "transport_ndflow_no_cma" in only:
+            done(run_transport(args.frames * 3, folder, cma=False))
         if "driver_alone" in only:
             done(run_driver_alone(args.frames * 3, folder))
     if "transport_bare" in only:
@@ -390,6 +400,8 @@ def main() -> None:
                                             "transport_bare_rotating"),
         "transport_vs_bare_made": ratio(results, "transport_ndflow", "transport_bare_made"),
         "transport_vs_driver_alone": ratio(results, "transport_ndflow", "driver_alone"),
+        "transport_no_cma_vs_cma": ratio(results, "transport_ndflow_no_cma",
+                                         "transport_ndflow"),
         "single_copy": single_copy.enable(dict(os.environ)),  # MPICH's CMA, both sides
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "targets": {"speedup_2_vs_1_rank": 1.8, "transport_vs_bare_mpi4py": 0.8}}), flush=True)

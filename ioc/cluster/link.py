@@ -36,6 +36,7 @@ idle; pixels not sent yet (the probe shows nothing) leave the thread on its slee
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -43,7 +44,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .inbox import Inbox, Incoming
+from . import single_copy
+from .inbox import SPIN_S, Inbox, Incoming
 from .wire import FRAME, TAG
 
 log = logging.getLogger("ndflow.cluster")
@@ -82,6 +84,11 @@ class Link:
         self.on_idle = on_idle
         self._out: deque[tuple[int, dict[str, Any], np.ndarray | None]] = deque()
         self._pending: list[tuple[list[Any], Any]] = []  # requests, buffers kept alive
+        #: without single-copy (CMA) transfers, MPICH moves a large message between ranks of
+        #: one host only while the sender calls MPI too: a frame's send is then polled without
+        #: sleeping for a while (SPIN_S), as the receiver polls its receive (`inbox`)
+        self._spin_sends = os.environ.get(single_copy.VARIABLE, "0").strip() in ("", "0")
+        self._frame_sends: deque[tuple[Any, float]] = deque()  # (request, posted) in order
         self._stop = threading.Event()
         #: held by the MPI thread while it sleeps; `send` releases it to wake the thread (a
         #: plain lock: an Event's wait and set are Python code, a lock's are a few C calls)
@@ -243,6 +250,8 @@ class Link:
                         self.last_frame = time.monotonic()
                         self.sent_bytes += buffer.nbytes
                         data = (data, buffer)
+                        if self._spin_sends:
+                            self._frame_sends.append((requests[-1], time.monotonic()))
                     self._pending.append((requests, data))
                     busy = True
                 if self._pending:
@@ -255,8 +264,11 @@ class Link:
                 log.debug("traceback", exc_info=True)
             if received:  # more may follow: look again soon
                 sleep = FIRST_SLEEP_S
-            elif self._inbox.moving(time.monotonic()):
-                time.sleep(0)  # MPI moves it only when called: again at once (the GIL let go)
+            elif self._inbox.moving(time.monotonic()) or self._sending():
+                # MPI moves it only when called: again at once, the GIL let go. sched_yield,
+                # not sleep(0): a sleep, even of 0, waits out the timer slack (50 us), and a
+                # 2 MiB frame without CMA takes a hundred turns (43 frames/s against 2,500)
+                os.sched_yield()
             elif not busy and not self._out:
                 # a message pending longer counts as idle: its sender is likely stopped
                 self._wake.acquire(True, sleep)  # returns early when `send` releases it
@@ -264,6 +276,15 @@ class Link:
                     else LONGEST_SLEEP_S
                 sleep = min(BACKOFF * sleep, longest)
         self._shut_receives()
+
+    def _sending(self) -> bool:
+        """Whether a frame's pixels are on their way, to be polled without sleeping: single-copy
+        transfers are off and a frame's send not done yet was posted less than SPIN_S ago (a
+        receiver that takes longer is likely stopped: the thread goes back to its sleeps)."""
+        sends, now = self._frame_sends, time.monotonic()
+        while sends and (sends[0][0].Test() or now - sends[0][1] >= SPIN_S):
+            sends.popleft()
+        return bool(sends)
 
     def _shut_receives(self) -> None:
         """The thread ends: a frame whose pixels are pending becomes a missing one (dropped,
