@@ -100,6 +100,31 @@ def test_only_a_receive_just_posted_for_a_message_come_is_polled_without_sleepin
     assert inbox.moving(now=10.4, spin_s=0.25)  # the younger one
 
 
+class FakeSend:
+    """A frame's send request: done once told."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def Test(self) -> bool:  # noqa: N802 (mpi4py's name)
+        return self.done
+
+
+def test_without_cma_a_frame_send_is_polled_until_done_or_spin_s_old():
+    from ndflow.cluster.inbox import SPIN_S
+    from ndflow.cluster.link import Link
+    from collections import deque
+
+    link = Link.__new__(Link)  # only its send bookkeeping, no MPI
+    old, young = FakeSend(), FakeSend()
+    now = time.monotonic()
+    link._frame_sends = deque([(old, now - SPIN_S - 0.01), (young, now)])
+    assert link._sending()  # the old one given up on, the young one polled
+    assert [s for s, _ in link._frame_sends] == [young]
+    young.done = True
+    assert not link._sending() and not link._frame_sends
+
+
 def test_shutdown_cancels_every_pending_message_and_each_frame_not_come_is_missing():
     inbox = Inbox(rank=2)
     for source, uid in ((0, 5), (1, 6), (3, 7)):
