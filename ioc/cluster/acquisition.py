@@ -28,6 +28,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from ..busy import until
 from ..driver import Driver
 from ..ndarray import Acquisition, FrameStatus, MissingCause, NDArray
 from ..state import RunState
@@ -38,6 +39,8 @@ from .numbering import RankNumbering, rank_settings, stagger
 from .wire import ACQ_END, frame_header
 
 log = logging.getLogger("ndflow.cluster")
+#: how long a START waits for an older acquisition still running on this rank to end
+STOP_WAIT_S = 5.0
 
 #: (unique id, processing rank, acquisition, lost at dispatch) -> None
 Record = Callable[[int, int, Acquisition | None, bool], None]
@@ -202,13 +205,31 @@ class AcquisitionRole:
         acquisition.acquired.add_done_callback(lambda _: self._acquired(acquisition))
 
     # --- a rank other than the control rank ------------------------------------------------------
-    def start(self, acquisition_id: int, base: int = 0, seq: int = 0,
-              reset: bool = False) -> None:
+    async def start(self, acquisition_id: int, base: int = 0, seq: int = 0,
+                    reset: bool = False) -> None:
         """START (event loop): run the control rank's acquisition `acquisition_id` with this
         rank's values (the control rank's, mirrored), as Acquire=1 would; shared whole frames:
         this rank's share, after uniqueId `base`, the first frame at image position `seq`,
         `reset`: a put since the last START resets the image at that frame (this rank's own
-        Reset may be an older one, from an acquisition it made no frame of)."""
+        Reset may be an older one, from an acquisition it made no frame of).
+
+        An older acquisition still running here is one the control rank has ended already:
+        this rank was given up on while stopped, or it is still making the frame it had begun
+        when the stop came. It is stopped, and waited for (up to STOP_WAIT_S), before this one
+        starts; before, the START was refused and the new acquisition ended at once."""
+        d = self.driver
+        running = d.acquisition if d.acquiring else None
+        if running is not None and running.id < acquisition_id:
+            log.warning("rank %d: acquisition %d asked while %d runs: %d stopped first",
+                        self.rank, acquisition_id, running.id, running.id)
+            await d.put_Acquire(0)
+            try:
+                await asyncio.wait_for(until(running.acquired), STOP_WAIT_S)
+            except asyncio.TimeoutError:
+                pass
+        self._start_now(acquisition_id, base, seq, reset)
+
+    def _start_now(self, acquisition_id: int, base: int, seq: int, reset: bool) -> None:
         d = self.driver
         delay = 0.0
         if d.acquiring:
