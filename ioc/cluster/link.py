@@ -32,8 +32,9 @@ posted for a message come is polled without sleeping for a while (`inbox.SPIN_S`
 CMA, MPICH moves a large message only while both sides call MPI), then on the sleeps as when
 idle; pixels not sent yet (the probe shows nothing) leave the thread on its sleeps. Without CMA
 the sender polls each frame's send the same way, for as long (the receiver's turns alone moved
-2 MiB frames at 12 a second; both, at 670). Polling costs a core while it lasts: a receiver
-slow to take the frames in flight keeps a sender without CMA busy for SPIN_S per frame.
+2 MiB frames at 12 a second; both, at 670). The first YIELD_S of a transfer is polled with
+sched_yield, the rest with sleep(0): a transfer between two polling ranks is over in 1-3 ms,
+and a peer slow or stopped then costs the host little more than the sleeps did.
 """
 
 from __future__ import annotations
@@ -59,6 +60,9 @@ FIRST_SLEEP_S, LONGEST_SLEEP_S, QUIET_SLEEP_S, QUIET_S = 50e-6, 0.005, 0.01, 0.5
 #: each sleep this many times the one before: 50 us, 200 us, 0.8 ms, 3.2 ms, 5 ms (five
 #: wake-ups after a message, not eight as doubling takes)
 BACKOFF = 4
+#: how long a transfer is polled with sched_yield (then with sleep(0), up to inbox.SPIN_S): a
+#: 2 MiB frame between two polling ranks takes 1-3 ms without CMA
+YIELD_S = 0.005
 #: at shutdown, how long a cancelled receive is waited for (MPI may not cancel a receive its
 #: sender has begun to fill)
 CANCEL_WAIT_S = 0.2
@@ -268,10 +272,16 @@ class Link:
             if received:  # more may follow: look again soon
                 sleep = FIRST_SLEEP_S
             elif self._inbox.moving(time.monotonic()) or self._sending():
-                # MPI moves it only when called: again at once, the GIL let go. sched_yield,
-                # not sleep(0): a sleep, even of 0, waits out the timer slack (50 us), and a
-                # 2 MiB frame without CMA takes a hundred turns (43 frames/s against 2,500)
-                os.sched_yield()
+                # MPI moves it only when called: again at once, the GIL let go. For the first
+                # YIELD_S of a transfer with sched_yield: a sleep, even of 0, waits out the timer
+                # slack (50 us), and a 2 MiB frame without CMA takes a hundred turns of both
+                # ranks (43 frames/s against 2,500); after that (a peer slow or stopped) with
+                # sleep(0), which leaves the cores to the rest of the host
+                now = time.monotonic()
+                if self._inbox.moving(now, YIELD_S) or self._sending(YIELD_S):
+                    os.sched_yield()
+                else:
+                    time.sleep(0)
             elif not busy and not self._out:
                 # a message pending longer counts as idle: its sender is likely stopped
                 self._wake.acquire(True, sleep)  # returns early when `send` releases it
@@ -280,14 +290,15 @@ class Link:
                 sleep = min(BACKOFF * sleep, longest)
         self._shut_receives()
 
-    def _sending(self) -> bool:
+    def _sending(self, within_s: float = SPIN_S) -> bool:
         """Whether a frame's pixels are on their way, to be polled without sleeping: single-copy
         transfers are off and a frame's send not done yet was posted less than SPIN_S ago (a
-        receiver that takes longer is likely stopped: the thread goes back to its sleeps)."""
+        receiver that takes longer is likely stopped: the thread goes back to its sleeps);
+        `within_s`: one posted less than that long ago."""
         sends, now = self._frame_sends, time.monotonic()
         while sends and (sends[0][0].Test() or now - sends[0][1] >= SPIN_S):
             sends.popleft()
-        return bool(sends)
+        return any(now - posted < within_s for _, posted in sends)
 
     def _shut_receives(self) -> None:
         """The thread ends: a frame whose pixels are pending becomes a missing one (dropped,

@@ -121,6 +121,7 @@ def test_without_cma_a_frame_send_is_polled_until_done_or_spin_s_old():
     link._frame_sends = deque([(old, now - SPIN_S - 0.01), (young, now)])
     assert link._sending()  # the old one given up on, the young one polled
     assert [s for s, _ in link._frame_sends] == [young]
+    assert not link._sending(within_s=0.0)  # not posted within no time: polled gently
     young.done = True
     assert not link._sending() and not link._frame_sends
 
