@@ -357,7 +357,7 @@ class Driver(ArrayPort):
         taken = 0
         self._paused = 0.0
         self.set("PausedTime_RBV", 0.0)
-        due = 0.0  # when this frame was due to start: frames start on a grid of AcquirePeriod
+        due = time.monotonic()  # when the next frame is due: on a grid of AcquirePeriod
         while True:
             if int(settings.get("LossPolicy", DROP)) == PAUSE:
                 self._pause_while_overloaded(float(settings["PauseThreshold"]) / 100.0)
@@ -365,7 +365,6 @@ class Driver(ArrayPort):
                     break
             started = time.monotonic()
             started_wall = time.time()
-            due = due or started
             if self.state.state is not DetectorState.Acquire:
                 self.state.fire(Event.NEXT)
             ctx = FrameContext(acquisition, taken, self._stop_event)

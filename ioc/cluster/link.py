@@ -94,7 +94,7 @@ class Link:
         #: without single-copy (CMA) transfers, MPICH moves a large message between ranks of
         #: one host only while the sender calls MPI too: a frame's send is then polled without
         #: sleeping for a while (SPIN_S), as the receiver polls its receive (`inbox`)
-        self._spin_sends = os.environ.get(single_copy.VARIABLE, "0").strip() in ("", "0")
+        self._spin_sends = not single_copy.is_on()
         self._frame_sends: deque[tuple[Any, float]] = deque()  # (request, posted) in order
         self._stop = threading.Event()
         #: held by the MPI thread while it sleeps; `send` releases it to wake the thread (a
@@ -271,14 +271,13 @@ class Link:
                 log.debug("traceback", exc_info=True)
             if received:  # more may follow: look again soon
                 sleep = FIRST_SLEEP_S
-            elif self._inbox.moving(time.monotonic()) or self._sending():
+            elif self._transferring(time.monotonic(), SPIN_S):
                 # MPI moves it only when called: again at once, the GIL let go. For the first
                 # YIELD_S of a transfer with sched_yield: a sleep, even of 0, waits out the timer
                 # slack (50 us), and a 2 MiB frame without CMA takes a hundred turns of both
                 # ranks (43 frames/s against 2,500); after that (a peer slow or stopped) with
                 # sleep(0), which leaves the cores to the rest of the host
-                now = time.monotonic()
-                if self._inbox.moving(now, YIELD_S) or self._sending(YIELD_S):
+                if self._transferring(time.monotonic(), YIELD_S):
                     os.sched_yield()
                 else:
                     time.sleep(0)
@@ -290,12 +289,17 @@ class Link:
                 sleep = min(BACKOFF * sleep, longest)
         self._shut_receives()
 
-    def _sending(self, within_s: float = SPIN_S) -> bool:
+    def _transferring(self, now: float, within_s: float) -> bool:
+        """Whether a transfer posted less than `within_s` ago is under way: a receive for a
+        message come (`inbox`), or without CMA a frame's send."""
+        return self._inbox.moving(now, within_s) or self._sending(now, within_s)
+
+    def _sending(self, now: float, within_s: float = SPIN_S) -> bool:
         """Whether a frame's pixels are on their way, to be polled without sleeping: single-copy
-        transfers are off and a frame's send not done yet was posted less than SPIN_S ago (a
-        receiver that takes longer is likely stopped: the thread goes back to its sleeps);
-        `within_s`: one posted less than that long ago."""
-        sends, now = self._frame_sends, time.monotonic()
+        transfers are off and a frame's send not done yet was posted less than `within_s` ago
+        (at most SPIN_S: a receiver that takes longer is likely stopped, and the thread goes
+        back to its sleeps)."""
+        sends = self._frame_sends
         while sends and (sends[0][0].Test() or now - sends[0][1] >= SPIN_S):
             sends.popleft()
         return any(now - posted < within_s for _, posted in sends)

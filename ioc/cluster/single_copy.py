@@ -24,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import os
 from pathlib import Path
+from typing import Mapping
 
 VARIABLE = "MPIR_CVAR_CH4_CMA_ENABLE"
 YAMA = Path("/proc/sys/kernel/yama/ptrace_scope")
@@ -54,12 +55,19 @@ def cma_allowed() -> bool:
     return read == 8 and target.raw[:6] == b"ndflow"
 
 
+def is_on(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether `environ` (os.environ) has MPICH's CMA switched on: what `enable` left there, read
+    again by the MPI thread (ndflow.cluster.link) once MPI runs."""
+    env = os.environ if environ is None else environ
+    return env.get(VARIABLE, "0").strip() not in ("", "0")
+
+
 def enable(environ: dict[str, str] | None = None) -> bool:
     """Switch MPICH's CMA on in `environ` (os.environ) unless set already or not allowed;
     whether it is on."""
     env = os.environ if environ is None else environ
     if VARIABLE in env:
-        return env[VARIABLE].strip() not in ("", "0")
+        return is_on(env)
     if not cma_allowed():
         return False
     env[VARIABLE] = "1"

@@ -245,10 +245,10 @@ def _apply() -> str:
         current = ctypes.c_void_p.from_address(slot.address).value or 0
         if not (slot.lazy[0] <= current < slot.lazy[1] or current == real[name]):
             return f"left alone (the slot of {name} points somewhere unexpected)"
-    codes = {RESERVE: at_least(MIN_RESERVE, real[RESERVE]),
-             MAX_WRITE: at_most(SSIZE_MAX, real.get(MAX_WRITE, 0))}
+    stub = {RESERVE: lambda: at_least(MIN_RESERVE, real[RESERVE]),
+            MAX_WRITE: lambda: at_most(SSIZE_MAX, real[MAX_WRITE])}
     try:
-        stubs = Stubs([codes[name] for name in symbols])
+        stubs = Stubs([stub[name]() for name in symbols])
     except (OSError, ValueError) as exc:
         return f"left alone (no executable page: {exc})"
     _kept["stubs"] = stubs

@@ -119,11 +119,11 @@ def test_without_cma_a_frame_send_is_polled_until_done_or_spin_s_old():
     old, young = FakeSend(), FakeSend()
     now = time.monotonic()
     link._frame_sends = deque([(old, now - SPIN_S - 0.01), (young, now)])
-    assert link._sending()  # the old one given up on, the young one polled
+    assert link._sending(time.monotonic())  # the old one given up on, the young one polled
     assert [s for s, _ in link._frame_sends] == [young]
-    assert not link._sending(within_s=0.0)  # not posted within no time: polled gently
+    assert not link._sending(time.monotonic(), within_s=0.0)  # posted before now: gently
     young.done = True
-    assert not link._sending() and not link._frame_sends
+    assert not link._sending(time.monotonic()) and not link._frame_sends
 
 
 def test_shutdown_cancels_every_pending_message_and_each_frame_not_come_is_missing():

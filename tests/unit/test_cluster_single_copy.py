@@ -29,3 +29,9 @@ def test_the_users_setting_wins(monkeypatch, tmp_path):
     assert not single_copy.enable(off) and off == {single_copy.VARIABLE: "0"}
     on = {single_copy.VARIABLE: "1"}
     assert single_copy.enable(on)
+
+
+def test_is_on_reads_what_enable_left():
+    assert not single_copy.is_on({}) and not single_copy.is_on({single_copy.VARIABLE: " 0 "})
+    assert not single_copy.is_on({single_copy.VARIABLE: ""})
+    assert single_copy.is_on({single_copy.VARIABLE: "1"})
