@@ -27,12 +27,8 @@ datasets exist. Readers may open it while it grows; they see frames up to the la
 (NumFramesFlush, FlushNow, and the close). Attributes that first appear after the file was opened
 are not stored (SWMR cannot add datasets), and a warning names them.
 
-Chunks and FillValue, fitted when a file opens (the frame's size and type are known only then),
-each fitting said on StatusMessage_RBV and logged at most once per few seconds: frames per chunk
-(NumFramesChunks, declared up to 2**20) at most the frames the file will hold (NumCapture; 1 in
-Single mode), and a chunk within HDF5's limits (2**32-1 elements, 4 GiB; HDF5 accepts a bigger
-chunk at creation and fails at the first write, which allocates it whole); FillValue clamped to
-the data type's range and truncated for integers, as HDF5 converts (a cast would wrap -5 to 251).
+Chunks, the compression filter and FillValue are fitted when a file opens: see
+ndflow.plugins.hdf5_layout.
 
 A full disk: HDF5 cannot recover from a failed write (the library may crash when the file is
 closed afterwards). So before each row the writer checks the room left: free space on the file
@@ -49,7 +45,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import resource
 import time
@@ -70,12 +65,13 @@ hdf5plugin.register(force=True)
 from ndflow.ndarray import Acquisition, MissingCause, NDArray
 from ndflow.params import R, RW, W, bool_param, enum_param, float_param, int_param, \
     string_param, text_param
-from ndflow.plugins.codec import BLOSC_CNAMES, BLOSC_COMPRESSORS
+from ndflow.plugins.codec import BLOSC_COMPRESSORS
 from ndflow.plugins.file_writer import SINGLE, FileWriter, WriteError
+from ndflow.plugins.hdf5_layout import CHUNK_SETTING_MAX, COMPRESSIONS, codec_filter, \
+    compression_filter, fill_value, fit_chunks
 from ndflow.plugins.sparse_csr import CSRRows
 
 ATTR_GROUP = "/entry/instrument/NDAttributes"
-COMPRESSIONS = ("None", "N-bit", "szip", "zlib", "Blosc", "BSLZ4", "LZ4", "JPEG")
 _MISSING_CODES = {cause: i + 1 for i, cause in enumerate(MissingCause)}
 _EXTRA = ("N", "X", "Y", *map(str, range(3, 10)))
 #: room kept free for HDF5's metadata and the final flush when checking for a full disk
@@ -84,16 +80,6 @@ _CLOSE_MARGIN = 64 * 1024
 _ATTRIBUTE_BLOCK = 64
 #: files whose writes failed inside HDF5: kept open forever, because closing them can crash
 _ABANDONED: list[Any] = []
-#: HDF5's limits for one chunk: 2**32-1 elements and 4 GiB. The library accepts a bigger chunk
-#: when the dataset is created and fails at the first write (it allocates whole chunks), so the
-#: chunk shape is fitted when the file opens (_chunks).
-CHUNK_MAX_BYTES = 2 ** 32 - 1
-CHUNK_MAX_ELEMENTS = 2 ** 32 - 1
-#: declared maximum of a chunk setting (rows, columns, frames or attribute values per chunk):
-#: chunk sizes are fitted to the frame and to CHUNK_MAX_BYTES when a file opens anyway; this
-#: keeps what a client can ask for in a range that means something (a million frames of a
-#: 1-pixel detector per chunk is 8 MB)
-CHUNK_SETTING_MAX = 2 ** 20
 
 HDF5_PARAMS = (
     enum_param("FileFormat", ("HDF5", "Invalid"), 0, RW, rbv_choices=("HDF5", "Undefined"),
@@ -218,7 +204,7 @@ class HDF5(FileWriter):
         entry.attrs["NX_class"] = "NXentry"
         data_group = entry.require_group("data")
         data_group.attrs["NX_class"] = "NXdata"
-        self._csr = CSRRows.create(data_group, first, self._filter()) \
+        self._csr = CSRRows.create(data_group, first, compression_filter(self.values)) \
             if first.sparse is not None else None
         self._data = self._create_data(data_group, first) if self._csr is None else None
         group = f.require_group(ATTR_GROUP)
@@ -262,10 +248,16 @@ class HDF5(FileWriter):
         notes: dict[str, str] = {}  # settings this file cannot use as they stand
         if self._direct:
             chunks = (1, *shape)
-            filters = _codec_filter(first)
+            filters = codec_filter(first)
         else:
-            chunks = self._chunks(shape, dtype.itemsize, notes)
-            filters = self._filter()
+            v = self.values
+            chunks, note = fit_chunks(
+                shape, dtype.itemsize, auto=bool(v["ChunkSizeAuto"]), rows=v["NumRowChunks"],
+                cols=v["NumColChunks"], frames=v["NumFramesChunks"],
+                held=1 if v["FileWriteMode"] == SINGLE else v["NumCapture"])
+            if note:
+                notes["chunks"] = note
+            filters = compression_filter(v)
         requested = self.values["FillValue"]
         fill, note = fill_value(requested, dtype)
         if note:
@@ -284,60 +276,6 @@ class HDF5(FileWriter):
             dataset.attrs["channels"] = list(first.channels)
             dataset.attrs["channel_axis"] = 1
         return dataset
-
-    def _chunks(self, shape: tuple[int, ...], itemsize: int,
-                notes: dict[str, str]) -> tuple[int, ...]:
-        """The chunk shape: the settings, fitted to the frame, to the frames the file will
-        hold (NumCapture; 1 in Single mode) and to HDF5's limits per chunk, each fitting said
-        in `notes` (HDF5 would take a 4 GiB chunk at creation and fail at the first write, or
-        write gigabytes of fill for a few frames)."""
-        v = self.values
-        requested = max(1, v["NumFramesChunks"])
-        if v["ChunkSizeAuto"] or len(shape) < 2:
-            frame = list(shape)
-        else:
-            frame = [*shape[:-2], min(v["NumRowChunks"] or shape[-2], shape[-2]),
-                     min(v["NumColChunks"] or shape[-1], shape[-1])]
-        frames = requested
-        said = []
-        held = 1 if v["FileWriteMode"] == SINGLE else v["NumCapture"]
-        if held and frames > held:
-            frames = held
-            said.append(f"NumFramesChunks {requested} > the {held} frames of a file: "
-                        f"{frames} per chunk")
-        limit = min(CHUNK_MAX_ELEMENTS, CHUNK_MAX_BYTES // max(1, itemsize))
-        fitted = list(frame)
-        for axis in range(len(fitted)):  # a frame bigger than a chunk may be: fewer rows first
-            others = math.prod(fitted) // fitted[axis]
-            fitted[axis] = max(1, min(fitted[axis], limit // others))
-        if fitted != frame:
-            said.append(f"a chunk of one frame {tuple(frame)} is over HDF5's 4 GiB: "
-                        f"{tuple(fitted)}")
-        most = max(1, limit // math.prod(fitted))
-        if frames > most:
-            said.append(f"{frames} frames of {math.prod(fitted) * itemsize} bytes per chunk "
-                        f"are over HDF5's 4 GiB: {most} per chunk")
-            frames = most
-        if said:
-            notes["chunks"] = "chunking fitted: " + "; ".join(said)
-        return (frames, *fitted)
-
-    def _filter(self) -> dict[str, Any]:
-        v = self.values
-        name = COMPRESSIONS[v["Compression"]]
-        if name == "None":
-            return {}
-        if name == "zlib":
-            return {"compression": "gzip", "compression_opts": v["ZLevel"]}
-        if name == "Blosc":
-            return dict(hdf5plugin.Blosc(cname=BLOSC_CNAMES[v["BloscCompressor"]],
-                                         clevel=v["BloscLevel"], shuffle=v["BloscShuffle"]))
-        if name == "LZ4":
-            return dict(hdf5plugin.LZ4())
-        if name == "BSLZ4":
-            return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-        raise WriteError(f"Compression {name} is not supported; choose None, zlib, Blosc, "
-                         "BSLZ4 or LZ4")
 
     def _series(self, group: h5py.Group, name: str, dtype: np.dtype) -> h5py.Dataset:
         chunk = max(1, self.values["NDAttributeChunk"] or 16)
@@ -523,46 +461,9 @@ def acquisition_record(acquisition: Acquisition) -> dict[str, Any]:
             "state": acquisition.state.name}
 
 
-def fill_value(value: float, dtype: np.dtype) -> tuple[Any, str | None]:
-    """FillValue as a dataset of `dtype` holds it, and what was changed: clamped to the type's
-    range and, for integers, truncated toward zero, as HDF5's own conversion does (numpy's cast
-    would wrap -5 to 251 in a UInt8 and make 1e30 whatever the platform gives)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        number = min(max(int(value), int(info.min)), int(info.max))  # value is finite
-        fill = dtype.type(number)
-        if number != value:
-            kind = "truncated" if info.min <= value <= info.max else "clamped"
-            return fill, f"{kind} to {number} for {dtype.name} data"
-        return fill, None
-    if dtype.kind == "f":
-        info = np.finfo(dtype)
-        number = min(max(value, float(info.min)), float(info.max))
-        if number != value:
-            return dtype.type(number), f"clamped to {number:g} for {dtype.name} data"
-        return dtype.type(value), None
-    return np.zeros((), dtype)[()], None
-
-
 def _attr_dtype(value: Any) -> np.dtype:
     if isinstance(value, (bool, np.bool_)):
         return np.dtype("u1")
     if isinstance(value, (int, float, np.number)):
         return np.asarray(value).dtype  # Python int -> int64, float -> float64
     return h5py.string_dtype()
-
-
-def _codec_filter(array: NDArray) -> dict[str, Any]:
-    """The HDF5 filter that reads chunks compressed by the Codec plugin."""
-    codec = array.codec
-    if codec.name == "zlib":
-        return {"compression": "gzip"}
-    if codec.name == "blosc":
-        return dict(hdf5plugin.Blosc())
-    if codec.name == "lz4hdf5":
-        return dict(hdf5plugin.LZ4())
-    if codec.name == "bslz4":
-        return dict(hdf5plugin.Bitshuffle(cname="lz4"))
-    raise WriteError(f"arrays compressed with {codec.name!r} cannot be written to HDF5 "
-                     "as they are; decompress them first")
