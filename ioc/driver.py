@@ -71,6 +71,15 @@ PLUGIN_WAIT_TIMEOUT = 60.0
 EARLIEST = 0.75
 
 
+def next_frame_due(due: float, period: float, started: float) -> float:
+    """When the next frame starts, `due` being when this one was due and `started` when it
+    began: on the grid of `period`, but never sooner than EARLIEST periods after this frame
+    began. A wait's overshoot is made up by the next wait (pacing each frame from its own start
+    made 1000 frames at 1 ms take 1.13 s), and a frame late by more moves the grid instead of
+    causing a burst (frames of shared acquisition ranks keep their stagger)."""
+    return max(due + period, started + EARLIEST * period)
+
+
 @dataclass
 class FrameContext:
     """What `produce_frame` gets: the frozen parameters and an interruptible wait."""
@@ -381,10 +390,7 @@ class Driver(ArrayPort):
                 self.message("Waiting for acquisition")
                 self.state.fire(Event.DONE)
                 return
-            period = float(settings["AcquirePeriod"])
-            # on the grid, but never sooner than EARLIEST periods after this frame began: a
-            # wait's overshoot is made up by the next one, a frame late by more moves the grid
-            due = max(due + period, started + EARLIEST * period)
+            due = next_frame_due(due, float(settings["AcquirePeriod"]), started)
             delay = due - time.monotonic()
             if delay > 0:
                 self.state.fire(Event.WAIT)
