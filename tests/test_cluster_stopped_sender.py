@@ -65,6 +65,12 @@ def stalls(log: str) -> int:
                           r"come in full", log))
 
 
+def said(log: str, last: int = 40) -> str:
+    """The ranks' last warnings and errors (for a failure's message)."""
+    return "\n".join([line for line in log.splitlines()
+                      if " WARNING " in line or " ERROR " in line][-last:])
+
+
 def test_a_sender_stopped_mid_frame_leaves_the_processing_rank_answering(tmp_path,
                                                                           monkeypatch):
     """Five times: frames flow, rank 1 is stopped at a random moment for about twice the
@@ -94,7 +100,8 @@ def test_a_sender_stopped_mid_frame_leaves_the_processing_rank_answering(tmp_pat
                 time.sleep(0.05)
             rank1.resume()
             stopped = None
-            assert seen <= {"", "1"}, f"the processing rank was listed silent: {seen}"
+            assert seen <= {"", "1"}, \
+                f"the processing rank was listed silent: {seen}\n{said(ioc.log())}"
             assert "1" in seen, f"the stopped acquisition rank was not listed: {seen}"
             assert wait_for(lambda: get(p + "Cluster:SilentRanks_RBV", as_string=True) == "", 10)
             # given up on, rank 1 was told to stop: the acquisition ends

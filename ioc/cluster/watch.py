@@ -94,8 +94,8 @@ class Watch:
             answering = len(node.workers) - len(self.silent & set(node.workers))
             text = " ".join(map(str, sorted(self.silent)))
         for rank in sorted(newly & processing):
-            log.error("processing rank %d stopped answering: its outstanding frames become "
-                      "missing", rank)
+            log.error("processing rank %d stopped answering (last heard %.1f s ago): its "
+                      "outstanding frames become missing", rank, now - self.last_heard[rank])
         for rank, cause in sorted(why.items()):
             log.error("%s: the acquisition goes on without it, the frames it owes become "
                       "missing", cause)

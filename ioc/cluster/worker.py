@@ -137,6 +137,10 @@ class WorkerNode:
         if self.acquisition is not None:
             self.acquisition.flush()
         if now >= self._next_report:
+            late = now - self._next_report if self._next_report else 0.0
+            if late > self.cluster.window_s / 2:  # the control rank may list this one silent
+                log.warning("rank %d: its MPI thread was held up: a report is %.1f s late",
+                            self.rank, late)
             self._next_report = now + self.cluster.report_interval_s
             self._report(heartbeat=True)
 
