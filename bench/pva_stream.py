@@ -14,8 +14,14 @@ producer, at 512x512, 1024x1024, 2048x2048 and 4096x4096 UInt8, one after anothe
 ``pvapy``
     ``pvapy-ad-sim-server`` (pre-generated random frames, ``-nf 10``, recycled) publishing at
     ``-fps rate`` for ``-rt window`` seconds, started fresh for each trial.
+``p4p``
+    The ceiling of any p4p server, run as the sim server is: a bare p4p SharedPV in a child
+    process posting ten pre-made NTNDArray Values (no copy of the pixels before PVXS's own,
+    nothing computed per frame; `p4p_server`), with ndflow's PVXS send corrections. ndflow
+    serves pvAccess through p4p, so what this one cannot reach, no ndflow IOC can; the
+    summary's ``p4p_ceiling`` gives p4p/pvapy and ndflow/p4p per size.
 
-Both into the same consumer command line (a fresh consumer per trial), with the same server
+All into the same consumer command line (a fresh consumer per trial), with the same server
 queue (``--server-queue-size``, the framework's own loss protection, per size below) and the
 same rate search (`search`): geometric, from a guess per size, x2 after a pass and /2 after a
 failure until both are known, then the geometric mean of the highest pass and the lowest
@@ -350,7 +356,13 @@ class PvapyProducer:
 
     def __init__(self, size: int, folder: Path, ports: set[int]) -> None:
         self.size = size
-        self.channel = f"ndflowbench{os.getpid()}:sim{size}:image"
+        self.channel = f"ndflowbench{os.getpid()}:{self.name}{size}:image"
+
+    def command(self, rate: float, window: float) -> list[str]:
+        return [SIM_SERVER, "-cn", self.channel, "-nx", str(self.size), "-ny", str(self.size),
+                "-dt", "uint8", "-nf", "10", "-fps", f"{rate:.3f}", "-rt", f"{window:.3f}",
+                "-std", str(self.START_DELAY), "-shd", str(self.SHUTDOWN_DELAY), "-rp", "0",
+                "-dc"]
 
     def trial(self, rate: float, window: float, queue: int, folder: Path,
               ports: set[int]) -> dict[str, Any]:
@@ -358,10 +370,7 @@ class PvapyProducer:
         out_path = folder / "sim.out"
         with open(out_path, "w") as out:
             server = subprocess.Popen(
-                [SIM_SERVER, "-cn", self.channel, "-nx", str(self.size), "-ny", str(self.size),
-                 "-dt", "uint8", "-nf", "10", "-fps", f"{rate:.3f}", "-rt", f"{window:.3f}",
-                 "-std", str(self.START_DELAY), "-shd", str(self.SHUTDOWN_DELAY), "-rp", "0",
-                 "-dc"],
+                self.command(rate, window),
                 stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, **server_env(port), "PYTHONUNBUFFERED": "1"})
             consumer = Consumer(self.channel, port, queue, folder, ports)
@@ -408,6 +417,67 @@ class PvapyProducer:
 
     def close(self) -> None:
         pass
+
+
+class P4pProducer(PvapyProducer):
+    """The ceiling of any p4p server: `p4p_server` below in a child process, as the sim server
+    is run (same start and shutdown delays, same "Published frames" line)."""
+
+    name = "p4p"
+
+    def command(self, rate: float, window: float) -> list[str]:
+        return [sys.executable, __file__, "--p4p-server", self.channel, str(self.size),
+                f"{rate:.3f}", f"{window:.3f}", str(self.START_DELAY), str(self.SHUTDOWN_DELAY)]
+
+
+def p4p_server(channel: str, size: int, rate: float, window: float, start_delay: float,
+               shutdown_delay: float) -> None:
+    """pvapy-ad-sim-server's part played by a bare p4p server: ten random frames made before,
+    each a complete NTNDArray Value built once (ndflow's converter, ColorMode the one
+    attribute); per frame only uniqueId and the time stamps change, and the update marks them
+    and the pixels, as Pva1's stream does. PVXS shares a posted Value's array (SharedPV::post
+    clones the structure, not the array), so nothing copies the pixels before PVXS writes them
+    into its send buffers: the least CPU per frame a p4p server can spend. PVXS gets the same
+    send-path corrections as the IOC (ndflow.pva.pvxs_send). Publishes at `rate` for `window`
+    s on an absolute schedule, numbering frames 1..N, then prints N as the sim server does."""
+    import numpy as np
+    from p4p.server import Server, StaticProvider
+    from p4p.server.raw import SharedPV
+
+    from ndflow.ndarray import NDArray
+    from ndflow.pva.ntndarray_stream import to_value
+    from ndflow.pva.pvxs_send import apply, batch_sender
+
+    rng = np.random.default_rng(1)
+    made = [to_value(NDArray.from_numpy(rng.integers(0, 255, (size, size), dtype=np.uint8)))
+            for _ in range(10)]
+    pv = SharedPV(initial=made[0])
+    provider = StaticProvider("bench")
+    provider.add(channel, pv)
+    apply()
+    server = Server(providers=[provider])
+    batch_sender()
+    time.sleep(start_delay)
+    count = max(1, round(rate * window))
+    t0 = time.monotonic()
+    for i in range(1, count + 1):
+        value = made[i % len(made)]
+        value.unmark()
+        now = time.time()
+        sec = int(now)
+        stamp = {"secondsPastEpoch": sec, "nanoseconds": int((now - sec) * 1e9)}
+        value["uniqueId"] = i
+        value["timeStamp"] = stamp
+        value["dataTimeStamp"] = stamp
+        value.mark("value")
+        pv.post(value)
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    print(f"Published frames: {count}", flush=True)
+    time.sleep(shutdown_delay)
+    print("Server exiting", flush=True)
+    server.stop()
 
 
 def judge(rate: float, stats: dict[str, Any], complete: bool,
@@ -483,9 +553,16 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--trials", type=int, default=7, help="trials per producer and size")
     parser.add_argument("--window", type=float, default=2.5, help="seconds of frames per trial")
-    parser.add_argument("--producers", nargs="+", default=["ndflow", "pvapy"],
-                        choices=["ndflow", "pvapy"])
+    parser.add_argument("--producers", nargs="+", default=list(PRODUCERS),
+                        choices=list(PRODUCERS))
+    parser.add_argument("--p4p-server", nargs=6, metavar=("CHANNEL", "SIZE", "RATE", "WINDOW",
+                                                           "START_DELAY", "SHUTDOWN_DELAY"),
+                        help=argparse.SUPPRESS)  # the p4p producer's child process
     args = parser.parse_args()
+    if args.p4p_server:
+        channel, size, *times = args.p4p_server
+        p4p_server(channel, int(size), *map(float, times))
+        return
     ports: set[int] = set()
     results: dict[int, dict[str, float]] = {}
     cpu: dict[str, dict[str, Any]] = {}
@@ -495,8 +572,7 @@ def main() -> None:
         for size in args.sizes:
             for name in args.producers:
                 log(f"{name} {size}x{size} ...")
-                cls = NdflowProducer if name == "ndflow" else PvapyProducer
-                producer = cls(size, folder, ports)
+                producer = PRODUCERS[name](size, folder, ports)
                 try:
                     result = search(producer, size, args.trials, args.window, folder, ports)
                 finally:
@@ -508,13 +584,19 @@ def main() -> None:
                     "consumer": result["consumer_cpu_ms_per_frame"]}
     ratios = {f"{s}x{s}": (round(r["ndflow"] / r["pvapy"], 2) if r.get("pvapy") else None)
               for s, r in results.items() if "ndflow" in r}
-    print(json.dumps({"summary": True, "ratios": ratios,
+    # how far a p4p server can go at all (against pvapy), and how much of it ndflow reaches
+    ceiling = {f"{s}x{s}": {key: round(r[a] / r[b], 2) for key, a, b in (
+        ("p4p_vs_pvapy", "p4p", "pvapy"), ("ndflow_vs_p4p", "ndflow", "p4p")) if r.get(a)
+        and r.get(b)} for s, r in results.items() if r.get("p4p")}
+    print(json.dumps({"summary": True, "ratios": ratios, "p4p_ceiling": ceiling,
                       "max_zero_loss_fps": {f"{s}x{s}": r for s, r in results.items()},
                       "cpu_ms_per_frame_at_best": cpu,
                       "consumer": "pvapy-hpc-consumer, 1 consumer, " + PROCESSOR,
                       "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
                       "bench_s": round(time.monotonic() - t_start, 1)}), flush=True)
 
+
+PRODUCERS = {"ndflow": NdflowProducer, "pvapy": PvapyProducer, "p4p": P4pProducer}
 
 if __name__ == "__main__":
     main()
