@@ -35,6 +35,14 @@ the sender polls each frame's send the same way, for as long (the receiver's tur
 2 MiB frames at 12 a second; both, at 670). The first YIELD_S of a transfer is polled with
 sched_yield, the rest with sleep(0): a transfer between two polling ranks is over in 1-3 ms,
 and a peer slow or stopped then costs the host little more than the sleeps did.
+
+A watch (`_watch`, its own thread, four looks a second) says when a turn of the MPI thread
+takes longer than HELD_S, and where the thread is held: the line of this module, an MPI call
+or a handler. MPICH's shared-memory queues are not lock-free against a stopped process: a rank
+stopped between the two steps of putting a message into another rank's queue (the tail swapped,
+the link not yet written) makes that rank's next receive spin inside MPI until it resumes
+(MPIDU_genqi_nem_mpsc_dequeue: "busy wait for the enqueuing to finish"). No heartbeat leaves the
+held rank meanwhile, so the control rank rightly lists it silent too; the watch's lines say why.
 """
 
 from __future__ import annotations
@@ -66,6 +74,9 @@ YIELD_S = 0.005
 #: at shutdown, how long a cancelled receive is waited for (MPI may not cancel a receive its
 #: sender has begun to fill)
 CANCEL_WAIT_S = 0.2
+#: a turn of the MPI thread taking longer than this is said, with where the thread is held (a
+#: turn takes milliseconds; the control rank lists a rank silent after its window, seconds)
+HELD_S = 0.5
 #: after a frame's header, how long its pixels are probed for before the thread goes on: on
 #: two busy ranks they were not there yet at the first probe for 95% of the frames, which cost
 #: a sleep and a wake-up each (0.05-0.1 ms of CPU per frame, bench/cluster.py)
@@ -111,11 +122,31 @@ class Link:
         self._abandoned: list[Any] = []
         self._status = MPI.Status()
         self.last_frame = time.monotonic()  # a frame last sent or received
+        self._turn = time.monotonic()  # when the MPI thread's current turn began
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"mpi-rank{self.rank}",
                                         daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name=f"mpi-watch{self.rank}", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Say a turn of the MPI thread held longer than HELD_S, where it is held, and when it
+        goes on (see the module docstring)."""
+        thread = self._thread
+        said = None  # the turn said held
+        while not self._stop.wait(HELD_S / 2):
+            turn = self._turn
+            held = time.monotonic() - turn
+            if said is not None and turn != said:
+                log.warning("rank %d: its MPI thread went on after %.1f s", self.rank,
+                            turn - said)
+                said = None
+            if said is None and held > HELD_S and thread is not None:
+                said = turn
+                log.warning("rank %d: its MPI thread has made no progress for %.1f s, at %s "
+                            "(the process was stopped, or the call waits on a stopped rank)",
+                            self.rank, held, _where(thread))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush what is queued (up to `timeout`), then end the thread."""
@@ -245,6 +276,7 @@ class Link:
         sleep = FIRST_SLEEP_S
         self.last_frame = time.monotonic()
         while not self._stop.is_set():
+            self._turn = time.monotonic()
             busy = received = False
             try:
                 while self._out:
@@ -312,3 +344,29 @@ class Link:
                 self._hand_on(incoming)
             except Exception as exc:
                 log.error("rank %d: MPI thread: %s: %s", self.rank, type(exc).__name__, exc)
+
+
+def _where(thread: threading.Thread) -> str:
+    """The innermost line `thread` runs, as "file:line `code` in function" (an MPI call shows as
+    the line calling it), and if that is in Python's own library (a lock's wait), the innermost
+    line outside it that led there."""
+    import linecache
+    import sys
+    import sysconfig
+
+    def line(frame: Any) -> str:
+        code = frame.f_code
+        text = linecache.getline(code.co_filename, frame.f_lineno).strip()
+        return f"{os.path.basename(code.co_filename)}:{frame.f_lineno} `{text}` in {code.co_name}"
+
+    frame = sys._current_frames().get(thread.ident or -1)
+    if frame is None:
+        return "an unknown place"
+    where = line(frame)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    caller = frame
+    while caller is not None and caller.f_code.co_filename.startswith(stdlib):
+        caller = caller.f_back
+    if caller is not None and caller is not frame:
+        where += f", called from {line(caller)}"
+    return where

@@ -137,11 +137,6 @@ class WorkerNode:
         if self.acquisition is not None:
             self.acquisition.flush()
         if now >= self._next_report:
-            late = now - self._next_report if self._next_report else 0.0
-            if late > self.cluster.window_s / 2:  # the control rank may list this one silent
-                log.warning("rank %d: a report %.1f s late (the process was stopped, or its "
-                            "MPI thread held up): the control rank may have listed it silent",
-                            self.rank, late)
             self._next_report = now + self.cluster.report_interval_s
             self._report(heartbeat=True)
 

@@ -314,5 +314,34 @@ def test_the_thread_sleeps_while_pixels_are_pending(rank):
     assert r.next()[1]["uid"] == 1
 
 
+def test_a_turn_held_past_held_s_is_said_with_where_and_how_long(rank, caplog):
+    """The watch: a handler that holds the MPI thread (as MPI itself can, waiting on a stopped
+    rank) is named, and the thread's going on is said with the time it was held."""
+    from ndflow.cluster import link as link_module
+    release = threading.Event()
+    r = rank()
+    r.link.on_message = lambda source, header, data: release.wait(5)
+    with caplog.at_level(logging.WARNING, logger="ndflow.cluster"):
+        r.link.send(0, {"kind": PUT, "port": "STATS1", "name": "X", "value": 1})
+        assert wait_until(lambda: "made no progress" in caplog.text, 2 * link_module.HELD_S + 1)
+        release.set()
+        assert wait_until(lambda: "went on after" in caplog.text, 2.0)
+    held, went = [m for m in caplog.messages if "MPI thread" in m]
+    assert held.startswith("rank 0: its MPI thread has made no progress for 0.")
+    assert "release.wait(5)` in <lambda>" in held  # the line it is held at
+    assert float(went.split("after ")[1].split(" s")[0]) >= link_module.HELD_S
+
+
+def test_a_quick_turn_is_never_said(rank, caplog):
+    with caplog.at_level(logging.WARNING, logger="ndflow.cluster"):
+        r = rank()
+        for value in range(50):
+            r.link.send(0, {"kind": PUT, "port": "STATS1", "name": "X", "value": value})
+        for _ in range(50):
+            r.next()
+        time.sleep(0.6)
+    assert "MPI thread" not in caplog.text
+
+
 def test_threads_are_left_clean():
-    assert not [t for t in threading.enumerate() if t.name.startswith("mpi-rank")]
+    assert not [t for t in threading.enumerate() if t.name.startswith("mpi-")]
