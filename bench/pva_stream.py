@@ -71,6 +71,17 @@ frame (the pvapy sim server replays ten pre-made ones), p4p copies the pixels in
 again into its send buffers, where pvAccessCPP sends from the array. On 2 cores the IOC's
 threads and the consumer share the CPU, so every one of those copies lowers the rate.
 
+The p4p producer measures the ceiling. Two runs (Dec 2026), p4p / pvapy at 512, 1024, 2048 and
+4096: 1.20 / 1.00 / 0.79 / 0.89 and 1.17 / 0.85 / 0.77 / 0.84; ndflow / p4p: 0.75 / 0.56 /
+0.91 / 0.86 and 0.77 / 0.60 / 0.92 / 1.01. So at 2048 and 4096 no p4p server reaches the sim
+server, whatever it does per frame (PVXS's copy into its buffers costs more than pvAccessCPP's
+send from the array), and at 1024 only one that does nothing per frame. Per thread at 1024,
+about 1250 frames/s (/proc): ndflow's PVXS thread 0.34 ms per frame and its driver thread 0.375
+(the sim's frame 0.075, the Value with p4p's copy 0.095, the post 0.03, the framework the rest);
+the bare server's PVXS thread 0.45 (its ten pre-made frames are not in cache, ndflow's are) and
+its Python thread 0.07. The whole difference is the driver thread's making and handing over
+of each frame.
+
 Output: one JSON object per line per trial (``"trial": true``), one per producer and size with
 its result, and a last line ``{"summary": true, "ratios": {...}}`` with ndflow/pvapy per size.
 Progress goes to stderr.
