@@ -366,7 +366,8 @@ class Driver(ArrayPort):
         taken = 0
         self._paused = 0.0
         self.set("PausedTime_RBV", 0.0)
-        due = time.monotonic()  # when the next frame is due: on a grid of AcquirePeriod
+        # when the next frame is due: on a grid of AcquirePeriod, from when the first one was
+        due = acquisition.first_due if acquisition.first_due is not None else time.monotonic()
         while True:
             if int(settings.get("LossPolicy", DROP)) == PAUSE:
                 self._pause_while_overloaded(float(settings["PauseThreshold"]) / 100.0)

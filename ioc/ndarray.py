@@ -220,6 +220,9 @@ class Acquisition:
     pipeline: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)  # POSIX time of Acquire=1
     ended: float | None = None  # POSIX time the driver made its last frame (None: running)
+    #: when its first frame is due (time.monotonic), if not at once: a cluster rank's place on
+    #: the frames' common timeline (ndflow.cluster.numbering.first_frame_in)
+    first_due: float | None = None
     acquired: Future = field(default_factory=Future)
     processed: Future = field(default_factory=Future)
     on_state: Callable[["Acquisition", RunState], None] | None = None

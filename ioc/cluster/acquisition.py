@@ -35,7 +35,7 @@ from ..state import RunState
 from .common import ACQ_DONE, DISPATCHED
 from .config import ClusterConfig
 from .dispatch import CreditDispatch, RoundRobin
-from .numbering import RankNumbering, rank_settings, stagger
+from .numbering import RankNumbering, first_frame_in, rank_settings, stagger
 from .wire import ACQ_END, frame_header
 
 log = logging.getLogger("ndflow.cluster")
@@ -206,12 +206,13 @@ class AcquisitionRole:
 
     # --- a rank other than the control rank ------------------------------------------------------
     async def start(self, acquisition_id: int, base: int = 0, seq: int = 0,
-                    reset: bool = False) -> None:
+                    reset: bool = False, sent: float | None = None) -> None:
         """START (event loop): run the control rank's acquisition `acquisition_id` with this
         rank's values (the control rank's, mirrored), as Acquire=1 would; shared whole frames:
         this rank's share, after uniqueId `base`, the first frame at image position `seq`,
         `reset`: a put since the last START resets the image at that frame (this rank's own
-        Reset may be an older one, from an acquisition it made no frame of).
+        Reset may be an older one, from an acquisition it made no frame of); `sent`: when the
+        control rank sent START (time.time()), which the shared ranks' timeline starts from.
 
         An older acquisition still running here is one the control rank has ended already:
         this rank was given up on while stopped, or it is still making the frame it had begun
@@ -227,9 +228,10 @@ class AcquisitionRole:
                 await asyncio.wait_for(until(running.acquired), STOP_WAIT_S)
             except asyncio.TimeoutError:
                 pass
-        self._start_now(acquisition_id, base, seq, reset)
+        self._start_now(acquisition_id, base, seq, reset, sent)
 
-    def _start_now(self, acquisition_id: int, base: int, seq: int, reset: bool) -> None:
+    def _start_now(self, acquisition_id: int, base: int, seq: int, reset: bool,
+                   sent: float | None = None) -> None:
         d = self.driver
         delay = 0.0
         if d.acquiring:
@@ -248,11 +250,15 @@ class AcquisitionRole:
             self._shown[acquisition_id] = dict(settings)
             while len(self._shown) > 8:
                 self._shown.pop(next(iter(self._shown)))
-            delay = stagger(settings, self.numbering.ranks, self.numbering.index)
+            delay = first_frame_in(stagger(settings, self.numbering.ranks,
+                                           self.numbering.index),
+                                   None if sent is None else time.time() - sent)
             settings.update(changes)
         d.acquiring = True
         d._stop_event.clear()
         acquisition = Acquisition(acquisition_id, settings, on_state=d._run_state_entered)
+        if self.numbering is not None:  # on the timeline shared with the other ranks
+            acquisition.first_due = time.monotonic() + delay
         acquisition.on_lost = d._frames_lost
         d.acquisition = acquisition
         d.set("Acquire", 1)

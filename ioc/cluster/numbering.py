@@ -55,6 +55,28 @@ def stagger(settings: Mapping[str, Any], ranks: int, index: int) -> float:
     return index * max(exposure, ranks * period) / ranks
 
 
+#: the shared ranks' common timeline starts this long after the control rank sent START: on an
+#: idle host START reaches every rank within milliseconds, on a loaded one (a CI run, both
+#: pytest workers busy) up to about 0.1 s apart, and a rank that starts later than its stagger
+#: makes its first frame after another rank's next one
+START_LEAD_S = 0.1
+#: a START later than this after the control rank sent it (a rank that had to stop an older
+#: acquisition first, or whose clock is off by more) is timed from its arrival instead
+START_LATE_MAX_S = 0.5
+
+
+def first_frame_in(stagger_s: float, late_s: float | None) -> float:
+    """Seconds from now to this rank's first frame, `late_s` after the control rank sent START
+    (its clock against ours; None: not said): its place on the timeline shared by the ranks,
+    START_LEAD_S after START was sent, so a START that reached one rank later than another
+    (the MPI thread's sleep, a busy event loop) does not put that rank's frames out of order.
+    Negative: due already (the driver makes it at once and its grid catches up as far as
+    ndflow.driver.EARLIEST allows)."""
+    if late_s is None or not 0.0 <= late_s <= START_LATE_MAX_S:
+        return stagger_s
+    return START_LEAD_S + stagger_s - late_s
+
+
 def rank_settings(settings: Mapping[str, Any], ranks: int, index: int) -> dict[str, Any] | None:
     """What rank `index` changes in its copy of the acquisition's settings (its share of the
     frames, the cluster's period times `ranks`); None when it makes no frame at all."""

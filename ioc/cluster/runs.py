@@ -98,7 +98,7 @@ class Runs:
             driver.set("StatusMessage_RBV", str(first.get("StatusMessage_RBV", "")))
         for _ in node.workers:
             acquisition.in_flight.enter()
-        start = {"kind": START, "acq": acquisition.id}
+        start = {"kind": START, "acq": acquisition.id, "sent": time.time()}
         if shared:
             start.update(base=self.base, seq=self.numbering.seq, reset=self._reset())
         for rank in node.remote:

@@ -107,7 +107,7 @@ class WorkerNode:
             role = self.acquisition
             self.loop.call_soon_threadsafe(self._in_line, lambda: role.start(
                 header["acq"], header.get("base", 0), header.get("seq", 0),
-                bool(header.get("reset"))))
+                bool(header.get("reset")), header.get("sent")))
         elif kind == STOP:
             self.loop.call_soon_threadsafe(self.stopped.set)
         else:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from ndflow.cluster.numbering import (CONTINUOUS, MULTIPLE, SINGLE, ClusterNumbering,
-                                      GivenUp, RankNumbering, Seen, owed, rank_settings, share,
-                                      stagger, uid)
+                                      START_LATE_MAX_S, START_LEAD_S, GivenUp, RankNumbering, Seen,
+                                      first_frame_in, owed, rank_settings, share, stagger, uid)
 from ndflow.driver import FrameContext
 from ndflow.drivers.sim import LINEAR_RAMP, SINE, SimDetector, SimOptions
 from ndflow.graph import PortGraph
@@ -54,6 +54,34 @@ def test_the_ranks_start_staggered_so_their_frames_come_evenly_spaced():
         assert np.allclose(np.diff(starts), rank_time / ranks), settings
         assert stagger(settings, ranks, 0) == 0.0
     assert stagger({"AcquireTime": 0.0, "AcquirePeriod": 0.0}, 2, 1) == 0.0  # free-running
+
+
+def test_the_first_frame_is_timed_from_when_start_was_sent_not_from_its_arrival():
+    """Two ranks that got START 0.01 and 0.08 s after it was sent (a loaded host) still make
+    their first frames a stagger apart, on the timeline that starts START_LEAD_S after it was
+    sent; a START later than START_LATE_MAX_S (or with no time, or from a clock ahead of ours)
+    is timed from its arrival, as before."""
+    rank_stagger = 0.05
+    arrivals = {0: 0.01, 1: 0.08}
+    starts = {i: late + first_frame_in(i * rank_stagger, late) for i, late in arrivals.items()}
+    assert starts == {0: pytest.approx(START_LEAD_S), 1: pytest.approx(START_LEAD_S + 0.05)}
+    assert first_frame_in(0.05, START_LEAD_S + 0.08) == pytest.approx(-0.03)  # due: at once
+    assert first_frame_in(0.05, None) == 0.05
+    assert first_frame_in(0.05, START_LATE_MAX_S + 0.1) == 0.05
+    assert first_frame_in(0.05, -0.2) == 0.05
+
+
+def test_a_rank_started_late_stays_between_the_other_ranks_frames():
+    """The driver's grid starts at Acquisition.first_due (ndflow.driver): a rank of two whose
+    first frame came 0.02 s late (within a quarter period) makes its next frames on the shared
+    timeline again, between the other rank's; without first_due its grid would stay 0.02 late."""
+    from ndflow.driver import next_frame_due
+    period, first_due, late = 0.1, 0.05, 0.02  # rank 1 of 2, 0.05 s stagger, 2 x 0.05 s each
+    started, due = first_due + late, first_due
+    for k in range(1, 6):
+        due = next_frame_due(due, period, started)
+        started = due  # no overshoot
+        assert started == pytest.approx(first_due + k * period)
 
 
 def test_a_silent_rank_owes_its_frames_not_seen():
