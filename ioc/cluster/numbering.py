@@ -55,10 +55,13 @@ def stagger(settings: Mapping[str, Any], ranks: int, index: int) -> float:
     return index * max(exposure, ranks * period) / ranks
 
 
-#: the shared ranks' common timeline starts this long after the control rank sent START: on an
-#: idle host START reaches every rank within milliseconds, on a loaded one (a CI run, both
-#: pytest workers busy) up to about 0.1 s apart, and a rank that starts later than its stagger
-#: makes its first frame after another rank's next one
+#: the shared ranks' common timeline starts this long after the control rank sent START. START
+#: reaches each rank after its MPI thread's sleep (up to 10 ms when idle) and a turn of its
+#: event loop, so the ranks get it milliseconds apart, more on a busy host; timed from its
+#: arrival, a rank whose START came later than its stagger (2 ms for two ranks at 4 ms frames)
+#: made its frames after the other rank's for the whole acquisition. One comparison at 4 ms
+#: frames (3 acquisitions of 40 frames, 2 acquisition ranks, 2 cores): frames out of
+#: timestamp order 9-13 of 39 with this timeline, 13-18 timed from arrival
 START_LEAD_S = 0.1
 #: a START later than this after the control rank sent it (a rank that had to stop an older
 #: acquisition first, or whose clock is off by more) is timed from its arrival instead
