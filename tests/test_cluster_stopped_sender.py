@@ -13,8 +13,8 @@ Cluster:SilentRanks_RBV with the stopped one.
 
 One case is MPICH's and allowed, when rank 2 says so: rank 1 stopped in the few instructions
 between the two steps of putting a message in rank 2's shared-memory queue makes rank 2 spin
-inside MPI until rank 1 resumes (about one stop in 200 here). Rank 2 is then rightly listed, and
-its watch (ndflow.cluster.link) names the MPI call it is held in.
+inside MPI until rank 1 resumes (one stop in 50 to 200 here, more often under load). Rank 2
+is then rightly listed, and its watch (ndflow.cluster.link) names the MPI call it is held in.
 """
 
 from __future__ import annotations
