@@ -252,7 +252,8 @@ class AcquisitionRole:
                 self._shown.pop(next(iter(self._shown)))
             delay = first_frame_in(stagger(settings, self.numbering.ranks,
                                            self.numbering.index),
-                                   None if sent is None else time.time() - sent)
+                                   time.time() - sent if isinstance(sent, (int, float))
+                                   else None)
             settings.update(changes)
         d.acquiring = True
         d._stop_event.clear()
