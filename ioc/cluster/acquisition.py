@@ -250,10 +250,9 @@ class AcquisitionRole:
             self._shown[acquisition_id] = dict(settings)
             while len(self._shown) > 8:
                 self._shown.pop(next(iter(self._shown)))
+            late = time.time() - sent if isinstance(sent, (int, float)) else None
             delay = first_frame_in(stagger(settings, self.numbering.ranks,
-                                           self.numbering.index),
-                                   time.time() - sent if isinstance(sent, (int, float))
-                                   else None)
+                                           self.numbering.index), late)
             settings.update(changes)
         d.acquiring = True
         d._stop_event.clear()

@@ -47,8 +47,11 @@ held rank meanwhile, so the control rank rightly lists it silent too; the watch'
 
 from __future__ import annotations
 
+import linecache
 import logging
 import os
+import sys
+import sysconfig
 import threading
 import time
 from collections import deque
@@ -134,6 +137,7 @@ class Link:
         """Say a turn of the MPI thread held longer than HELD_S, where it is held, and when it
         goes on (see the module docstring)."""
         thread = self._thread
+        assert thread is not None  # started before the watch
         said = None  # the turn said held
         while not self._stop.wait(HELD_S / 2):
             turn = self._turn
@@ -142,7 +146,7 @@ class Link:
                 log.warning("rank %d: its MPI thread went on after %.1f s", self.rank,
                             turn - said)
                 said = None
-            if said is None and held > HELD_S and thread is not None:
+            if said is None and held > HELD_S:
                 said = turn
                 log.warning("rank %d: its MPI thread has made no progress for %.1f s, at %s "
                             "(the process was stopped, or the call waits on a stopped rank)",
@@ -350,10 +354,6 @@ def _where(thread: threading.Thread) -> str:
     """The innermost line `thread` runs, as "file:line `code` in function" (an MPI call shows as
     the line calling it), and if that is in Python's own library (a lock's wait), the innermost
     line outside it that led there."""
-    import linecache
-    import sys
-    import sysconfig
-
     def line(frame: Any) -> str:
         code = frame.f_code
         text = linecache.getline(code.co_filename, frame.f_lineno).strip()
@@ -363,10 +363,19 @@ def _where(thread: threading.Thread) -> str:
     if frame is None:
         return "an unknown place"
     where = line(frame)
-    stdlib = sysconfig.get_paths()["stdlib"]
     caller = frame
-    while caller is not None and caller.f_code.co_filename.startswith(stdlib):
+    while caller is not None and _in_stdlib(caller.f_code.co_filename):
         caller = caller.f_back
     if caller is not None and caller is not frame:
         where += f", called from {line(caller)}"
     return where
+
+
+_PATHS = sysconfig.get_paths()
+
+
+def _in_stdlib(filename: str) -> bool:
+    """Whether `filename` is Python's own library (a lock's or a queue's wait), not a package
+    installed beside it (site-packages may lie inside the standard library's folder)."""
+    return filename.startswith(_PATHS["stdlib"]) and not filename.startswith(
+        (_PATHS["purelib"], _PATHS["platlib"]))
