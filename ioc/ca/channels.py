@@ -163,9 +163,9 @@ class ParamChannel:
     def sent(self) -> asyncio.Future | None:
         """None if no update published so far waits in caproto's queues, else a future done
         once none does: each subscribed circuit has taken it to write, which it does only once
-        everything before it has gone to the socket. The publisher posts the next array then,
-        so arrays are paced by what the clients drain, with at most one update waiting behind
-        the one being written."""
+        everything before the one being written has gone to the socket. The publisher posts the
+        next array then, so arrays are paced by what the clients drain, with at most one update
+        handed to the sender thread and one in caproto's queues behind the one being written."""
         if self._ca_drained():
             return None
         waiter = self._ca_waiter

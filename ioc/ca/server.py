@@ -5,8 +5,9 @@ withdrawn while serving (an algorithm's reload) are dict changes made in the eve
 
 Our circuits differ from caproto's in how they send and in what they tell:
 - caproto sends a batch by joining its buffers into one bytes object (a copy of a whole image)
-  and writing that; ours hand the buffers to the socket as they are (`os.writev`, a large batch
-  from a sender thread), so an image costs one conversion to big-endian and the kernel's copy;
+  and writing that; ours hand the buffers to the socket as they are (`os.writev`, images from
+  the circuit's sender thread, see .writer), so an image costs one conversion to big-endian and
+  the kernel's copy, and the next image is written the moment the last one has gone;
 - caproto waits up to 10 ms for more updates before sending a batch; ours send what is queued
   (the publisher hands its updates over in bursts already);
 - they count what of their queue they have taken to write and what they have written: the
@@ -32,6 +33,7 @@ from ..access import AccessSecurity
 from ..params import Kind
 from ..transport import PVSpec
 from .channels import CLIENT_ADDRESS, ParamChannel, make_channel
+from .writer import SENDER_THREAD_BYTES, CircuitWriter, after, parts_of, write_now
 
 log = logging.getLogger("ndflow.ca")
 
@@ -43,12 +45,6 @@ def _limit_caproto_batching() -> None:
     still bounded by that limit: capped at 10 ms, as caproto starts."""
     from caproto.server import common
     common.MAX_LATENCY = min(common.MAX_LATENCY, common.HIGH_LOAD_TIMEOUT)
-
-
-#: buffers smaller than this are joined before the write (one iovec); larger ones go as they are
-_JOIN_BELOW = 16384
-#: buffers per writev (Linux allows 1024)
-_IOV_MAX = 512
 
 
 class _CountingQueue(asyncio.Queue):
@@ -97,19 +93,17 @@ class _Circuit(_CaprotoCircuit):
     to that queue position is written, being written, or dropped as superseded) and how much
     has been written (`ndflow_sent`).
 
-    A large batch (an image) is written to the socket by a sender thread, as RSRV's send
-    threads do: the kernel's copy of a few MB and the receiving client it wakes (which on
-    loopback takes the CPU from the writer) then cost that thread, not the event loop, which
-    meanwhile prepares the next update and serves the other clients. The thread writes to its
-    own duplicate of the socket's descriptor, closed once no write is under way, so a
-    descriptor number the loop has closed and reused is never written to."""
+    A large batch (an image) is written to the socket by the circuit's sender thread
+    (`CircuitWriter`), as RSRV's send threads do, and so is everything sent after it until it
+    has gone (the order on the wire is the order sent). The event loop meanwhile takes the next
+    update and hands it over, so the thread starts it as soon as the last one has gone."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.subscription_queue = _CountingQueue(MAX_TOTAL_SUBSCRIPTION_BACKLOG)
         self.ndflow_sent = 0  # every update up to this queue position is written (or dropped)
         self._fd: int | None = None  # our duplicate of the socket's descriptor
-        self._writing: Any = None  # the sender thread's write under way (a Future)
+        self._out: CircuitWriter | None = None  # the sender thread, once a large batch came
         transport = getattr(getattr(self.client, "writer", None), "transport", None)
         if transport is not None:
             # drain() returns once the buffer is empty, not below 64 KiB: the circuit takes
@@ -155,8 +149,8 @@ class _Circuit(_CaprotoCircuit):
             item = queue.get_nowait()
         elif timeout is not None:
             return None
-        else:  # no batch in hand: all taken before has been written (or dropped as superseded)
-            self._sent_through(queue.gets)
+        else:  # no batch in hand: all taken before is written (or dropped as superseded)
+            self._when_written(queue.gets)  # once the sender thread has written it
             item = await queue.get()
         if self.context.ndflow_waiting:
             self.context.ndflow_notify()
@@ -166,7 +160,7 @@ class _Circuit(_CaprotoCircuit):
         taken = self.subscription_queue.gets
         await super().send(*commands)
         if asyncio.current_task() is self._sub_task:  # a batch of the subscription loop
-            self._sent_through(taken)
+            self._when_written(taken)
 
     def _sent_through(self, position: int) -> None:
         if position > self.ndflow_sent:
@@ -184,12 +178,10 @@ class _Circuit(_CaprotoCircuit):
 
     def _close_fd(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        writing = self._writing
-        if writing is not None and not writing.done():  # the thread still writes to it
-            writing.add_done_callback(lambda _: os.close(fd))
-        else:
+        out, self._out = self._out, None
+        if out is not None:  # the sender thread closes the descriptor once it has stopped
+            out.close()
+        elif fd is not None:
             os.close(fd)
 
     def __del__(self) -> None:
@@ -198,33 +190,59 @@ class _Circuit(_CaprotoCircuit):
         except Exception:
             pass
 
+    def _when_written(self, position: int) -> None:
+        """Every update up to subscription-queue `position` has been taken: note it as sent
+        once what the sender thread holds has been written."""
+        out = self._out
+        if out is None or out.idle:
+            self._sent_through(position)
+        else:
+            out.last.add_done_callback(lambda _: self._sent_through(position))
+
     async def _send_buffers(self, *buffers: Any) -> None:
         """Write the buffers of one batch with as few copies as possible: straight to the
-        socket (writev; a large batch from the sender thread) when nothing is waiting in the
-        connection's buffer, and only what the socket did not take is copied into that
-        buffer."""
+        socket (writev) while nothing is waiting to be written, a large batch by the sender
+        thread (which also writes what the socket did not take once it has one). It returns
+        once the batches before this one have been written, so the circuit's next batch is
+        ready for the thread while this one is written."""
         client = self.client
         writer = client.writer
         transport = writer.transport
-        parts = _parts(buffers)
+        parts = parts_of(buffers)
         async with client.send_lock:
-            fd = self._fd
-            if fd is not None and parts and transport.get_write_buffer_size() == 0 \
-                    and not transport.is_closing():
-                if sum(len(part) for part in parts) >= SENDER_THREAD_BYTES:
-                    self._writing = _sender().submit(_write_now, fd, parts)
-                    written = await asyncio.wrap_future(self._writing)
-                else:
-                    written = _write_now(fd, parts)
-                parts = _after(parts, written)
-            for part in parts:  # what the socket did not take: the transport buffers it
-                writer.write(part)
-            await writer.drain()
+            out, fd = self._out, self._fd
+            if out is not None and out.error is not None:
+                raise out.error
+            if fd is None or transport.is_closing():
+                await _buffered(writer, parts)
+                return
+            large = sum(len(part) for part in parts) >= SENDER_THREAD_BYTES
+            if out is None or out.idle:
+                if transport.get_write_buffer_size():
+                    if not large:
+                        await _buffered(writer, parts)  # behind what the transport holds
+                        return
+                    await writer.drain()  # what the transport holds goes first
+                if not large:
+                    parts = after(parts, write_now(fd, parts))
+                    if not parts:
+                        return
+                    if out is None:  # no sender thread: the transport buffers the rest
+                        await _buffered(writer, parts)
+                        return
+            if out is None:
+                self._out = out = CircuitWriter(fd)
+            before = out.last
+            out.submit(parts)
+            if before is not None and not before.done():
+                await asyncio.shield(before)
 
 
-#: a batch at least this large is written by the sender thread
-SENDER_THREAD_BYTES = 256 * 1024
-_SENDER: Any = None
+async def _buffered(writer: Any, parts: list[memoryview]) -> None:
+    """caproto's way: the transport copies what the socket does not take at once."""
+    for part in parts:
+        writer.write(part)
+    await writer.drain()
 
 
 def _no_delay(sock: Any) -> None:
@@ -236,64 +254,6 @@ def _no_delay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):  # not TCP (a test's socket pair): nothing to delay
         pass
-
-
-def _sender() -> Any:
-    """The thread that writes large batches (one for every circuit: a write never blocks, it
-    takes what the socket accepts now)."""
-    global _SENDER
-    if _SENDER is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _SENDER = ThreadPoolExecutor(1, thread_name_prefix="ndflow-ca-send")
-    return _SENDER
-
-
-def _write_now(fd: int, parts: list[memoryview]) -> int:
-    """Write as much of `parts` as the (non-blocking) socket takes now; the bytes written."""
-    done = 0
-    while parts:
-        chunk = parts[:_IOV_MAX]
-        try:
-            written = os.writev(fd, chunk)
-        except (BlockingIOError, InterruptedError):
-            break
-        done += written
-        parts = _after(parts, written)
-        if written < sum(len(part) for part in chunk):
-            break
-    return done
-
-
-def _parts(buffers: Iterable[Any]) -> list[memoryview]:
-    """The buffers as byte views, small neighbours joined (a batch of scalar updates is a few
-    hundred 16-byte headers and small payloads), large ones as they are."""
-    parts: list[memoryview] = []
-    small: list[Any] = []
-    for buf in buffers:
-        view = buf if isinstance(buf, memoryview) else memoryview(buf)
-        if view.ndim != 1 or view.format != "B" or view.itemsize != 1:
-            view = view.cast("B")
-        if not view.nbytes:
-            continue
-        if view.nbytes < _JOIN_BELOW:
-            small.append(view)
-            continue
-        if small:
-            parts.append(memoryview(b"".join(small)))
-            small = []
-        parts.append(view)
-    if small:
-        parts.append(memoryview(b"".join(small)))
-    return parts
-
-
-def _after(parts: list[memoryview], written: int) -> list[memoryview]:
-    """What remains of `parts` once the first `written` bytes have gone."""
-    for i, part in enumerate(parts):
-        if written < len(part):
-            return ([part[written:]] if written else [part]) + parts[i + 1:]
-        written -= len(part)
-    return []
 
 
 class _Context(_CaprotoContext):
