@@ -22,6 +22,9 @@ import asyncio
 import logging
 import os
 import socket
+import time
+import weakref
+from contextvars import ContextVar
 from typing import Any, Iterable, Mapping
 
 import caproto as ca
@@ -36,6 +39,13 @@ from .channels import CLIENT_ADDRESS, ParamChannel, make_channel
 from .writer import SENDER_THREAD_BYTES, CircuitWriter, after, parts_of, write_now
 
 log = logging.getLogger("ndflow.ca")
+
+#: a circuit with updates to write that has written none for this long has stalled (its client
+#: stopped reading, or reads slower than this per update): it no longer holds back the arrays of
+#: the other clients, nor the completion of another client's put
+STALLED_S = 0.5
+#: the circuit whose request is being handled (a put's completion waits for its updates only)
+CURRENT_CIRCUIT: ContextVar[Any] = ContextVar("ndflow_ca_circuit", default=None)
 
 
 def _limit_caproto_batching() -> None:
@@ -65,6 +75,35 @@ class _CountingQueue(asyncio.Queue):
             if entry is not None:
                 entry._ca_unsent += 1
                 entry._ca_context = self.context
+
+    async def put(self, item: Any) -> None:
+        """Never waits (asyncio.Queue.put would, once full): the context hands every update
+        to every circuit in one loop, so a client that stopped reading must not stop the
+        monitors of all the others. A full circuit queue keeps only the newest update of each
+        subscription (as RSRV replaces a subscription's queued event under flow control);
+        if that still leaves it full, caproto's QueueFull handling empties it."""
+        if self.full():
+            self._keep_newest()
+        self.put_nowait(item)
+
+    def _keep_newest(self) -> None:
+        """Drop every queued update that a newer one of its subscription supersedes, and the
+        expired ones (caproto queues weak references): counted as taken."""
+        queue = self._queue  # type: ignore[attr-defined]
+        kept, seen = [], set()
+        for ref in reversed(queue):
+            command = ref() if isinstance(ref, weakref.ref) else ref
+            if command is None:
+                continue
+            key = getattr(command, "subscriptionid", None)
+            if key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            kept.append(ref)
+        self.gets += len(queue) - len(kept)
+        queue.clear()
+        queue.extend(reversed(kept))
 
     def get_nowait(self) -> Any:
         item = super().get_nowait()
@@ -104,6 +143,7 @@ class _Circuit(_CaprotoCircuit):
         self.ndflow_sent = 0  # every update up to this queue position is written (or dropped)
         self._fd: int | None = None  # our duplicate of the socket's descriptor
         self._out: CircuitWriter | None = None  # the sender thread, once a large batch came
+        self.ndflow_progress = time.monotonic()  # when it last took or wrote an update
         transport = getattr(getattr(self.client, "writer", None), "transport", None)
         if transport is not None:
             # drain() returns once the buffer is empty, not below 64 KiB: the circuit takes
@@ -120,7 +160,14 @@ class _Circuit(_CaprotoCircuit):
         # the access rules may match the client's address (client_ip): caproto's check_access
         # is told only the names the client reported, so the address rides in the task's context
         CLIENT_ADDRESS.set(self.circuit.address[0] if self.circuit.address else "")
+        CURRENT_CIRCUIT.set(self)
         return await super()._process_command(command)
+
+    def ndflow_stalled(self) -> bool:
+        """It has updates queued or being written, and has taken or written none for
+        STALLED_S."""
+        return (self.ndflow_sent < self.subscription_queue.puts
+                and time.monotonic() - self.ndflow_progress > STALLED_S)
 
     async def ndflow_rights_changed(self) -> None:
         """Tell this client its rights on every channel it has open (the rules were reloaded),
@@ -152,6 +199,7 @@ class _Circuit(_CaprotoCircuit):
         else:  # no batch in hand: all taken before is written (or dropped as superseded)
             self._when_written(queue.gets)  # once the sender thread has written it
             item = await queue.get()
+        self.ndflow_progress = time.monotonic()
         if self.context.ndflow_waiting:
             self.context.ndflow_notify()
         return item
@@ -165,6 +213,7 @@ class _Circuit(_CaprotoCircuit):
     def _sent_through(self, position: int) -> None:
         if position > self.ndflow_sent:
             self.ndflow_sent = position
+            self.ndflow_progress = time.monotonic()
             if self.context.ndflow_settlers:
                 self.context.ndflow_settle_check()
 
@@ -300,24 +349,34 @@ class _Context(_CaprotoContext):
 
     async def ndflow_settle(self) -> None:
         """Return once every monitor update queued so far has been written to its client's
-        socket (or dropped as superseded, or its circuit has gone)."""
+        socket (or dropped as superseded, or its circuit has gone or stalled). Asked while
+        handling a client's request (a put), only that client's circuit is waited for: the
+        order on its own connection is what the client sees."""
         target = self.subscription_queue.puts
         await self._ndflow_until(lambda: self.ndflow_dispatched >= target)
-        marks = [(circuit, circuit.subscription_queue.puts) for circuit in list(self.circuits)
-                 if hasattr(circuit, "ndflow_sent")]
+        current = CURRENT_CIRCUIT.get()
+        circuits = [current] if current is not None else \
+            [circuit for circuit in list(self.circuits) if isinstance(circuit, _Circuit)]
+        marks = [(circuit, circuit.subscription_queue.puts) for circuit in circuits]
         await self._ndflow_until(lambda: all(
-            circuit.ndflow_sent >= mark or not circuit.connected for circuit, mark in marks))
+            circuit.ndflow_sent >= mark or not circuit.connected or circuit.ndflow_stalled()
+            for circuit, mark in marks))
 
     async def _ndflow_until(self, done: Any) -> None:
-        if done():
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self.ndflow_settlers.append((done, waiter))
-        try:
-            await waiter
-        finally:
-            if not waiter.done():  # cancelled (a timeout)
-                self.ndflow_settlers = [(d, w) for d, w in self.ndflow_settlers if w is not waiter]
+        """Wait until done() holds, looking again on every progress and twice per STALLED_S
+        (a circuit may stall meanwhile: nothing else would say so)."""
+        loop = asyncio.get_running_loop()
+        while not done():
+            waiter = loop.create_future()
+            self.ndflow_settlers.append((done, waiter))
+            try:
+                await asyncio.wait_for(waiter, STALLED_S / 2)
+            except TimeoutError:
+                pass
+            finally:
+                if not waiter.done():  # cancelled (the caller's timeout)
+                    self.ndflow_settlers = [(d, w) for d, w in self.ndflow_settlers
+                                            if w is not waiter]
 
     def ndflow_settle_check(self) -> None:
         waiting = []

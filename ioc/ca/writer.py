@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import select
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterable
 
 #: buffers smaller than this are joined before the write (one iovec); larger ones go as they are
@@ -37,17 +37,24 @@ POLL_MS = 100
 class CircuitWriter:
     """One circuit's sender thread: writes batches to `fd` in order, each in full.
 
-    `fd` is the circuit's own duplicate of its socket's descriptor. It is closed by the thread
-    after the batches handed to it before `close()` (cut short once closing), so a descriptor
-    number the event loop has closed and reused is never written to. The first error (the
-    client went away) is kept in `error`; later batches are skipped."""
+    `fd` is the circuit's own duplicate of its socket's descriptor. The thread closes it once
+    it has stopped, after the batches handed to it before `close()` (cut short once closing),
+    so a descriptor number the event loop has closed and reused is never written to. The first
+    error (the client went away) is kept in `error`; later batches are skipped.
+
+    A daemon thread of its own (not an executor's, which the interpreter joins at exit): a write
+    waiting for a client that stopped reading must not keep the IOC from exiting. Made in the
+    event loop's thread; `submit` and `close` are called there too."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ndflow-ca-send")
+        self._loop = asyncio.get_running_loop()
+        self._jobs: queue.SimpleQueue[tuple[list[memoryview], asyncio.Future] | None] = \
+            queue.SimpleQueue()
         self._last: asyncio.Future | None = None  # the batch handed over last
         self._closing = threading.Event()
         self.error: OSError | None = None
+        threading.Thread(target=self._run, name="ndflow-ca-send", daemon=True).start()
 
     @property
     def idle(self) -> bool:
@@ -56,28 +63,41 @@ class CircuitWriter:
 
     @property
     def last(self) -> asyncio.Future | None:
-        """(event loop) Done once every batch handed over so far has been written."""
+        """Done once every batch handed over so far has been written (or skipped)."""
         return self._last
 
     def submit(self, parts: list[memoryview]) -> asyncio.Future:
-        """(event loop) Write `parts` after the batches handed over before."""
-        self._last = asyncio.wrap_future(self._thread.submit(self._write, parts))
-        return self._last
+        """Write `parts` after the batches handed over before."""
+        self._last = done = self._loop.create_future()
+        self._jobs.put((parts, done))
+        return done
 
     def close(self) -> None:
-        """Stop: batches not yet written are dropped, the descriptor is closed by the thread
-        once the one under way has stopped."""
+        """Stop: batches not yet written are skipped, the descriptor is closed by the thread
+        once the write under way has stopped (within POLL_MS)."""
         self._closing.set()
-        self._thread.submit(os.close, self._fd)
-        self._thread.shutdown(wait=False)
+        self._jobs.put(None)
 
-    def _write(self, parts: list[memoryview]) -> None:
-        if self.error is not None or self._closing.is_set():
-            return
+    def _run(self) -> None:
         try:
-            write_all(self._fd, parts, self._closing.is_set)
-        except OSError as exc:
-            self.error = exc
+            while (job := self._jobs.get()) is not None:
+                parts, done = job
+                if self.error is None and not self._closing.is_set():
+                    try:
+                        write_all(self._fd, parts, self._closing.is_set)
+                    except OSError as exc:
+                        self.error = exc
+                try:
+                    self._loop.call_soon_threadsafe(_set_done, done)
+                except RuntimeError:  # the event loop has closed: nobody waits
+                    pass
+        finally:
+            os.close(self._fd)
+
+
+def _set_done(done: asyncio.Future) -> None:
+    if not done.done():
+        done.set_result(None)
 
 
 def write_now(fd: int, parts: list[memoryview]) -> int:
