@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import time
-import weakref
 from contextvars import ContextVar
 from typing import Any, Iterable, Mapping
 
@@ -36,6 +35,7 @@ from ..access import AccessSecurity
 from ..params import Kind
 from ..transport import PVSpec
 from .channels import CLIENT_ADDRESS, ParamChannel, make_channel
+from .queues import CountingQueue
 from .writer import SENDER_THREAD_BYTES, CircuitWriter, after, parts_of, write_now
 
 log = logging.getLogger("ndflow.ca")
@@ -57,75 +57,6 @@ def _limit_caproto_batching() -> None:
     common.MAX_LATENCY = min(common.MAX_LATENCY, common.HIGH_LOAD_TIMEOUT)
 
 
-class _CountingQueue(asyncio.Queue):
-    """An asyncio.Queue that counts what went in and out, so a position in it can be waited
-    for. `clear` (which caproto calls on an overflowing circuit) drops everything queued."""
-
-    def __init__(self, maxsize: int = 0, context: Any = None) -> None:
-        super().__init__(maxsize)
-        self.context = context
-        self.puts = 0
-        self.gets = 0
-
-    def put_nowait(self, item: Any) -> None:
-        super().put_nowait(item)
-        self.puts += 1
-        if self.context is not None:  # the context's queue: SubscriptionUpdate items
-            entry = _entry_of(item)
-            if entry is not None:
-                entry._ca_unsent += 1
-                entry._ca_context = self.context
-
-    async def put(self, item: Any) -> None:
-        """Never waits (asyncio.Queue.put would, once full): the context hands every update
-        to every circuit in one loop, so a client that stopped reading must not stop the
-        monitors of all the others. A full circuit queue keeps only the newest update of each
-        subscription (as RSRV replaces a subscription's queued event under flow control);
-        if that still leaves it full, caproto's QueueFull handling empties it."""
-        if self.full():
-            self._keep_newest()
-        self.put_nowait(item)
-
-    def _keep_newest(self) -> None:
-        """Drop every queued update that a newer one of its subscription supersedes, and the
-        expired ones (caproto queues weak references): counted as taken."""
-        queue = self._queue  # type: ignore[attr-defined]
-        kept, seen = [], set()
-        for ref in reversed(queue):
-            command = ref() if isinstance(ref, weakref.ref) else ref
-            if command is None:
-                continue
-            key = getattr(command, "subscriptionid", None)
-            if key is not None:
-                if key in seen:
-                    continue
-                seen.add(key)
-            kept.append(ref)
-        self.gets += len(queue) - len(kept)
-        queue.clear()
-        queue.extend(reversed(kept))
-
-    def get_nowait(self) -> Any:
-        item = super().get_nowait()
-        self.gets += 1
-        return item
-
-    def clear(self) -> None:
-        """Drop everything queued (caproto does on an overflowing circuit; asyncio.Queue has
-        no clear()): counted as taken."""
-        dropped = self.qsize()
-        self._queue.clear()  # type: ignore[attr-defined]
-        self.gets += dropped
-
-
-def _entry_of(update: Any) -> ParamChannel | None:
-    try:
-        entry = update[0][0].db_entry
-    except (IndexError, TypeError, AttributeError):
-        return None
-    return entry if isinstance(entry, ParamChannel) else None
-
-
 class _Circuit(_CaprotoCircuit):
     """caproto's asyncio circuit, sending without copying large buffers and counting how much
     of its subscription queue it has taken to send (`subscription_queue.gets`: every update up
@@ -139,7 +70,7 @@ class _Circuit(_CaprotoCircuit):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.subscription_queue = _CountingQueue(MAX_TOTAL_SUBSCRIPTION_BACKLOG)
+        self.subscription_queue = CountingQueue(MAX_TOTAL_SUBSCRIPTION_BACKLOG)
         self.ndflow_sent = 0  # every update up to this queue position is written (or dropped)
         self._fd: int | None = None  # our duplicate of the socket's descriptor
         self._out: CircuitWriter | None = None  # the sender thread, once a large batch came
@@ -313,7 +244,7 @@ class _Context(_CaprotoContext):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.subscription_queue = _CountingQueue(context=self)
+        self.subscription_queue = CountingQueue(context=self)
         self.ndflow_waiting: set[ParamChannel] = set()
         self.ndflow_dispatched = 0  # items of subscription_queue handed to the circuits
         self.ndflow_settlers: list[tuple[Any, asyncio.Future]] = []

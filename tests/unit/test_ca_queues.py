@@ -1,0 +1,61 @@
+"""Channel Access subscription queues (ndflow.ca.queues): counted, and never waiting.
+
+A circuit queue that is full keeps the newest update of each subscription and drops the rest,
+counting them as taken, instead of making the context's dispatch (every client's monitors)
+wait for a client that stopped reading."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass
+
+from ndflow.ca.queues import CountingQueue
+
+
+@dataclass(eq=False)
+class Update:  # what caproto queues a weak reference to: an EventAddResponse
+    subscriptionid: int
+    value: int
+
+
+def test_a_full_queue_keeps_the_newest_update_of_each_subscription_and_never_waits():
+    updates = [Update(sub, value) for value in range(3) for sub in (1, 2)]  # 1,2,1,2,1,2
+
+    async def main() -> tuple[CountingQueue, list[Update]]:
+        queue = CountingQueue(maxsize=len(updates))
+        for update in updates:
+            await queue.put(weakref.ref(update))
+        extra = Update(3, 0)
+        await asyncio.wait_for(queue.put(weakref.ref(extra)), 1)  # full: must not wait
+        return queue, [queue.get_nowait()() for _ in range(queue.qsize())]
+
+    queue, left = asyncio.run(main())
+    assert [(u.subscriptionid, u.value) for u in left] == [(1, 2), (2, 2), (3, 0)]
+    assert queue.puts == 7 and queue.gets == 7  # the 4 superseded count as taken
+
+
+def test_expired_updates_are_dropped_when_full():
+    kept, newer = Update(1, 9), Update(1, 10)
+
+    async def main() -> list[Update]:
+        queue = CountingQueue(maxsize=3)
+        await queue.put(weakref.ref(Update(2, 0)))  # expires at once: nothing holds it
+        await queue.put(weakref.ref(kept))
+        await queue.put(weakref.ref(Update(3, 0)))
+        await queue.put(weakref.ref(newer))  # full: the expired ones go, then it is queued
+        return [queue.get_nowait()() for _ in range(queue.qsize())]
+
+    assert asyncio.run(main()) == [kept, newer]
+
+
+def test_a_queue_with_room_keeps_every_update_in_order():
+    updates = [Update(1, value) for value in range(5)]
+
+    async def main() -> list[int]:
+        queue = CountingQueue(maxsize=10)
+        for update in updates:
+            await queue.put(weakref.ref(update))
+        return [queue.get_nowait()().value for _ in range(5)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
