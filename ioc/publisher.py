@@ -9,9 +9,9 @@ in order the moment they are set, after collecting everything set before them, s
 earlier in any thread is overtaken.
 
 Arrays (large waveforms) are paced by what the clients drain: the latest array of a PV is posted as
-soon as the previous update of that PV has left the transport's queues for every client (the
-endpoint's optional `sent()`, see transport.DrainAware), so a fast detector never fills a
-transport's queues and a slow client gets fewer, newer images. An endpoint without `sent()` never
+soon as the transport says the previous update of that PV has left its queues (the endpoint's
+optional `sent()`, see transport.DrainAware; Channel Access follows its fastest client), so a fast
+detector never fills a transport's queues and a slow client gets fewer, newer images. An endpoint without `sent()` never
 waits for a drain, but gets the latest array at most once per interval, as a scalar would, and
 within `undrained_bytes_per_s` (not once per frame: building each one costs the event loop a
 copy). An optional byte budget (`array_bytes_per_s`, None: none) caps the rate of every array PV

@@ -102,9 +102,10 @@ class DrainAware(Endpoint, Protocol):
     what the clients drain."""
 
     def sent(self) -> Awaitable[None] | None:
-        """None if no update published so far waits in the transport's queues (each
-        subscribed client's connection has written it or is writing it); else an awaitable
-        (best an asyncio.Future: no task is made for it) done once none does."""
+        """None if the transport is ready for the next update (the last one has left its
+        queues for the clients that pace it: for Channel Access, the fastest client reading
+        the whole array; slower ones keep the newest few); else an awaitable (best an
+        asyncio.Future: no task is made for it) done once it is."""
 
 
 class Transport(Protocol):

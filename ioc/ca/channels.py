@@ -75,7 +75,6 @@ class ParamChannel:
         self._ca_unsent = 0
         self._ca_marks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._ca_waiter: asyncio.Future | None = None
-        self._ca_taken = False  # a live circuit has taken the latest update
 
     async def write_from_dbr(self, data: Any, data_type: ChannelType, metadata: Any = None,
                              *, flags: int = 0) -> Any:
@@ -153,7 +152,6 @@ class ParamChannel:
 
     async def publish_value(self, value: Any) -> None:
         """Update from the IOC side: no put hook, subscribers notified."""
-        self._ca_taken = False
         alarm = self.param.alarm
         if alarm is not None and self.readback:
             status, severity = alarm.check(float(value))
@@ -163,15 +161,17 @@ class ParamChannel:
             await self.write(value, verify_value=False)
 
     def sent(self) -> asyncio.Future | None:
-        """None if no update published so far waits in caproto's queues, else a future done
-        once none does: each subscribed circuit has taken it to write, which it does only once
-        everything before the one being written has gone to the socket. The publisher posts the
-        next array then, so arrays are paced by what the clients drain, with at most one update
-        handed to the sender thread and one in caproto's queues behind the one being written.
+        """None if the next update may be posted now, else a future done once it may: the
+        latest one has been handed to every circuit, and one of the circuits that receive the
+        whole array has taken it to write (which it does once everything before the one being
+        written has gone to the socket), or none holds it.
 
-        A circuit that has stalled (its client stopped reading, see `_Circuit.ndflow_stalled`)
-        does not hold the others back once one of them has taken the update: its queue keeps
-        the newest few, and it reads on from them."""
+        So an array's updates follow the fastest client that reads it, as RSRV sends each
+        client what it reads: the queue of a slower client keeps the newest few
+        (`_array_backlog`), older ones are dropped, and it reads on from those; one that stopped
+        reading holds nobody back. A client that asked for a few elements only (a count) does
+        not pace the whole array. With no client reading at all, the publisher's own limit
+        (array_wait_s) paces it."""
         if self._ca_drained():
             return None
         waiter = self._ca_waiter
@@ -183,21 +183,14 @@ class ParamChannel:
     def _ca_drained(self) -> bool:
         if self._ca_unsent:
             return False
-        stalled = False
         marks = self._ca_marks
         for circuit, position in list(marks.items()):
             if not circuit.connected:
                 del marks[circuit]
             elif circuit.subscription_queue.gets >= position:
-                del marks[circuit]
-                self._ca_taken = True
-            elif circuit.ndflow_stalled():
-                stalled = True
-            else:
-                return False
-        # only stalled circuits left waiting: keep waiting (the publisher's own limit then
-        # posts the next), unless a live one took it: never post faster than someone reads
-        return not stalled or self._ca_taken
+                marks.clear()  # taken by one: the next may go
+                return True
+        return not marks
 
     def _ca_wake(self) -> bool:
         """Resolve the future of `sent` if drained; True when none is left waiting."""

@@ -269,7 +269,7 @@ class _Context(_CaprotoContext):
         await super()._subscription_queue_send(sub_spec, sub, *args, **kwargs)
         entry = sub.db_entry
         if before is not None and queue.puts != before and isinstance(entry, ParamChannel) \
-                and entry.param.kind is Kind.ARRAY:  # what the publisher asks sent() about
+                and entry.param.kind is Kind.ARRAY and _whole(sub, kwargs.get("values")):
             entry._ca_marks[sub.circuit] = queue.puts  # its update is at this position
 
     def ndflow_notify(self) -> None:
@@ -319,6 +319,18 @@ class _Context(_CaprotoContext):
             else:
                 waiting.append((done, waiter))
         self.ndflow_settlers = waiting
+
+
+def _whole(sub: Any, values: Any) -> bool:
+    """Whether the subscription receives (at least half of) this update's array: what paces
+    the array's updates (ParamChannel.sent). A client that asked for a few elements would
+    have images posted as fast as it takes ten numbers."""
+    count = getattr(sub, "data_count", 0) or 0
+    try:
+        length = len(values)
+    except TypeError:
+        return True
+    return not count or 2 * count >= length
 
 
 class CATransport:

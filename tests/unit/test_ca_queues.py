@@ -59,3 +59,14 @@ def test_a_queue_with_room_keeps_every_update_in_order():
         return [queue.get_nowait()().value for _ in range(5)]
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_only_subscriptions_to_most_of_the_array_pace_it():
+    from types import SimpleNamespace
+
+    from ndflow.ca.server import _whole
+    image = list(range(1000))
+    assert _whole(SimpleNamespace(data_count=0), image)  # 0: the whole array
+    assert _whole(SimpleNamespace(data_count=1000), image)
+    assert _whole(SimpleNamespace(data_count=600), image)
+    assert not _whole(SimpleNamespace(data_count=10), image)  # a count of ten numbers

@@ -1,9 +1,9 @@
-"""A Channel Access client that stops reading (a frozen screen, a suspended laptop, a debugger)
-costs the other clients nothing.
+"""Channel Access clients that read slowly, or not at all, cost the other clients nothing.
 
-The stopped client (a pyepics process, SIGSTOPped) monitors the image and 240 fast scalar
-subscriptions, as a busy screen does, so its socket fills within a moment and its updates pile
-up in the IOC. Meanwhile another client:
+A client that stops reading (a frozen screen, a suspended laptop, a debugger): the stopped client
+(a pyepics process, SIGSTOPped) monitors the image and 240 fast scalar subscriptions, as a busy
+screen does, so its socket fills within a moment and its updates pile up in the IOC. Meanwhile
+another client:
 - still receives images at the rate it did before (they were paced by the slowest client:
   2 images/s, one per wait for the stopped one);
 - gets its caput(wait=True) completed at once (each waited for the stopped client's queued
@@ -13,6 +13,9 @@ up in the IOC. Meanwhile another client:
 and when the stopped client resumes it catches up to the newest values. The IOC still exits at
 once on SIGTERM while the client is stopped (a sender thread waiting for that client's socket
 kept it alive).
+
+A client that reads 10 images/s gets about that many, and a fast client beside it keeps its
+rate (it fell to the slow one's 10/s).
 """
 
 from __future__ import annotations
@@ -126,3 +129,53 @@ def test_a_stopped_client_does_not_hold_back_the_others(tmp_path):
         finally:
             subscriber.kill()
             subscriber.wait()
+
+
+SLOW_READER = textwrap.dedent("""
+    import sys, time
+    import epics
+    n = [0]
+    def slow(**kw):  # libca's receive thread runs the callback: the client reads 10 images/s
+        n[0] += 1
+        time.sleep(0.1)
+    image = epics.PV(sys.argv[1] + "image1:ArrayData", auto_monitor=True, form="native",
+                     callback=slow)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(n[0], flush=True)
+    """)
+
+
+def test_a_slow_client_gets_fewer_images_and_does_not_slow_the_others(tmp_path):
+    """As with RSRV, each client gets images as fast as it reads them: one that reads 10 images
+    per second (a remote screen) neither slows a fast one down to its pace nor is sent more
+    than it reads."""
+    with running_ioc(CONFIG, tmp_path) as ioc:
+        p = ioc.prefix
+        for name, value in (("cam1:ImageMode", 2), ("cam1:AcquireTime", 0),
+                            ("cam1:AcquirePeriod", 0.005)):
+            assert epics.caput(p + name, value, wait=True, timeout=10) == 1
+        images = Counter(p + "image1:ArrayData", form="native")
+        epics.caput(p + "cam1:Acquire", 1)
+        time.sleep(1.0)
+        alone = images.rate(2.0)
+        assert alone > 20, f"{alone} images/s: the IOC is not streaming"
+        env = {**os.environ, **CA_ENV, "EPICS_CA_SERVER_PORT": str(ioc.port)}
+        slow = subprocess.Popen([sys.executable, "-c", SLOW_READER, p], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert slow.stdout.readline().strip() == "ready"
+            time.sleep(1.0)
+            slow.stdin.write("?\n")
+            slow.stdin.flush()
+            slow_before = int(slow.stdout.readline())
+            beside = images.rate(3.0)
+            slow.stdin.write("?\n")
+            slow.stdin.flush()
+            slow_rate = (int(slow.stdout.readline()) - slow_before) / 3.0
+        finally:
+            slow.kill()
+            slow.wait()
+        epics.caput(p + "cam1:Acquire", 0, wait=True, timeout=10)
+        assert beside > alone / 2, (alone, beside, slow_rate)
+        assert 3 < slow_rate <= 11, slow_rate
