@@ -41,8 +41,8 @@ from .writer import SENDER_THREAD_BYTES, CircuitWriter, after, parts_of, write_n
 log = logging.getLogger("ndflow.ca")
 
 #: a circuit with updates to write that has written none for this long has stalled (its client
-#: stopped reading, or reads slower than this per update): it no longer holds back the arrays of
-#: the other clients, nor the completion of another client's put
+#: stopped reading, or reads slower than this per update): a settle that is not a put of its
+#: own (a pvAccess put's completion) no longer waits for it
 STALLED_S = 0.5
 #: the circuit whose request is being handled (a put's completion waits for its updates only)
 CURRENT_CIRCUIT: ContextVar[Any] = ContextVar("ndflow_ca_circuit", default=None)

@@ -8,11 +8,11 @@ on loopback takes the CPU from the writer) then cost that thread, not the event 
 
 The thread writes its batches one after another, in the order handed to it, and waits for the
 socket itself when the client is slower. So the next image starts the moment the previous one
-has gone, without a round trip through the event loop (measured: 1.6 ms between the end of one
-image's write and the start of the next with that round trip, against 0.6 ms for the write
-itself: the socket was idle most of the time). The circuit hands over the next batch while the
-current one is written and then waits for the current one to end, so at most one batch waits
-behind the one being written.
+has gone, without a round trip through the event loop. Measured at 1024x1024 Int16 into one
+pyepics monitor on 2 cores, from the end of one image's write to the start of the next: median
+0.91 ms (mean 1.36) with that round trip, 0.09 ms (mean 0.84) without; the writes themselves
+take 1-2 ms. The circuit hands over the next batch while the current one is written and then
+waits for the current one to end, so at most one batch waits behind the one being written.
 """
 
 from __future__ import annotations
