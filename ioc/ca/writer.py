@@ -87,6 +87,8 @@ class CircuitWriter:
                         write_all(self._fd, parts, self._closing.is_set)
                     except OSError as exc:
                         self.error = exc
+                    except Exception as exc:  # a bug here must not leave the circuit waiting
+                        self.error = OSError(f"cannot write to the client: {exc!r}")
                 try:
                     self._loop.call_soon_threadsafe(_set_done, done)
                 except RuntimeError:  # the event loop has closed: nobody waits

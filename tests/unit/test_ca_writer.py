@@ -134,3 +134,27 @@ def test_write_now_takes_what_the_socket_takes_and_says_how_much():
     assert read_exactly(client, written) == b"a" * written
     server.close()
     client.close()
+
+
+def test_an_unexpected_error_in_the_thread_ends_the_circuit_not_the_wait(monkeypatch):
+    """Whatever goes wrong in the sender thread, every batch handed over is resolved (a
+    circuit waiting for it would hang forever) and the error is kept for the circuit."""
+    from ndflow.ca import writer
+
+    def broken(fd, parts, stop):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(writer, "write_all", broken)
+    server, client = socket_pair()
+
+    async def main() -> CircuitWriter:
+        out = CircuitWriter(os.dup(server.fileno()))
+        await asyncio.wait_for(out.submit(parts_of([b"x" * 10])), 5)
+        await asyncio.wait_for(out.submit(parts_of([b"y" * 10])), 5)
+        return out
+
+    out = asyncio.run(main())
+    assert isinstance(out.error, OSError) and "a bug" in str(out.error)
+    out.close()
+    server.close()
+    client.close()
