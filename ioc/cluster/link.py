@@ -126,12 +126,15 @@ class Link:
         self._status = MPI.Status()
         self.last_frame = time.monotonic()  # a frame last sent or received
         self._turn = time.monotonic()  # when the MPI thread's current turn began
+        self._watcher: threading.Thread | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=f"mpi-rank{self.rank}",
                                         daemon=True)
         self._thread.start()
-        threading.Thread(target=self._watch, name=f"mpi-watch{self.rank}", daemon=True).start()
+        self._watcher = threading.Thread(target=self._watch, name=f"mpi-watch{self.rank}",
+                                         daemon=True)
+        self._watcher.start()
 
     def _watch(self) -> None:
         """Say a turn of the MPI thread held longer than HELD_S, where it is held, and when it
@@ -160,8 +163,9 @@ class Link:
             time.sleep(0.01)
         self._stop.set()
         self._wake_up()
-        if self._thread is not None:
-            self._thread.join(timeout=2)
+        for thread in (self._thread, self._watcher):  # the watch wakes on the stop at once
+            if thread is not None:
+                thread.join(timeout=2)
 
     def send(self, dest: int, header: dict[str, Any], data: np.ndarray | None = None) -> None:
         """Queue a message (any thread); `data` is kept alive until MPI is done with it."""
