@@ -120,6 +120,7 @@ class IOCProcess:
     def __init__(self, config: str | None, tmp_path: Path, prefix: str = "13SIM1:",
                  extra: list[str] | None = None, cwd: str | Path | None = None) -> None:
         self.prefix = prefix
+        self._ready_channel: Any = None  # see wait_ready
         self.port = next(p for p in CA_PORTS if p not in _ports_in_use)
         _ports_in_use.add(self.port)
         env = {**os.environ, **CA_ENV, "EPICS_CA_SERVER_PORT": str(self.port),
@@ -147,16 +148,24 @@ class IOCProcess:
         # a quiet machine, several times that with both test workers busy
         # Low-level libca calls: they leave nothing in pyepics' PV cache, which ophyd's
         # shim would otherwise pick up as a plain epics.PV.
+        #
+        # The channel that connected stays open until stop(). libca shuts a circuit down when
+        # its last channel is cleared, and a search reply that arrives meanwhile installs the
+        # next channel on that dying circuit (cac::transferChanToVirtCircuit uses the circuit
+        # even when findOrCreateVirtCircuit found it not alive); once the circuit is gone the
+        # channel is searched again only when the 10 s disconnect governor fires. So the test's
+        # first caput right after a cleared ready-check failed with "cannot connect" (5 s), now
+        # and then, under load.
         from epics import ca
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.log()}")
             chid = ca.create_channel(self.prefix + pv_suffix, connect=False, auto_cb=False)
-            connected = ca.connect_channel(chid, timeout=0.5)
-            ca.clear_channel(chid)
-            if connected:
+            if ca.connect_channel(chid, timeout=0.5):
+                self._ready_channel = chid
                 return
+            ca.clear_channel(chid)
         raise RuntimeError(f"IOC not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
@@ -164,6 +173,13 @@ class IOCProcess:
         return self.log_path.read_text()
 
     def stop(self) -> int:
+        if self._ready_channel is not None:
+            from epics import ca
+            try:  # pyepics shares one channel per name: a test may have cleared it already
+                ca.clear_channel(self._ready_channel)
+            except ca.ChannelAccessException:
+                pass
+            self._ready_channel = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
