@@ -48,6 +48,41 @@ STALLED_S = 0.5
 CURRENT_CIRCUIT: ContextVar[Any] = ContextVar("ndflow_ca_circuit", default=None)
 
 
+class SupersededUpdates(logging.Filter):
+    """caproto warns "High load. Dropped N responses." each time a circuit skips monitor updates
+    that newer ones superseded while its client was reading: every batch of a client that reads
+    slower than the values change (10 lines a second beside a 10 Hz image viewer). That is how
+    a slow client gets the newest, so the counts are summed and said at most once per PERIOD_S,
+    as one INFO line."""
+
+    PERIOD_S = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._count = 0
+        self._said: float | None = None  # when the last line went out
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("High load. Dropped"):
+            return True
+        try:
+            self._count += int(record.args[0])  # type: ignore[index]
+        except (TypeError, ValueError, IndexError):
+            pass
+        now = time.monotonic()
+        if self._said is not None and now - self._said < self.PERIOD_S:
+            return False
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = ("%d monitor updates skipped as superseded for clients that read slower "
+                      "than the values change (each gets the newest; said at most once a minute)")
+        record.args = (self._count,)
+        self._count, self._said = 0, now
+        return True
+
+
+_SUPERSEDED = SupersededUpdates()
+
+
 def _limit_caproto_batching() -> None:
     """caproto's circuit may hold a batch of monitor updates (while more are queued) for up to a
     latency limit that doubles with every batch while a client is busy, up to MAX_LATENCY (1 s).
@@ -389,6 +424,9 @@ class CATransport:
         from .caproto_fixes import _wire_passthrough
         _limit_caproto_batching()
         _wire_passthrough()  # again, in case a caproto backend was selected since import
+        circuits_log = logging.getLogger("caproto.circ")
+        if _SUPERSEDED not in circuits_log.filters:
+            circuits_log.addFilter(_SUPERSEDED)
         self._loop = loop
         self.context = _Context(self.pvdb)
         await self.context.run(log_pv_names=False)

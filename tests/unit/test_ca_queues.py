@@ -70,3 +70,24 @@ def test_only_subscriptions_to_most_of_the_array_pace_it():
     assert _whole(SimpleNamespace(data_count=1000), image)
     assert _whole(SimpleNamespace(data_count=600), image)
     assert not _whole(SimpleNamespace(data_count=10), image)  # a count of ten numbers
+
+
+def test_skipped_superseded_updates_are_summed_into_one_line_a_minute():
+    import logging
+
+    from ndflow.ca.server import SupersededUpdates
+
+    def record(n: int) -> logging.LogRecord:
+        return logging.LogRecord("caproto.circ", logging.WARNING, __file__, 1,
+                                 "High load. Dropped %d responses.", (n,), None)
+
+    summary = SupersededUpdates()
+    first = record(3)
+    assert summary.filter(first) and first.levelno == logging.INFO
+    assert first.getMessage().startswith("3 monitor updates skipped as superseded")
+    assert not any(summary.filter(record(n)) for n in (5, 7))  # within the minute: summed
+    summary._said -= SupersededUpdates.PERIOD_S
+    later = record(1)
+    assert summary.filter(later) and later.getMessage().startswith("13 monitor updates")
+    other = logging.LogRecord("caproto.circ", logging.WARNING, __file__, 1, "other", (), None)
+    assert summary.filter(other) and other.levelno == logging.WARNING
