@@ -168,6 +168,9 @@ def run(tmp_path_factory) -> Run:
         wait_for(lambda: all(r.count() >= 1 + 2 * REPETITIONS
                              for r in result.recorders.values()), 5)
         yield result
+        for rec in result.recorders.values():  # here, not wherever the garbage collector
+            rec.pv.clear_callbacks()  # frees the PV-callback cycle: pyepics' clear_subscription
+            rec.pv.disconnect()  # from another thread crashed libca (test_ca_slow_clients)
 
 
 def describe(name: str, seen: list[int | None], expected: list[int]) -> str:
