@@ -120,7 +120,7 @@ class IOCProcess:
     def __init__(self, config: str | None, tmp_path: Path, prefix: str = "13SIM1:",
                  extra: list[str] | None = None, cwd: str | Path | None = None) -> None:
         self.prefix = prefix
-        self._ready_channel: Any = None  # see wait_ready
+        self._keeper: Any = None  # a channel that keeps the CA circuit open: see wait_ready
         self.port = next(p for p in CA_PORTS if p not in _ports_in_use)
         _ports_in_use.add(self.port)
         env = {**os.environ, **CA_ENV, "EPICS_CA_SERVER_PORT": str(self.port),
@@ -149,23 +149,33 @@ class IOCProcess:
         # Low-level libca calls: they leave nothing in pyepics' PV cache, which ophyd's
         # shim would otherwise pick up as a plain epics.PV.
         #
-        # The channel that connected stays open until stop(). libca shuts a circuit down when
-        # its last channel is cleared, and a search reply that arrives meanwhile installs the
-        # next channel on that dying circuit (cac::transferChanToVirtCircuit uses the circuit
-        # even when findOrCreateVirtCircuit found it not alive); once the circuit is gone the
-        # channel is searched again only when the 10 s disconnect governor fires. So the test's
-        # first caput right after a cleared ready-check failed with "cannot connect" (5 s), now
-        # and then, under load.
+        # Before its channel is cleared, a second channel to the same IOC is opened and kept
+        # until stop(). libca shuts a circuit down when its last channel is cleared, and a
+        # search reply that arrives meanwhile installs the next channel on that dying circuit
+        # (cac::transferChanToVirtCircuit uses the circuit even when findOrCreateVirtCircuit
+        # found it not alive); once the circuit is gone the channel is searched again only when
+        # the 10 s disconnect governor fires. So the test's first caput right after the ready
+        # check failed with "cannot connect" (5 s), now and then, under load. The kept channel
+        # is the record's NAME field, which no test opens: pyepics shares one channel per name,
+        # and clearing one that a test's monitor also uses frees that monitor's subscription
+        # under it (a segfault when the monitor is collected later).
         from epics import ca
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"IOC exited with {self.proc.returncode}:\n{self.log()}")
             chid = ca.create_channel(self.prefix + pv_suffix, connect=False, auto_cb=False)
-            if ca.connect_channel(chid, timeout=0.5):
-                self._ready_channel = chid
-                return
+            connected = ca.connect_channel(chid, timeout=0.5)
+            if connected:
+                keeper = ca.create_channel(self.prefix + pv_suffix + ".NAME", connect=False,
+                                           auto_cb=False)
+                if ca.connect_channel(keeper, timeout=5):
+                    self._keeper = keeper
+                else:
+                    ca.clear_channel(keeper)
             ca.clear_channel(chid)
+            if connected:
+                return
         raise RuntimeError(f"IOC not ready after {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
@@ -173,13 +183,10 @@ class IOCProcess:
         return self.log_path.read_text()
 
     def stop(self) -> int:
-        if self._ready_channel is not None:
+        if self._keeper is not None:  # see wait_ready
             from epics import ca
-            try:  # pyepics shares one channel per name: a test may have cleared it already
-                ca.clear_channel(self._ready_channel)
-            except ca.ChannelAccessException:
-                pass
-            self._ready_channel = None
+            ca.clear_channel(self._keeper)
+            self._keeper = None
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
