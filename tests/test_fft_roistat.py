@@ -429,7 +429,11 @@ def test_the_plugins_survive_puts_during_acquisition(ioc, p, rois):
     finally:
         stop.set()
         worker.join(10)
+        # the region is clipped per frame (as ADCore's): let a frame follow the last put
+        after = get(s + "ArrayCounter_RBV")
+        frame_after = wait_for(lambda: get(s + "ArrayCounter_RBV") > after + 1, 20)
         put(p + "cam1:Acquire", 0)
+    assert frame_after, "no frame after the puts stopped"
     assert 1 <= get(s + "1:SizeX_RBV") <= NX and 0 <= get(s + "1:MinY_RBV") < NY
     log = ioc.log()
     assert "Traceback" not in log and "processing array" not in log, log
