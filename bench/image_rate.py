@@ -443,21 +443,20 @@ def bench_size(size: int, workdir: Path, warmup: float, window: float,
     frame = f"{nx}x{ny} UInt16"
     results: dict[str, dict[str, Any]] = {}
 
-    def emit(record: dict[str, Any]) -> None:
-        record["round"] = round_no
-        print(json.dumps(record), flush=True)
+    def emit_measured(record: dict[str, Any]) -> None:
+        emit({**record, "round": round_no})
 
     if "softioc" in cases:
         progress(f"{frame}: pythonSoftIOC (RSRV) posting as fast as it can")
         results["softioc"] = {"case": "softioc", "frame": frame,
                               **run_softioc(nx, ny, workdir, warmup, window)}
-        emit(results["softioc"])
+        emit_measured(results["softioc"])
 
     if "ndflow" in cases:
         progress(f"{frame}: ndflow, driver free-running")
         results["ndflow"] = {"case": "ndflow", "frame": frame, "acquire_period_s": 0.0,
                              **run_ndflow(nx, ny, workdir, warmup, window)}
-        emit(results["ndflow"])
+        emit_measured(results["ndflow"])
 
     soft = results.get("softioc", {}).get("monitor_updates_per_s")
     if "ndflow_paced" in cases and soft:
@@ -467,14 +466,14 @@ def bench_size(size: int, workdir: Path, warmup: float, window: float,
         results["ndflow_paced"] = {"case": "ndflow_paced", "frame": frame,
                                    "acquire_period_s": period,
                                    **run_ndflow(nx, ny, workdir, warmup, window, period)}
-        emit(results["ndflow_paced"])
+        emit_measured(results["ndflow_paced"])
 
     if "ndflow_nice" in cases:
         progress(f"{frame}: ndflow, driver free-running at nice {sim_nice}")
         results["ndflow_nice"] = {"case": "ndflow_nice", "frame": frame, "acquire_period_s": 0.0,
                                   "sim_nice": sim_nice,
                                   **run_ndflow(nx, ny, workdir, warmup, window, nice=sim_nice)}
-        emit(results["ndflow_nice"])
+        emit_measured(results["ndflow_nice"])
 
     if "caproto_bare_paced" in cases:
         rate = max(1.0, results.get("ndflow", {}).get("monitor_updates_per_s", 1.0))
@@ -482,13 +481,13 @@ def bench_size(size: int, workdir: Path, warmup: float, window: float,
         results["caproto_bare_paced"] = {"case": "caproto_bare_paced", "frame": frame,
                                          "post_rate_target": rate,
                                          **run_bare(nx, ny, rate, workdir, warmup, window)}
-        emit(results["caproto_bare_paced"])
+        emit_measured(results["caproto_bare_paced"])
 
     if "caproto_bare_tight" in cases:
         progress(f"{frame}: bare caproto tight loop")
         results["caproto_bare_tight"] = {"case": "caproto_bare_tight", "frame": frame,
                                          **run_bare(nx, ny, 0.0, workdir, warmup, window)}
-        emit(results["caproto_bare_tight"])
+        emit_measured(results["caproto_bare_tight"])
     return results
 
 

@@ -319,8 +319,9 @@ def make_channel(spec: PVSpec, value: Any) -> ParamChannel | None:
 def _array_backlog(param: Param) -> int:
     """How many updates of a waveform caproto keeps queued per subscription before dropping
     the oldest (it keeps each of them alive until then): 1000 by default, 2 GB for a 1M Int16
-    image. The publisher sends an array only once the previous one has left, so a few are
-    plenty; older ones of a client that lags are dropped (latest wins, as the publisher does)."""
+    image. The publisher sends an array once the fastest client has taken the previous one
+    (ParamChannel.sent), so a slower client's queue holds what arrived while it read: the
+    newest few are plenty, older ones are dropped (latest wins, as the publisher does)."""
     nbytes = param.length * WIRE_DTYPES[np.dtype(param.dtype).str[1:]].itemsize
     return int(max(2, min(100, ARRAY_BACKLOG_BYTES // max(nbytes, 1))))
 

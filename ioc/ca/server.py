@@ -154,9 +154,8 @@ class _Circuit(_CaprotoCircuit):
         """The subscription loop's next update, or None if there is none now (caproto asks
         with a timeout while it has a batch in hand, to gather more for up to 10 ms: the
         publisher already hands over its updates in bursts, so a batch is what is queued, sent
-        at once). It takes one only once the batch before has been written (it awaits the
-        send's drain), so a channel whose update has been taken by every circuit has nothing
-        left waiting behind the writes."""
+        at once). It takes one only once the batches before the one being written have gone
+        (send returns then), so an update taken has at most one batch ahead of it."""
         queue = self.subscription_queue
         if not queue.empty():
             item = queue.get_nowait()
