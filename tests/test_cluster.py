@@ -452,3 +452,25 @@ def test_an_acquisition_rank_other_than_the_control_rank_runs_the_driver(tmp_pat
     finally:
         ioc.stop()
     assert "Traceback" not in ioc.log(), ioc.log()
+
+
+def test_a_killed_job_leaves_no_shared_memory_behind(tmp_path):
+    """MPICH names its shared memory of a host (/dev/shm/mpich_shm_*) and removes the name only
+    in MPI_Finalize: every rank removes it once all have it open (ndflow.cluster.shm_names), so
+    a job whose ranks are all SIGKILLed leaves no file (the memory goes with the processes)."""
+    ioc = ClusterIOC(EXAMPLE, tmp_path)
+    try:
+        ioc.wait_ready()
+        segments = set()
+        for rank in range(3):
+            maps = Path(f"/proc/{rank_process(ioc, rank).pid}/maps").read_text()
+            mapped = {line.split(maxsplit=5)[5] for line in maps.splitlines()
+                      if "/dev/shm/mpich_shm_" in line}
+            assert mapped, f"rank {rank} maps no MPICH shared memory:\n{maps}"
+            assert all(path.endswith(" (deleted)") for path in mapped), mapped
+            segments |= {path.removesuffix(" (deleted)") for path in mapped}
+        for rank in range(3):
+            rank_process(ioc, rank).kill()
+    finally:
+        ioc.stop()
+    assert not [path for path in segments if Path(path).exists()]

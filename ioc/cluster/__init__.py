@@ -63,7 +63,7 @@ Modules: `control` (the control rank), `runs` (its acquisitions), `watch` (silen
 `numbering` (shared whole frames), `capture` (the master capture), `worker` (any other rank:
 its roles behind one link), `acquisition`, `processing`, `assembly`, `mirror` (puts applied, values
 reported), `common` (what they share), `dispatch` (pure rules), `wire`, `link`, `views`,
-`master`, `config`.
+`master`, `config`, `single_copy` (CMA), `shm_names` (MPICH's shared memory outlives no job).
 
 What MPI does not give: a rank that dies takes the job down (hydra, MPICH's mpiexec, ends
 every rank); a rank that stops answering (stopped, hung) is not noticed by MPICH, its messages
@@ -125,7 +125,7 @@ def launched_size() -> int:
 def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     """Serve this rank's part of the IOC until stopped (`ndflow run` under mpiexec).
     `make_ioc(transports)` builds the IOC; raises ConfigError for a bad cluster section."""
-    from . import single_copy
+    from . import shm_names, single_copy
 
     cma = single_copy.enable()  # before MPI starts: frames between ranks of one host in one copy
     from mpi4py import MPI
@@ -134,6 +134,8 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    comm.Barrier()  # every rank of each host has MPICH's shared memory open:
+    shm_names.unlink_mapped()  # its name is not needed, and would outlive a killed job
     cluster: ClusterConfig = config.cluster
     cluster.set_modules(_configured_modules(config))  # checked against the driver below
     check_roles(cluster, size, lines)
