@@ -9,7 +9,8 @@ and leaves no capture on.
 - Single: with AutoSave=Yes every array is written to its own file; WriteFile=1 writes the last
   array received; Capture=1 is refused.
 - Capture: Capture=1 keeps arrays in memory until NumCapture are held, then (AutoSave=Yes, or at
-  WriteFile=1) writes them all to one file.
+  WriteFile=1) writes them all to one file. When the IOC stops mid-capture, AutoSave=Yes writes
+  what is held and AutoSave=No logs how many are lost (ADCore loses them without a word).
 - Stream: Capture=1 opens a file (at the first array with LazyOpen=Yes) and writes each array as
   it arrives, until NumCapture arrays (0 = no limit) or Capture=0.
 
@@ -373,6 +374,32 @@ class CaptureModes:
             self._write_files(arrays, dict(self.values))
             self._close()
             self._end_capture()
+
+    def _save_held_at_shutdown(self) -> None:
+        """The IOC stops (its frames are all processed): a Capture-mode capture still holding
+        arrays ends as Capture=0 would end it. With AutoSave=Yes they are written, so a stop
+        (SIGTERM, Ctrl-C) in the middle of a capture keeps what was captured; with AutoSave=No
+        they waited for a WriteFile=1 that can no longer come, and the log says how many are
+        lost. ADCore loses them either way, and says nothing."""
+        with self._state_lock:
+            if not self._buffer:
+                return
+            params = dict(self.values)
+            self._capture_state.fire(CaptureEvent.END)
+            arrays = self._held_to_save(params, Request.STOP)
+            unsaved = len(self._buffer)
+            self._buffer = []
+        if arrays:
+            with self._lock:
+                failure = self._write_files(arrays, params)  # a failure is said there
+                self._close()
+            self._end_capture()
+            if failure is None:
+                log.info("%s: the IOC stops: its %d captured arrays are written", self.port,
+                         len(arrays))
+        if unsaved:
+            log.warning("%s: the IOC stops: %d captured arrays not written (AutoSave No, and "
+                        "no WriteFile=1 came)", self.port, unsaved)
 
     async def put_WriteFile(self, value: int) -> Any:
         if not value:

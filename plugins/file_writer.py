@@ -323,7 +323,12 @@ class FileWriter(CaptureModes, FilePathPolicy, Plugin):
         return 0
 
     def shutdown(self) -> None:
-        super().shutdown()
+        super().shutdown()  # the frames queued are processed first
+        try:
+            self._save_held_at_shutdown()
+        except Exception as exc:  # never stops the IOC's shutdown
+            self.log.error("%s: the captured arrays could not be written at shutdown: %s",
+                           self.port, exc)
         if self._io is not None:
             self._io.shutdown(wait=False)
         with self._lock:

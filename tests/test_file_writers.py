@@ -315,6 +315,41 @@ def test_missing_frames_take_a_row_with_their_cause(tmp_path):
 
 
 
+@pytest.mark.parametrize("autosave", ["Yes", "No"])
+def test_a_stop_mid_capture_writes_the_held_frames_or_says_they_are_lost(tmp_path, autosave):
+    """SIGTERM while a Capture-mode capture holds frames (NumCapture not reached): with
+    AutoSave=Yes the IOC writes them on its way out, as Capture=0 would; with AutoSave=No they
+    waited for a WriteFile=1, and the log says how many are lost. Never silently gone."""
+    root = tmp_path / "data"
+    root.mkdir()
+    with running_ioc(config(root), tmp_path) as ioc:
+        p = ioc.prefix
+        for name, value in [("FilePath", str(root)), ("FileName", "held"),
+                            ("FileTemplate", "%s%s.h5"), ("FileWriteMode", "Capture"),
+                            ("NumCapture", 1000), ("AutoSave", autosave)]:
+            put(p + "HDF1:" + name, value)
+        put(p + "cam1:WaitForPlugins", "Yes")
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1)
+        put(p + "cam1:ImageMode", "Multiple")
+        put(p + "cam1:NumImages", 5)
+        put(p + "cam1:Acquire", 1)
+        assert get(p + "HDF1:NumCaptured_RBV") == 5
+        ioc.proc.terminate()
+        ioc.proc.wait(timeout=15)
+        log = ioc.log()
+    assert ioc.proc.returncode == 0, log
+    path = root / "held.h5"
+    if autosave == "Yes":
+        assert "its 5 captured arrays are written" in log, log
+        with h5py.File(path) as f:
+            np.testing.assert_array_equal(f["/entry/data/data"][:], frames(5))
+            assert list(f["/entry/instrument/NDAttributes/NDArrayUniqueId"][:]) == [1, 2, 3, 4, 5]
+    else:
+        assert "5 captured arrays not written (AutoSave No" in log, log
+        assert not path.exists()
+
+
 def test_disk_full_keeps_the_frames_already_written(tmp_path):
     """RLIMIT_FSIZE stands in for a full disk: writes past it fail with EFBIG."""
     root = tmp_path / "data"
