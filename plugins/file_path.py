@@ -140,9 +140,10 @@ class FilePathPolicy:
         except PathRefused as exc:
             raise WriteError(str(exc)) from None
 
-    def next_file(self, params: Mapping[str, Any]) -> Path:
+    def next_file(self, params: Mapping[str, Any], show: bool = True) -> Path:
         """The path of the next file, from FilePath, FileName, FileTemplate in `params` and
-        the live FileNumber, checked against the data roots; shown on FullFileName_RBV."""
+        the live FileNumber, checked against the data roots; shown on FullFileName_RBV (unless
+        `show` is False: another writer's file, a cluster rank's)."""
         v = params
         if not v["FilePath"]:
             raise WriteError("FilePath is empty")
@@ -150,7 +151,8 @@ class FilePathPolicy:
         name = format_file_name(v["FileTemplate"], v["FilePath"], v["FileName"],
                                 self.values["FileNumber"])
         path = self._allowed(name).path
-        self.set("FullFileName_RBV", str(path)[:511])
+        if show:
+            self.set("FullFileName_RBV", str(path)[:511])
         return path
 
     # --- the output file: the only way a format gets one ------------------------------------------

@@ -474,3 +474,42 @@ def test_a_killed_job_leaves_no_shared_memory_behind(tmp_path):
     finally:
         ioc.stop()
     assert not [path for path in segments if Path(path).exists()]
+
+
+def test_ctrl_c_mid_capture_leaves_a_master_over_the_rank_files(tmp_path):
+    """Ctrl-C (SIGINT to mpiexec's group) while a Stream capture runs without end: every rank
+    closes its file, and the control rank, once all have shut down, writes the master over
+    them: one file, the frames in uniqueId order, their pixels the sim's. Before, the rank
+    files were left with no master."""
+    ioc = ClusterIOC(EXAMPLE, tmp_path)
+    try:
+        ioc.wait_ready()
+        p = ioc.prefix
+        setup_camera(p)
+        put(p + "cam1:AcquirePeriod", 0.02)
+        put(p + "HDF1:EnableCallbacks", 1)
+        for key, value in [("FilePath", str(tmp_path) + "/"), ("FileName", "cut"),
+                           ("FileTemplate", "%s%s.h5"), ("FileWriteMode", 2), ("NumCapture", 0),
+                           ("AutoIncrement", 0)]:
+            put(p + "HDF1:" + key, value)
+        put(p + "HDF1:Capture", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:Capture_RBV") == 1, 20)
+        put(p + "cam1:ImageMode", 2)
+        put(p + "cam1:Acquire", 1, wait=False)
+        assert wait_for(lambda: get(p + "HDF1:NumCaptured_RBV") >= 20, 20)
+        os.killpg(ioc.proc.pid, signal.SIGINT)
+        assert ioc.proc.wait(timeout=30) == 0, ioc.log()[-3000:]
+    finally:
+        ioc.stop()
+    log = ioc.log()
+    assert "the IOC stops mid-capture: master file" in log, log[-3000:]
+    with h5py.File(tmp_path / "cut.h5") as f:
+        rows = f["/entry/data/data"].shape[0]
+    written = 0
+    for rank in (1, 2):
+        with h5py.File(tmp_path / f"cut_r{rank}.h5") as f:
+            written += f["/entry/data/data"].shape[0]
+    assert rows >= 20 and rows >= written
+    status = check_frames(tmp_path / "cut.h5", rows)
+    assert (status == 0).sum() == written  # every frame a rank wrote; any other row a hole
+    assert "Traceback" not in log, log

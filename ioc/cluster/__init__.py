@@ -81,12 +81,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from ..stop_signals import cancel_on_stop_signals
 from .config import ClusterConfig, check_modules, check_roles
 
 __all__ = ["ClusterConfig", "check_roles", "launched_size", "run"]
+
+#: at shutdown, how long a rank waits for the others to have shut down (their files closed)
+SHUTDOWN_WAIT_S = 10.0
 
 
 def _driver(ioc: Any) -> Any:
@@ -163,7 +167,27 @@ def run(config: Any, lines: Any, make_ioc: Any, write_screens: Any) -> int:
     try:
         return asyncio.run(_serve(ioc, node, cluster, comm, control))
     finally:
+        everyone = _every_rank_stopped(comm)
+        if control and node is not None:
+            if not everyone:
+                logging.getLogger("ndflow.cluster").warning(
+                    "not every rank shut down within %g s: a master file written now holds "
+                    "what their files hold so far", SHUTDOWN_WAIT_S)
+            node.write_masters_at_shutdown()
         _finalize(MPI)
+
+
+def _every_rank_stopped(comm: Any) -> bool:
+    """Wait until every rank has shut its IOC down (its files closed), at most
+    SHUTDOWN_WAIT_S (a rank stopped or gone never comes). Called by every rank once its MPI
+    thread has ended; a non-blocking barrier, on the IOC's communicator."""
+    request = comm.Ibarrier()
+    deadline = time.monotonic() + SHUTDOWN_WAIT_S
+    while not request.Test():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 def _finalize(MPI: Any) -> None:

@@ -19,7 +19,7 @@ from ..busy import finish
 from ..component import Component, PutRefused
 from ..ndarray import resolve
 from ..transport import HANDLED
-from .common import writes_hdf5
+from .common import rank_file_name, writes_hdf5
 from .master import build_master
 
 if TYPE_CHECKING:
@@ -41,6 +41,9 @@ class MasterCapture:
         self.path: Path | None = None
         self._ending: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the files the processing ranks write this capture to, for a master written when the
+        #: IOC stops mid-capture (the ranks cannot answer then)
+        self._rank_files: dict[int, Path] = {}
 
     async def put_capture(self, value: int) -> Any:
         self._loop = asyncio.get_running_loop()
@@ -74,10 +77,43 @@ class MasterCapture:
             w.set_many({"WriteStatus": 1, "WriteMessage": message[:255]})
             raise PutRefused(message)
         w.set_many({"WriteStatus": 0, "WriteMessage": ""})
+        self._rank_files = self._rank_file_names() if self.path is not None else {}
         self.capturing = True
         self.done = Future()
         w.set("Capture", 1)
         return await finish(self.done, w.publisher)
+
+    def _rank_file_names(self) -> dict[int, Path]:
+        """Each processing rank's file of the capture starting: its writer has the same path
+        settings and file number as this one (the puts are mirrored) and its own FileName."""
+        w = self.writer
+        values = dict(w.values)
+        names = {}
+        for rank in self.node.workers:
+            try:
+                names[rank] = w.next_file(
+                    {**values, "FileName": rank_file_name(values["FileName"], rank)}, show=False)
+            except Exception:  # refused for this writer as for the rank's: it writes none
+                continue
+        return names
+
+    def write_master_at_shutdown(self) -> None:
+        """The IOC stops while this capture is on (SIGTERM, Ctrl-C), once every rank has shut
+        its IOC down and closed its file (ndflow.cluster.run): write the master over what the
+        rank files hold, so a capture cut short is still one file in frame order, its missing
+        frames rows with their cause. Without this the rank files were left with no master."""
+        w = self.writer
+        if not self.capturing or self.path is None or not self._rank_files:
+            return
+        cluster = self.node.cluster
+        grid = self.node.module_grid if cluster.partial and not cluster.assemble else None
+        files = sorted(self._rank_files.items())
+        summary = build_master(lambda p: w.open_hdf5(p), self.path, files,
+                               w.values["NumCapture"], float(w.values.get("FillValue", 0.0)),
+                               grid)
+        self.capturing = False
+        log.info("the IOC stops mid-capture: master file %s: %d frames (%d missing) from ranks "
+                 "%s", self.path, summary.frames, summary.missing, summary.ranks)
 
     def check_total(self) -> None:
         """Reports came in (MPI thread): end the capture once NumCapture frames are written."""

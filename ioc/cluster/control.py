@@ -239,6 +239,15 @@ class ControlNode:
             self.link.send(rank, {"kind": STOP})
         self.link.stop()
 
+    def write_masters_at_shutdown(self) -> None:
+        """Every rank has stopped: the captures still on get their master files."""
+        for capture in self._captures.values():
+            try:
+                capture.write_master_at_shutdown()
+            except Exception as exc:
+                log.error("master file %s at shutdown: %s: %s", capture.path,
+                          type(exc).__name__, exc)
+
     # --- frames dispatched (driver thread, MPI thread) ------------------------------------------
     def _record_local(self, unique_id: int, rank: int, acquisition: Acquisition | None,
                       lost: bool) -> None:
