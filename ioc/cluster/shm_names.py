@@ -1,11 +1,11 @@
 """MPICH's shared-memory segment of a host loses its name once every rank of the host has it.
 
 Why: MPICH (ch4, POSIX shared memory) opens one segment per job and host by name,
-``/dev/shm/mpich_shm_<world>_<node>``, and removes the name only in MPI_Finalize. A rank that
-never gets there leaves the file behind, and with it its memory (/dev/shm is RAM), for as long
-as the host runs: a rank killed or crashed, or the race of a stop, where SIGTERM reaches
-mpiexec, its proxy and the ranks together and hydra kills the ranks still finalizing (3 of 4
-stops of a 5-rank test IOC left a 5 MB file; a test run of the cluster suite about 100 MB).
+``/dev/shm/mpich_shm_<world>_<node>``, and removes the name only in MPI_Finalize. A job whose
+ranks never get there leaves the file behind, and with it its memory (/dev/shm is RAM), for as
+long as the host runs: a rank killed or crashed, after which hydra SIGKILLs the others, or a
+rank whose MPI_Finalize failed (ndflow.cluster._finalize says how a stop did that). 3 of 4 stops
+of a 5-rank test IOC left a 5 MB file; a run of the test suite, about 100 MB.
 
 Once every rank of the host has mapped the segment, its name serves nobody: MPICH's bootstrap
 of COMM_WORLD waits until every rank of the host has opened it, so after a barrier of
