@@ -147,19 +147,25 @@ def client_conf(*ports: int) -> dict[str, str]:
 
 
 class CpuMeter:
-    """CPU time of a process (and its children) over a window, in % of one core."""
+    """CPU time of a process over a window. A process that has exited cannot be read: its last
+    reading stands (`sample` it while it runs), else NaN (reported as null)."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
+        self.last = math.nan
         self.start = self._cpu()
         self.t0 = time.monotonic()
 
     def _cpu(self) -> float:
         try:
             t = self.proc.cpu_times()
-            return t.user + t.system
         except psutil.Error:
-            return math.nan
+            return self.last
+        self.last = t.user + t.system
+        return self.last
+
+    def sample(self) -> None:
+        self._cpu()
 
     def seconds(self) -> float:
         return self._cpu() - self.start
@@ -401,6 +407,7 @@ class PvapyProducer:
                     text = out_path.read_text()
                     if "Server exiting" in text or "Server runtime" in text:
                         break
+                    server_cpu.sample()  # the server may exit before the reading below
                     time.sleep(0.1)
                 server_s = server_cpu.seconds()
                 text = out_path.read_text()
@@ -504,8 +511,10 @@ def judge(rate: float, stats: dict[str, Any], complete: bool,
            "missed": stats["missed"], "overruns": stats["overruns"], "complete": complete,
            "first_id": stats["first_id"], "last_id": stats["last_id"]}
     for who, seconds in cpu.items():  # CPU seconds of each process over the trial
-        out[f"{who}_cpu_pct"] = round(100 * seconds / receiving, 1) if receiving > 0 else None
-        out[f"{who}_cpu_ms_per_frame"] = round(1000 * seconds / frames, 3)
+        known = math.isfinite(seconds)  # NaN is not JSON: null
+        out[f"{who}_cpu_pct"] = round(100 * seconds / receiving, 1) \
+            if known and receiving > 0 else None
+        out[f"{who}_cpu_ms_per_frame"] = round(1000 * seconds / frames, 3) if known else None
     return out
 
 

@@ -5,7 +5,7 @@ Why: MPICH (ch4, POSIX shared memory) opens one segment per job and host by name
 ranks never get there leaves the file behind, and with it its memory (/dev/shm is RAM), for as
 long as the host runs: a rank killed or crashed, after which hydra SIGKILLs the others, or a
 rank whose MPI_Finalize failed (ndflow.cluster._finalize says how a stop did that). 3 of 4 stops
-of a 5-rank test IOC left a 5 MB file; a run of the test suite, about 100 MB.
+of a 5-rank test IOC left a 5 MB file; 28 such files (100 MB) had piled up from test runs.
 
 Once every rank of the host has mapped the segment, its name serves nobody: MPICH's bootstrap
 of COMM_WORLD waits until every rank of the host has opened it, so after a barrier of
