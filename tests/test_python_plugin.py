@@ -388,6 +388,29 @@ def test_sigkill_leaves_no_child_and_no_segment(start_ioc, tmp_path):
     assert {n for n in os.listdir("/dev/shm") if "ndflow" in n} <= before
 
 
+def test_sigterm_while_algorithms_are_busy_stops_without_a_traceback(start_ioc):
+    """SIGTERM (or Ctrl-C) while the children are in process(): the IOC closes their channels
+    as it stops, and a child whose answer meets a closed channel ends quietly, as one whose
+    receive does. Before, each busy child's ChannelClosed traceback landed in the IOC log."""
+    config = (f"algorithm_folders: ['{EXAMPLES}']\n"
+              "drivers:\n  - {type: sim, port: SIM1, prefix: 'cam1:'}\n"
+              "plugins:\n" + "".join(python_plugin(f"PY{i}", f"Py{i}:", "azimuthal.py")
+                                    for i in (1, 2, 3)))
+    proc = start_ioc(config, prefix=unique_prefix())
+    p = proc.prefix
+    for i in (1, 2, 3):
+        put(p + f"Py{i}:EnableCallbacks", "Enable")
+    put(p + "cam1:ImageMode", "Continuous")
+    put(p + "cam1:Acquire", 1, wait=False)
+    assert wait_for(lambda: all(get(p + f"Py{i}:FramesOK_RBV") > 3 for i in (1, 2, 3)),
+                    timeout=30)
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
+    log = proc.log()
+    assert "shut down" in log
+    assert "Traceback" not in log and "ChannelClosed" not in log, log[-4000:]
+
+
 def test_algorithm_in_another_virtual_environment(start_ioc, tmp_path):
     """A venv holding only numpy (linked from ours: no network needed) runs the child."""
     venv = tmp_path / "numpy-only"

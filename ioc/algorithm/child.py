@@ -245,17 +245,20 @@ class Runtime:
                 kind, header, fds = self.channel.recv()
             except wire.ChannelClosed:
                 break
-            if kind == wire.FRAME:
-                self.on_frame(header, fds)
-            elif kind == wire.PARAMS:
-                self.on_params(header)
-            elif kind == wire.RELOAD:
-                self.load()
-            elif kind == wire.FORGET:
-                for seg_id in header.get("ids", ()):
-                    self.segments.pop(seg_id, None)
-            elif kind == wire.SHUTDOWN:
-                break
+            try:
+                if kind == wire.FRAME:
+                    self.on_frame(header, fds)
+                elif kind == wire.PARAMS:
+                    self.on_params(header)
+                elif kind == wire.RELOAD:
+                    self.load()
+                elif kind == wire.FORGET:
+                    for seg_id in header.get("ids", ()):
+                        self.segments.pop(seg_id, None)
+                elif kind == wire.SHUTDOWN:
+                    break
+            except wire.ChannelClosed:  # the IOC closed it while we answered: it stops (or
+                break  # gave up on this frame), as when a receive finds it closed
         if self.instance is not None:
             self._call_hook(self.instance, "stop")
 
