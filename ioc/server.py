@@ -224,11 +224,31 @@ class IOC:
             self.shutdown()
 
     def shutdown(self) -> None:
-        for component in reversed(self.components):
+        """Stop every component, sources first: the drivers (no frame is made after), then
+        each plugin after the one it takes frames from, so it drains what it holds into the
+        plugins downstream while they still run; a file writer writes what the stages before
+        it had queued. (Downstream first, as before, closed the writers while the driver went
+        on making frames, and a stage draining into a stopped one waited on it.)"""
+        for component in self._upstream_first():
             try:
                 component.shutdown()
             except Exception as exc:
                 log.error("%s: shutdown failed: %s", component.port, exc)
+
+    def _upstream_first(self) -> list[Component]:
+        """The components, each after the one it takes its frames from (configuration order
+        among equals)."""
+        def hops(component: Component) -> int:
+            count, seen = 0, {component}
+            while isinstance(component, Plugin):
+                source = self.graph.source_of(component)
+                upstream = self.graph.ports.get(source[0]) if source else None
+                if upstream is None or upstream in seen:
+                    break
+                seen.add(upstream)
+                component, count = upstream, count + 1
+            return count
+        return sorted(self.components, key=lambda c: (isinstance(c, Plugin), hops(c)))
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
