@@ -238,6 +238,7 @@ class IOC:
     def _upstream_first(self) -> list[Component]:
         """The drivers, then the plugins, each after the one it takes its frames from, then
         the rest (configuration order among equals)."""
+
         def hops(component: Component) -> int:
             count, seen = 0, {component}
             while isinstance(component, Plugin):
@@ -248,10 +249,12 @@ class IOC:
                 seen.add(upstream)
                 component, count = upstream, count + 1
             return count
+
         def rank(component: Component) -> tuple[int, int]:
             if isinstance(component, Driver):
                 return 0, 0
             return (1, hops(component)) if isinstance(component, Plugin) else (2, 0)
+
         return sorted(self.components, key=rank)
 
     async def _housekeeping(self) -> None:
