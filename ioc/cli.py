@@ -56,7 +56,30 @@ def setup_logging(level: str) -> None:
     logging.getLogger("caproto").setLevel(max(logging.WARNING, root.level))
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM before the event loop took the stop signals (Ctrl-C raises KeyboardInterrupt)."""
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line. A stop (Ctrl-C, SIGTERM) while the IOC is still starting (algorithms
+    load for seconds), or during a replay, ends it with one line, what it had started stopped,
+    and the shell's status for the signal; once it serves, a stop is the orderly shutdown
+    (`_serve`), status 0."""
+    signal.signal(signal.SIGTERM, _interrupted)  # the event loop takes both over when it runs
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"ndflow: stopped by {signal.Signals(signum).name} before it served "
+              "(everything it had started is stopped)", file=sys.stderr)
+        return 128 + signum
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="ndflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ndflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         finally:
             ioc.shutdown()
-    write_screens(ioc)
+    try:
+        write_screens(ioc)
+    except BaseException:  # a stop while writing them: the children started go too
+        ioc.shutdown()
+        raise
     return asyncio.run(_serve(ioc))
 
 

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from . import registry
 from .component import Component
-from .config import ConfigError, IOCConfig, LineMap, Site
+from .config import IOCConfig, LineMap, Site
 from .driver import Driver
 from .graph import GraphError, PortGraph
 from .plugin import Plugin
@@ -53,7 +53,7 @@ class IOC:
             transport.access = self.access
         try:
             self._build(config, lines)
-        except ConfigError:
+        except BaseException:  # a config error, or a stop (Ctrl-C) while it builds
             self.shutdown()  # components built so far may have started child processes
             raise
 

@@ -168,3 +168,48 @@ def test_sigterm_and_ctrl_c_shut_down_cleanly(tmp_path):
         assert proc.returncode == 0, out
         assert "Traceback" not in out
         assert "shut down" in out
+
+
+SLOW_TO_LOAD = '''
+import time
+
+from ndflow.algorithm import Algorithm, Output
+
+time.sleep(60)  # the IOC is stopped while it waits for this algorithm to load
+
+
+class SlowToLoad(Algorithm):
+    count = Output(int)
+
+    def process(self, image, params, attributes, metadata):
+        return {"count": 1}
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_the_ioc_starts_is_one_line_and_leaves_no_child(tmp_path, sig):
+    """Ctrl-C or SIGTERM while the IOC is still starting (an algorithm loading): one line,
+    the shell's status for the signal, and the algorithm's child gone with it. Before, Ctrl-C
+    printed a KeyboardInterrupt traceback."""
+    import psutil
+
+    (tmp_path / "slow_to_load.py").write_text(SLOW_TO_LOAD)
+    config = tmp_path / "ioc.yml"
+    config.write_text(f"algorithm_folders: ['{tmp_path}']\n"
+                      "drivers:\n  - {type: sim, port: SIM1, prefix: 'cam1:'}\n"
+                      "plugins:\n  - {type: python, port: PY1, prefix: 'Py1:', input: SIM1, "
+                      "options: {file: slow_to_load.py, start_timeout_s: 120}}\n")
+    proc = subprocess.Popen(NDFLOW + ["run", str(config), "--prefix", unique_prefix()],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **CA_ENV})
+    ioc = psutil.Process(proc.pid)
+    assert wait_for(lambda: ioc.children(), timeout=30), "the algorithm's child never started"
+    child = ioc.children()[0]
+    time.sleep(0.5)  # the IOC waits for the child's declarations
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + sig, out
+    assert f"ndflow: stopped by {signal.Signals(sig).name} before it served" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
+    assert wait_for(lambda: not child.is_running() or
+                    child.status() == psutil.STATUS_ZOMBIE, timeout=10)
