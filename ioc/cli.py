@@ -69,7 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     load for seconds), or during a replay, ends it with one line, what it had started stopped,
     and the shell's status for the signal; once it serves, a stop is the orderly shutdown
     (`_serve`), status 0."""
-    signal.signal(signal.SIGTERM, _interrupted)  # the event loop takes both over when it runs
+    # Both are stop requests from the start, whatever was inherited (a shell starts background
+    # jobs, and pytest-xdist its workers' children, with SIGINT ignored); the event loop takes
+    # both over when it runs, as it always did.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupted)
     try:
         return _main(argv)
     except KeyboardInterrupt as exc:

@@ -199,15 +199,24 @@ def test_a_stop_while_the_ioc_starts_is_one_line_and_leaves_no_child(tmp_path, s
                       "drivers:\n  - {type: sim, port: SIM1, prefix: 'cam1:'}\n"
                       "plugins:\n  - {type: python, port: PY1, prefix: 'Py1:', input: SIM1, "
                       "options: {file: slow_to_load.py, start_timeout_s: 120}}\n")
+    # started as pytest-xdist starts it, SIGINT ignored (inherited): ndflow must not care
     proc = subprocess.Popen(NDFLOW + ["run", str(config), "--prefix", unique_prefix()],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **CA_ENV})
-    ioc = psutil.Process(proc.pid)
-    assert wait_for(lambda: ioc.children(), timeout=30), "the algorithm's child never started"
-    child = ioc.children()[0]
-    time.sleep(0.5)  # the IOC waits for the child's declarations
-    proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=30)
+                            env={**os.environ, **CA_ENV},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        ioc = psutil.Process(proc.pid)
+        assert wait_for(lambda: ioc.children(), timeout=30), "the algorithm's child never started"
+        child = ioc.children()[0]
+        time.sleep(0.5)  # the IOC waits for the child's declarations
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:  # never left behind to serve later on this worker's CA port
+        if proc.poll() is None:
+            for process in [*psutil.Process(proc.pid).children(recursive=True)]:
+                process.kill()
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 128 + sig, out
     assert f"ndflow: stopped by {signal.Signals(sig).name} before it served" in out
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out
