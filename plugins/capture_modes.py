@@ -365,15 +365,17 @@ class CaptureModes:
                 self._capture_state.fire(CaptureEvent.START)
             return True
 
-    def _stop_capture(self, arrays: list[NDArray], seq: int | None = None) -> None:
+    def _stop_capture(self, arrays: list[NDArray], seq: int | None = None) -> str | None:
         """The end of the capture Capture=0 put number `seq` stops (None: whichever is on):
-        write what it held, close the file. A capture a later put started is left alone."""
+        write what it held, close the file; the write's failure (said already), or None. A
+        capture a later put started is left alone."""
         with self._lock:
             if seq is not None and self._capture_seq > seq:
-                return
-            self._write_files(arrays, dict(self.values))
+                return None
+            failure = self._write_files(arrays, dict(self.values))
             self._close()
             self._end_capture()
+            return failure
 
     def _save_held_at_shutdown(self) -> None:
         """The IOC stops (its frames are all processed): a Capture-mode capture still holding
@@ -384,19 +386,13 @@ class CaptureModes:
         with self._state_lock:
             if not self._buffer:
                 return
-            params = dict(self.values)
             self._capture_state.fire(CaptureEvent.END)
-            arrays = self._held_to_save(params, Request.STOP)
+            arrays = self._held_to_save(self.values, Request.STOP)
             unsaved = len(self._buffer)
             self._buffer = []
-        if arrays:
-            with self._lock:
-                failure = self._write_files(arrays, params)  # a failure is said there
-                self._close()
-            self._end_capture()
-            if failure is None:
-                log.info("%s: the IOC stops: its %d captured arrays are written", self.port,
-                         len(arrays))
+        if arrays and self._stop_capture(arrays) is None:  # a failure is said there
+            log.info("%s: the IOC stops: its %d captured arrays are written", self.port,
+                     len(arrays))
         if unsaved:
             log.warning("%s: the IOC stops: %d captured arrays not written (AutoSave No, and "
                         "no WriteFile=1 came)", self.port, unsaved)

@@ -8,6 +8,8 @@ the master-file and config checks below it need no MPI.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -502,9 +504,6 @@ def test_ctrl_c_during_an_acquisition_ends_every_rank_cleanly(tmp_path):
     rank finalizes MPI and exits 0, so hydra kills none of them. Messages still on their way
     when a rank stops are dropped with the IOC's own communicator; on COMM_WORLD they made
     MPI_Finalize fail and hydra SIGKILL the job (exit code 9) in 8 of 10 such stops."""
-    import os
-    import signal
-
     ioc = ClusterIOC(SHARED, tmp_path, ranks=5)
     try:
         ioc.wait_ready()

@@ -102,18 +102,21 @@ class MasterCapture:
         its IOC down and closed its file (ndflow.cluster.run): write the master over what the
         rank files hold, so a capture cut short is still one file in frame order, its missing
         frames rows with their cause. Without this the rank files were left with no master."""
-        w = self.writer
         if not self.capturing or self.path is None or not self._rank_files:
             return
-        cluster = self.node.cluster
-        grid = self.node.module_grid if cluster.partial and not cluster.assemble else None
-        files = sorted(self._rank_files.items())
-        summary = build_master(lambda p: w.open_hdf5(p), self.path, files,
-                               w.values["NumCapture"], float(w.values.get("FillValue", 0.0)),
-                               grid)
+        summary = self._build_master(self.path, sorted(self._rank_files.items()))
         self.capturing = False
         log.info("the IOC stops mid-capture: master file %s: %d frames (%d missing) from ranks "
                  "%s", self.path, summary.frames, summary.missing, summary.ranks)
+
+    def _build_master(self, path: Path, files: list[tuple[int, Path]]) -> Any:
+        """Write the master at `path` over the rank files, with the writer's NumCapture and
+        FillValue; module files when frames are dispatched in parts and not assembled."""
+        w = self.writer
+        cluster = self.node.cluster
+        grid = self.node.module_grid if cluster.partial and not cluster.assemble else None
+        return build_master(lambda p: w.open_hdf5(p), path, files, w.values["NumCapture"],
+                            float(w.values.get("FillValue", 0.0)), grid)
 
     def check_total(self) -> None:
         """Reports came in (MPI thread): end the capture once NumCapture frames are written."""
@@ -150,16 +153,10 @@ class MasterCapture:
                 if name:
                     files.append((rank, Path(name)))
             if self.path is not None and files:
-                limit = w.values["NumCapture"]
-                fill = float(w.values.get("FillValue", 0.0))
                 path = self.path
-                cluster = self.node.cluster  # module files, or whole (assembled) frames
-                grid = self.node.module_grid if cluster.partial and not cluster.assemble \
-                    else None
                 try:
                     summary = await asyncio.get_running_loop().run_in_executor(
-                        None, lambda: build_master(lambda p: w.open_hdf5(p), path, files,
-                                                   limit, fill, grid))
+                        None, self._build_master, path, files)
                     self.node.status.set("MasterFile_RBV", str(path)[:511])
                     w.set("NumCaptured_RBV", summary.frames)
                     log.info("master file %s: %d frames (%d missing) from ranks %s", path,
